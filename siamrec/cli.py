@@ -1,0 +1,160 @@
+"""Command line: `python -m siamrec COMMAND [hydra overrides]`.
+
+Thin by design: it composes the Hydra config from conf/, makes the run folder (with its .hydra/ record),
+seeds everything, calls the pure command function `fn(cfg, run_dir)` and prints the run folder as its last
+line. User errors (SiamrecError) become one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+# Keep TensorFlow's start-up chatter out of the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from siamrec.errors import SiamrecError  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# command -> (module in siamrec.commands, one-line help)
+COMMANDS = {
+    "train": ("train", "train a model (+model=baseline|siamese|lda|identity), embed the library, score it"),
+    "evaluate": ("evaluate", "score embeddings by MAP & co. (+model=identity on data, run=RUN, or runs=[...])"),
+    "recommend": ("recommend", "playlists: recommend run=RUN seed=SONG k=10 (seed may be a new song)"),
+    "extract": ("extract", "embed a whole library with a run's model into a feature store"),
+    "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
+    "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
+}
+
+# Short keys a command accepts, rewritten to their place in the config.
+ALIASES = {
+    "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
+    "tag": {"top": "tag.top"},
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m siamrec COMMAND [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [
+        "",
+        "Overrides are Hydra's: data=folder data.root=DIR, +model=siamese, seed=1, hydra.run.dir=DIR, ...",
+        "Show the composed config of a command without running it: python -m siamrec COMMAND --cfg",
+    ]
+    return "\n".join(lines)
+
+
+def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str]]:
+    """Split args into Hydra overrides and positional arguments, applying the command's short keys."""
+    overrides, positional = [], []
+    aliases = ALIASES.get(command, {})
+    for arg in args:
+        if "=" not in arg:
+            positional.append(arg)
+            continue
+        key, value = arg.split("=", 1)
+        overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
+    return overrides, positional
+
+
+def compose(command: str, overrides: list[str]):
+    """The composed config (hydra node included) for `command` with `overrides`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def make_run_dir(cfg, overrides: list[str]) -> Path:
+    """Create the run folder named by hydra.run.dir and record the config there (.hydra/)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(str(cfg.hydra.run.dir))
+    if run_dir.exists() and any(run_dir.iterdir()) and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        # two runs in the same second: keep both
+        run_dir = run_dir.with_name(f"{run_dir.name}-{datetime.now():%f}")
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    job_cfg = strip_hydra(cfg)
+    from siamrec.runs import atomic_write_text
+
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(job_cfg))
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    return run_dir
+
+
+def strip_hydra(cfg):
+    """The job's config without the hydra node, interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return OmegaConf.create(container)
+
+
+def seed_everything(seed) -> None:
+    """Seed Python, NumPy and TensorFlow (through Keras, which seeds all three)."""
+    import keras
+
+    if not isinstance(seed, int):
+        raise SiamrecError(f"seed={seed!r}: must be an integer")
+    keras.utils.set_random_seed(seed)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.splitlines()[0:2]).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"siamrec: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} (see --help)", file=sys.stderr)
+        return 2
+    if "-h" in rest or "--help" in rest:
+        print(f"{command}: {COMMANDS[command][1]}\nSee its options with: python -m siamrec {command} --cfg")
+        return 0
+    show_cfg = "--cfg" in rest
+    rest = [a for a in rest if a != "--cfg"]
+    overrides, positional = _rewrite(command, rest)
+    if positional and command != "tag":
+        print(f"siamrec {command}: unexpected argument '{positional[0]}'; settings are key=value", file=sys.stderr)
+        return 2
+    try:
+        cfg = compose(command, overrides)
+        if command == "tag":
+            cfg.tag.files = positional or list(cfg.tag.files)
+        job_cfg = strip_hydra(cfg)
+    except Exception as exc:  # Hydra/OmegaConf composition errors: bad override, unknown group option, ...
+        print(f"siamrec {command}: bad setting: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    if show_cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(job_cfg))
+        return 0
+    try:
+        run_dir = make_run_dir(cfg, overrides)
+        seed_everything(job_cfg.seed)
+        module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
+        getattr(module, command)(job_cfg, run_dir)
+    except SiamrecError as exc:
+        print(f"siamrec {command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"siamrec {command}: interrupted; finished work is kept in {run_dir}", file=sys.stderr)
+        return 130
+    print(run_dir)
+    return 0

@@ -1,0 +1,1 @@
+"""One module per CLI command, each a pure function `command(cfg, run_dir)`."""

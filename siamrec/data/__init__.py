@@ -1,0 +1,1 @@
+"""Data: sources (demo, folder, csv, features) → Library → splits; audio decoding."""

@@ -1,0 +1,154 @@
+"""Data sources → Library: the demo corpus, a folder of labelled audio, a CSV manifest, precomputed features."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from siamrec.data.audio import AUDIO_EXTENSIONS
+from siamrec.data.library import Library, apply_label_hygiene
+from siamrec.errors import SiamrecError
+
+MANIFEST_COLUMNS = ("path", "labels", "group")
+
+
+def load_library(data_cfg, paths_cfg=None) -> Library:
+    """Read the items of the configured source (`data.source`) and apply label hygiene."""
+    loaders = {"demo": _demo, "folder": _folder, "csv": _csv, "features": _features}
+    source = data_cfg.get("source")
+    if source not in loaders:
+        raise SiamrecError(f"data.source={source!r}: choose data=demo|folder|csv|features")
+    lib = loaders[source](data_cfg, paths_cfg)
+    return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
+
+
+def _required(data_cfg, key: str) -> str:
+    value = data_cfg.get(key)
+    if value in (None, "", "???"):
+        raise SiamrecError(f"data.{key} is not set: pass data.{key}=...")
+    return value
+
+
+def _folder(data_cfg, _paths_cfg=None) -> Library:
+    root = Path(str(_required(data_cfg, "root"))).expanduser()
+    if not root.is_dir():
+        raise SiamrecError(f"data.root={root}: no such folder; point it at a folder with one sub-folder per label")
+    extensions = {f".{e.lower().lstrip('.')}" for e in data_cfg.get("extensions", AUDIO_EXTENSIONS)}
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise SiamrecError(f"data.root={root}: no label sub-folders; put audio in {root}/<label>/...")
+    keys, paths, labels = [], [], []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not files:
+            raise SiamrecError(
+                f"data.root: class folder {class_dir} holds no audio ({', '.join(sorted(extensions))}); "
+                "add songs or remove the folder"
+            )
+        for p in files:
+            keys.append(p.relative_to(root).as_posix())
+            paths.append(str(p))
+            labels.append((class_dir.name,))
+    return Library(keys=keys, paths=paths, labels=labels, groups=list(keys))
+
+
+def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str = "|",
+                  allowed_columns=MANIFEST_COLUMNS) -> Library:
+    """Items of a CSV manifest (path, labels[, group]); paths relative to the manifest's folder."""
+    if not manifest.is_file():
+        raise SiamrecError(f"data.manifest={manifest}: no such file; give a CSV with columns path,labels[,group]")
+    with open(manifest, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    missing = [c for c in ("path", label_column) if c not in columns]
+    unknown = [c for c in columns if c not in allowed_columns]
+    if missing or unknown:
+        what = f"missing column(s) {missing}" if missing else f"unknown column(s) {unknown}"
+        raise SiamrecError(f"{manifest}: {what}; the columns must be {','.join(allowed_columns)}")
+    base = manifest.parent
+    keys, paths, labels, groups = [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get("path") or "").strip()
+        if not rel:
+            raise SiamrecError(f"{manifest}, line {line}: empty path")
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else base / path
+        keys.append(rel)
+        paths.append(str(path))
+        labels.append(tuple(t.strip() for t in (row.get(label_column) or "").split(label_sep) if t.strip()))
+        groups.append((row.get("group") or "").strip() or rel)
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise SiamrecError(f"{manifest}: path {dup} is listed twice; list each song once")
+    if not keys:
+        raise SiamrecError(f"{manifest}: no rows; list one song per row")
+    return Library(keys=keys, paths=paths, labels=labels, groups=groups)
+
+
+def _csv(data_cfg, _paths_cfg=None) -> Library:
+    manifest = Path(str(_required(data_cfg, "manifest"))).expanduser()
+    return read_manifest(manifest, label_sep=data_cfg.get("label_sep", "|"))
+
+
+def _demo(data_cfg, paths_cfg) -> Library:
+    from siamrec.data.demo import ensure_demo
+
+    label_kind = data_cfg.get("labels", "genre")
+    columns = {"genre": "labels", "tags": "tags"}
+    if label_kind not in columns:
+        raise SiamrecError(f"data.labels={label_kind!r}: use genre (single-label) or tags (multi-label)")
+    cache = Path(str(paths_cfg.cache)).expanduser() / "demo"
+    folder = ensure_demo(cache, n_per_style=int(data_cfg.get("n_per_style", 24)),
+                         duration=float(data_cfg.get("duration", 30.0)))
+    return read_manifest(folder / "manifest.csv", label_column=columns[label_kind],
+                         allowed_columns=("path", "labels", "tags", "group"))
+
+
+def _features(data_cfg, _paths_cfg=None) -> Library:
+    files = data_cfg.get("features")
+    if files in (None, "", "???"):
+        raise SiamrecError("data.features is not set: pass data.features=[A.npy,B.npy,...]")
+    if isinstance(files, str):
+        files = [files]
+    blocks = []
+    for f in files:
+        p = Path(str(f)).expanduser()
+        if not p.is_file():
+            raise SiamrecError(f"data.features: {p} not found; give existing .npy files")
+        try:
+            a = np.load(p, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001
+            raise SiamrecError(f"data.features: {p} is not a readable .npy matrix ({exc})") from None
+        if a.ndim == 1:
+            a = a[:, None]
+        if a.ndim != 2:
+            raise SiamrecError(f"data.features: {p} has shape {a.shape}; need a 2-D (items × dims) matrix")
+        blocks.append(a.astype(np.float32))
+    if len({len(b) for b in blocks}) != 1:
+        raise SiamrecError(f"data.features: the matrices have different row counts {[len(b) for b in blocks]}")
+    x = np.concatenate(blocks, axis=1)
+    if not np.all(np.isfinite(x)):
+        raise SiamrecError("data.features: the matrices hold NaN or infinite values; clean them first")
+
+    labels_path = Path(str(_required(data_cfg, "labels"))).expanduser()
+    if not labels_path.is_file():
+        raise SiamrecError(f"data.labels={labels_path}: no such file; give the CSV of labels, one row per feature row")
+    with open(labels_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    label_column, key_column = data_cfg.get("label_column", "label"), data_cfg.get("key_column")
+    for setting, col in (("label_column", label_column), ("key_column", key_column)):
+        if col is not None and col not in columns:
+            raise SiamrecError(f"data.{setting}={col!r}: not a column of {labels_path} (columns: {columns})")
+    if len(rows) != len(x):
+        raise SiamrecError(f"data.labels: {labels_path} has {len(rows)} rows but the features {len(x)}; they must align")
+    sep = data_cfg.get("label_sep", "|")
+    labels = [tuple(t.strip() for t in str(r[label_column]).split(sep) if t.strip()) for r in rows]
+    keys = [str(r[key_column]) for r in rows] if key_column else [str(i) for i in range(len(rows))]
+    if len(set(keys)) != len(keys):
+        raise SiamrecError(f"data.key_column={key_column!r}: values are not unique; pick a column that names each item")
+    return Library(keys=keys, paths=[None] * len(keys), labels=labels, groups=list(keys), features=x)

@@ -1,0 +1,114 @@
+"""Train/valid/test splits: stratified (multi-label aware, group-preserving) or given by file lists."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from siamrec.data.library import Library
+from siamrec.errors import SiamrecError
+from siamrec.runs import write_csv
+
+SPLITS = ("train", "valid", "test")
+
+
+def make_split(lib: Library, split_cfg) -> np.ndarray:
+    """One of 'train' / 'valid' / 'test' / '' (unused) per item."""
+    kind = split_cfg.get("kind")
+    if kind == "stratified":
+        return stratified_split(lib, valid=split_cfg.get("valid", 0.1), test=split_cfg.get("test", 0.2),
+                                seed=split_cfg.get("seed", 0))
+    if kind == "files":
+        return files_split(lib, {name: split_cfg.get(name) for name in SPLITS})
+    raise SiamrecError(f"split.kind={kind!r}: choose split=stratified or split=files")
+
+
+def stratified_split(lib: Library, valid: float, test: float, seed: int) -> np.ndarray:
+    """Iterative stratification (Sechidis et al. 2011) over groups.
+
+    Units are groups (an artist or recording: all its items go to one side). Rarest labels are placed first;
+    each unit goes to the side that still wants most of that label, so every label is spread in proportion
+    as far as group sizes allow.
+    """
+    for name, frac in (("split.valid", valid), ("split.test", test)):
+        if not isinstance(frac, (int, float)) or not 0 <= frac < 1:
+            raise SiamrecError(f"{name}={frac!r}: must be a fraction in [0, 1)")
+    if valid + test >= 1:
+        raise SiamrecError(f"split.valid + split.test = {valid + test}: must leave items for training (< 1)")
+    rng = np.random.default_rng(seed)
+    fractions = np.array([1.0 - valid - test, valid, test])
+    names = lib.label_names
+    y = lib.label_matrix(names).astype(np.int64)
+
+    members = defaultdict(list)
+    for i, g in enumerate(lib.groups):
+        members[g].append(i)
+    units = list(members.values())
+    rng.shuffle(units)
+    unit_labels = np.array([y[idx].sum(axis=0) for idx in units])  # units × labels
+    unit_sizes = np.array([len(idx) for idx in units], dtype=float)
+
+    want_label = fractions[:, None] * unit_labels.sum(axis=0)[None, :]  # sides × labels
+    want_total = fractions * len(lib)
+    side_of_unit = np.full(len(units), -1)
+    remaining = np.ones(len(units), dtype=bool)
+    while remaining.any():
+        counts = unit_labels[remaining].sum(axis=0)
+        present = np.flatnonzero(counts > 0)
+        label = present[np.argmin(counts[present])]
+        for u in np.flatnonzero(remaining & (unit_labels[:, label] > 0)):
+            score = np.stack([want_label[:, label], want_total, rng.random(3)], axis=1)
+            side = max(range(3), key=lambda s: tuple(score[s]))
+            side_of_unit[u] = side
+            remaining[u] = False
+            want_label[side] -= unit_labels[u]
+            want_total[side] -= unit_sizes[u]
+    out = np.empty(len(lib), dtype=object)
+    for u, idx in enumerate(units):
+        out[idx] = SPLITS[side_of_unit[u]]
+    return out.astype(str)
+
+
+def _read_list(path) -> list[str]:
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise SiamrecError(f"split list {p} not found; give a text file with one path or name per line")
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+
+
+def stem(name: str) -> str:
+    return PurePath(name.replace("\\", "/")).stem
+
+
+def files_split(lib: Library, lists: dict) -> np.ndarray:
+    """Items named in the train/valid/test lists (matched by file stem); items in no list are unused ('')."""
+    if not lists.get("test") and not lists.get("train"):
+        raise SiamrecError("split=files needs split.test=FILE (and split.train=FILE to train)")
+    by_stem = defaultdict(list)
+    for i, key in enumerate(lib.keys):
+        by_stem[stem(key)].append(i)
+    out = np.full(len(lib), "", dtype=object)
+    for name in SPLITS:
+        if lists.get(name) in (None, "", "???"):
+            continue
+        entries = _read_list(lists[name])
+        unmatched = [e for e in entries if stem(e) not in by_stem]
+        if unmatched:
+            raise SiamrecError(
+                f"split.{name}={lists[name]}: {len(unmatched)} entries match no item, e.g. {unmatched[:3]}; "
+                "fix the list or the data"
+            )
+        for e in entries:
+            idx = by_stem[stem(e)]
+            if len(idx) > 1:
+                raise SiamrecError(f"split.{name}: entry {e!r} matches {len(idx)} items by stem; make names unique")
+            if out[idx[0]] not in ("", name):
+                raise SiamrecError(f"split.{name}: {e!r} is also in split.{out[idx[0]]}; an item belongs to one split")
+            out[idx[0]] = name
+    return out.astype(str)
+
+
+def write_split(run_dir, lib: Library, split: np.ndarray) -> None:
+    write_csv(Path(run_dir) / "split.csv", ("key", "split"), zip(lib.keys, split))
