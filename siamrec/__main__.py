@@ -4,4 +4,5 @@ import sys
 
 from siamrec.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: decoding workers re-import this module when they spawn
+    sys.exit(main())

@@ -61,6 +61,26 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str]]:
     return overrides, positional
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_run_overrides(overrides: list[str]) -> list[str]:
+    """For commands given run=RUN: the run's own overrides first, then these (which win), so the run's data,
+    split, model and backbone carry over unless the command line says otherwise."""
+    run = next((o.split("=", 1)[1] for o in overrides if _key(o) == "run"), None)
+    saved = Path(str(run)).expanduser() / ".hydra" / "overrides.yaml" if run else None
+    if saved is None or not saved.is_file():
+        return overrides
+    from omegaconf import OmegaConf
+
+    new_keys = {_key(o) for o in overrides}
+    old = [str(o) for o in OmegaConf.load(saved)]
+    kept = [o for o in old if not any(_key(o) == k or _key(o).startswith(k + ".") for k in new_keys)
+            and not _key(o).startswith("hydra.") and _key(o) not in ("run", "runs")]
+    return kept + overrides
+
+
 def compose(command: str, overrides: list[str]):
     """The composed config (hydra node included) for `command` with `overrides`."""
     from hydra import compose as hydra_compose
@@ -95,9 +115,8 @@ def strip_hydra(cfg):
     """The job's config without the hydra node, interpolations resolved."""
     from omegaconf import OmegaConf
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return OmegaConf.create(container)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.create(OmegaConf.to_container(job, resolve=True))
 
 
 def seed_everything(seed) -> None:
@@ -110,8 +129,16 @@ def seed_everything(seed) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.splitlines()[0:2]).strip()
+    """The gist of a (possibly chained, multi-line) Hydra/OmegaConf error, on one line."""
+    while not str(exc).strip() and exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = []
+    for line in str(exc).splitlines():
+        if line.startswith("Config search path") or line.strip().startswith("full_key"):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return (" ".join(lines)[:400] if lines else type(exc).__name__).replace(":;", ":")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if positional and command != "tag":
         print(f"siamrec {command}: unexpected argument '{positional[0]}'; settings are key=value", file=sys.stderr)
         return 2
+    if command in ("evaluate", "recommend", "plot", "extract"):
+        overrides = with_run_overrides(overrides)
     try:
         cfg = compose(command, overrides)
         if command == "tag":

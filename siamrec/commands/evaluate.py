@@ -1,0 +1,29 @@
+"""`evaluate`: score embeddings by retrieval metrics — of the input features (+model=identity), of a trained
+run on its own or another dataset (run=RUN), or of several runs side by side (runs=[...])."""
+
+from __future__ import annotations
+
+from siamrec.errors import SiamrecError
+from siamrec.pipeline import base_features, finish_run, load_data, require_model
+
+
+def evaluate(cfg, run_dir) -> dict:
+    if cfg.get("runs"):
+        from siamrec.report import compare_runs
+
+        return compare_runs(cfg, run_dir)
+    if cfg.get("run"):
+        from siamrec.embedder import embed_with_run
+
+        data = load_data(cfg, run_dir)
+        data, emb = embed_with_run(cfg.run, cfg, data, run_dir)
+        return finish_run(cfg, run_dir, data, emb, plots=False)
+    name = require_model(cfg, "evaluate")
+    if name != "identity":
+        raise SiamrecError(
+            f"+model={name} must be trained first: python -m siamrec train +model={name} ..., "
+            "then python -m siamrec evaluate run=THAT_RUN_FOLDER"
+        )
+    data = load_data(cfg, run_dir)
+    data, x = base_features(cfg, data, run_dir)
+    return finish_run(cfg, run_dir, data, x, plots=False)

@@ -1,0 +1,72 @@
+"""Scoring a run: retrieval metrics of the embeddings under a protocol, and classification metrics.
+
+Protocols (eval.protocol): `test` — queries and gallery are the same split (reported for train, valid and test);
+`test_vs_all` — test queries against the whole library, as a deployed recommender sees it; `cross` — every item
+of a (new) dataset against all of it, for a model trained elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.metrics import retrieval_metrics
+
+PROTOCOLS = ("test", "test_vs_all", "cross")
+
+
+def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg) -> dict:
+    position = np.full(len(emb), -1)
+    position[gallery] = np.arange(len(gallery))
+    return retrieval_metrics(
+        emb[queries], y[queries], emb[gallery], y[gallery], self_index=position[queries],
+        ks=tuple(int(k) for k in eval_cfg.get("ks", (1, 5, 10))), relevance=eval_cfg.get("relevance", "shared"),
+        jaccard_threshold=float(eval_cfg.get("jaccard_threshold", 0.5)),
+    )
+
+
+def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg) -> dict:
+    """metrics.json content: {'train'|'valid'|'test': {metric: value}, 'n_queries', 'skipped', 'protocol'}."""
+    protocol = eval_cfg.get("protocol", "test")
+    if protocol not in PROTOCOLS:
+        raise SiamrecError(f"eval.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    emb = np.asarray(emb)
+    everything = np.arange(len(emb))
+    out: dict = {"protocol": protocol}
+    if protocol == "cross":
+        out["test"] = _retrieval(emb, y, everything, everything, eval_cfg)
+    else:
+        for name in ("train", "valid", "test"):
+            members = np.flatnonzero(split == name)
+            if len(members) < 2:
+                continue
+            gallery = everything if (protocol == "test_vs_all" and name == "test") else members
+            out[name] = _retrieval(emb, y, members, gallery, eval_cfg)
+    if "test" not in out:
+        raise SiamrecError("the test split has fewer than 2 items: give more data or a larger split.test")
+    out["n_queries"] = out["test"]["n_queries"]
+    out["skipped"] = out["test"]["n_skipped"]
+    return out
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict:
+    """Single-label: accuracy (argmax). Multi-label (sigmoid, predicted where p ≥ threshold): sample-wise
+    accuracy |y∩ŷ|/|y∪ŷ|, exact match, micro and macro F1."""
+    from sklearn.metrics import f1_score
+
+    y_true = np.asarray(y_true, dtype=bool)
+    proba = np.asarray(proba)
+    if not (y_true.sum(axis=1) > 1).any():
+        pred = proba.argmax(axis=1)
+        truth = y_true.argmax(axis=1)
+        return {"accuracy": float((pred == truth).mean()),
+                "macro_f1": float(f1_score(truth, pred, average="macro", labels=np.unique(truth), zero_division=0))}
+    pred = proba >= threshold
+    inter = (pred & y_true).sum(axis=1)
+    union = (pred | y_true).sum(axis=1)
+    return {
+        "accuracy": float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0))),
+        "exact_match": float(np.mean((pred == y_true).all(axis=1))),
+        "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+    }

@@ -1,0 +1,154 @@
+"""Heads: what turns input features into the embedding used for playlists.
+
+identity (the features as they are), lda (scikit-learn's linear discriminant projection), classifier (a dense
+classifier on the features; the embedding is its penultimate layer) and siamese (an MLP projection trained with a
+metric-learning loss). Each head fits on the training split, transforms any features, and saves to / loads from
+a run folder (head.json + its weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.runs import atomic_write_bytes, write_json
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+class Head:
+    """Base: fit(x_train, y_train, x_valid, y_valid) → history dict; transform(x) → embeddings."""
+
+    kind = "base"
+
+    def __init__(self, cfg=None):
+        self.cfg = dict(cfg or {})
+
+    def fit(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
+        return {}
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, run_dir) -> None:
+        write_json(Path(run_dir) / "head.json", {"kind": self.kind, "cfg": self.cfg})
+
+    def _load(self, run_dir) -> None:
+        """Read the head's own weights (subclasses)."""
+
+
+class IdentityHead(Head):
+    kind = "identity"
+
+    def transform(self, x):
+        return np.asarray(x, dtype=np.float32)
+
+
+class LDAHead(Head):
+    """scikit-learn LinearDiscriminantAnalysis on the training (+ validation) items; single-label only."""
+
+    kind = "lda"
+
+    def fit(self, x_train, y_train, x_valid=None, y_valid=None):
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        x, y = x_train, y_train
+        if x_valid is not None and len(x_valid) and self.cfg.get("use_valid", True):
+            x, y = np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])
+        if (y.sum(axis=1) != 1).any():
+            raise SiamrecError("model=lda needs one label per item; for tagged (multi-label) data use +model=siamese")
+        classes = y.argmax(axis=1)
+        if len(np.unique(classes)) < 2:
+            raise SiamrecError("model=lda needs training items of at least 2 labels")
+        lda = LinearDiscriminantAnalysis(solver="svd").fit(x, classes)
+        n = min(lda.scalings_.shape[1], len(np.unique(classes)) - 1)
+        self.mean, self.scalings = lda.xbar_.astype(np.float64), lda.scalings_[:, :n].astype(np.float64)
+        return {}
+
+    def transform(self, x):
+        return ((np.asarray(x, dtype=np.float64) - self.mean) @ self.scalings).astype(np.float32)
+
+    def save(self, run_dir):
+        super().save(run_dir)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, scalings=self.scalings)
+        atomic_write_bytes(Path(run_dir) / "lda.npz", buf.getvalue())
+
+    def _load(self, run_dir):
+        with np.load(Path(run_dir) / "lda.npz") as z:
+            self.mean, self.scalings = z["mean"], z["scalings"]
+
+
+class KerasHead(Head):
+    """A Keras model on standardised features; saves model.keras (the trained network) and the scaler."""
+
+    embedding_layer = "embedding"
+
+    def standardiser(self, x_train):
+        self.mu = x_train.mean(axis=0)
+        self.sigma = x_train.std(axis=0) + 1e-6
+
+    def scale(self, x):
+        return ((np.asarray(x, dtype=np.float32) - self.mu) / self.sigma).astype(np.float32)
+
+    def transform(self, x):
+        return np.asarray(self.embedder.predict(self.scale(x), batch_size=1024, verbose=0), dtype=np.float32)
+
+    def save(self, run_dir):
+        super().save(run_dir)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, mu=self.mu, sigma=self.sigma)
+        atomic_write_bytes(Path(run_dir) / "scaler.npz", buf.getvalue())
+        save_keras(self.model, Path(run_dir) / "model.keras")
+
+    def _load(self, run_dir):
+        import keras
+
+        with np.load(Path(run_dir) / "scaler.npz") as z:
+            self.mu, self.sigma = z["mu"], z["sigma"]
+        self.model = keras.saving.load_model(Path(run_dir) / "model.keras")
+        self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
+
+
+def save_keras(model, path: Path) -> None:
+    """model.save through a temporary name and an atomic rename."""
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def head_from_config(model_cfg) -> Head:
+    from siamrec.models.classifier import ClassifierHead
+    from siamrec.models.siamese import SiameseHead
+
+    kinds = {"identity": IdentityHead, "lda": LDAHead, "baseline": ClassifierHead, "siamese": SiameseHead}
+    name = model_cfg.get("name")
+    if name not in kinds:
+        raise SiamrecError(f"model.name={name!r}: choose one of {', '.join(kinds)}")
+    return kinds[name](model_cfg)
+
+
+def load_head(run_dir) -> Head:
+    from siamrec.models.classifier import ClassifierHead
+    from siamrec.models.siamese import SiameseHead
+
+    p = Path(run_dir) / "head.json"
+    if not p.is_file():
+        raise SiamrecError(f"run={run_dir}: head.json is missing; pass the folder of a finished train run")
+    spec = json.loads(p.read_text())
+    kinds = {c.kind: c for c in (IdentityHead, LDAHead, ClassifierHead, SiameseHead)}
+    head = kinds[spec["kind"]](spec.get("cfg"))
+    head._load(run_dir)
+    return head
