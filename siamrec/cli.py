@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 # Keep TensorFlow's start-up chatter out of the user's terminal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from siamrec.errors import SiamrecError  # noqa: E402
 

@@ -100,6 +100,6 @@ def existing_run(path) -> Path:
     if path in (None, ""):
         raise SiamrecError("run is not set: pass run=PATH/TO/RUN_FOLDER (a folder under outputs/ printed by train)")
     run = Path(str(path)).expanduser()
-    if not (run / ".hydra" / "config.yaml").is_file():
-        raise SiamrecError(f"run={run}: not a siamrec run folder (no .hydra/config.yaml); pass a folder printed by train")
+    if not (run / "items.csv").is_file():
+        raise SiamrecError(f"run={run}: not a finished siamrec run (no items.csv); pass a folder printed by train")
     return run

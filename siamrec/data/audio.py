@@ -47,9 +47,9 @@ def _read_soundfile(path: str, duration: float, offset) -> tuple[np.ndarray, int
         start = window_start(total, duration, offset)
         start_frame = int(round(start * native_sr))
         if f.frames > 0 and start_frame >= f.frames:
-            start_frame = 0 if offset == "middle" else start_frame
+            raise AudioError(path, f"clip.offset={offset} s is past the end of the file ({total:.1f} s)")
         if start_frame:
-            f.seek(min(start_frame, max(f.frames - 1, 0)))
+            f.seek(start_frame)
         data = f.read(int(np.ceil(duration * native_sr)), dtype="float32", always_2d=True)
     return data.mean(axis=1), native_sr
 
@@ -74,6 +74,8 @@ def load_clip(path: str | os.PathLike, sr: int = 12000, duration: float = 29.0, 
         raise AudioError(path, "file not found")
     try:
         y, native_sr = _read_soundfile(path, duration, offset)
+    except AudioError:
+        raise
     except Exception as first:  # noqa: BLE001 - soundfile cannot read it: try librosa/audioread
         try:
             y, native_sr = _read_librosa(path, duration, offset)

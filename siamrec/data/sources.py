@@ -62,7 +62,7 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
     with open(manifest, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = list(reader)
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
     missing = [c for c in ("path", label_column) if c not in columns]
     unknown = [c for c in columns if c not in allowed_columns]
     if missing or unknown:

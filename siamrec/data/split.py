@@ -7,11 +7,13 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library
 from siamrec.errors import SiamrecError
 from siamrec.runs import write_csv
 
 SPLITS = ("train", "valid", "test")
+KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "aac"}
 
 
 def make_split(lib: Library, split_cfg) -> np.ndarray:
@@ -79,7 +81,9 @@ def _read_list(path) -> list[str]:
 
 
 def stem(name: str) -> str:
-    return PurePath(name.replace("\\", "/")).stem
+    """File name without a known audio/feature extension: 'blues/blues.00012.wav' and 'blues.00012' → 'blues.00012'."""
+    p = PurePath(name.replace("\\", "/"))
+    return p.stem if p.suffix.lower().lstrip(".") in KNOWN_EXTENSIONS else p.name
 
 
 def files_split(lib: Library, lists: dict) -> np.ndarray:

@@ -28,7 +28,9 @@ class Head:
     kind = "base"
 
     def __init__(self, cfg=None):
-        self.cfg = dict(cfg or {})
+        from omegaconf import DictConfig, OmegaConf
+
+        self.cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
         return {}

@@ -1,0 +1,254 @@
+"""Audio decoding: mono, resampling, crop/pad, offsets, formats and errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from siamrec.data.audio import AudioError, load_clip, window_start
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def tone(freq: float, seconds: float, sr: int, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write(path: Path, x: np.ndarray, sr: int, fmt: str | None = None, subtype: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, sr, format=fmt, subtype=subtype)
+    return path
+
+
+def write_float_wav(path: Path, x: np.ndarray, sr: int) -> Path:
+    """Lossless float32 WAV, so that decoded samples can be compared exactly."""
+    return write(path, x, sr, "WAV", "FLOAT")
+
+
+def peak_hz(y: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    return float(np.fft.rfftfreq(len(y), 1.0 / sr)[np.argmax(spec)])
+
+
+def assert_audio_error(excinfo, path):
+    err = excinfo.value
+    msg = str(err)
+    assert "\n" not in msg, f"message is not one line: {msg!r}"
+    assert str(path) in msg
+    assert err.path == str(path)
+    assert err.reason
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def test_stereo_is_mixed_to_mono_by_mean(tmp_path):
+    sr = 12000
+    left = tone(440, 0.5, sr, amp=0.6)
+    right = np.random.default_rng(0).uniform(-0.3, 0.3, size=len(left)).astype(np.float32)
+    path = write_float_wav(tmp_path / "stereo.wav", np.stack([left, right], axis=1), sr)
+    y = load_clip(path, sr=sr, duration=0.5)
+    assert y.ndim == 1 and y.dtype == np.float32
+    np.testing.assert_allclose(y, (left + right) / 2, atol=1e-6)
+
+
+def test_resampling_keeps_the_pitch(tmp_path):
+    native, target, seconds = 22050, 12000, 1.0
+    path = write(tmp_path / "a440.wav", tone(440, seconds, native), native, "WAV", "PCM_16")
+    y = load_clip(path, sr=target, duration=seconds)
+    assert len(y) == target
+    assert abs(peak_hz(y, target) - 440) <= 5
+    # the amplitude survives resampling: RMS of a 0.5 sine is 0.5/sqrt(2)
+    rms = float(np.sqrt(np.mean(y[200:-200] ** 2)))
+    assert abs(rms - 0.5 / np.sqrt(2)) < 0.02
+
+
+@pytest.mark.parametrize("native,target,file_s,duration", [
+    (12000, 12000, 1.0, 0.33337),   # 4000.44 samples → 4000
+    (22050, 12000, 1.0, 0.51234),   # 6148.08 → 6148
+    (44100, 16000, 0.2, 0.70003),   # short file: padded
+    (8000, 12000, 2.0, 1.23456),    # upsampling and cropping
+])
+def test_output_length_is_exactly_round_sr_times_duration(tmp_path, native, target, file_s, duration):
+    path = write(tmp_path / "x.flac", tone(300, file_s, native), native, "FLAC", "PCM_16")
+    y = load_clip(path, sr=target, duration=duration)
+    assert len(y) == int(round(target * duration))
+    assert y.dtype == np.float32
+
+
+def test_short_file_is_zero_padded_at_the_end(tmp_path):
+    sr = 12000
+    x = tone(440, 0.5, sr) + 0.1  # offset so no sample is exactly zero
+    path = write_float_wav(tmp_path / "short.wav", x, sr)
+    y = load_clip(path, sr=sr, duration=1.0)
+    assert len(y) == sr
+    np.testing.assert_array_equal(y[: len(x)], x)
+    assert np.all(y[len(x):] == 0)
+
+
+def test_short_file_with_resampling_is_zero_padded(tmp_path):
+    native, sr = 22050, 12000
+    path = write(tmp_path / "short.wav", tone(440, 0.5, native), native, "WAV", "PCM_16")
+    y = load_clip(path, sr=sr, duration=1.5)
+    content = int(0.5 * sr)
+    assert len(y) == int(1.5 * sr)
+    assert np.sqrt(np.mean(y[100:content - 100] ** 2)) > 0.3
+    assert np.all(y[content + 50:] == 0)
+
+
+def test_long_file_is_cropped_from_the_start(tmp_path):
+    sr = 12000
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, size=3 * sr).astype(np.float32)
+    path = write_float_wav(tmp_path / "long.wav", x, sr)
+    y = load_clip(path, sr=sr, duration=0.7)
+    np.testing.assert_array_equal(y, x[: int(round(0.7 * sr))])
+    np.testing.assert_array_equal(load_clip(path, sr=sr, duration=0.7, offset="start"), y)
+
+
+def test_path_object_accepted(tmp_path):
+    sr = 12000
+    path = write_float_wav(tmp_path / "p.wav", tone(440, 0.2, sr), sr)
+    np.testing.assert_array_equal(load_clip(Path(path), sr=sr, duration=0.2), load_clip(str(path), sr=sr, duration=0.2))
+
+
+# ---------------------------------------------------------------------------------------------- offsets
+
+
+@pytest.fixture
+def ramp(tmp_path):
+    """3 s at 12 kHz whose value identifies its position: sample i is i / n."""
+    sr, n = 12000, 3 * 12000
+    x = (np.arange(n) / n).astype(np.float32)
+    return write_float_wav(tmp_path / "ramp.wav", x, sr), x, sr
+
+
+@pytest.mark.parametrize("offset,start_s", [("start", 0.0), (None, 0.0), ("middle", 1.0), (0.5, 0.5), ("1.25", 1.25),
+                                            (2, 2.0)])
+def test_offset_picks_the_window(ramp, offset, start_s):
+    path, x, sr = ramp
+    y = load_clip(path, sr=sr, duration=1.0, offset=offset)
+    start = int(round(start_s * sr))
+    np.testing.assert_array_equal(y, x[start:start + sr])
+
+
+def test_offset_middle_of_a_file_shorter_than_the_clip_starts_at_zero(ramp):
+    path, x, sr = ramp
+    y = load_clip(path, sr=sr, duration=4.0, offset="middle")
+    np.testing.assert_array_equal(y[: len(x)], x)
+    assert np.all(y[len(x):] == 0)
+
+
+def test_offset_past_the_window_is_padded(ramp):
+    path, x, sr = ramp
+    y = load_clip(path, sr=sr, duration=1.0, offset=2.5)  # only 0.5 s left
+    half = sr // 2
+    np.testing.assert_array_equal(y[:half], x[-half:])
+    assert np.all(y[half:] == 0)
+
+
+@pytest.mark.parametrize("offset,freq", [("start", 300), ("middle", 600), (2.0, 900)])
+def test_offset_with_resampling_by_frequency(tmp_path, offset, freq):
+    native, sr = 22050, 12000
+    x = np.concatenate([tone(f, 1.0, native) for f in (300, 600, 900)])
+    path = write(tmp_path / "steps.flac", x, native, "FLAC", "PCM_16")
+    y = load_clip(path, sr=sr, duration=1.0, offset=offset)
+    assert len(y) == sr
+    assert abs(peak_hz(y, sr) - freq) <= 5
+
+
+@pytest.mark.parametrize("offset", ["end", "abc", -1.0, "-0.5", [1]])
+def test_bad_offset_is_a_setting_error(tmp_path, offset):
+    sr = 12000
+    path = write_float_wav(tmp_path / "ok.wav", tone(440, 0.2, sr), sr)
+    with pytest.raises(ValueError, match="clip.offset") as e:
+        load_clip(path, sr=sr, duration=0.1, offset=offset)
+    assert not isinstance(e.value, AudioError)
+    assert "\n" not in str(e.value)
+    # rejected as a setting even before the file is looked at
+    with pytest.raises(ValueError, match="clip.offset"):
+        load_clip(tmp_path / "missing.wav", sr=sr, duration=0.1, offset=offset)
+
+
+def test_window_start():
+    assert window_start(10.0, 4.0, "start") == 0.0
+    assert window_start(10.0, 4.0, "middle") == pytest.approx(3.0)
+    assert window_start(3.0, 4.0, "middle") == 0.0
+    assert window_start(10.0, 4.0, 2.5) == 2.5
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+FORMATS = [
+    ("wav", "WAV", "PCM_16"),
+    ("flac", "FLAC", "PCM_16"),
+    ("ogg", "OGG", "VORBIS"),
+    ("mp3", "MP3", "MPEG_LAYER_III"),
+    ("au", "AU", "PCM_16"),
+    ("aiff", "AIFF", "PCM_16"),
+]
+
+
+@pytest.mark.parametrize("ext,fmt,subtype", FORMATS, ids=[f[0] for f in FORMATS])
+def test_reads_common_formats(tmp_path, ext, fmt, subtype):
+    if fmt not in sf.available_formats() or subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}/{subtype}")
+    native, sr = 22050, 12000
+    path = write(tmp_path / f"a440.{ext}", tone(440, 1.5, native), native, fmt, subtype)
+    y = load_clip(path, sr=sr, duration=1.0)
+    assert len(y) == sr and y.dtype == np.float32
+    assert abs(peak_hz(y, sr) - 440) <= 5
+    assert np.sqrt(np.mean(y[sr // 4:] ** 2)) > 0.2  # real signal, not padding
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # librosa's audioread fallback warns
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.wav"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(AudioError) as e:
+        load_clip(path, sr=12000, duration=0.5)
+    assert_audio_error(e, path)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "gone" / "song.flac"
+    with pytest.raises(AudioError) as e:
+        load_clip(path)
+    assert_audio_error(e, path)
+    assert "not found" in e.value.reason
+
+
+def test_empty_wav(tmp_path):
+    path = write(tmp_path / "empty.wav", np.zeros((0,), dtype=np.float32), 22050, "WAV", "PCM_16")
+    assert sf.info(path).frames == 0
+    with pytest.raises(AudioError) as e:
+        load_clip(path, sr=12000, duration=1.0)
+    assert_audio_error(e, path)
+
+
+def test_non_finite_samples(tmp_path):
+    sr = 12000
+    x = tone(440, 0.3, sr)
+    x[100] = np.nan
+    path = write_float_wav(tmp_path / "nan.wav", x, sr)
+    with pytest.raises(AudioError) as e:
+        load_clip(path, sr=sr, duration=0.3)
+    assert_audio_error(e, path)
+
+
+def test_directory_is_not_a_file(tmp_path):
+    path = tmp_path / "folder.wav"
+    os.mkdir(path)
+    with pytest.raises(AudioError) as e:
+        load_clip(path)
+    assert_audio_error(e, path)

@@ -1,0 +1,146 @@
+"""train / evaluate / recommend / plot on a tiny synthetic audio library, called as pure functions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siamrec.commands.evaluate import evaluate
+from siamrec.commands.plot import plot
+from siamrec.commands.recommend import recommend
+from siamrec.commands.train import train
+from siamrec.errors import SiamrecError
+from siamrec.runs import read_csv, read_embeddings
+
+SMALL = ["backbone.pretrained=false", "split.valid=0.17", "split.test=0.34", "features.batch_size=6"]
+
+
+def audio_args(folder):
+    return ["data=folder", f"data.root={folder}", *SMALL]
+
+
+@pytest.fixture
+def baseline_run(tmp_path, cfg_factory, audio_folder):
+    run = tmp_path / "baseline"
+    run.mkdir()
+    cfg = cfg_factory("train", "+model=baseline", "model.epochs=2", "model.batch_size=4", *audio_args(audio_folder))
+    metrics = train(cfg, run)
+    return run, metrics
+
+
+def test_baseline_writes_every_artifact_and_the_model_reloads(baseline_run):
+    import keras
+
+    import siamrec.models.frontend  # noqa: F401 - registers custom layers
+
+    run, metrics = baseline_run
+    for name in ("model.keras", "backbone.keras", "embeddings.npy", "items.csv", "metrics.json", "split.csv",
+                 "playlists.csv", "history.json", "training_curves.png", "tsne.png", "tsne_pca.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert set(saved) >= {"train", "test", "n_queries", "skipped"}
+    assert 0.0 <= saved["test"]["accuracy"] <= 1.0 and 0.0 < saved["test"]["map"] <= 1.0
+    emb, items = read_embeddings(run)
+    assert emb.shape == (18, 160) and len(items) == 18
+    classifier = keras.saving.load_model(run / "model.keras")
+    assert classifier.output_shape == (None, 3)
+    # the playlist sample: one seed per label, never recommending the seed itself
+    rows = read_csv(run / "playlists.csv")
+    assert len({r["seed"] for r in rows}) == 3
+    assert all(r["seed"] != r["key"] for r in rows)
+
+
+def test_fine_tuning_changes_the_features(baseline_run, cfg_factory, audio_folder, tmp_path):
+    run, _ = baseline_run
+    fine_tuned, _ = read_embeddings(run)
+    ident = tmp_path / "identity"
+    ident.mkdir()
+    cfg = cfg_factory("evaluate", "+model=identity", *audio_args(audio_folder))
+    evaluate(cfg, ident)
+    frozen, _ = read_embeddings(ident)
+    assert frozen.shape == fine_tuned.shape
+    assert not np.allclose(frozen, fine_tuned, atol=1e-4)
+
+
+def test_recommend_leaves_the_seed_out_and_embeds_a_new_song(baseline_run, cfg_factory, audio_folder, tmp_path):
+    import shutil
+
+    run, _ = baseline_run
+    out = tmp_path / "rec"
+    out.mkdir()
+    seed = audio_folder / "drone" / "drone_1.flac"
+    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={seed}", "recommend.k=5"), out)
+    assert len(rows) == 5 and all(r[3] != "drone/drone_1.flac" for r in rows)
+    sims = [r[5] for r in rows]
+    assert sims == sorted(sims, reverse=True)
+    # a song outside the library (cold start): same audio under a new name gets its twin ranked first
+    new = tmp_path / "new_song.flac"
+    shutil.copy(seed, new)
+    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={new}", "recommend.k=3"), out)
+    assert rows[0][3] == "drone/drone_1.flac" and rows[0][5] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(SiamrecError, match="seed="):
+        recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={tmp_path / 'nope.mp3'}"), out)
+
+
+def test_plot_command_writes_pictures(baseline_run, cfg_factory, tmp_path):
+    run, _ = baseline_run
+    out = tmp_path / "plots"
+    out.mkdir()
+    written = plot(cfg_factory("plot", f"run={run}"), out)
+    assert {p.name for p in written} == {"tsne.png", "tsne_pca.png", "training_curves.png"}
+
+
+def test_features_are_cached_so_a_second_run_decodes_nothing(tmp_path, cfg_factory, audio_folder, monkeypatch):
+    import siamrec.features as features
+    from siamrec.cli import seed_everything
+
+    cfg = cfg_factory("evaluate", "+model=identity", *audio_args(audio_folder))
+    first = tmp_path / "first"
+    first.mkdir()
+    seed_everything(0)  # the same seed gives the same random backbone, hence the same cache key
+    evaluate(cfg, first)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached file was decoded again")
+
+    monkeypatch.setattr(features, "load_clip", no_decoding)
+    second = tmp_path / "second"
+    second.mkdir()
+    seed_everything(0)
+    evaluate(cfg, second)
+    np.testing.assert_array_equal(np.load(first / "embeddings.npy"), np.load(second / "embeddings.npy"))
+
+
+def test_a_corrupt_file_is_skipped_counted_and_listed(tmp_path, cfg_factory, audio_folder):
+    (audio_folder / "high" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage, not audio")
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluate(cfg_factory("evaluate", "+model=identity", *audio_args(audio_folder)), run)
+    failed = read_csv(run / "failed.csv")
+    assert [f["key"] for f in failed] == ["high/broken.wav"]
+    _, items = read_embeddings(run)
+    assert len(items) == 18 and "high/broken.wav" not in {it["key"] for it in items}
+
+
+def test_too_many_failures_stop_the_run(tmp_path, cfg_factory, audio_folder):
+    for label in ("drone", "high", "beats"):
+        for i in range(3):
+            (audio_folder / label / f"bad{i}.wav").write_bytes(b"junk")
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SiamrecError, match="max_failed_fraction"):
+        evaluate(cfg_factory("evaluate", "+model=identity", *audio_args(audio_folder)), run)
+    assert (run / "failed.csv").is_file()
+
+
+def test_lda_on_audio_features_and_evaluate_run(tmp_path, cfg_factory, audio_folder):
+    run = tmp_path / "lda"
+    run.mkdir()
+    train(cfg_factory("train", "+model=lda", *audio_args(audio_folder)), run)
+    again = tmp_path / "again"
+    again.mkdir()
+    metrics = evaluate(cfg_factory("evaluate", f"run={run}", *audio_args(audio_folder)), again)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["map"] == pytest.approx(saved["test"]["map"], abs=1e-6)
