@@ -87,16 +87,23 @@ def audio_features(backbone, data: Data, cfg, run_dir, desc="features") -> tuple
     return data.subset(ok), ext.features[ok]
 
 
-def base_features(cfg, data: Data, run_dir, backbone=None) -> tuple[Data, np.ndarray]:
-    """The input features of the heads: the chosen blocks of the backbone (audio) or the given matrix."""
+def raw_features(cfg, data: Data, run_dir, backbone=None) -> tuple[Data, np.ndarray]:
+    """All five blocks' features of the backbone (audio), or the given matrix (data=features)."""
     if not data.is_audio:
         return data, data.lib.features
-    from siamrec.models.backbone import make_backbone, select_blocks
+    from siamrec.models.backbone import make_backbone
 
     if backbone is None:
         backbone = make_backbone(cfg, data)
-    data, feats = audio_features(backbone, data, cfg, run_dir)
-    return data, select_blocks(feats, cfg.features.blocks)
+    return audio_features(backbone, data, cfg, run_dir)
+
+
+def base_features(cfg, data: Data, run_dir, backbone=None) -> tuple[Data, np.ndarray]:
+    """The input features of the heads: the chosen blocks of the backbone (audio) or the given matrix."""
+    from siamrec.models.backbone import select_blocks
+
+    data, feats = raw_features(cfg, data, run_dir, backbone)
+    return (data, select_blocks(feats, cfg.features.blocks)) if data.is_audio else (data, feats)
 
 
 def save_embeddings(run_dir, data: Data, embeddings: np.ndarray) -> None:

@@ -8,6 +8,13 @@ from siamrec.pipeline import base_features, finish_run, load_data, require_model
 
 
 def evaluate(cfg, run_dir) -> dict:
+    if cfg.get("study"):
+        from siamrec.pipeline import raw_features
+        from siamrec.report import block_study
+
+        data = load_data(cfg, run_dir)
+        data, feats = raw_features(cfg, data, run_dir)
+        return block_study(cfg, run_dir, data, feats)
     if cfg.get("runs"):
         from siamrec.report import compare_runs
 

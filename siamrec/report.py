@@ -1,0 +1,133 @@
+"""Side-by-side reports: several runs scored on the same items and split, and the layer (block) study.
+
+Each writes report.md + report.csv (one row per run or block set) and map_at_k.png, and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.evaluation import score_embeddings
+from siamrec.runs import existing_run, read_embeddings, write_csv, write_metrics
+
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
+SHOWN = ("map", "map@10", "map@r", "p@10", "r_precision", "ndcg@10", "recall@10")
+
+
+def _labels_matrix(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    labels = [tuple(filter(None, it["labels"].split("|"))) for it in items]
+    names = sorted({lab for labs in labels for lab in labs})
+    index = {n: j for j, n in enumerate(names)}
+    y = np.zeros((len(items), len(names)), dtype=bool)
+    for i, labs in enumerate(labels):
+        y[i, [index[lab] for lab in labs]] = True
+    return y, np.array([it["split"] for it in items])
+
+
+def _describe(run: Path) -> dict:
+    """model, loss and blocks of a run, from its recorded config (or head.json)."""
+    from omegaconf import OmegaConf
+
+    cfg_file = run / ".hydra" / "config.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+    model = cfg.get("model") or {}
+    head = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {}
+    blocks = (head.get("cfg") or {}).get("blocks") or (cfg.get("features") or {}).get("blocks")
+    source = (cfg.get("data") or {}).get("source", "")
+    return {
+        "run": run.name,
+        "model": model.get("name", head.get("kind", "?")),
+        "loss": model.get("loss", "") if model.get("name") == "siamese" else "",
+        "blocks": "-".join(map(str, blocks)) if blocks and source != "features" else "",
+    }
+
+
+def _eval_cfg(cfg) -> dict:
+    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *CURVE_KS})
+    return {**dict(cfg.eval), "ks": ks}
+
+
+def write_table(run_dir, rows: list[dict], title: str) -> str:
+    """report.md and report.csv of `rows`; returns the Markdown table."""
+    columns = list(rows[0])
+    md = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        md.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    text = "\n".join(md) + "\n"
+    from siamrec.runs import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / "report.md", text)
+    write_csv(Path(run_dir) / "report.csv", columns, [list(r.values()) for r in rows])
+    return text
+
+
+def map_at_k_plot(run_dir, curves: dict[str, dict]) -> Path:
+    from siamrec.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, test in curves.items():
+        ks = [k for k in CURVE_KS if f"map@{k}" in test]
+        ax.plot(ks, [test[f"map@{k}"] for k in ks], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (playlist length)")
+    ax.set_ylabel("MAP@k (test)")
+    ax.legend(fontsize=7)
+    path = _save(fig, Path(run_dir) / "map_at_k.png")
+    plt.close(fig)
+    return path
+
+
+def _row(describe: dict, test: dict) -> dict:
+    return {**describe, **{k: float(test[k]) for k in SHOWN if k in test}, "n_queries": int(test["n_queries"])}
+
+
+def compare_runs(cfg, run_dir) -> dict:
+    """Score the embeddings of several runs on their common items and split (they must share both)."""
+    runs = [existing_run(r) for r in cfg.runs]
+    reference = None
+    rows, curves, results = [], {}, {}
+    for run in runs:
+        emb, items = read_embeddings(run)
+        keys = [it["key"] for it in items]
+        y, split = _labels_matrix(items)
+        if reference is None:
+            reference = (keys, list(split))
+        elif (keys, list(split)) != reference:
+            raise SiamrecError(f"runs={run} embeds other items or another split than {runs[0]}; "
+                               "compare runs made on the same data and split")
+        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg))
+        desc = _describe(run)
+        name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"
+        rows.append(_row(desc, metrics["test"]))
+        curves[name] = metrics["test"]
+        results[str(run)] = metrics
+    table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.get('protocol', 'test')}")
+    map_at_k_plot(run_dir, curves)
+    write_metrics(run_dir, {"runs": results})
+    print(table)
+    return results
+
+
+def block_study(cfg, run_dir, data, feats160: np.ndarray) -> dict:
+    """MAP of the pretrained block features for each block set of cfg.study.sets (paper experiment 7)."""
+    from siamrec.models.backbone import select_blocks
+
+    if feats160.shape[1] != 160:
+        raise SiamrecError(f"+study=blocks needs the 5×32 block features; these have {feats160.shape[1]} columns")
+    rows, curves, results = [], {}, {}
+    for blocks in cfg.study.sets:
+        name = "-".join(map(str, blocks))
+        metrics = score_embeddings(select_blocks(feats160, blocks), data.y, data.split, _eval_cfg(cfg))
+        rows.append(_row({"blocks": name, "dims": 32 * len(blocks)}, metrics["test"]))
+        curves[f"blocks {name}"] = metrics["test"]
+        results[name] = metrics
+    table = write_table(run_dir, rows, "Layer study: pretrained block features, test split")
+    map_at_k_plot(run_dir, curves)
+    write_metrics(run_dir, {"study": results})
+    print(table)
+    return results
