@@ -19,7 +19,10 @@ def tag(cfg, run_dir) -> list[tuple[str, list[tuple[str, float]]]]:
         raise SiamrecError("no song given: python -m siamrec tag SONG.mp3 [MORE ...]")
     if not cfg.backbone.get("pretrained", True):
         raise SiamrecError("backbone.pretrained=false has no trained tagger; drop that setting")
-    model = make_backbone(cfg)
+    from omegaconf import OmegaConf
+
+    tag_cfg = OmegaConf.merge(cfg, {"backbone": {"release": cfg.tag.get("release", "keras2"), "bn_stats": "per_clip"}})
+    model = make_backbone(tag_cfg)
     top = int(cfg.tag.get("top", 5))
     results, rows = [], []
     for f in files:

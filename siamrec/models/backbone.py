@@ -89,8 +89,8 @@ def concat_blocks(outputs: dict) -> np.ndarray:
 def make_backbone(cfg, data=None, progress: bool = True) -> keras.Model:
     """The configured backbone (cfg.backbone), with pretrained weights unless backbone.pretrained=false.
 
-    With release=theano and bn_stats=dataset, BatchNorm statistics are estimated once over the training
-    items of `data` and then frozen.
+    With release=theano and bn_stats=dataset, BatchNorm statistics are estimated once over (up to
+    backbone.bn_max_clips of) the training items of `data` — all items if it has no training split — then frozen.
     """
     from siamrec.errors import SiamrecError
     from siamrec.models.weights import load_pretrained, resolve_weights
@@ -105,10 +105,15 @@ def make_backbone(cfg, data=None, progress: bool = True) -> keras.Model:
     if bcfg.get("pretrained", True):
         load_pretrained(model, resolve_weights(bcfg, cfg.paths), release)
     if release == "theano" and bn_stats == "dataset":
-        if data is None or not data.mask("train").any():
-            raise SiamrecError("backbone.bn_stats=dataset needs training items to estimate statistics from")
-        train_paths = [p for p, s in zip(data.lib.paths, data.split) if s == "train"]
-        estimate_dataset_bn(model, train_paths, cfg.clip, progress=progress)
+        if data is None or not data.is_audio:
+            raise SiamrecError("backbone.bn_stats=dataset estimates statistics over audio; it needs an audio library "
+                               "(or use backbone.bn_stats=per_clip)")
+        # label-free statistics: over the training items, or over every item when there is no training split
+        pool = [p for p, s in zip(data.lib.paths, data.split) if s == "train"] or list(data.lib.paths)
+        limit = int(bcfg.get("bn_max_clips", 256))
+        if len(pool) > limit:
+            pool = list(np.random.default_rng(int(cfg.get("seed", 0))).choice(pool, limit, replace=False))
+        estimate_dataset_bn(model, pool, cfg.clip, progress=progress)
     return model
 
 
