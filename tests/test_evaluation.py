@@ -1,0 +1,125 @@
+"""Protocols, classification metrics, the side-by-side report and the layer study, on small feature sets."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from siamrec.commands.evaluate import evaluate
+from siamrec.commands.train import train
+from siamrec.errors import SiamrecError
+from siamrec.evaluation import classification_metrics, score_embeddings
+from siamrec.metrics import retrieval_metrics
+from siamrec.runs import read_csv
+
+EVAL = OmegaConf.create({"protocol": "test", "ks": [1, 5, 10], "relevance": "shared", "jaccard_threshold": 0.5})
+
+
+def clustered(n_per=12, labels=4, dim=160, seed=0, spread=1.5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(labels, dim))
+    y = np.repeat(np.eye(labels, dtype=bool), n_per, axis=0)
+    x = centres[y.argmax(1)] + spread * rng.normal(size=(len(y), dim))
+    split = np.array(["train", "valid", "test", "test"] * (len(y) // 4))
+    return x.astype(np.float32), y, split
+
+
+def test_protocol_test_scores_each_split_on_itself():
+    x, y, split = clustered()
+    out = score_embeddings(x, y, split, EVAL)
+    for name in ("train", "valid", "test"):
+        m = split == name
+        assert out[name]["map"] == pytest.approx(retrieval_metrics(x[m], y[m])["map"], abs=1e-12)
+    assert out["n_queries"] == out["test"]["n_queries"] == (split == "test").sum()
+
+
+def test_protocol_test_vs_all_searches_the_whole_library():
+    x, y, split = clustered()
+    out = score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "test_vs_all"}))
+    te = np.flatnonzero(split == "test")
+    expected = retrieval_metrics(x[te], y[te], x, y, self_index=te)
+    assert out["test"]["map"] == pytest.approx(expected["map"], abs=1e-12)
+    assert out["test"]["map"] != pytest.approx(score_embeddings(x, y, split, EVAL)["test"]["map"], abs=1e-6)
+
+
+def test_protocol_cross_uses_every_item():
+    x, y, split = clustered()
+    out = score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "cross"}))
+    assert out["test"]["n_queries"] == len(x)
+    with pytest.raises(SiamrecError, match="eval.protocol"):
+        score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "sideways"}))
+
+
+def test_classification_metrics_single_and_multi_label():
+    y = np.eye(3, dtype=bool)[[0, 1, 2, 2]]
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.0, 0.1, 0.9], [0.3, 0.3, 0.4]])
+    assert classification_metrics(y, proba)["accuracy"] == pytest.approx(0.75)
+    ym = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 1]], dtype=bool)
+    pm = np.array([[0.9, 0.6, 0.1], [0.7, 0.8, 0.2], [0.9, 0.1, 0.3]])
+    out = classification_metrics(ym, pm, threshold=0.5)
+    assert out["exact_match"] == pytest.approx(1 / 3)
+    assert out["accuracy"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+    assert out["micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+
+
+@pytest.fixture
+def features_data(tmp_path):
+    x, y, _ = clustered(n_per=15, labels=3, seed=1, spread=3.0)
+    np.save(tmp_path / "f.npy", x)
+    names = ["rock", "raga", "bhangra"]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "key"])
+        for i, row in enumerate(y):
+            w.writerow([names[row.argmax()], f"song{i:03d}.wav"])
+    return ["data=features", f"data.features=[{tmp_path / 'f.npy'}]", f"data.labels={tmp_path / 'labels.csv'}",
+            "data.key_column=key", "split.valid=0.2", "split.test=0.3"]
+
+
+def test_report_compares_runs_on_the_same_items(tmp_path, cfg_factory, features_data):
+    runs = []
+    for model in ("identity", "lda"):
+        run = tmp_path / model
+        run.mkdir()
+        train(cfg_factory("train", f"+model={model}", *features_data), run)
+        runs.append(run)
+    out = tmp_path / "report"
+    out.mkdir()
+    results = evaluate(cfg_factory("evaluate", f"runs=[{runs[0]},{runs[1]}]"), out)
+    rows = read_csv(out / "report.csv")
+    assert [r["model"] for r in rows] == ["identity", "lda"]
+    for run, row in zip(runs, rows):
+        saved = json.loads((run / "metrics.json").read_text())["test"]
+        assert float(row["map"]) == pytest.approx(saved["map"], abs=1e-9)
+        assert int(row["n_queries"]) == saved["n_queries"]
+    assert (out / "report.md").read_text().count("\n|") >= 3 and (out / "map_at_k.png").is_file()
+    assert set(results) == {str(r) for r in runs}
+
+
+def test_report_refuses_runs_on_different_items(tmp_path, cfg_factory, features_data):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    train(cfg_factory("train", "+model=identity", *features_data), a)
+    train(cfg_factory("train", "+model=identity", *features_data, "seed=5"), b)
+    with pytest.raises(SiamrecError, match="another split"):
+        evaluate(cfg_factory("evaluate", f"runs=[{a},{b}]"), tmp_path)
+
+
+def test_layer_study_scores_each_block_set(tmp_path, cfg_factory, features_data):
+    out = tmp_path / "study"
+    out.mkdir()
+    results = evaluate(cfg_factory("evaluate", "+study=blocks", *features_data), out)
+    assert list(results) == ["1", "1-2", "1-2-3", "1-2-3-4", "1-2-3-4-5"]
+    x = np.load(tmp_path / "f.npy")
+    split = np.array([r["split"] for r in read_csv(out / "split.csv")])
+    labels = [r["label"] for r in read_csv(tmp_path / "labels.csv")]
+    y = np.array([[lab == n for n in sorted(set(labels))] for lab in labels])
+    te = split == "test"
+    expected = retrieval_metrics(x[te][:, :64], y[te])["map"]
+    assert results["1-2"]["test"]["map"] == pytest.approx(expected, abs=1e-12)
+    rows = read_csv(out / "report.csv")
+    assert [int(r["dims"]) for r in rows] == [32, 64, 96, 128, 160]
