@@ -141,3 +141,40 @@ def test_corrupt_weight_file_is_a_clear_error(tmp_path):
     with pytest.raises(SiamrecError, match="bad.hdf5"):
         read_arrays(bad, "keras2")
     assert Path(bad).exists()
+
+
+def test_dataset_batchnorm_statistics_are_those_of_the_clips(tmp_path, audio_folder):
+    import keras
+
+    from siamrec.models.backbone import estimate_dataset_bn
+
+    paths = sorted(str(p) for p in audio_folder.rglob("*.flac"))[:4]
+    clip_cfg = OmegaConf.create({"sr": 12000, "duration": 29.0, "offset": "start"})
+    model = build_backbone("theano", "dataset")
+    estimate_dataset_bn(model, paths, clip_cfg, batch_size=3, progress=False)
+    clips = np.stack([load_clip(p, 12000, 29.0) for p in paths])
+    for k in (1, 3):
+        act = np.asarray(keras.Model(model.input, model.get_layer(f"conv{k}").output).predict(clips, verbose=0),
+                         dtype=np.float64)
+        mean, var = act.mean(axis=(0, 1, 2)), act.var(axis=(0, 1, 2))
+        bn = model.get_layer(f"bn{k}")
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-4)
+    # frozen statistics: a clip's features no longer depend on what else is in the batch
+    alone = concat_blocks(model.predict_on_batch(clips[:1]))
+    together = concat_blocks(model.predict_on_batch(clips))[:1]
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+
+
+def test_tag_command_prints_top_tags_of_a_real_song(shared, tmp_path, cfg_factory, capsys):
+    from siamrec.commands.tag import tag
+
+    song = shared / "audio" / "ragaveda" / "Yaman" / "Yaman_raga-yaman_1.flac"
+    results = tag(cfg_factory("tag", "tag.top=3", f"tag.files=[{song}]"), tmp_path)
+    (path, best), = results
+    assert path == str(song) and len(best) == 3
+    assert all(name in MSD_TAGS for name, _ in best)
+    probs = [p for _, p in best]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[-1] <= probs[0] < 1
+    assert f"{best[0][0]} {best[0][1]:.2f}" in capsys.readouterr().out
+    assert (tmp_path / "tags.csv").is_file()
