@@ -15,7 +15,6 @@ from siamrec.evaluation import score_embeddings
 from siamrec.runs import existing_run, read_embeddings, write_csv, write_metrics
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
-SHOWN = ("map", "map@10", "map@r", "p@10", "r_precision", "ndcg@10", "recall@10")
 
 
 def _labels_matrix(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +81,15 @@ def map_at_k_plot(run_dir, curves: dict[str, dict]) -> Path:
     return path
 
 
-def _row(describe: dict, test: dict) -> dict:
-    return {**describe, **{k: float(test[k]) for k in SHOWN if k in test}, "n_queries": int(test["n_queries"])}
+def _row(describe: dict, test: dict, ks) -> dict:
+    """One table row: what the run is, then every metric of its test split at the configured cut-offs
+    (eval.ks; the MAP@k curve uses more)."""
+    def shown(name: str) -> bool:
+        cut = name.split("@")[1] if "@" in name else None
+        return cut is None or cut == "r" or int(cut) in ks
+
+    metrics = {k: float(v) for k, v in test.items() if isinstance(v, float) and shown(k)}
+    return {**describe, **metrics, "n_queries": int(test["n_queries"])}
 
 
 def compare_runs(cfg, run_dir) -> dict:
@@ -103,7 +109,7 @@ def compare_runs(cfg, run_dir) -> dict:
         metrics = score_embeddings(emb, y, split, _eval_cfg(cfg))
         desc = _describe(run)
         name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"
-        rows.append(_row(desc, metrics["test"]))
+        rows.append(_row(desc, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[str(run)] = metrics
     table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.get('protocol', 'test')}")
@@ -123,7 +129,7 @@ def block_study(cfg, run_dir, data, feats160: np.ndarray) -> dict:
     for blocks in cfg.study.sets:
         name = "-".join(map(str, blocks))
         metrics = score_embeddings(select_blocks(feats160, blocks), data.y, data.split, _eval_cfg(cfg))
-        rows.append(_row({"blocks": name, "dims": 32 * len(blocks)}, metrics["test"]))
+        rows.append(_row({"blocks": name, "dims": 32 * len(blocks)}, metrics["test"], cfg.eval.ks))
         curves[f"blocks {name}"] = metrics["test"]
         results[name] = metrics
     table = write_table(run_dir, rows, "Layer study: pretrained block features, test split")
