@@ -33,7 +33,7 @@ class RunEmbedder:
                                    "use a run trained on audio (data=demo|folder|csv)")
             import keras
 
-            import siamrec.models.frontend  # noqa: F401 - registers the custom layers for loading
+            import siamrec.models.backbone  # noqa: F401 - registers the custom layers (ours and kapre's) for loading
 
             self._backbone = keras.saving.load_model(self.run_dir / "backbone.keras")
         return self._backbone

@@ -1,4 +1,5 @@
-"""Backbone features for a library of audio files: parallel decoding, batched inference, a per-file cache.
+"""Backbone features for a library of audio files: decoding in worker processes overlapped with batched
+inference (streamed batch by batch), and a per-file cache.
 
 The cache keys a file by its content (sha256) and the model by a fingerprint of its weights and the clip
 settings, so a second run over the same library decodes nothing and a fine-tuned model never reuses stale
@@ -12,8 +13,10 @@ import io
 import json
 import multiprocessing as mp
 import os
+import signal
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +90,20 @@ def _decode(args):
         return i, None, exc.reason
 
 
-def decode_stream(paths, clip_cfg, workers: int = 0, prefetch: int = 32):
-    """Yield (index, clip or None, error or None) in order; decoding runs ahead in `workers` processes,
-    at most `prefetch` files ahead of the consumer, so memory stays bounded."""
-    jobs = [(i, p, int(clip_cfg.sr), float(clip_cfg.duration), clip_cfg.offset) for i, p in paths]
+def decode_stream(items, clip_cfg, workers: int = 0, prefetch: int = 32):
+    """Yield (index, clip or None, error or None) for the (index, path) `items`, in order. Decoding runs ahead in
+    `workers` processes (never more than there are files; 0 or 1: in this process), at most `prefetch` files
+    ahead of the consumer, so memory stays bounded however many files there are."""
+    jobs = [(i, p, int(clip_cfg.sr), float(clip_cfg.duration), clip_cfg.offset) for i, p in items]
+    workers = min(int(workers), len(jobs))
     if workers <= 1:
         yield from map(_decode, jobs)
         return
-    with mp.get_context("spawn").Pool(workers) as pool:
-        pending = deque()
+    # workers ignore Ctrl-C: the main process handles it (and keeps what is finished)
+    with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                      initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         it = iter(jobs)
-        for job in it:
-            pending.append(pool.apply_async(_decode, (job,)))
-            if len(pending) >= prefetch:
-                break
+        pending = deque(pool.apply_async(_decode, (job,)) for job in islice(it, prefetch))
         while pending:
             result = pending.popleft().get()
             nxt = next(it, None)
@@ -109,11 +112,46 @@ def decode_stream(paths, clip_cfg, workers: int = 0, prefetch: int = 32):
             yield result
 
 
+def stream_features(items, model, clip_cfg, batch_size: int = 8, workers: int = 0, progress: bool = True,
+                    desc: str = "features"):
+    """Yield (indices, features (m, 160) float32, failures [(index, reason)]) batch by batch for the (index, path)
+    `items`. Worker processes decode the next files while the model embeds the current batch, so decoding and
+    inference overlap; memory holds one batch and the decoding prefetch, whatever the number of items.
+    A progress bar shows files/s and the time left."""
+    from siamrec.models.backbone import concat_blocks
+
+    bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress or not items)
+    indices, clips, failures = [], [], []
+    n_failed = 0
+
+    def batch():
+        feats = (concat_blocks(model.predict_on_batch(np.stack(clips))) if clips
+                 else np.empty((0, N_FEATURES), dtype=np.float32))
+        bar.update(len(clips))
+        return indices, feats.astype(np.float32, copy=False), failures
+
+    try:
+        for i, clip, error in decode_stream(items, clip_cfg, workers=workers):
+            if error is not None:
+                failures.append((i, error))
+                n_failed += 1
+                bar.set_postfix(failed=n_failed, refresh=False)
+                bar.update(1)
+                continue
+            indices.append(i)
+            clips.append(clip)
+            if len(clips) >= batch_size:
+                yield batch()
+                indices, clips, failures = [], [], []
+        if clips or failures:
+            yield batch()
+    finally:
+        bar.close()
+
+
 def extract_features(paths: list[str], model, clip_cfg, cache: FeatureCache | None = None, batch_size: int = 8,
                      workers: int = 0, progress: bool = True, desc: str = "features") -> Extraction:
     """The 160-d block features of each file (NaN rows for files that failed to decode)."""
-    from siamrec.models.backbone import concat_blocks
-
     out = np.full((len(paths), N_FEATURES), np.nan, dtype=np.float32)
     result = Extraction(out)
     todo = []
@@ -130,31 +168,12 @@ def extract_features(paths: list[str], model, clip_cfg, cache: FeatureCache | No
             result.n_cached += 1
         else:
             todo.append((i, p))
-    bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo)
-    batch_idx, batch = [], []
-
-    def flush():
-        feats = concat_blocks(model.predict_on_batch(np.stack(batch)))
-        for j, row in zip(batch_idx, feats):
-            out[j] = row
-            if cache is not None:
+    for indices, feats, failures in stream_features(todo, model, clip_cfg, batch_size, workers, progress, desc):
+        result.failures += failures
+        out[indices] = feats
+        if cache is not None:
+            for j, row in zip(indices, feats):
                 cache.put(digests[j], row)
-        bar.update(len(batch))
-        batch_idx.clear()
-        batch.clear()
-
-    for i, clip, error in decode_stream(todo, clip_cfg, workers=workers):
-        if error is not None:
-            result.failures.append((i, error))
-            bar.update(1)
-            continue
-        batch_idx.append(i)
-        batch.append(clip)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    bar.close()
     return result
 
 

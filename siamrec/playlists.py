@@ -1,4 +1,5 @@
-"""Playlists: the k songs of a library most cosine-similar to a seed song, the seed itself left out."""
+"""Playlists: the k songs of a library most cosine-similar to a seed song, the seed itself left out, found with
+a siamrec.index search (exact unless an approximate index is given)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.metrics import cosine_topk
+from siamrec.index import ExactIndex, Index
 from siamrec.runs import write_csv, write_json
 
 COLUMNS = ("seed", "seed_labels", "rank", "key", "labels", "similarity", "path")
 
 
-def playlists(query_emb, gallery_emb, gallery_keys, gallery_labels, gallery_paths, seeds, k: int,
+def playlists(query_emb, gallery: Index | np.ndarray, gallery_keys, gallery_labels, gallery_paths, seeds, k: int,
               self_index=None) -> list[tuple]:
-    """Rows (seed, seed_labels, rank, key, labels, similarity, path) for each query; `seeds` are
-    (name, labels) of the queries; `self_index[i]` is query i's row in the gallery (left out), or −1."""
+    """Rows (seed, seed_labels, rank, key, labels, similarity, path) for each query; `gallery` is an Index of
+    the gallery or its embeddings (searched exactly); `seeds` are (name, labels) of the queries;
+    `self_index[i]` is query i's row in the gallery (left out), or −1."""
     k = min(int(k), len(gallery_keys) - (0 if self_index is None else 1))
     if k < 1:
         return []
-    idx, sims = cosine_topk(query_emb, gallery_emb, k, self_index=self_index)
+    index = gallery if isinstance(gallery, Index) else ExactIndex(gallery)
+    idx, sims = index.search(query_emb, k, exclude=self_index)
     rows = []
     for (name, seed_labels), row_idx, row_sims in zip(seeds, idx, sims):
         for rank, (j, s) in enumerate(zip(row_idx, row_sims), start=1):

@@ -1,0 +1,198 @@
+"""Cosine nearest-neighbour search over a catalogue's embeddings, exact or approximate, behind one interface.
+
+`build_index(emb, method)` returns an Index whose `search(queries, k, exclude=...)` gives the k most
+cosine-similar rows of each query (most similar first, the row `exclude[i]` of query i left out):
+
+* `exact` (the default): the gallery L2-normalised once to float32, queries searched in blocks whose
+  similarity matrix stays within `max_block_bytes`, ties broken by row as in siamrec.metrics;
+* `hnsw` / `ivf`: a faiss inner-product index over the normalised rows (faiss is optional and imported only
+  here, when asked for). `save(path)` / `load_index(path)` store it.
+
+`open_index(run_dir, emb, index_cfg)` is what the commands use: `index=exact`, or `index=faiss`, which picks the
+method by catalogue size (conf/index/faiss.yaml: exact below `exact_below` items, HNSW up to `ivf_above`, IVF
+above) and keeps the built index in `index.faiss` next to the embeddings, rebuilt when they or the build
+settings change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.metrics import DEFAULT_MAX_BLOCK_BYTES, _top_k
+from siamrec.runs import atomic_write_bytes, write_json
+
+KINDS = ("exact", "faiss")
+METHODS = ("exact", "hnsw", "ivf")
+INDEX_FILE, META_FILE = "index.faiss", "index.json"
+_CELL_BYTES = 16  # per (query, gallery) cell of a block: sims, their negation, the top-k masks and counts
+
+
+def normalise(x) -> np.ndarray:
+    """Rows scaled to unit length as C-contiguous float32 (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or 0 in x.shape or not np.isfinite(x).all():
+        raise ValueError(f"embeddings must be a non-empty finite 2-D array, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+class Index:
+    """Search interface; `n` rows of dimension `dim`."""
+
+    method = "base"
+
+    def __init__(self, n: int, dim: int):
+        self.n, self.dim = n, dim
+
+    def search(self, queries, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices int64, similarities float32), both (n_queries, k), most similar first; `exclude[i]` is a row
+        left out of query i's results (or -1)."""
+        queries = normalise(queries)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"queries have dim {queries.shape[1]} but the index {self.dim}")
+        exclude = np.full(len(queries), -1, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        if exclude.shape != (len(queries),) or ((exclude < -1) | (exclude >= self.n)).any():
+            raise ValueError(f"exclude must hold one row in [-1, {self.n}) per query")
+        available = self.n - int((exclude >= 0).any())
+        if not 1 <= k <= available:
+            raise ValueError(f"k must be in [1, {available}] for this index, got {k}")
+        return self._search(queries, int(k), exclude)
+
+    def _search(self, queries, k, exclude):
+        raise NotImplementedError
+
+
+class ExactIndex(Index):
+    """Exact blocked search over the normalised gallery (ties: lower row first)."""
+
+    method = "exact"
+
+    def __init__(self, emb, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+        self.gallery = normalise(emb)
+        super().__init__(*self.gallery.shape)
+        self.block_rows = max(1, max_block_bytes // (_CELL_BYTES * self.n))
+
+    def _search(self, queries, k, exclude):
+        indices = np.empty((len(queries), k), dtype=np.int64)
+        sims = np.empty((len(queries), k), dtype=np.float32)
+        for start in range(0, len(queries), self.block_rows):
+            rows = slice(start, start + self.block_rows)
+            block = queries[rows] @ self.gallery.T
+            own = np.flatnonzero(exclude[rows] >= 0)
+            block[own, exclude[rows][own]] = -np.inf
+            indices[rows] = _top_k(block, k)
+            sims[rows] = np.take_along_axis(block, indices[rows], axis=1)
+        return indices, sims
+
+
+class FaissIndex(Index):
+    """A faiss HNSW or IVF inner-product index over the normalised rows."""
+
+    def __init__(self, index, ef_search: int = 128, nprobe: int = 32):
+        super().__init__(index.ntotal, index.d)
+        self.method = "hnsw" if isinstance(index, import_faiss().IndexHNSW) else "ivf"
+        self.index, self.ef_search, self.nprobe = index, int(ef_search), int(nprobe)
+
+    def _search(self, queries, k, exclude):
+        faiss = import_faiss()
+        wanted = k + int((exclude >= 0).any())
+        if self.method == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, wanted))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        sims, indices = self.index.search(queries, wanted, params=params)
+        dropped = indices == exclude[:, None]
+        keep = np.argsort(dropped, axis=1, kind="stable")[:, :k]  # the excluded row (if found) moves last
+        indices = np.take_along_axis(indices, keep, axis=1).astype(np.int64)
+        if (indices < 0).any():
+            raise SiamrecError(f"the faiss {self.method} index found fewer than k={k} neighbours; raise "
+                               "index.ef_search / index.ivf_nprobe or use index=exact")
+        return indices, np.take_along_axis(sims, keep, axis=1)
+
+    def save(self, path) -> Path:
+        return atomic_write_bytes(path, import_faiss().serialize_index(self.index).tobytes())
+
+
+def import_faiss():
+    """The faiss module, or a one-line error saying how to get it."""
+    try:
+        import faiss
+    except ImportError:
+        raise SiamrecError("index=faiss needs the faiss package: pip install faiss-cpu (or use index=exact)") from None
+    return faiss
+
+
+def build_index(emb, method: str = "exact", *, hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
+                ivf_nlist: int | None = None, ivf_nprobe: int = 32) -> Index:
+    """An index of `method` (exact | hnsw | ivf) over the rows of `emb`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "exact":
+        return ExactIndex(emb)
+    faiss = import_faiss()
+    x = normalise(emb)
+    n, d = x.shape
+    if method == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+    else:
+        nlist = int(ivf_nlist or max(1, round(4 * np.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
+        index.train(x[np.sort(sample)])
+    index.add(x)
+    return FaissIndex(index, ef_search, ivf_nprobe)
+
+
+def load_index(path, ef_search: int = 128, ivf_nprobe: int = 32) -> FaissIndex:
+    """A faiss index saved by FaissIndex.save."""
+    return FaissIndex(import_faiss().read_index(str(path)), ef_search, ivf_nprobe)
+
+
+def choose_method(n: int, index_cfg) -> str:
+    """The method `index_cfg` asks for over a catalogue of n items (see the module docstring)."""
+    kind = index_cfg.get("kind", "exact")
+    if kind not in KINDS:
+        raise SiamrecError(f"index.kind={kind!r}: choose index=exact or index=faiss")
+    if kind == "exact":
+        return "exact"
+    method = index_cfg.get("method", "auto")
+    if method == "auto":
+        if n < int(index_cfg.exact_below):
+            return "exact"
+        return "hnsw" if n < int(index_cfg.ivf_above) else "ivf"
+    if method not in ("hnsw", "ivf"):
+        raise SiamrecError(f"index.method={method!r}: choose auto, hnsw or ivf")
+    return method
+
+
+def open_index(run_dir, emb, index_cfg) -> Index:
+    """The configured index over a run's embeddings `emb`: a faiss index is loaded from run_dir/index.faiss
+    when it was built from these embeddings with these settings, else built and saved there."""
+    method = choose_method(len(emb), index_cfg)
+    if method == "exact":
+        return ExactIndex(emb)
+    import_faiss()
+    build = {"method": method, "hnsw_m": int(index_cfg.hnsw_m), "ef_construction": int(index_cfg.ef_construction),
+             "ivf_nlist": index_cfg.get("ivf_nlist")}
+    search = {"ef_search": int(index_cfg.ef_search), "ivf_nprobe": int(index_cfg.ivf_nprobe)}
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    h = hashlib.sha256(json.dumps({**build, "shape": emb.shape}, sort_keys=True).encode())
+    h.update(memoryview(emb).cast("B"))
+    fingerprint = h.hexdigest()[:20]
+    path, meta = Path(run_dir) / INDEX_FILE, Path(run_dir) / META_FILE
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
+        return load_index(path, **search)
+    started = time.perf_counter()
+    index = build_index(emb, **build, **search)
+    index.save(path)
+    write_json(meta, {"fingerprint": fingerprint, "n": len(emb), **build,
+                      "build_s": round(time.perf_counter() - started, 1)})
+    print(f"built a faiss {method} index of {len(emb)} items in {time.perf_counter() - started:.1f} s: {path}")
+    return index

@@ -1,0 +1,188 @@
+"""extract: a whole library into a sharded store, resumed after a kill, failures listed; its output folder
+serves recommend (library seeds and new songs, faiss index)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from siamrec.commands.extract import extract
+from siamrec.commands.recommend import recommend
+from siamrec.commands.train import train
+from siamrec.errors import SiamrecError
+from siamrec.runs import read_csv, read_embeddings
+
+FORMATS = ("wav", "flac", "ogg", "mp3")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """3 labels × 4 songs of 3 s in mixed formats and sample rates."""
+    from conftest import tone
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("library")
+    for label, freq, kind in (("drone", 110.0, "sine"), ("high", 1760.0, "sine"), ("beats", 4.0, "pulse")):
+        (root / label).mkdir()
+        for i, fmt in enumerate(FORMATS):
+            sr = (44100, 22050, 48000, 16000)[i]
+            sf.write(root / label / f"{label}_{i}.{fmt}", tone(freq * (1 + 0.03 * i), 3.0, sr, rng, kind), sr)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, library):
+    """A run on random backbone weights whose head keeps blocks 2 and 3 (64-d), so extract must apply it."""
+    from conftest import make_cfg
+
+    from siamrec.cli import seed_everything
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_cfg("train", ["+model=identity", "features.blocks=[2,3]", "data=folder", f"data.root={library}",
+                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.25"], tmp)
+    seed_everything(0)
+    train(cfg, tmp)
+    return tmp
+
+
+def extract_cfg(cfg_factory, run, library, out, *extra):
+    return cfg_factory("extract", f"run={run}", "data=folder", f"data.root={library}", f"extract.out={out}",
+                       "extract.shard_size=3", *extra)
+
+
+def by_key(folder):
+    emb, items = read_embeddings(folder)
+    return {it["key"]: row for it, row in zip(items, emb)}
+
+
+def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, library, tmp_path, cfg_factory,
+                                                                        monkeypatch):
+    import siamrec.features as features
+    from siamrec.store import FeatureStore
+
+    whole = tmp_path / "whole"
+    summary = extract(extract_cfg(cfg_factory, run, library, whole, "features.workers=2"), tmp_path)
+    assert (summary["embedded"], summary["already_done"], summary["failed"]) == (12, 0, 0)
+    assert len(list((whole / "store").glob("shard-*.npz"))) == 4
+    # the extraction reproduces the run's own embeddings of the same songs
+    reference = by_key(run)
+    assert set(by_key(whole)) == set(reference)
+    for key, row in by_key(whole).items():
+        np.testing.assert_allclose(row, reference[key], rtol=1e-4, atol=1e-5)
+
+    # killed while writing the second shard: a partial temporary file is left behind, the first shard is kept
+    resumed = tmp_path / "resumed"
+    write = FeatureStore.write
+
+    def killed_on_second_shard(self, keys, embeddings):
+        if self.shards:
+            (self.dir / ".shard-00001.npz.x.tmp").write_bytes(b"PK\x03\x04 half a shard")
+            raise RuntimeError("killed")
+        return write(self, keys, embeddings)
+
+    monkeypatch.setattr(FeatureStore, "write", killed_on_second_shard)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
+    shards = sorted((resumed / "store").glob("shard-*.npz"))
+    assert [s.name for s in shards] == ["shard-00000.npz"] and not (resumed / "embeddings.npy").exists()
+    with np.load(shards[0]) as z:  # a complete shard: 3 keys and their rows
+        done = {str(k) for k in z["keys"]}
+        assert len(done) == 3 and z["embeddings"].shape == (3, 64)
+
+    # started again: the stored songs are not decoded again, the rest is, and the result is the same
+    monkeypatch.setattr(FeatureStore, "write", write)
+    decoded = []
+    load_clip = features.load_clip
+    monkeypatch.setattr(features, "load_clip", lambda path, *a: decoded.append(path) or load_clip(path, *a))
+    summary = extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
+    assert (summary["embedded"], summary["already_done"]) == (9, 3)
+    assert len(decoded) == 9 and not {p for p in decoded if p.split(f"{library}/")[1] in done}
+    assert [it["key"] for it in read_csv(resumed / "items.csv")] == [it["key"] for it in read_csv(whole / "items.csv")]
+    # equal up to float rounding (the batches differ)
+    np.testing.assert_allclose(np.load(resumed / "embeddings.npy"), np.load(whole / "embeddings.npy"),
+                               rtol=1e-4, atol=1e-5)
+
+    # once finished, a third start has nothing left to do
+    summary = extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
+    assert (summary["embedded"], summary["already_done"]) == (0, 12)
+
+
+def test_the_command_killed_after_its_first_shard_finishes_when_started_again(run, library, tmp_path):
+    """The real thing: `python -m siamrec extract` killed (SIGKILL) as soon as a shard is on disk, then rerun."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "siamrec", "extract", f"run={run}", "data=folder", f"data.root={library}",
+            f"extract.out={out}", "extract.shard_size=1", "features.batch_size=1", "features.workers=0",
+            f"paths.cache={tmp_path / 'cache'}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'first'}"], stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + 300
+        while not list((out / "store").glob("shard-*.npz")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first.kill()
+        first.wait()
+    assert not (out / "embeddings.npy").exists()  # it really died halfway
+    kept = len(list((out / "store").glob("shard-*.npz")))
+    second = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'second'}"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads((out / "extract.json").read_text())
+    assert summary["already_done"] >= kept and summary["already_done"] + summary["embedded"] == 12
+    reference = by_key(run)
+    for key, row in by_key(out).items():
+        np.testing.assert_allclose(row, reference[key], rtol=1e-4, atol=1e-5)
+    assert len(by_key(out)) == 12
+
+
+def test_failed_files_are_listed_and_the_rest_embedded(run, library, tmp_path, cfg_factory):
+    broken = tmp_path / "broken_library"
+    import shutil
+
+    shutil.copytree(library, broken)
+    (broken / "high" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage, not audio")
+    (broken / "beats" / "empty.mp3").write_bytes(b"")
+    out = tmp_path / "out"
+    summary = extract(extract_cfg(cfg_factory, run, broken, out), tmp_path)
+    assert (summary["embedded"], summary["failed"]) == (12, 2)
+    failed = read_csv(out / "failed.csv")
+    assert sorted(f["key"] for f in failed) == ["beats/empty.mp3", "high/broken.wav"]
+    assert all(f["reason"] for f in failed)
+    assert len(by_key(out)) == 12 and json.loads((out / "extract.json").read_text())["failed"] == 2
+
+
+def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory):
+    out = tmp_path / "out"
+    extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
+    with pytest.raises(SiamrecError, match="another model"):
+        extract(extract_cfg(cfg_factory, run, library, out, "clip.offset=middle"), tmp_path)
+    with pytest.raises(SiamrecError, match="run folder itself"):
+        extract(extract_cfg(cfg_factory, run, library, run), tmp_path)
+
+
+def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, library, tmp_path, cfg_factory):
+    pytest.importorskip("faiss")
+    import shutil
+
+    out = tmp_path / "extracted"
+    extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
+    new = tmp_path / "new_song.flac"
+    shutil.copy(library / "drone" / "drone_1.flac", new)
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"high/high_0.wav\n{new}\n{library / 'beats' / 'beats_3.mp3'}\n")
+    rows = recommend(cfg_factory("recommend", f"run={out}", f"recommend.seed={seeds}", "recommend.k=4",
+                                 f"recommend.out={tmp_path / 'p.json'}", "index=faiss", "index.method=hnsw"),
+                     tmp_path)
+    assert (out / "index.faiss").is_file()
+    assert [r[0] for r in rows[::4]] == ["high/high_0.wav", str(new), "beats/beats_3.mp3"]
+    twin = rows[4]  # the new song's nearest neighbour is the library song it copies
+    assert twin[3] == "drone/drone_1.flac" and twin[5] == pytest.approx(1.0, abs=1e-4)
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 3

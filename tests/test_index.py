@@ -1,0 +1,137 @@
+"""siamrec.index: exact search against brute force, faiss recall on clustered data, the saved index, and
+recommend with many seeds writing CSV and JSON (on a run made of stored embeddings, no model needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from siamrec.commands.recommend import recommend
+from siamrec.errors import SiamrecError
+from siamrec.index import INDEX_FILE, build_index, choose_method, open_index
+from siamrec.runs import read_csv, write_embeddings
+
+
+def clustered(n: int, d: int = 32, centres: int = 50, seed: int = 0) -> np.ndarray:
+    """Rows around random centres, varying in a low-dimensional subspace (like real embeddings)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    basis = rng.normal(size=(8, d)) / np.sqrt(8)
+    x = c[rng.integers(0, centres, n)] + 0.7 * rng.normal(size=(n, 8)) @ basis + 0.05 * rng.normal(size=(n, d))
+    return x.astype(np.float32)
+
+
+def brute_force(queries, gallery, k, exclude):
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    sims = q.astype(np.float64) @ g.astype(np.float64).T
+    sims[np.arange(len(q))[exclude >= 0], exclude[exclude >= 0]] = -np.inf
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k], np.sort(sims, axis=1)[:, ::-1][:, :k]
+
+
+@pytest.mark.parametrize("max_block_bytes", [1, 2**20])
+def test_exact_index_matches_brute_force_and_leaves_excluded_rows_out(max_block_bytes):
+    from siamrec.index import ExactIndex
+
+    rng = np.random.default_rng(1)
+    gallery = rng.normal(size=(500, 24)).astype(np.float32)
+    queries = np.concatenate([gallery[:20], rng.normal(size=(10, 24)).astype(np.float32)])
+    exclude = np.concatenate([np.arange(20), np.full(10, -1)])
+    index = ExactIndex(gallery, max_block_bytes=max_block_bytes)
+    idx, sims = index.search(queries, 7, exclude=exclude)
+    ref_idx, ref_sims = brute_force(queries, gallery, 7, exclude)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    assert not (idx[:20] == np.arange(20)[:, None]).any()
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(queries, 500, exclude=exclude)
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf"])
+def test_faiss_recall_on_clustered_data(method):
+    pytest.importorskip("faiss")
+    data = clustered(20200)
+    gallery, queries = data[:20000], data[20000:]  # new songs of the same kind as the catalogue
+    exact, _ = build_index(gallery).search(queries, 10)
+    index = build_index(gallery, method, ivf_nlist=100, ivf_nprobe=8)
+    approx, sims = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
+    assert recall >= 0.95, recall
+    assert (np.diff(sims, axis=1) <= 1e-6).all()  # most similar first
+    # a query from the gallery never gets itself back when excluded
+    own, _ = index.search(gallery[:50], 10, exclude=np.arange(50))
+    assert not (own == np.arange(50)[:, None]).any()
+
+
+def test_auto_method_follows_the_catalogue_size():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"kind": "faiss", "method": "auto", "exact_below": 100, "ivf_above": 1000})
+    assert [choose_method(n, cfg) for n in (99, 100, 999, 1000)] == ["exact", "hnsw", "hnsw", "ivf"]
+    assert choose_method(10**7, OmegaConf.create({"kind": "exact"})) == "exact"
+    with pytest.raises(SiamrecError, match="index.kind"):
+        choose_method(10, OmegaConf.create({"kind": "annoy"}))
+
+
+def test_faiss_index_is_saved_reused_and_rebuilt_when_the_embeddings_change(tmp_path, cfg_factory, monkeypatch):
+    pytest.importorskip("faiss")
+    import siamrec.index as index_module
+
+    cfg = cfg_factory("recommend", "index=faiss", "index.method=hnsw").index
+    emb = clustered(2000)
+    first = open_index(tmp_path, emb, cfg)
+    assert first.method == "hnsw" and (tmp_path / INDEX_FILE).is_file()
+    built = []
+    monkeypatch.setattr(index_module, "build_index", lambda *a, **kw: built.append(1) or build_index(*a, **kw))
+    again = open_index(tmp_path, emb, cfg)
+    assert not built
+    np.testing.assert_array_equal(again.search(emb[:5], 5)[0], first.search(emb[:5], 5)[0])
+    changed = emb.copy()
+    changed[0] += 1.0
+    open_index(tmp_path, changed, cfg)
+    assert built == [1]
+
+
+def fake_run(tmp_path, n=300):
+    """A run folder holding only embeddings.npy + items.csv (what recommend reads for library seeds)."""
+    run = tmp_path / "run"
+    emb = clustered(n, d=16)
+    keys = [f"genre{i % 3}/song{i}.mp3" for i in range(n)]
+    write_embeddings(run, emb, keys, [f"/music/{k}" for k in keys], [(k.split("/")[0],) for k in keys], [""] * n)
+    return run, emb, keys
+
+
+@pytest.mark.parametrize("index", ["exact", "faiss"])
+def test_recommend_with_a_list_of_seeds_writes_csv_and_json(tmp_path, cfg_factory, index):
+    if index == "faiss":
+        pytest.importorskip("faiss")
+    run, emb, keys = fake_run(tmp_path)
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("# three songs of the library, by key, path and stem\ngenre0/song0.mp3\n/music/genre1/song1.mp3\n"
+                     "song2\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    extra = ["index.method=hnsw"] if index == "faiss" else []
+    for name in ("playlists.csv", "playlists.json"):
+        recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={seeds}", "recommend.k=5",
+                              f"recommend.out={tmp_path / name}", f"index={index}", *extra), out)
+    rows = read_csv(tmp_path / "playlists.csv")
+    assert [r["seed"] for r in rows] == [k for k in keys[:3] for _ in range(5)]
+    assert all(r["seed"] != r["key"] for r in rows)
+    playlists = json.loads((tmp_path / "playlists.json").read_text())
+    assert list(playlists) == keys[:3] and all(len(p["playlist"]) == 5 for p in playlists.values())
+    exact, _ = build_index(emb).search(emb[:3], 5, exclude=np.arange(3))
+    assert [[r["key"] for r in p["playlist"]] for p in playlists.values()] == [[keys[j] for j in row] for row in exact]
+    assert (run / INDEX_FILE).is_file() == (index == "faiss")
+
+
+def test_index_faiss_without_faiss_is_a_one_line_error(tmp_path, cfg_factory, monkeypatch):
+    run, _, keys = fake_run(tmp_path)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now fails as if it were not installed
+    cfg = cfg_factory("recommend", f"run={run}", f"recommend.seed={keys[0]}", "index=faiss", "index.method=hnsw")
+    with pytest.raises(SiamrecError, match="pip install faiss-cpu") as err:
+        recommend(cfg, tmp_path)
+    assert "\n" not in str(err.value)
