@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.metrics import DEFAULT_MAX_BLOCK_BYTES, _top_k
+from siamrec.metrics import DEFAULT_MAX_BLOCK_BYTES, top_k
 from siamrec.runs import atomic_write_bytes, write_json
 
 KINDS = ("exact", "faiss")
@@ -60,8 +60,8 @@ class Index:
         if exclude.shape != (len(queries),) or ((exclude < -1) | (exclude >= self.n)).any():
             raise ValueError(f"exclude must hold one row in [-1, {self.n}) per query")
         available = self.n - int((exclude >= 0).any())
-        if not 1 <= k <= available:
-            raise ValueError(f"k must be in [1, {available}] for this index, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
+            raise ValueError(f"k must be an integer in [1, {available}] for this index, got {k!r}")
         return self._search(queries, int(k), exclude)
 
     def _search(self, queries, k, exclude):
@@ -86,7 +86,7 @@ class ExactIndex(Index):
             block = queries[rows] @ self.gallery.T
             own = np.flatnonzero(exclude[rows] >= 0)
             block[own, exclude[rows][own]] = -np.inf
-            indices[rows] = _top_k(block, k)
+            indices[rows] = top_k(block, k)
             sims[rows] = np.take_along_axis(block, indices[rows], axis=1)
         return indices, sims
 

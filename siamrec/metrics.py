@@ -1,4 +1,4 @@
-"""Retrieval metrics (mAP, MAP@R, precision, recall, nDCG) and cosine top-k search.
+"""Retrieval metrics (mAP, MAP@k, MAP@R, precision, recall, nDCG) and the top-k selection shared with siamrec.index.
 
 Queries are ranked against a gallery by cosine similarity computed in float64
 (rows L2-normalised, an all-zero row stays zero).  A query is never returned
@@ -18,7 +18,6 @@ DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 
 # Upper bounds on the bytes held per (query, gallery) cell of a block.
 _METRICS_CELL_BYTES = 64  # sims, rank keys, sorted keys, label overlaps, relevant-pair arrays
-_TOPK_CELL_BYTES = 32  # sims, partition buffer, selection masks
 
 # Rank keys: trunc(-sim * 2**30) as int32 orders items like -sim, only coarser;
 # items whose keys collide are re-ordered exactly by (-sim, index).
@@ -104,34 +103,6 @@ def retrieval_metrics(query_emb, query_labels, gallery_emb=None, gallery_labels=
     result["n_queries"] = n_evaluated
     result["n_skipped"] = len(queries) - n_evaluated
     return result
-
-
-def cosine_topk(query_emb, gallery_emb, k, *, self_index=None,
-                max_block_bytes=DEFAULT_MAX_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Return the ``k`` most cosine-similar gallery rows of every query.
-
-    Uses the same normalisation, blocking, self-exclusion and tie-breaking
-    (lower gallery index first) as :func:`retrieval_metrics`.  ``gallery_emb=None``
-    searches the queries themselves, excluding each query; otherwise
-    ``self_index[i]`` (or -1) names a gallery row excluded for query ``i``.
-
-    Returns:
-        ``(indices, sims)``: int64 and float32 arrays of shape (n_queries, k), most
-        similar first.
-    """
-    queries, gallery, self_index = _retrieval_inputs(query_emb, gallery_emb, self_index,
-                                                     max_block_bytes)
-    available = len(gallery) - int((self_index >= 0).any())
-    if not _is_int(k) or not 1 <= k <= available:
-        raise ValueError(f"k must be an integer in [1, {available}] for this gallery, got {k!r}")
-    indices = np.empty((len(queries), k), dtype=np.int64)
-    top_sims = np.empty((len(queries), k), dtype=np.float32)
-    for rows, sims, own_rows, own_cols in _similarity_blocks(queries, gallery, self_index,
-                                                             _TOPK_CELL_BYTES, max_block_bytes):
-        sims[own_rows, own_cols] = -np.inf
-        indices[rows] = _top_k(sims, k)
-        top_sims[rows] = np.take_along_axis(sims, indices[rows], axis=1)
-    return indices, top_sims
 
 
 # --------------------------------------------------------------------------- inputs
@@ -221,7 +192,7 @@ def _similarity_blocks(queries, gallery, self_index, cell_bytes, max_block_bytes
         yield rows, sims, own_rows, self_index[rows][own_rows]
 
 
-def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+def top_k(sims: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest entries per row, by similarity then index."""
     kth = np.negative(sims)
     kth.partition(k - 1, axis=1)

@@ -6,7 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from siamrec.metrics import cosine_topk, retrieval_metrics
+from siamrec.index import ExactIndex
+from siamrec.metrics import retrieval_metrics
 
 
 def angles(*degrees):
@@ -269,8 +270,8 @@ def test_block_size_does_not_change_results(data):
 
 @pytest.mark.parametrize("search", [
     lambda emb, labels, budget: retrieval_metrics(emb, labels, max_block_bytes=budget),
-    lambda emb, labels, budget: cosine_topk(emb, None, 10, max_block_bytes=budget),
-], ids=["retrieval_metrics", "cosine_topk"])
+    lambda emb, labels, budget: ExactIndex(emb, max_block_bytes=budget).search(emb, 10, exclude=np.arange(len(emb))),
+], ids=["retrieval_metrics", "exact_index"])
 def test_memory_stays_within_the_block_budget(search):
     n, budget = 4000, 2**20
     emb, labels = gaussian_data(0, n, dim=8)
@@ -284,7 +285,7 @@ def test_memory_stays_within_the_block_budget(search):
     assert peak < 6 * budget
 
 
-# --------------------------------------------------------------------------- cosine_topk
+# --------------------------------------------------------------------------- exact top-k search (siamrec.index)
 
 def brute_force_topk(q, g, k, self_index):
     gn = np.array([unit(v) for v in np.asarray(g, dtype=np.float64)])
@@ -300,9 +301,9 @@ def brute_force_topk(q, g, k, self_index):
 
 @pytest.mark.parametrize("data", [gaussian_data(3, 60), exact_tie_data(3, 60)])
 @pytest.mark.parametrize("max_block_bytes", [1, 2**20])
-def test_cosine_topk_matches_brute_force_and_excludes_self(data, max_block_bytes):
+def test_exact_top_k_matches_brute_force_and_excludes_self(data, max_block_bytes):
     emb, _ = data
-    indices, sims = cosine_topk(emb, None, 7, max_block_bytes=max_block_bytes)
+    indices, sims = ExactIndex(emb, max_block_bytes=max_block_bytes).search(emb, 7, exclude=np.arange(len(emb)))
     expected_indices, expected_sims = brute_force_topk(emb, emb, 7, np.arange(len(emb)))
     assert indices.dtype == np.int64 and sims.dtype == np.float32
     np.testing.assert_array_equal(indices, expected_indices)
@@ -310,10 +311,10 @@ def test_cosine_topk_matches_brute_force_and_excludes_self(data, max_block_bytes
     assert not (indices == np.arange(len(emb))[:, None]).any()
 
 
-def test_cosine_topk_with_separate_gallery_and_self_index():
+def test_exact_top_k_with_separate_gallery_and_excluded_rows():
     emb, _ = exact_tie_data(4, 50)
     self_index = np.array([-1, 3, -1, 10, 0])
-    indices, _ = cosine_topk(emb[:5], emb[5:], 45 - 1, self_index=self_index, max_block_bytes=1)
+    indices, _ = ExactIndex(emb[5:], max_block_bytes=1).search(emb[:5], 45 - 1, exclude=self_index)
     expected, _ = brute_force_topk(emb[:5], emb[5:], 44, self_index)
     np.testing.assert_array_equal(indices, expected)
 
@@ -347,6 +348,6 @@ def test_invalid_inputs_raise_value_error(kwargs, message):
 
 
 @pytest.mark.parametrize("k", [0, 5, 2.0])
-def test_cosine_topk_rejects_bad_k(k):
+def test_exact_top_k_rejects_bad_k(k):
     with pytest.raises(ValueError, match="k must be"):
-        cosine_topk(np.ones((5, 2)), None, k)
+        ExactIndex(np.ones((5, 2))).search(np.ones((5, 2)), k, exclude=np.arange(5))
