@@ -133,11 +133,11 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
                      [(lib.keys[i], lib.labels[i]) for i in seeds], int(cfg.recommend.get("k", 10)),
                      self_index=np.asarray(seeds))
     write_playlists(run_dir / "playlists.csv", rows)
-    if plots:
-        from siamrec.plots import history_plot, tsne_plots
+    from siamrec.plots import history_plot, tsne_plots
 
+    if plots and cfg.get("plots", True):
         tsne_plots(run_dir, emb, lib.labels, seed=int(cfg.seed))
-        history_plot(run_dir, history)
+    history_plot(run_dir, history)
     print_scores(metrics)
     return metrics
 

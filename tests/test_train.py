@@ -144,3 +144,30 @@ def test_lda_on_audio_features_and_evaluate_run(tmp_path, cfg_factory, audio_fol
     metrics = evaluate(cfg_factory("evaluate", f"run={run}", *audio_args(audio_folder)), again)
     saved = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["map"] == pytest.approx(saved["test"]["map"], abs=1e-6)
+
+
+def test_siamese_end_to_end_updates_the_backbone_and_reloads(tmp_path, cfg_factory, audio_folder):
+    import keras
+
+    from siamrec.embedder import RunEmbedder
+    from siamrec.models.backbone import build_backbone, concat_blocks
+
+    run = tmp_path / "e2e"
+    run.mkdir()
+    cfg = cfg_factory("train", "+model=siamese", "model.finetune_backbone=true", "model.backbone_epochs=1",
+                      "model.epochs=3", "model.branches=1", "model.m_per_class=2", "model.trainable_blocks=[5]",
+                      "model.backbone_lr=0.01", "plots=false", *audio_args(audio_folder))
+    keras.utils.set_random_seed(0)
+    train(cfg, run)
+    history = json.loads((run / "history.json").read_text())
+    assert "end_to_end_loss" in history
+    tuned = keras.saving.load_model(run / "backbone.keras")
+    keras.utils.set_random_seed(0)
+    untouched = build_backbone("theano", "dataset")  # the same random initialisation as the run's backbone
+    changed = {k: not np.allclose(tuned.get_layer(f"conv{k}").get_weights()[0],
+                                  untouched.get_layer(f"conv{k}").get_weights()[0]) for k in (1, 5)}
+    assert changed == {1: False, 5: True}  # only the trainable block moved
+    emb, items = read_embeddings(run)
+    clip_feats = RunEmbedder(run).from_features(concat_blocks(tuned.predict_on_batch(np.zeros((1, 29 * 12000), np.float32))))
+    assert clip_feats.shape == (1, emb.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

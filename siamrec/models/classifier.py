@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamrec.models.heads import KerasHead
+from siamrec.models.heads import KerasHead, epoch_progress
 
 
 def is_multilabel(y: np.ndarray) -> bool:
@@ -54,7 +54,9 @@ class ClassifierHead(KerasHead):
         history = self.model.fit(
             self.scale(x_train), y_train, epochs=int(c.get("head_epochs", 200)), batch_size=int(c.get("batch_size", 32)),
             validation_data=(self.scale(x_valid), y_valid.astype(np.float32)) if has_valid else None,
-            class_weight=class_weights(y_train), callbacks=[early_stopping(has_valid, c.get("patience", 10))],
+            class_weight=class_weights(y_train),
+            callbacks=[early_stopping(has_valid, c.get("patience", 10)), epoch_progress(int(c.get("head_epochs", 200)),
+                                                                                         "classifier")],
             verbose=0,
         )
         self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)

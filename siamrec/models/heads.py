@@ -118,8 +118,27 @@ class KerasHead(Head):
 
         with np.load(Path(run_dir) / "scaler.npz") as z:
             self.mu, self.sigma = z["mu"], z["sigma"]
-        self.model = keras.saving.load_model(Path(run_dir) / "model.keras")
+        self.model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False)
         self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
+
+
+def epoch_progress(epochs: int, desc: str):
+    """A Keras callback showing training as one tqdm bar over epochs, with the latest logs as its postfix."""
+    import keras
+    from tqdm.auto import tqdm
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=epochs, desc=desc, unit="epoch")
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochProgress()
 
 
 def save_keras(model, path: Path) -> None:

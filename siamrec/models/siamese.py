@@ -1,8 +1,25 @@
-"""The Siamese variant: an MLP projection of the features trained with a metric-learning loss.
+"""The Siamese variant: a small ensemble of MLP projections of the features, trained with a metric-learning loss.
 
-Songs sharing a label (or a tag) are pulled together, others pushed apart, on class-balanced batches
-(siamrec.samplers); the output is L2-normalised so cosine playlists use it directly. The weights kept are those
-of the epoch with the best validation MAP (or the last epoch when there is no validation split).
+One Keras model, applied to the standardised features (the base class's scaler):
+
+1. ``whitening``: a fixed PCA whitening of the standardised training features, ``x → Vᵀx / sqrt(λ + whiten_eps)``.
+   Transfer features are strongly correlated (GTZAN's eigenvalues span six orders of magnitude): a few directions
+   dominate the inputs and the distances, and gradient descent is slow along the others even where they separate
+   the labels best; whitening evens them out (what makes LDA strong on such features). ``whiten_eps`` is in units
+   of the average eigenvalue (1 after standardisation): at 1.0 the dominant directions are flattened but no
+   direction is amplified, so weak, noisy ones (and, with fewer items than dimensions, those the training items do
+   not span at all) are not blown up.
+2. ``branches`` independent MLPs (dropout → dense ReLU … → dropout → dense ``dim``), each L2-normalised; their
+   outputs are concatenated and L2-normalised again (``embedding``), so the cosine of two songs is the mean of the
+   branches' cosines: a seed ensemble inside one model, which mostly removes the run-to-run variance.
+3. Training on class-balanced batches (siamrec.samplers) with a loss of siamrec.losses: songs sharing a label (or a
+   tag, for multi-label data) are positives.
+
+Model selection: with a validation split, the validation MAP (full ranking, cosine) is measured after every epoch
+and the last epoch within one standard error of the best is chosen (see validation_map_callback). With ``refit``
+a fresh model (scaler and whitening included) is then trained on train+valid for that many epochs, as LDA uses
+train+valid too; without it the chosen epoch's weights are kept. Without a validation split the model trains
+``epochs`` epochs on the training items.
 """
 
 from __future__ import annotations
@@ -10,80 +27,137 @@ from __future__ import annotations
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.heads import KerasHead
+from siamrec.models.heads import KerasHead, epoch_progress
 
 
-def build_projection(in_dim: int, hidden: list[int], dim: int, dropout: float, name="siamese"):
+def whitening_matrix(z: np.ndarray, eps: float) -> np.ndarray:
+    """PCA whitening ``V / sqrt(λ + eps)`` of the (standardised) rows ``z``; columns by decreasing variance."""
+    if len(z) < 2:
+        return np.eye(z.shape[1], dtype=np.float32)
+    eigval, eigvec = np.linalg.eigh(np.cov(z, rowvar=False))
+    w = eigvec / np.sqrt(np.clip(eigval, 0.0, None) + eps)
+    return w[:, ::-1].astype(np.float32)
+
+
+def build_projection(whitening: np.ndarray, hidden: list[int], dim: int, dropout: float, branches: int,
+                     name="siamese"):
+    """Fixed whitening, then ``branches`` MLPs to unit-norm ``dim``-d vectors, concatenated and re-normalised."""
     import keras
 
+    in_dim = whitening.shape[0]
     inp = keras.Input((in_dim,), name="features")
-    h = inp
-    for i, width in enumerate(hidden, start=1):
-        h = keras.layers.Dropout(dropout, name=f"dropout{i}")(h)
-        h = keras.layers.Dense(width, activation="relu", name=f"hidden{i}")(h)
-    h = keras.layers.Dropout(dropout, name="dropout_out")(h)
-    h = keras.layers.Dense(dim, name="projection")(h)
+    white = keras.layers.Dense(whitening.shape[1], use_bias=False, trainable=False, name="whitening")
+    z = white(inp)
+    white.set_weights([whitening])
+    outputs = []
+    for b in range(1, branches + 1):
+        h = z
+        for i, width in enumerate(hidden, start=1):
+            h = keras.layers.Dropout(dropout, name=f"b{b}_dropout{i}")(h)
+            h = keras.layers.Dense(width, activation="relu", name=f"b{b}_hidden{i}")(h)
+        h = keras.layers.Dropout(dropout, name=f"b{b}_dropout_out")(h)
+        h = keras.layers.Dense(dim, name=f"b{b}_projection")(h)
+        outputs.append(keras.layers.UnitNormalization(name=f"b{b}_unit")(h))
+    h = outputs[0] if branches == 1 else keras.layers.Concatenate(name="branches")(outputs)
     out = keras.layers.UnitNormalization(name="embedding")(h)
     return keras.Model(inp, out, name=name)
 
 
-class ValidationMAP:
-    """Keras callback factory: full-ranking MAP on the validation items each epoch; keeps the best weights."""
+def map_standard_error(emb: np.ndarray, y: np.ndarray, groups: int = 20) -> float:
+    """Standard error of the full-ranking MAP of the items (as queries against each other), estimated from the
+    MAPs of up to ``groups`` disjoint sets of queries, each still ranked against all items."""
+    from siamrec.metrics import retrieval_metrics
 
-    @staticmethod
-    def make(x_valid, y_valid, every: int = 1):
-        import keras
+    parts = np.array_split(np.arange(len(emb)), min(groups, len(emb)))
+    maps = np.array([retrieval_metrics(emb[q], y[q], emb, y, self_index=q, ks=(10,))["map"] for q in parts])
+    maps = maps[np.isfinite(maps)]
+    return float(maps.std(ddof=1) / np.sqrt(len(maps))) if len(maps) > 1 else 0.0
 
-        from siamrec.metrics import retrieval_metrics
 
-        class _Callback(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.best, self.best_weights, self.best_epoch = -1.0, None, -1
+def validation_map_callback(x_valid: np.ndarray, y_valid: np.ndarray, batch_size: int = 4096):
+    """Keras callback: full-ranking MAP of the validation items after each epoch (``logs['val_map']``).
 
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch % every:
-                    return
-                emb = self.model.predict(x_valid, batch_size=1024, verbose=0)
-                value = retrieval_metrics(emb, y_valid, ks=(10,))["map"]
-                if logs is not None:
-                    logs["val_map"] = value
-                if value > self.best:
-                    self.best, self.best_weights, self.best_epoch = value, self.model.get_weights(), epoch
+    It chooses the last epoch whose MAP is within one standard error of the best (``chosen_epoch``, 1-based, and
+    ``chosen_weights``): on a small validation split the exact best epoch is mostly noise, and a model refitted on
+    train+valid (more data) suffers more from stopping too early than from training on along a plateau.
+    """
+    import keras
 
-            def on_train_end(self, logs=None):
-                if self.best_weights is not None:
-                    self.model.set_weights(self.best_weights)
+    from siamrec.metrics import retrieval_metrics
 
-        return _Callback()
+    class ValidationMAP(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.best_se = -np.inf, 0.0
+            self.chosen_epoch, self.chosen_weights = 0, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            emb = np.concatenate([np.asarray(self.model(x_valid[i:i + batch_size], training=False))
+                                  for i in range(0, len(x_valid), batch_size)])
+            value = retrieval_metrics(emb, y_valid, ks=(10,))["map"]
+            if logs is not None:
+                logs["val_map"] = value
+            if value > self.best:
+                self.best, self.best_se = value, map_standard_error(emb, y_valid)
+            if value >= self.best - self.best_se:
+                self.chosen_epoch, self.chosen_weights = epoch + 1, self.model.get_weights()
+
+    return ValidationMAP()
 
 
 class SiameseHead(KerasHead):
     kind = "siamese"
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None):
+        c = self.cfg
+        epochs = int(c.get("epochs", 60))
+        has_valid = x_valid is not None and len(x_valid) > 1 and bool((np.asarray(y_valid).sum(axis=0) >= 2).any())
+        if not has_valid:
+            return self._train(x_train, y_train, epochs)[0]
+        history, chosen = self._train(x_train, y_train, epochs, (x_valid, y_valid))
+        note = (f"siamese: epoch {chosen} chosen, validation MAP {history['val_map'][chosen - 1]:.4f} "
+                f"(best {max(history['val_map']):.4f})")
+        if not c.get("refit", True):
+            print(note)
+            return history
+        print(f"{note}; training afresh on train+valid ({len(x_train) + len(x_valid)} items) for {chosen} epochs")
+        refit, _ = self._train(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), chosen)
+        return {**history, "refit_loss": refit["loss"]}
+
+    def _train(self, x, y, epochs: int, valid=None) -> tuple[dict, int]:
+        """Fit scaler, whitening and a fresh model on (x, y) for ``epochs`` epochs. With ``valid`` = (x, y), the
+        validation MAP is logged per epoch and the model ends with the weights of the chosen epoch (see
+        validation_map_callback). Returns the history and the epoch kept (1-based)."""
         import keras
 
         from siamrec.losses import MetricLoss
         from siamrec.samplers import ClassBalancedSampler, as_keras_dataset
 
         c = self.cfg
-        self.standardiser(x_train)
-        hidden = [int(h) for h in c.get("hidden", [512])]
-        self.model = build_projection(x_train.shape[1], hidden, int(c.get("dim", 128)), float(c.get("dropout", 0.2)))
-        loss_params = dict(c.get("loss_params") or {})
+        y = np.asarray(y, dtype=np.float32)
+        self.standardiser(x)
+        z = self.scale(x)
+        eps = c.get("whiten_eps", 1.0)
+        whitening = np.eye(z.shape[1], dtype=np.float32) if eps is None else whitening_matrix(z, float(eps))
+        self.model = self.embedder = build_projection(
+            whitening, [int(h) for h in c.get("hidden", [512])], int(c.get("dim", 128)), float(c.get("dropout", 0.2)),
+            int(c.get("branches", 4)))
+        usable_labels = int(((y != 0).sum(axis=0) >= 2).sum())
         try:
-            loss = MetricLoss(str(c.get("loss", "triplet_semihard")), **loss_params)
-            sampler = ClassBalancedSampler(y_train, int(c.get("classes_per_batch", 8)), int(c.get("m_per_class", 4)),
-                                           seed=int(c.get("seed", 0)))
+            loss = MetricLoss(str(c.get("loss", "triplet_semihard")), **dict(c.get("loss_params") or {}))
+            sampler = ClassBalancedSampler(y, min(int(c.get("classes_per_batch", 8)), max(usable_labels, 2)),
+                                           int(c.get("m_per_class", 4)), seed=int(c.get("seed", 0)))
         except ValueError as exc:
-            raise SiamrecError(f"model ({c.get('loss')}): {exc}") from None
-        self.model.compile(optimizer=keras.optimizers.Adam(float(c.get("lr", 1e-3))), loss=loss)
-        callbacks = []
-        has_valid = x_valid is not None and len(x_valid) > 1 and y_valid.any()
-        if has_valid:
-            callbacks.append(ValidationMAP.make(self.scale(x_valid), y_valid))
-        dataset = as_keras_dataset(self.scale(x_train), y_train.astype(np.float32), sampler)
-        history = self.model.fit(dataset, epochs=int(c.get("epochs", 100)), callbacks=callbacks, verbose=0)
-        self.embedder = self.model
-        return history.history
+            raise SiamrecError(f"model=siamese: {exc}") from None
+        # Training goes through a wrapper sharing the layers: the saved model stays uncompiled, so model.keras loads
+        # without siamrec's loss registered and carries no optimizer state.
+        trainer = keras.Model(self.model.input, self.model.output, name="siamese_trainer")
+        trainer.compile(optimizer=keras.optimizers.Adam(float(c.get("lr", 1e-3))), loss=loss)
+        selector = None if valid is None else validation_map_callback(self.scale(valid[0]), valid[1])
+        callbacks = [cb for cb in (selector, epoch_progress(epochs, "siamese")) if cb is not None]
+        history = trainer.fit(as_keras_dataset(z, y, sampler), epochs=epochs, callbacks=callbacks, verbose=0)
+        history = {k: [float(v) for v in values] for k, values in history.history.items()}
+        if selector is None:
+            return history, epochs
+        self.model.set_weights(selector.chosen_weights)
+        return history, selector.chosen_epoch

@@ -1,0 +1,127 @@
+"""Benchmark the heads on the real GTZAN transfer features with the artist-filtered split.
+
+For each seed, runs identity, lda, baseline (the dense classifier on the features; its embedding is the
+penultimate layer) and siamese with each metric-learning loss, through the project's own train/evaluate
+functions, and prints one table of test retrieval scores (test queries against the test gallery, cosine,
+relevance = same genre) as mean ± std over the seeds, then a summary line.
+
+    python scripts/bench_gtzan_features.py [--seeds 0 1 2] [--losses triplet_semihard contrastive] [--tsne]
+
+The runs skip their t-SNE pictures (most of a run's time) unless --tsne is given.
+
+The shared data is read from $SIAMREC_SHARED, or ../shared next to the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+FEATURES = "features/gtzan-choi2017"
+LOSSES = ("triplet_semihard", "triplet_hard", "contrastive", "multi_similarity")
+COLUMNS = (("MAP", "map"), ("MAP@10", "map@10"), ("P@10", "p@10"), ("R-prec", "r_precision"))
+BAR = 0.86  # the acceptance bar of the siamese head (default loss): mean test MAP over seeds 0, 1, 2
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+
+
+def data_overrides(root: Path) -> list[str]:
+    g = root / FEATURES
+    layers = ",".join(str(g / f"gtzan_genre_layer_{i}.npy") for i in range(5))
+    return [
+        "data=features", f"data.features=[{layers}]", f"data.labels={g / 'gtzan_genre.csv'}",
+        "data.label_column=id", "data.key_column=filepath", "split=files",
+        f"split.train={g / 'splits/train_filtered.txt'}", f"split.valid={g / 'splits/valid_filtered.txt'}",
+        f"split.test={g / 'splits/test_filtered.txt'}",
+    ]
+
+
+def run_one(command: str, overrides: list[str], seed: int, run_dir: Path) -> dict:
+    """One CLI-equivalent run (composed config, seeded like the CLI); returns its test metrics."""
+    from siamrec.cli import compose, seed_everything, strip_hydra
+    from siamrec.commands.evaluate import evaluate
+    from siamrec.commands.train import train
+
+    cfg = strip_hydra(compose(command, [*overrides, f"seed={seed}"]))
+    seed_everything(seed)
+    run_dir.mkdir(parents=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the runs' own progress lines
+        metrics = (train if command == "train" else evaluate)(cfg, run_dir)
+    return metrics["test"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--tsne", action="store_true", help="let each run draw its t-SNE pictures (slow)")
+    args = parser.parse_args()
+
+    root = shared_root()
+    if not (root / FEATURES / "gtzan_genre.csv").is_file():
+        print(f"bench_gtzan_features: GTZAN features not found under {root / FEATURES}; "
+              "set SIAMREC_SHARED to the shared data folder", file=sys.stderr)
+        return 2
+    data = data_overrides(root) + ([] if args.tsne else ["plots=false"])
+    setups = [("identity", "", "evaluate", ["+model=identity"]),
+              ("lda", "", "train", ["+model=lda"]),
+              ("baseline", "", "train", ["+model=baseline"])]
+    setups += [("siamese", loss, "train", ["+model=siamese", f"model.loss={loss}"]) for loss in args.losses]
+
+    print(f"GTZAN transfer features ({root / FEATURES}), artist-filtered split, seeds {args.seeds}")
+    print(f"date {datetime.now():%Y-%m-%d %H:%M}; machine {platform.platform()}, {os.cpu_count()} CPUs; "
+          f"python {platform.python_version()}", flush=True)
+    start = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_gtzan_") as tmp:
+        for model, loss, command, overrides in setups:
+            scores, seconds = [], []
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                scores.append(run_one(command, [*data, *overrides], seed, Path(tmp) / f"{model}-{loss}-{seed}"))
+                seconds.append(time.perf_counter() - t0)
+            rows.append((model, loss, scores, float(np.mean(seconds))))
+            print(f"  done: {model} {loss} ({np.mean(seconds):.1f} s per run)", file=sys.stderr, flush=True)
+    total = time.perf_counter() - start
+
+    header = f"{'model':<9} {'loss':<17}" + "".join(f" {name:>15}" for name, _ in COLUMNS) + f" {'s/run':>6}"
+    print(header)
+    print("-" * len(header))
+    for model, loss, scores, seconds in rows:
+        cells = []
+        for _, key in COLUMNS:
+            values = np.array([s[key] for s in scores])
+            cells.append(f" {values.mean():.4f} ± {values.std():.4f}")
+        print(f"{model:<9} {loss or '-':<17}" + "".join(f"{c:>16}" for c in cells) + f" {seconds:6.1f}")
+    print(f"total time {total:.0f} s")
+
+    from omegaconf import OmegaConf
+
+    maps = {(m, l): np.mean([s["map"] for s in scores]) for m, l, scores, _ in rows}
+    default = ("siamese", OmegaConf.load(REPO / "conf" / "model" / "siamese.yaml").loss)
+    if default in maps:
+        verdict = "meets" if maps[default] >= BAR else "misses"
+        print(f"summary: siamese ({default[1]}, the default loss) test MAP {maps[default]:.4f} {verdict} the bar {BAR} "
+              f"(lda {maps[('lda', '')]:.4f}, baseline {maps[('baseline', '')]:.4f}, "
+              f"identity {maps[('identity', '')]:.4f}); siamese losses: "
+              + ", ".join(f"{l} {v:.4f}" for (m, l), v in maps.items() if m == "siamese"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

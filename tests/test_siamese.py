@@ -1,0 +1,127 @@
+"""Tests for the Siamese head (siamrec.models.siamese) on synthetic features: fast, no shared data needed."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from siamrec.errors import SiamrecError
+from siamrec.metrics import retrieval_metrics
+from siamrec.models.heads import load_head
+from siamrec.models.siamese import SiameseHead, whitening_matrix
+
+# Small and quick: a few seconds per fit on one CPU core.
+FAST = {"hidden": [64], "dim": 16, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4}
+
+
+def hidden_clusters(n_per_class=40, n_classes=5, seed=0):
+    """Gaussian clusters in 4 dimensions, drowned in 36 louder noise dimensions and randomly mixed: cosine on
+    the raw features barely sees the classes, a learned projection can."""
+    rng = np.random.default_rng(seed)
+    classes = np.repeat(np.arange(n_classes), n_per_class)
+    centres = rng.normal(scale=2.0, size=(n_classes, 4))
+    signal = centres[classes] + rng.normal(scale=0.7, size=(len(classes), 4))
+    noise = rng.normal(scale=3.0, size=(len(classes), 36))
+    mixing = np.linalg.qr(rng.normal(size=(40, 40)))[0]
+    x = (np.concatenate([signal, noise], axis=1) @ mixing + 5.0).astype(np.float32)
+    y = np.eye(n_classes, dtype=bool)[classes]
+    order = rng.permutation(len(x))
+    return x[order], y[order]
+
+
+def split(x, y):
+    """60 % / 20 % / 20 %."""
+    a, b = int(0.6 * len(x)), int(0.8 * len(x))
+    return (x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:])
+
+
+def mean_ap(emb, y):
+    return retrieval_metrics(emb, y, ks=(10,))["map"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A head trained on the hidden clusters with a validation split, and the data."""
+    keras.utils.set_random_seed(0)
+    (xtr, ytr), (xva, yva), (xte, yte) = split(*hidden_clusters())
+    head = SiameseHead({**FAST, "seed": 0})
+    history = head.fit(xtr, ytr, xva, yva)
+    return head, history, (xte, yte)
+
+
+def test_learns_the_hidden_structure_and_embeds_on_the_unit_sphere(trained):
+    head, _, (xte, yte) = trained
+    emb = head.transform(xte)
+    assert emb.shape == (len(xte), FAST["dim"] * FAST["branches"])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    identity, learned = mean_ap(xte, yte), mean_ap(emb, yte)
+    assert identity < 0.5  # the structure is hidden from cosine on the raw features
+    assert learned > identity + 0.25, (identity, learned)
+
+
+def test_epochs_are_chosen_on_validation_then_refit_on_train_and_valid(trained):
+    _, history, _ = trained
+    assert len(history["val_map"]) == len(history["loss"]) == FAST["epochs"]
+    chosen = len(history["refit_loss"])  # the refit trains for the chosen number of epochs
+    assert int(np.argmax(history["val_map"])) + 1 <= chosen <= FAST["epochs"]
+    assert history["val_map"][chosen - 1] >= max(history["val_map"]) - 0.1
+
+
+def test_save_and_load_give_identical_embeddings(trained, tmp_path):
+    head, _, (xte, _) = trained
+    head.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.json", "model.keras", "scaler.npz"]
+    assert json.loads((tmp_path / "head.json").read_text())["kind"] == "siamese"
+    loaded = load_head(tmp_path)
+    np.testing.assert_allclose(loaded.transform(xte), head.transform(xte), rtol=0, atol=1e-6)
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert not model.compiled  # saved uncompiled: loading needs no custom loss, e.g. in `evaluate run=`
+    embedder = keras.Model(model.input, model.get_layer("embedding").output)
+    np.testing.assert_allclose(embedder.predict(head.scale(xte), verbose=0), head.transform(xte), atol=1e-6)
+
+
+def test_multi_label_tags_without_validation():
+    """Items carry one or two tags, positives share at least one; without a validation split every epoch runs."""
+    keras.utils.set_random_seed(0)
+    x, y = hidden_clusters()
+    y = y.copy()
+    second = np.flatnonzero(np.random.default_rng(0).random(len(y)) < 0.3)
+    y[second, (y[second].argmax(axis=1) + 1) % y.shape[1]] = True  # a neighbouring tag
+    (xtr, ytr), _, (xte, yte) = split(x, y)
+    assert (ytr.sum(axis=1) > 1).any()
+    head = SiameseHead({**FAST, "seed": 0, "loss": "multi_similarity"})
+    history = head.fit(xtr, ytr, None, None)
+    assert len(history["loss"]) == FAST["epochs"] and "val_map" not in history and "refit_loss" not in history
+    identity, learned = mean_ap(xte, yte), mean_ap(head.transform(xte), yte)
+    assert learned > identity + 0.08, (identity, learned)  # shared tags make the task harder: a smaller margin
+
+
+@pytest.mark.parametrize("loss", ["triplet_hard", "contrastive"])
+def test_other_losses_and_small_data_with_few_labels(loss):
+    """2 labels of 12 items each: fewer labels than classes_per_batch, which adapts."""
+    keras.utils.set_random_seed(2)
+    x, y = hidden_clusters(n_per_class=12, n_classes=2, seed=2)
+    head = SiameseHead({**FAST, "epochs": 3, "classes_per_batch": 8, "seed": 2, "loss": loss})
+    head.fit(x[:16], y[:16], x[16:], y[16:])
+    emb = head.transform(x)
+    assert emb.shape == (len(x), FAST["dim"] * FAST["branches"]) and np.isfinite(emb).all()
+
+
+def test_unknown_loss_is_a_clear_error():
+    x, y = hidden_clusters(n_per_class=6)
+    with pytest.raises(SiamrecError, match=r"model=siamese: Unknown loss 'trplet'.*triplet_semihard"):
+        SiameseHead({**FAST, "loss": "trplet"}).fit(x, y)
+    with pytest.raises(SiamrecError, match=r"Unknown parameter\(s\) \['margn'\]"):
+        SiameseHead({**FAST, "loss_params": {"margn": 0.5}}).fit(x, y)
+
+
+def test_whitening_matrix_whitens():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))
+    w = whitening_matrix(z, eps=0.0)
+    np.testing.assert_allclose(np.cov(z @ w, rowvar=False), np.eye(6), atol=1e-4)
+    shrunk = np.cov(z @ whitening_matrix(z, eps=1.0), rowvar=False)
+    assert (np.diag(shrunk) < 1.0).all() and np.diag(shrunk)[0] > np.diag(shrunk)[-1]  # decreasing variance
