@@ -75,6 +75,22 @@ def check_blocks(blocks) -> list[int]:
     return out
 
 
+def set_trainable_blocks(model: keras.Model, blocks) -> list[int]:
+    """Freeze the whole backbone except the conv + BatchNorm of `blocks` (model.trainable_blocks; [] = none)."""
+    from siamrec.errors import SiamrecError
+
+    chosen = sorted({int(b) for b in blocks})
+    if any(b < 1 or b > N_BLOCKS for b in chosen):
+        raise SiamrecError(f"model.trainable_blocks={chosen}: pick blocks from 1..{N_BLOCKS} "
+                           "(or [] to train only what sits on top of the backbone)")
+    for layer in model.layers:
+        layer.trainable = False
+    for b in chosen:
+        model.get_layer(f"conv{b}").trainable = True
+        model.get_layer(f"bn{b}").trainable = True
+    return chosen
+
+
 def select_blocks(features160: np.ndarray, blocks) -> np.ndarray:
     """Columns of the chosen blocks from (n, 160) concatenated block features."""
     cols = np.concatenate([np.arange((b - 1) * BLOCK_DIM, b * BLOCK_DIM) for b in check_blocks(blocks)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.backbone import N_BLOCKS, check_blocks
+from siamrec.models.backbone import check_blocks, set_trainable_blocks
 
 
 def finetune_end_to_end(backbone, head, clips: np.ndarray, y: np.ndarray, blocks, model_cfg) -> dict:
@@ -22,14 +22,7 @@ def finetune_end_to_end(backbone, head, clips: np.ndarray, y: np.ndarray, blocks
     from siamrec.samplers import ClassBalancedSampler, as_keras_dataset
 
     blocks = check_blocks(blocks)
-    trainable = sorted({int(b) for b in model_cfg.get("trainable_blocks", [4, 5])})
-    if any(b < 1 or b > N_BLOCKS for b in trainable):
-        raise SiamrecError(f"model.trainable_blocks={trainable}: pick blocks from 1..{N_BLOCKS}")
-    for layer in backbone.layers:
-        layer.trainable = False
-    for b in trainable:
-        backbone.get_layer(f"conv{b}").trainable = True
-        backbone.get_layer(f"bn{b}").trainable = True
+    set_trainable_blocks(backbone, model_cfg.get("trainable_blocks", [4, 5]))
     pooled = [backbone.get_layer(f"gap{b}").output for b in blocks]
     feats = keras.layers.Concatenate(name="block_features")(pooled) if len(pooled) > 1 else pooled[0]
     scaled = keras.layers.Normalization(mean=head.mu, variance=np.square(head.sigma), name="standardise")(feats)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamrec.errors import SiamrecError
-from siamrec.models.backbone import N_BLOCKS
+from siamrec.models.backbone import set_trainable_blocks
 from siamrec.models.classifier import class_weights, early_stopping, is_multilabel
 
 
@@ -17,14 +16,7 @@ def build_classifier(backbone, n_classes: int, multilabel: bool, trainable_block
     """The fine-tuning model: backbone up to block 5's pool → global max pool → Dense(n_classes)."""
     import keras
 
-    blocks = sorted({int(b) for b in trainable_blocks})
-    if any(b < 1 or b > N_BLOCKS for b in blocks):
-        raise SiamrecError(f"model.trainable_blocks={blocks}: pick blocks from 1..{N_BLOCKS} (or [] to train the last layer only)")
-    for layer in backbone.layers:
-        layer.trainable = False
-    for b in blocks:
-        backbone.get_layer(f"conv{b}").trainable = True
-        backbone.get_layer(f"bn{b}").trainable = True
+    set_trainable_blocks(backbone, trainable_blocks)
     top = backbone.get_layer("top_pool").output
     out = keras.layers.Dense(n_classes, activation="sigmoid" if multilabel else "softmax", name="classes")(top)
     return keras.Model(backbone.input, out, name="classifier")
