@@ -14,7 +14,7 @@ from siamrec.models.heads import load_head
 from siamrec.models.siamese import SiameseHead, whitening_matrix
 
 # Small and quick: a few seconds per fit on one CPU core.
-FAST = {"hidden": [64], "dim": 16, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4}
+FAST = {"hidden": [64], "dim": 32, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4}
 
 
 def hidden_clusters(n_per_class=40, n_classes=5, seed=0):
@@ -55,7 +55,7 @@ def trained():
 def test_learns_the_hidden_structure_and_embeds_on_the_unit_sphere(trained):
     head, _, (xte, yte) = trained
     emb = head.transform(xte)
-    assert emb.shape == (len(xte), FAST["dim"] * FAST["branches"])
+    assert emb.shape == (len(xte), FAST["dim"])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     identity, learned = mean_ap(xte, yte), mean_ap(emb, yte)
     assert identity < 0.5  # the structure is hidden from cosine on the raw features
@@ -107,7 +107,7 @@ def test_other_losses_and_small_data_with_few_labels(loss):
     head = SiameseHead({**FAST, "epochs": 3, "classes_per_batch": 8, "seed": 2, "loss": loss})
     head.fit(x[:16], y[:16], x[16:], y[16:])
     emb = head.transform(x)
-    assert emb.shape == (len(x), FAST["dim"] * FAST["branches"]) and np.isfinite(emb).all()
+    assert emb.shape == (len(x), FAST["dim"]) and np.isfinite(emb).all()
 
 
 def test_unknown_loss_is_a_clear_error():
@@ -125,3 +125,11 @@ def test_whitening_matrix_whitens():
     np.testing.assert_allclose(np.cov(z @ w, rowvar=False), np.eye(6), atol=1e-4)
     shrunk = np.cov(z @ whitening_matrix(z, eps=1.0), rowvar=False)
     assert (np.diag(shrunk) < 1.0).all() and np.diag(shrunk)[0] > np.diag(shrunk)[-1]  # decreasing variance
+
+
+def test_embedding_dimension_must_split_over_the_branches():
+    from siamrec.errors import SiamrecError
+    from siamrec.models.siamese import build_projection
+
+    with pytest.raises(SiamrecError, match="model.dim=30 must be a multiple of model.branches=4"):
+        build_projection(np.eye(5, dtype=np.float32), [8], 30, 0.0, 4)

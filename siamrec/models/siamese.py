@@ -9,7 +9,7 @@ One Keras model, applied to the standardised features (the base class's scaler):
    of the average eigenvalue (1 after standardisation): at 1.0 the dominant directions are flattened but no
    direction is amplified, so weak, noisy ones (and, with fewer items than dimensions, those the training items do
    not span at all) are not blown up.
-2. ``branches`` independent MLPs (dropout → dense ReLU … → dropout → dense ``dim``), each L2-normalised; their
+2. ``branches`` independent MLPs (dropout → dense ReLU … → dropout → dense ``dim / branches``), each L2-normalised; their
    outputs are concatenated and L2-normalised again (``embedding``), so the cosine of two songs is the mean of the
    branches' cosines: a seed ensemble inside one model, which mostly removes the run-to-run variance.
 3. Training on class-balanced batches (siamrec.samplers) with a loss of siamrec.losses: songs sharing a label (or a
@@ -41,7 +41,11 @@ def whitening_matrix(z: np.ndarray, eps: float) -> np.ndarray:
 
 def build_projection(whitening: np.ndarray, hidden: list[int], dim: int, dropout: float, branches: int,
                      name="siamese"):
-    """Fixed whitening, then ``branches`` MLPs to unit-norm ``dim``-d vectors, concatenated and re-normalised."""
+    """Fixed whitening, then ``branches`` MLPs to unit-norm ``dim / branches``-d vectors, concatenated and
+    re-normalised into the ``dim``-d embedding."""
+    if branches < 1 or dim % branches:
+        raise SiamrecError(f"model.dim={dim} must be a multiple of model.branches={branches}")
+    part = dim // branches
     import keras
 
     in_dim = whitening.shape[0]
@@ -56,7 +60,7 @@ def build_projection(whitening: np.ndarray, hidden: list[int], dim: int, dropout
             h = keras.layers.Dropout(dropout, name=f"b{b}_dropout{i}")(h)
             h = keras.layers.Dense(width, activation="relu", name=f"b{b}_hidden{i}")(h)
         h = keras.layers.Dropout(dropout, name=f"b{b}_dropout_out")(h)
-        h = keras.layers.Dense(dim, name=f"b{b}_projection")(h)
+        h = keras.layers.Dense(part, name=f"b{b}_projection")(h)
         outputs.append(keras.layers.UnitNormalization(name=f"b{b}_unit")(h))
     h = outputs[0] if branches == 1 else keras.layers.Concatenate(name="branches")(outputs)
     out = keras.layers.UnitNormalization(name="embedding")(h)
