@@ -174,16 +174,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print(OmegaConf.to_yaml(job_cfg))
         return 0
+    run_dir = None
     try:
-        run_dir = make_run_dir(cfg, overrides)
+        from siamrec.pipeline import check_clip
+
+        check_clip(job_cfg.clip)
         seed_everything(job_cfg.seed)
+        run_dir = make_run_dir(cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
         getattr(module, command)(job_cfg, run_dir)
     except SiamrecError as exc:
         print(f"siamrec {command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"siamrec {command}: interrupted; finished work is kept in {run_dir}", file=sys.stderr)
+        where = f"; finished work is kept in {run_dir}" if run_dir else ""
+        print(f"siamrec {command}: interrupted{where}", file=sys.stderr)
         return 130
     print(run_dir)
     return 0

@@ -50,6 +50,20 @@ def require_model(cfg, command: str) -> str:
     return name
 
 
+def check_clip(clip_cfg) -> None:
+    """Reject bad clip settings before any file is decoded."""
+    from siamrec.data.audio import window_start
+
+    for key in ("sr", "duration"):
+        value = clip_cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise SiamrecError(f"clip.{key}={value!r}: must be a positive number")
+    try:
+        window_start(float(clip_cfg.duration), float(clip_cfg.duration), clip_cfg.get("offset", "start"))
+    except ValueError as exc:
+        raise SiamrecError(str(exc)) from None
+
+
 def load_data(cfg, run_dir) -> Data:
     """Library + split of cfg.data / cfg.split; writes split.csv and data_report.json into the run folder."""
     lib = load_library(cfg.data, cfg.paths)

@@ -136,3 +136,12 @@ def test_run_overrides_carry_over_and_new_ones_win(tmp_path):
         "- +model=lda\n- data=folder\n- data.root=/music\n- seed=3\n- hydra.run.dir=/old\n")
     merged = with_run_overrides([f"run={run}", "data=csv", "data.manifest=/m.csv", "+model=siamese"])
     assert merged == ["seed=3", f"run={run}", "data=csv", "data.manifest=/m.csv", "+model=siamese"]
+
+
+@pytest.mark.parametrize("setting, needle", [("clip.offset=sideways", "clip.offset='sideways'"),
+                                             ("clip.duration=0", "clip.duration=0")])
+def test_bad_clip_settings_are_one_line_before_any_work(tmp_path, setting, needle):
+    out = run_cli("evaluate", "+model=identity", setting, f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 1 and needle in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
