@@ -198,7 +198,7 @@ def extraction(run: Path, library: Path, out: Path, args) -> dict:
 
 
 def main() -> None:
-    from siamrec.pipeline import n_workers
+    from siamrec.features import cpu_count as n_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="songs per size step (default 20; 10×N are extracted too)")

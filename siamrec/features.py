@@ -177,11 +177,22 @@ def extract_features(paths: list[str], model, clip_cfg, cache: FeatureCache | No
     return result
 
 
-def report_failures(run_dir, keys, paths, extraction: Extraction, max_failed_fraction: float) -> None:
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_workers(features_cfg) -> int:
+    """features.workers, or one decoding process per core when it is null."""
+    workers = features_cfg.get("workers")
+    return cpu_count() if workers is None else int(workers)
+
+
+def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_failed_fraction: float) -> None:
     """failed.csv in the run folder; a clear error when too many files failed."""
-    if not extraction.failures:
+    if not failures:
         return
-    rows = [(keys[i], paths[i], reason) for i, reason in extraction.failures]
+    rows = [(keys[i], paths[i], reason) for i, reason in failures]
     write_csv(Path(run_dir) / "failed.csv", ("key", "path", "reason"), rows)
     n, total = len(rows), len(paths)
     print(f"skipped {n} of {total} files that could not be decoded (listed in {Path(run_dir) / 'failed.csv'})")
@@ -197,18 +208,14 @@ def decode_all(data, cfg, run_dir):
     Returns (the kept items, clips array (n, samples))."""
     n = int(round(float(cfg.clip.sr) * float(cfg.clip.duration)))
     clips = np.zeros((len(data.lib), n), dtype=np.float32)
-    ext = Extraction(np.zeros((len(data.lib), 1), dtype=np.float32))
-    workers = cfg.features.get("workers")
-    from siamrec.pipeline import n_workers
-
-    workers = n_workers() if workers is None else int(workers)
-    stream = decode_stream(list(enumerate(data.lib.paths)), cfg.clip, workers=workers)
+    ok = np.ones(len(data.lib), dtype=bool)
+    failures = []
+    stream = decode_stream(list(enumerate(data.lib.paths)), cfg.clip, workers=decode_workers(cfg.features))
     for i, clip, error in tqdm(stream, total=len(data.lib), desc="decoding", unit="file"):
         if error is None:
             clips[i] = clip
         else:
-            ext.failures.append((i, error))
-            ext.features[i] = np.nan
-    report_failures(run_dir, data.lib.keys, data.lib.paths, ext, float(cfg.data.get("max_failed_fraction", 0.2)))
-    ok = ext.ok
+            failures.append((i, error))
+            ok[i] = False
+    report_failures(run_dir, data.lib.keys, data.lib.paths, failures, float(cfg.data.get("max_failed_fraction", 0.2)))
     return data.subset(ok), clips[ok]

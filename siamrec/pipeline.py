@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,26 +76,22 @@ def load_data(cfg, run_dir) -> Data:
     return Data(lib, split, lib.label_names)
 
 
-def n_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def audio_features(backbone, data: Data, cfg, run_dir, desc="features") -> tuple[Data, np.ndarray]:
     """160-d backbone features of every audio item (cached per file); items that fail to decode are dropped
     (listed in failed.csv). Returns the kept items and their features."""
-    from siamrec.features import FeatureCache, extract_features, model_fingerprint, report_failures
+    from siamrec.features import FeatureCache, decode_workers, extract_features, model_fingerprint, report_failures
 
     cache = None
     if cfg.features.get("cache", True):
         root = Path(str(cfg.paths.cache)).expanduser() / "features"
         cache = FeatureCache(root, model_fingerprint(backbone, cfg.clip))
-    workers = cfg.features.get("workers")
-    workers = n_workers() if workers is None else int(workers)
     ext = extract_features(data.lib.paths, backbone, cfg.clip, cache=cache,
-                           batch_size=int(cfg.features.get("batch_size", 8)), workers=workers, desc=desc)
+                           batch_size=int(cfg.features.get("batch_size", 8)), workers=decode_workers(cfg.features),
+                           desc=desc)
     if ext.n_cached:
         print(f"{ext.n_cached} of {len(data.lib)} files' features came from the cache")
-    report_failures(run_dir, data.lib.keys, data.lib.paths, ext, float(cfg.data.get("max_failed_fraction", 0.2)))
+    report_failures(run_dir, data.lib.keys, data.lib.paths, ext.failures,
+                    float(cfg.data.get("max_failed_fraction", 0.2)))
     ok = ext.ok
     return data.subset(ok), ext.features[ok]
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from siamrec.embedder import RunEmbedder, embed_with_run
 from siamrec.errors import SiamrecError
-from siamrec.features import N_FEATURES, Extraction, report_failures, stream_features
-from siamrec.pipeline import Data, n_workers, save_embeddings
+from siamrec.features import decode_workers, report_failures, stream_features
+from siamrec.pipeline import Data, save_embeddings
 from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
 from siamrec.store import MODEL_FILES, FeatureStore, run_fingerprint
 
@@ -68,16 +68,14 @@ def extract(cfg, run_dir) -> dict:
     write_json(out / "extract.json", summary)
     _print_summary(summary, failures, lib.keys)
     (out / "failed.csv").unlink(missing_ok=True)
-    report_failures(out, lib.keys, lib.paths, Extraction(np.empty((0, N_FEATURES)), failures),
-                    float(cfg.data.get("max_failed_fraction", 0.2)))
+    report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.get("max_failed_fraction", 0.2)))
     return summary
 
 
 def _embed_into(store: FeatureStore, todo, keys, embedder: RunEmbedder, cfg, shard_size: int) -> list:
     """Embed the (index, path) items of `todo` into `store`, in shards of `shard_size` files; returns the
     failures (index, reason). On Ctrl-C the finished rows are stored first."""
-    workers = cfg.features.get("workers")
-    workers = n_workers() if workers is None else int(workers)
+    workers = decode_workers(cfg.features)
     failures, indices, feats = [], [], []
 
     def flush(everything: bool):

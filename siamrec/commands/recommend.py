@@ -74,15 +74,12 @@ class _Catalogue:
 def _embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     """Embeddings of songs outside the library: decoded in worker processes, embedded in batches."""
     from siamrec.embedder import RunEmbedder
-    from siamrec.features import N_FEATURES, stream_features
-    from siamrec.pipeline import n_workers
+    from siamrec.features import N_FEATURES, decode_workers, stream_features
 
     embedder = RunEmbedder(run)
-    workers = cfg.features.get("workers")
-    workers = n_workers() if workers is None else int(workers)
     feats = np.empty((len(songs), N_FEATURES), dtype=np.float32)
     for indices, batch, failures in stream_features(list(enumerate(songs)), embedder.backbone, cfg.clip,
-                                                    int(cfg.features.batch_size), workers,
+                                                    int(cfg.features.batch_size), decode_workers(cfg.features),
                                                     progress=len(songs) > 1, desc="new songs"):
         if failures:
             i, reason = failures[0]

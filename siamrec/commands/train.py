@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from siamrec.errors import SiamrecError
 from siamrec.pipeline import Data, base_features, finish_run, load_data, require_model
 
