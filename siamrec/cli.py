@@ -30,6 +30,9 @@ COMMANDS = {
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
 }
 
+# Settings a command uses unless the command line says otherwise.
+COMMAND_DEFAULTS = {"tag": ["backbone=choi2017_keras2"]}  # the Keras 2 release's tags are the plausible ones
+
 # Short keys a command accepts, rewritten to their place in the config.
 ALIASES = {
     "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command in ("evaluate", "recommend", "plot", "extract"):
         overrides = with_run_overrides(overrides)
+    given = {_key(o) for o in overrides}
+    overrides = [o for o in COMMAND_DEFAULTS.get(command, []) if _key(o) not in given] + overrides
     try:
         cfg = compose(command, overrides)
         if command == "tag":
@@ -176,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_dir = None
     try:
-        from siamrec.pipeline import check_clip
+        from siamrec.extractor import check_clip
 
         check_clip(job_cfg.clip)
         seed_everything(job_cfg.seed)
         run_dir = make_run_dir(cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
-        getattr(module, command)(job_cfg, run_dir)
+        result = getattr(module, command)(job_cfg, run_dir)
     except SiamrecError as exc:
         print(f"siamrec {command}: error: {exc}", file=sys.stderr)
         return 1
@@ -190,5 +195,5 @@ def main(argv: list[str] | None = None) -> int:
         where = f"; finished work is kept in {run_dir}" if run_dir else ""
         print(f"siamrec {command}: interrupted{where}", file=sys.stderr)
         return 130
-    print(run_dir)
+    print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last
     return 0

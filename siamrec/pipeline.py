@@ -49,20 +49,6 @@ def require_model(cfg, command: str) -> str:
     return name
 
 
-def check_clip(clip_cfg) -> None:
-    """Reject bad clip settings before any file is decoded."""
-    from siamrec.data.audio import window_start
-
-    for key in ("sr", "duration"):
-        value = clip_cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise SiamrecError(f"clip.{key}={value!r}: must be a positive number")
-    try:
-        window_start(float(clip_cfg.duration), float(clip_cfg.duration), clip_cfg.get("offset", "start"))
-    except ValueError as exc:
-        raise SiamrecError(str(exc)) from None
-
-
 def load_data(cfg, run_dir) -> Data:
     """Library + split of cfg.data / cfg.split; writes split.csv and data_report.json into the run folder."""
     lib = load_library(cfg.data, cfg.paths)
@@ -76,48 +62,86 @@ def load_data(cfg, run_dir) -> Data:
     return Data(lib, split, lib.label_names)
 
 
-def audio_features(backbone, data: Data, cfg, run_dir, desc="features") -> tuple[Data, np.ndarray]:
-    """160-d backbone features of every audio item (cached per file); items that fail to decode are dropped
-    (listed in failed.csv). Returns the kept items and their features."""
-    from siamrec.features import FeatureCache, decode_workers, extract_features, model_fingerprint, report_failures
+def make_extractor(cfg, data: Data | None = None):
+    """The extractor of cfg.backbone and cfg.clip. Bundles that estimate label-free statistics estimate them over
+    the training items of `data` (all items when it has no training split); the result is cached."""
+    from siamrec.extractor import Extractor, check_clip, decode_workers, make_bundle, prepared_model
 
-    cache = None
-    if cfg.features.get("cache", True):
-        root = Path(str(cfg.paths.cache)).expanduser() / "features"
-        cache = FeatureCache(root, model_fingerprint(backbone, cfg.clip))
-    ext = extract_features(data.lib.paths, backbone, cfg.clip, cache=cache,
-                           batch_size=int(cfg.features.get("batch_size", 8)), workers=decode_workers(cfg.features),
-                           desc=desc)
-    if ext.n_cached:
-        print(f"{ext.n_cached} of {len(data.lib)} files' features came from the cache")
-    report_failures(run_dir, data.lib.keys, data.lib.paths, ext.failures,
-                    float(cfg.data.get("max_failed_fraction", 0.2)))
-    ok = ext.ok
-    return data.subset(ok), ext.features[ok]
+    bundle = make_bundle(cfg.backbone)
+    check_clip(cfg.clip, bundle)
+    pool = []
+    if data is not None and data.is_audio:
+        pool = [p for p, s in zip(data.lib.paths, data.split) if s == "train"] or list(data.lib.paths)
+    model = prepared_model(bundle, cfg, pool)
+    cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
+    return Extractor(bundle, model, cfg.clip, batch_size=int(cfg.features.batch_size),
+                     workers=decode_workers(cfg.features), cache_root=cache)
 
 
-def raw_features(cfg, data: Data, run_dir, backbone=None) -> tuple[Data, np.ndarray]:
-    """All five blocks' features of the backbone (audio), or the given matrix (data=features)."""
+@dataclass
+class Features:
+    """The input features of the heads: one row per kept item (`x`), and, when asked for, each song's window rows."""
+
+    data: Data
+    x: np.ndarray
+    windows: list | None = None
+
+    def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of the items in `splits`: one row per song, or one per window, each window with its
+        song's labels (a song's windows stay in its split)."""
+        idx = np.flatnonzero(self.data.mask(*splits))
+        y = self.data.y
+        if train_on == "songs" or self.windows is None:
+            return self.x[idx], y[idx]
+        if not len(idx):
+            return self.x[idx], y[idx]
+        return (np.concatenate([self.windows[i] for i in idx]),
+                np.concatenate([np.repeat(y[i][None], len(self.windows[i]), axis=0) for i in idx]))
+
+
+def audio_features(extractor, data: Data, cfg, run_dir, keep_windows: bool = False, desc="features") -> Features:
+    """Song vectors (all parts) of every audio item (cached per file); items that fail to decode are dropped
+    (listed in failed.csv)."""
+    from siamrec.extractor import report_failures
+
+    sf = extractor.song_features(data.lib.paths, keep_windows=keep_windows, desc=desc)
+    if sf.n_cached:
+        print(f"{sf.n_cached} of {len(data.lib)} files' features came from the cache")
+    report_failures(run_dir, data.lib.keys, data.lib.paths, sf.failures, float(cfg.data.max_failed_fraction))
+    ok = sf.ok
+    windows = [w for w, keep in zip(sf.windows, ok) if keep] if keep_windows else None
+    return Features(data.subset(ok), sf.vectors[ok], windows)
+
+
+def base_features(cfg, data: Data, run_dir, extractor=None, keep_windows: bool = False) -> Features:
+    """The input features of the heads: the chosen parts (features.parts) of the song vectors (audio), or the
+    given matrix (data=features)."""
     if not data.is_audio:
-        return data, data.lib.features
-    from siamrec.models.backbone import make_backbone
+        return Features(data, data.lib.features)
+    extractor = extractor or make_extractor(cfg, data)
+    feats = audio_features(extractor, data, cfg, run_dir, keep_windows)
+    cols = extractor.columns(cfg.features.parts)
+    wcols = extractor.bundle.part_columns(cfg.features.parts) if cfg.features.parts else slice(None)
+    windows = [w[:, wcols] for w in feats.windows] if feats.windows is not None else None
+    return Features(feats.data, feats.x[:, cols], windows)
 
-    if backbone is None:
-        backbone = make_backbone(cfg, data)
-    return audio_features(backbone, data, cfg, run_dir)
 
+def save_extractor(run_dir, extractor, cfg) -> None:
+    """backbone.keras (the model as trained or prepared) and extractor.json (what a run needs to embed new songs
+    the same way: the bundle's config, the clip settings, the chosen parts)."""
+    from omegaconf import OmegaConf
 
-def base_features(cfg, data: Data, run_dir, backbone=None) -> tuple[Data, np.ndarray]:
-    """The input features of the heads: the chosen blocks of the backbone (audio) or the given matrix."""
-    from siamrec.models.backbone import select_blocks
+    from siamrec.models.heads import save_keras
 
-    data, feats = raw_features(cfg, data, run_dir, backbone)
-    return (data, select_blocks(feats, cfg.features.blocks)) if data.is_audio else (data, feats)
+    save_keras(extractor.model, Path(run_dir) / "backbone.keras")
+    write_json(Path(run_dir) / "extractor.json", {
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "clip": extractor.clip,
+        "parts": list(cfg.features.parts) if cfg.features.parts else None})
 
 
 def save_embeddings(run_dir, data: Data, embeddings: np.ndarray) -> None:
     lib = data.lib
-    write_embeddings(run_dir, embeddings, lib.keys, lib.paths, lib.labels, list(data.split))
+    write_embeddings(run_dir, embeddings, lib.keys, lib.paths, lib.labels, list(data.split), lib.groups)
 
 
 def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None = None,

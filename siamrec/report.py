@@ -35,13 +35,14 @@ def _describe(run: Path) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
     model = cfg.get("model") or {}
     head = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {}
-    blocks = (head.get("cfg") or {}).get("blocks") or (cfg.get("features") or {}).get("blocks")
+    parts = (cfg.get("features") or {}).get("parts")
     source = (cfg.get("data") or {}).get("source", "")
     return {
         "run": run.name,
         "model": model.get("name", head.get("kind", "?")),
         "loss": model.get("loss", "") if model.get("name") == "siamese" else "",
-        "blocks": "-".join(map(str, blocks)) if blocks and source != "features" else "",
+        "backbone": (cfg.get("backbone") or {}).get("name", "") if source != "features" else "",
+        "parts": "+".join(map(str, parts)) if parts and source != "features" else "",
     }
 
 
@@ -119,20 +120,20 @@ def compare_runs(cfg, run_dir) -> dict:
     return results
 
 
-def block_study(cfg, run_dir, data, feats160: np.ndarray) -> dict:
-    """MAP of the pretrained block features for each block set of cfg.study.sets (paper experiment 7)."""
-    from siamrec.models.backbone import select_blocks
-
-    if feats160.shape[1] != 160:
-        raise SiamrecError(f"+study=blocks needs the 5×32 block features; these have {feats160.shape[1]} columns")
+def block_study(cfg, run_dir, data, extractor, vectors: np.ndarray) -> dict:
+    """MAP of the pretrained features for each set of the backbone's parts (paper experiment 7): cfg.study.sets,
+    or the first part, the first two, ... (cumulative) when it is null."""
+    parts = list(extractor.bundle.parts)
+    sets = [list(s) for s in cfg.study.sets] if cfg.study.get("sets") else [parts[:n] for n in range(1, len(parts) + 1)]
     rows, curves, results = [], {}, {}
-    for blocks in cfg.study.sets:
-        name = "-".join(map(str, blocks))
-        metrics = score_embeddings(select_blocks(feats160, blocks), data.y, data.split, _eval_cfg(cfg))
-        rows.append(_row({"blocks": name, "dims": 32 * len(blocks)}, metrics["test"], cfg.eval.ks))
-        curves[f"blocks {name}"] = metrics["test"]
+    for names in sets:
+        cols = extractor.columns(names)
+        name = "+".join(map(str, names))
+        metrics = score_embeddings(vectors[:, cols], data.y, data.split, _eval_cfg(cfg))
+        rows.append(_row({"parts": name, "dims": len(cols)}, metrics["test"], cfg.eval.ks))
+        curves[name] = metrics["test"]
         results[name] = metrics
-    table = write_table(run_dir, rows, "Layer study: pretrained block features, test split")
+    table = write_table(run_dir, rows, f"Layer study: pretrained {extractor.bundle.name} features, test split")
     map_at_k_plot(run_dir, curves)
     write_metrics(run_dir, {"study": results})
     print(table)

@@ -13,7 +13,7 @@ import numpy as np
 
 from siamrec.errors import SiamrecError
 
-ITEM_COLUMNS = ("key", "path", "labels", "split")
+ITEM_COLUMNS = ("key", "path", "labels", "split", "group")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -83,12 +83,16 @@ def write_metrics(run_dir: str | os.PathLike, metrics: dict) -> Path:
     return write_json(Path(run_dir) / "metrics.json", metrics)
 
 
-def write_embeddings(run_dir: str | os.PathLike, embeddings: np.ndarray, keys, paths, labels, splits) -> None:
-    """embeddings.npy (float32, one row per item) and items.csv (key, path, labels joined by '|', split), same order."""
+def write_embeddings(run_dir: str | os.PathLike, embeddings: np.ndarray, keys, paths, labels, splits,
+                     groups=None) -> None:
+    """embeddings.npy (float32, one row per item) and items.csv (key, path, labels joined by '|', split, group:
+    artist or recording, the key when unknown), same order."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    if not (len(embeddings) == len(keys) == len(paths) == len(labels) == len(splits)):
+    groups = list(keys) if groups is None else groups
+    if not (len(embeddings) == len(keys) == len(paths) == len(labels) == len(splits) == len(groups)):
         raise ValueError("embeddings and item columns differ in length")
-    rows = [(k, p or "", "|".join(lab), s or "") for k, p, lab, s in zip(keys, paths, labels, splits)]
+    rows = [(k, p or "", "|".join(lab), s or "", g or k)
+            for k, p, lab, s, g in zip(keys, paths, labels, splits, groups)]
     write_npy(Path(run_dir) / "embeddings.npy", embeddings)
     write_csv(Path(run_dir) / "items.csv", ITEM_COLUMNS, rows)
 

@@ -9,12 +9,15 @@ from siamrec.pipeline import base_features, finish_run, load_data, require_model
 
 def evaluate(cfg, run_dir) -> dict:
     if cfg.get("study"):
-        from siamrec.pipeline import raw_features
+        from siamrec.pipeline import audio_features, make_extractor
         from siamrec.report import block_study
 
         data = load_data(cfg, run_dir)
-        data, feats = raw_features(cfg, data, run_dir)
-        return block_study(cfg, run_dir, data, feats)
+        if not data.is_audio:
+            raise SiamrecError("+study=blocks compares the backbone's parts: it needs audio (data=demo|folder|csv)")
+        extractor = make_extractor(cfg, data)
+        feats = audio_features(extractor, data, cfg, run_dir)
+        return block_study(cfg, run_dir, feats.data, extractor, feats.x)
     if cfg.get("runs"):
         from siamrec.report import compare_runs
 
@@ -32,5 +35,5 @@ def evaluate(cfg, run_dir) -> dict:
             "then python -m siamrec evaluate run=THAT_RUN_FOLDER"
         )
     data = load_data(cfg, run_dir)
-    data, x = base_features(cfg, data, run_dir)
-    return finish_run(cfg, run_dir, data, x, plots=False)
+    feats = base_features(cfg, data, run_dir)
+    return finish_run(cfg, run_dir, feats.data, feats.x, plots=False)

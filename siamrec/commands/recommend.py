@@ -71,21 +71,16 @@ class _Catalogue:
         return matches[0] if len(matches) == 1 else -1
 
 
-def _embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
-    """Embeddings of songs outside the library: decoded in worker processes, embedded in batches."""
+def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
+    """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
+    embedded in batches); a song that cannot be decoded is an error naming it."""
     from siamrec.embedder import RunEmbedder
-    from siamrec.features import N_FEATURES, decode_workers, stream_features
 
-    embedder = RunEmbedder(run)
-    feats = np.empty((len(songs), N_FEATURES), dtype=np.float32)
-    for indices, batch, failures in stream_features(list(enumerate(songs)), embedder.backbone, cfg.clip,
-                                                    int(cfg.features.batch_size), decode_workers(cfg.features),
-                                                    progress=len(songs) > 1, desc="new songs"):
-        if failures:
-            i, reason = failures[0]
-            raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
-        feats[indices] = batch
-    return embedder.from_features(feats)
+    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
+    if failures:
+        i, reason = failures[0]
+        raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
+    return emb
 
 
 def recommend(cfg, run_dir) -> list[tuple]:
@@ -103,7 +98,7 @@ def recommend(cfg, run_dir) -> list[tuple]:
             raise SiamrecError(f"seed={s}: neither a song of run {run}'s library nor an existing audio file")
     queries = emb[np.maximum(self_index, 0)]
     if new_songs:
-        new_emb = dict(zip(new_songs, _embed_new_songs(run, [str(Path(s).expanduser()) for s in new_songs], cfg)))
+        new_emb = dict(zip(new_songs, embed_new_songs(run, [str(Path(s).expanduser()) for s in new_songs], cfg)))
         queries[self_index < 0] = [new_emb[s] for s, row in zip(seeds, self_index) if row < 0]
     names = [(items[row]["key"], tuple(filter(None, items[row]["labels"].split("|")))) if row >= 0 else (s, ())
              for s, row in zip(seeds, self_index)]

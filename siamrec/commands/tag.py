@@ -6,33 +6,35 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.audio import AudioError, load_clip
 from siamrec.errors import SiamrecError
 from siamrec.runs import write_csv
 
 
 def tag(cfg, run_dir) -> list[tuple[str, list[tuple[str, float]]]]:
-    from siamrec.models.backbone import MSD_TAGS, make_backbone
+    """The backbone's tagger on each song: the tag probabilities of its windows (clip.windows), averaged."""
+    from siamrec.extractor import decode_stream, make_bundle, window_plan
 
     files = [str(f) for f in cfg.tag.files]
     if not files:
         raise SiamrecError("no song given: python -m siamrec tag SONG.mp3 [MORE ...]")
-    if not cfg.backbone.get("pretrained", True):
+    bundle = make_bundle(cfg.backbone)
+    if not bundle.tags:
+        raise SiamrecError(f"backbone {bundle.name} has no tagger; use backbone=choi2017_keras2")
+    if not bundle.pretrained:
         raise SiamrecError("backbone.pretrained=false has no trained tagger; drop that setting")
-    from omegaconf import OmegaConf
-
-    tag_cfg = OmegaConf.merge(cfg, {"backbone": {"release": cfg.tag.get("release", "keras2"), "bn_stats": "per_clip"}})
-    model = make_backbone(tag_cfg)
-    top = int(cfg.tag.get("top", 5))
+    if bundle.needs_preparation:
+        raise SiamrecError(f"backbone {bundle.name} estimates statistics over a library first; tag uses "
+                           "backbone=choi2017_keras2 (the default of tag) or backbone.bn_stats=per_clip")
+    model = bundle.build(cfg.paths)
+    top = int(cfg.tag.top)
     results, rows = [], []
-    for f in files:
-        try:
-            clip = load_clip(f, int(cfg.clip.sr), float(cfg.clip.duration), cfg.clip.offset)
-        except AudioError as exc:
-            print(f"{f}: skipped: {exc.reason}")
+    for i, windows, error, _ in decode_stream(list(enumerate(files)), window_plan(bundle, cfg.clip)):
+        f = files[i]
+        if error is not None:
+            print(f"{f}: skipped: {error}")
             continue
-        proba = np.asarray(model.predict_on_batch(clip[None])["tags"])[0]
-        best = [(MSD_TAGS[j], float(proba[j])) for j in np.argsort(-proba)[:top]]
+        proba = np.asarray(model.predict(windows, batch_size=8, verbose=0)["tags"]).mean(axis=0)
+        best = [(bundle.tags[j], float(proba[j])) for j in np.argsort(-proba)[:top]]
         results.append((f, best))
         print(f"{f}: " + ", ".join(f"{name} {p:.2f}" for name, p in best))
         rows += [(f, rank, name, round(p, 6)) for rank, (name, p) in enumerate(best, start=1)]

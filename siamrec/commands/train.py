@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from siamrec.errors import SiamrecError
-from siamrec.pipeline import Data, base_features, finish_run, load_data, require_model
+from siamrec.pipeline import Data, base_features, finish_run, load_data, make_extractor, require_model, save_extractor
+
+TRAIN_ON = ("songs", "windows")
 
 
 def train(cfg, run_dir) -> dict:
     name = require_model(cfg, "train")
+    train_on = cfg.model.get("train_on", "songs")
+    if train_on not in TRAIN_ON:
+        raise SiamrecError(f"model.train_on={train_on!r}: use songs (one row per song) or windows (one per window)")
+    if train_on == "windows" and cfg.clip.pool != "mean":
+        raise SiamrecError("model.train_on=windows trains on window vectors, which have no standard deviation: "
+                           "use clip.pool=mean with it")
     data = load_data(cfg, run_dir)
     if not data.mask("train").any():
         raise SiamrecError("the train split is empty: give split.train=FILE (split=files) or use split=stratified")
@@ -19,71 +29,109 @@ def train(cfg, run_dir) -> dict:
 
 
 def _fit_head(cfg, data: Data, run_dir) -> dict:
-    """Heads on fixed features (backbone features of audio, or the given feature rows); with
+    """Heads on fixed features (the backbone's song vectors, or the given feature rows); with
     model.finetune_backbone=true the Siamese head then trains on through the backbone."""
     from siamrec.evaluation import classification_metrics
-    from siamrec.models.backbone import make_backbone
-    from siamrec.models.heads import head_from_config, save_keras
+    from siamrec.models.heads import head_from_config
 
-    backbone = make_backbone(cfg, data) if data.is_audio else None
-    data, x = base_features(cfg, data, run_dir, backbone)
-    y = data.y
+    train_on = cfg.model.get("train_on", "songs") if data.is_audio else "songs"
+    extractor = make_extractor(cfg, data) if data.is_audio else None
+    feats = base_features(cfg, data, run_dir, extractor, keep_windows=train_on == "windows")
+    data, y = feats.data, feats.data.y
     head = head_from_config(cfg.model)
-    tr, va, te = data.mask("train"), data.mask("valid"), data.mask("test")
-    print(f"fitting {head.kind} on {tr.sum()} training items ({x.shape[1]}-d features)")
-    history = head.fit(x[tr], y[tr], x[va], y[va])
+    x_tr, y_tr = feats.rows("train", train_on=train_on)
+    x_va, y_va = feats.rows("valid")
+    print(f"fitting {head.kind} on {len(x_tr)} training {train_on} of {data.mask('train').sum()} songs "
+          f"({feats.x.shape[1]}-d features)")
+    history = head.fit(x_tr, y_tr, x_va, y_va)
     if cfg.model.get("finetune_backbone", False):
-        data, x, more = _train_through_backbone(cfg, data, backbone, head, run_dir)
+        if head.kind != "siamese" or extractor is None:
+            raise SiamrecError("model.finetune_backbone=true needs +model=siamese on audio (data=demo|folder|csv)")
+        feats, more = _train_through_backbone(cfg, data, extractor, head, run_dir)
+        data = feats.data
         history = {**(history or {}), **more}
-    if backbone is not None:
-        head.cfg["blocks"] = list(cfg.features.blocks)
-        save_keras(backbone, Path(run_dir) / "backbone.keras")
+    if extractor is not None:
+        save_extractor(run_dir, extractor, cfg)
     head.save(run_dir)
     extra = {}
+    te = data.mask("test")
     if hasattr(head, "predict_proba") and te.any():
-        extra = classification_metrics(y[te], head.predict_proba(x[te]), float(cfg.model.get("threshold", 0.5)))
-    return finish_run(cfg, run_dir, data, head.transform(x), history, extra)
+        extra = classification_metrics(y[te], head.predict_proba(feats.x[te]), float(cfg.model.threshold))
+    return finish_run(cfg, run_dir, data, head.transform(feats.x), history, extra)
 
 
-def _train_through_backbone(cfg, data: Data, backbone, head, run_dir):
-    """End-to-end Siamese training on decoded clips; returns the kept items, their new features, the history."""
-    from siamrec.errors import SiamrecError
-    from siamrec.features import decode_all
-    from siamrec.models.backbone import concat_blocks, select_blocks
+def decode_all(extractor, data: Data, cfg, run_dir) -> tuple[Data, list[np.ndarray]]:
+    """Every item's windows in memory (for training through the backbone); failures are skipped and reported."""
+    from tqdm.auto import tqdm
+
+    from siamrec.extractor import report_failures
+
+    windows, failures = [None] * len(data.lib), []
+    stream = extractor.decode(list(enumerate(data.lib.paths)))
+    for i, w, error, _ in tqdm(stream, total=len(data.lib), desc="decoding", unit="file"):
+        if error is None:
+            windows[i] = w
+        else:
+            failures.append((i, error))
+    report_failures(run_dir, data.lib.keys, data.lib.paths, failures, float(cfg.data.max_failed_fraction))
+    ok = np.array([w is not None for w in windows])
+    return data.subset(ok), [w for w in windows if w is not None]
+
+
+def _training_windows(windows: list[np.ndarray], y: np.ndarray, idx: np.ndarray, train_on: str):
+    """Clips and labels of the items `idx`: every window (train_on=windows) or each song's first window."""
+    if not len(idx):
+        return np.empty((0, 0), np.float32), y[idx]
+    chosen = [windows[i] if train_on == "windows" else windows[i][:1] for i in idx]
+    return np.concatenate(chosen), np.concatenate([np.repeat(y[i][None], len(w), 0) for i, w in zip(idx, chosen)])
+
+
+def _song_features(extractor, windows: list[np.ndarray], cfg) -> tuple[list[np.ndarray], np.ndarray]:
+    """Window features and pooled, part-selected song vectors of in-memory windows, with the extractor's model."""
+    window_feats = extractor.features_of(windows)
+    return window_feats, extractor.pool_songs(window_feats)[:, extractor.columns(cfg.features.parts)]
+
+
+def _train_through_backbone(cfg, data: Data, extractor, head, run_dir):
+    """End-to-end Siamese training on decoded windows; returns the kept items' new features and the history."""
     from siamrec.models.end_to_end import finetune_end_to_end
+    from siamrec.pipeline import Features
 
-    if head.kind != "siamese" or backbone is None:
-        raise SiamrecError("model.finetune_backbone=true needs +model=siamese on audio (data=demo|folder|csv)")
-    data, clips = decode_all(data, cfg, run_dir)
-    tr = data.mask("train")
-    print(f"training the backbone and the head end to end on {tr.sum()} clips")
-    history = finetune_end_to_end(backbone, head, clips[tr], data.y[tr], cfg.features.blocks, cfg.model)
-    outputs = backbone.predict(clips, batch_size=int(cfg.features.batch_size), verbose=0)
-    return data, select_blocks(concat_blocks(outputs), cfg.features.blocks), history
+    if cfg.clip.pool != "mean":
+        raise SiamrecError("model.finetune_backbone=true trains on windows: use clip.pool=mean with it")
+    data, windows = decode_all(extractor, data, cfg, run_dir)
+    clips, y = _training_windows(windows, data.y, np.flatnonzero(data.mask("train")), cfg.model.train_on)
+    print(f"training the backbone and the head end to end on {len(clips)} windows")
+    history = finetune_end_to_end(extractor.bundle, extractor.model, head, clips, y, cfg.features.parts, cfg.model)
+    _, x = _song_features(extractor, windows, cfg)
+    return Features(data, x), history
 
 
 def _finetune_audio(cfg, data: Data, run_dir) -> dict:
-    """The paper's baseline: fine-tune the backbone on the labels; the embedding is its block features."""
+    """The paper's baseline: fine-tune the backbone on the labels; the embedding is its pooled song vectors."""
     from siamrec.evaluation import classification_metrics
-    from siamrec.features import decode_all
-    from siamrec.models.backbone import concat_blocks, make_backbone, select_blocks
     from siamrec.models.finetune import finetune
     from siamrec.models.heads import IdentityHead, save_keras
 
-    backbone = make_backbone(cfg, data)
-    data, clips = decode_all(data, cfg, run_dir)
+    extractor = make_extractor(cfg, data)
+    data, windows = decode_all(extractor, data, cfg, run_dir)
     y = data.y
-    tr, va, te = data.mask("train"), data.mask("valid"), data.mask("test")
-    print(f"fine-tuning on {tr.sum()} clips ({va.sum()} for validation), {y.shape[1]} labels")
-    classifier, history = finetune(backbone, clips[tr], y[tr], clips[va], y[va], cfg.model)
+    tr, va, te = (np.flatnonzero(data.mask(s)) for s in ("train", "valid", "test"))
+    clips_tr, y_tr = _training_windows(windows, y, tr, cfg.model.train_on)
+    clips_va, y_va = _training_windows(windows, y, va, cfg.model.train_on)
+    print(f"fine-tuning on {len(clips_tr)} windows of {len(tr)} songs ({len(clips_va)} for validation), "
+          f"{y.shape[1]} labels")
+    classifier, history = finetune(extractor.bundle, extractor.model, clips_tr, y_tr, clips_va, y_va, cfg.model)
     save_keras(classifier, Path(run_dir) / "model.keras")
-    save_keras(backbone, Path(run_dir) / "backbone.keras")
-    head = IdentityHead({"blocks": list(cfg.features.blocks)})
-    head.save(run_dir)
+    extractor._fingerprint = None  # the weights changed
+    save_extractor(run_dir, extractor, cfg)
+    IdentityHead().save(run_dir)
     extra = {}
-    if te.any():
-        proba = classifier.predict(clips[te], batch_size=int(cfg.features.batch_size), verbose=0)
-        extra = classification_metrics(y[te], proba, float(cfg.model.get("threshold", 0.5)))
-    outputs = backbone.predict(clips, batch_size=int(cfg.features.batch_size), verbose=0)
-    emb = select_blocks(concat_blocks(outputs), cfg.features.blocks)
+    if len(te):
+        counts = [len(windows[i]) for i in te]
+        proba = classifier.predict(np.concatenate([windows[i] for i in te]), batch_size=int(cfg.features.batch_size),
+                                   verbose=0)
+        song_proba = np.stack([p.mean(axis=0) for p in np.split(proba, np.cumsum(counts)[:-1])])
+        extra = classification_metrics(y[te], song_proba, float(cfg.model.threshold))
+    _, emb = _song_features(extractor, windows, cfg)
     return finish_run(cfg, run_dir, data, emb, history, extra)

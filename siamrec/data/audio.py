@@ -1,17 +1,25 @@
-"""Audio decoding: any common format → mono float32 at the backbone's rate, cropped or padded to one clip.
+"""Audio decoding: any common format → the windows of a song, mono float32 at the backbone's rate.
 
-Only the window a clip needs is read (soundfile seeks), so decoding cost does not grow with song length.
-Formats soundfile cannot read fall back to librosa/audioread.
+The one decoder of the project. A `WindowPlan` (built from the `clip` settings and the backbone bundle) says which
+windows of a song to read: `first` (one window at `clip.offset`), `spread:K` (K windows spaced evenly over the whole
+song) or `all` (every window, `hop` apart, at most `max_windows` of them, spread evenly when there are more).
+Windows are read by seeking (soundfile), so decoding cost grows with the number of windows, not with the song's
+length; each window is read with a short margin on both sides, aligned to the resampling grid, so that resampling
+a window gives the same samples as resampling the whole song (up to the filter's precision). Formats soundfile
+cannot read fall back to librosa/audioread, which decodes the whole file once.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "au", "aiff", "aif", "m4a", "opus")
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "au", "aiff", "aif", "m4a")
+WINDOW_MODES = ("first", "spread", "all")
 
 
 class AudioError(Exception):
@@ -33,64 +41,170 @@ def window_start(total_seconds: float, duration: float, offset) -> float:
         start = float(offset)
     except (TypeError, ValueError):
         raise ValueError(f"clip.offset={offset!r}: use start, middle or a number of seconds") from None
-    if start < 0:
-        raise ValueError(f"clip.offset={offset!r}: must be >= 0")
+    if start < 0 or not math.isfinite(start):
+        raise ValueError(f"clip.offset={offset!r}: must be a number of seconds >= 0")
     return start
 
 
-def _read_soundfile(path: str, duration: float, offset) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
-    with sf.SoundFile(path) as f:
-        native_sr = f.samplerate
-        total = f.frames / native_sr if f.frames > 0 else 0.0
-        start = window_start(total, duration, offset)
-        start_frame = int(round(start * native_sr))
-        if f.frames > 0 and start_frame >= f.frames:
-            raise AudioError(path, f"clip.offset={offset} s is past the end of the file ({total:.1f} s)")
-        if start_frame:
-            f.seek(start_frame)
-        data = f.read(int(np.ceil(duration * native_sr)), dtype="float32", always_2d=True)
-    return data.mean(axis=1), native_sr
-
-
-def _read_librosa(path: str, duration: float, offset) -> tuple[np.ndarray, int]:
-    import librosa
-
-    total = librosa.get_duration(path=path)
-    start = window_start(total, duration, offset)
-    y, sr = librosa.load(path, sr=None, mono=True, offset=start, duration=duration, dtype=np.float32)
-    return y, sr
+def parse_windows(spec) -> tuple[str, int]:
+    """clip.windows → (mode, K): 'first' → ('first', 1), 'spread:4' → ('spread', 4), 'all' → ('all', 0)."""
+    text = str(spec).strip()
+    mode, _, count = text.partition(":")
+    if mode == "spread":
+        try:
+            k = int(count)
+        except ValueError:
+            k = 0
+        if k >= 1:
+            return "spread", k
+    elif mode in ("first", "all") and not count:
+        return mode, 1 if mode == "first" else 0
+    raise ValueError(f"clip.windows={spec!r}: use first, spread:K (K >= 1 windows spread over the song) or all")
 
 
-def load_clip(path: str | os.PathLike, sr: int = 12000, duration: float = 29.0, offset="start") -> np.ndarray:
-    """Decode one clip: mono float32 at `sr`, exactly round(sr*duration) samples (zero-padded if short).
+@dataclass(frozen=True)
+class WindowPlan:
+    """Which windows of a song to read. Sizes are in samples at `sr`. The input of a window that starts at `s` is
+    [s − context, s − context + window); zeros stand for what lies before the song's start or after its end."""
 
-    Raises AudioError (with the path and the reason) for missing, empty, corrupt or silent-length files.
-    """
-    path = str(path)
-    window_start(duration, duration, offset)  # reject a bad offset as a setting error, not a file error
-    if not Path(path).is_file():
-        raise AudioError(path, "file not found")
+    sr: int
+    window: int
+    context: int = 0
+    hop: int = 0
+    mode: str = "first"
+    count: int = 1
+    max_windows: int = 64
+    offset: object = "start"
+
+    def starts(self, total: int) -> list[int]:
+        """Window starts for a song of `total` samples (at least one window, zero-padded when the song is short)."""
+        body = max(self.window - 2 * self.context, 1)  # what a complete window covers inside the song
+        if self.mode == "first":
+            start = int(round(window_start(total / self.sr, self.window / self.sr, self.offset) * self.sr))
+            return [start]
+        if total <= body:
+            return [0]
+        if self.mode == "spread":
+            return sorted({int(round(s)) for s in np.linspace(0, total - body, self.count)})
+        n = (total - body) // self.hop + 1
+        chosen = range(n) if n <= self.max_windows else np.unique(np.round(np.linspace(0, n - 1, self.max_windows)))
+        return [int(i) * self.hop for i in chosen]
+
+
+class _SoundFileReader:
+    """Seeks and reads native-rate frames of one file (soundfile)."""
+
+    def __init__(self, path: str):
+        import soundfile as sf
+
+        self.file = sf.SoundFile(path)
+        self.native_sr, self.frames = self.file.samplerate, max(self.file.frames, 0)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        self.file.seek(lo)
+        return self.file.read(hi - lo, dtype="float32", always_2d=True).mean(axis=1)
+
+    def close(self):
+        self.file.close()
+
+
+class _ArrayReader:
+    """A whole file decoded at once (formats soundfile cannot read)."""
+
+    def __init__(self, path: str):
+        import warnings
+
+        import librosa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.y, self.native_sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
+        self.frames = len(self.y)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        return self.y[lo:hi]
+
+    def close(self):
+        pass
+
+
+def _open(path: str):
     try:
-        y, native_sr = _read_soundfile(path, duration, offset)
-    except AudioError:
-        raise
+        return _SoundFileReader(path)
     except Exception as first:  # noqa: BLE001 - soundfile cannot read it: try librosa/audioread
         try:
-            y, native_sr = _read_librosa(path, duration, offset)
+            return _ArrayReader(path)
         except Exception as second:  # noqa: BLE001
             raise AudioError(path, f"cannot decode ({type(first).__name__}: {first}; "
                                    f"fallback {type(second).__name__}: {second})".replace("\n", " ")) from None
-    if y.size == 0:
-        raise AudioError(path, "no audio samples in the requested window")
-    if not np.all(np.isfinite(y)):
-        raise AudioError(path, "decoded audio holds NaN or infinite samples")
-    if native_sr != sr:
-        import soxr
 
-        y = soxr.resample(y, native_sr, sr, quality="HQ").astype(np.float32)
-    n = int(round(sr * duration))
-    if len(y) >= n:
-        return np.ascontiguousarray(y[:n], dtype=np.float32)
-    return np.pad(y, (0, n - len(y))).astype(np.float32)
+
+def _window(reader, plan: WindowPlan, start: int, total: int) -> np.ndarray:
+    """Samples [start − context, start − context + window) at plan.sr, zeros outside [0, total)."""
+    native, sr = reader.native_sr, plan.sr
+    a, b = start - plan.context, start - plan.context + plan.window
+    if native == sr:
+        lo, hi = max(a, 0), min(b, reader.frames)
+        y = np.zeros(plan.window, dtype=np.float32)
+        if hi > lo:
+            y[lo - a:hi - a] = reader.read(lo, hi)
+        return y
+    import soxr
+
+    g = math.gcd(native, sr)
+    step_n, step_t = native // g, sr // g                        # aligned steps: native step_n ↔ target step_t
+    margin = max(sr // 20, step_t)                                # 50 ms of context for the resampling filter
+    lo_t = (a - margin) // step_t * step_t
+    hi_t = -((-(b + margin)) // step_t) * step_t
+    lo_n, hi_n = lo_t // step_t * step_n, hi_t // step_t * step_n
+    block = np.zeros(hi_n - lo_n, dtype=np.float32)
+    r_lo, r_hi = max(lo_n, 0), min(hi_n, reader.frames)
+    if r_hi > r_lo:
+        block[r_lo - lo_n:r_hi - lo_n] = reader.read(r_lo, r_hi)
+    y = soxr.resample(block, native, sr, quality="HQ").astype(np.float32)
+    if len(y) < hi_t - lo_t:
+        y = np.pad(y, (0, hi_t - lo_t - len(y)))
+    y = y[a - lo_t:b - lo_t].copy()
+    y[:max(0, -a)] = 0.0                                          # before the song's start
+    if b > total:
+        y[max(total - a, 0):] = 0.0                               # after its end
+    return y
+
+
+def decode_windows(path: str | os.PathLike, plan: WindowPlan) -> np.ndarray:
+    """The song's windows as a float32 array (n_windows, plan.window).
+
+    Raises AudioError (with the path and the reason) for missing, empty, corrupt or unreadable files."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise AudioError(path, "file not found")
+    reader = _open(path)
+    try:
+        if reader.frames <= 0:
+            raise AudioError(path, "no audio samples")
+        total = int(reader.frames * plan.sr // reader.native_sr)
+        try:
+            starts = plan.starts(total)
+        except ValueError as exc:
+            raise AudioError(path, str(exc)) from None
+        if plan.mode == "first" and total > 0 and starts[0] >= total:
+            raise AudioError(path, f"clip.offset={plan.offset} s is past the end of the file "
+                                   f"({total / plan.sr:.1f} s)")
+        try:
+            windows = np.stack([_window(reader, plan, s, total) for s in starts])
+        except AudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a file damaged half-way through
+            raise AudioError(path, f"cannot decode ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
+    finally:
+        reader.close()
+    if not np.all(np.isfinite(windows)):
+        raise AudioError(path, "decoded audio holds NaN or infinite samples")
+    return windows
+
+
+def load_clip(path: str | os.PathLike, sr: int = 12000, duration: float = 29.0, offset="start") -> np.ndarray:
+    """One window of `duration` seconds at `offset` (mono float32 at `sr`, zero-padded when the song is short)."""
+    window_start(duration, duration, offset)  # reject a bad offset as a setting error, not a file error
+    plan = WindowPlan(sr=int(sr), window=int(round(sr * duration)), offset=offset)
+    return decode_windows(path, plan)[0]

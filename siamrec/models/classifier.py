@@ -43,20 +43,19 @@ class ClassifierHead(KerasHead):
         self.multilabel = is_multilabel(y_train)
         self.standardiser(x_train)
         inp = keras.Input((x_train.shape[1],), name="features")
-        h = keras.layers.Dropout(float(c.get("dropout", 0.2)))(inp)
-        h = keras.layers.Dense(int(c.get("hidden", 128)), activation="relu", name=self.embedding_layer)(h)
+        h = keras.layers.Dropout(float(c["dropout"]))(inp)
+        h = keras.layers.Dense(int(c["hidden"]), activation="relu", name=self.embedding_layer)(h)
         out = keras.layers.Dense(y_train.shape[1], activation="sigmoid" if self.multilabel else "softmax",
-                                 name="classes")(keras.layers.Dropout(float(c.get("dropout", 0.2)))(h))
+                                 name="classes")(keras.layers.Dropout(float(c["dropout"]))(h))
         self.model = keras.Model(inp, out, name="classifier")
-        self.model.compile(optimizer=keras.optimizers.Adam(float(c.get("head_lr", 1e-3))),
+        self.model.compile(optimizer=keras.optimizers.Adam(float(c["head_lr"])),
                            loss="binary_crossentropy" if self.multilabel else "categorical_crossentropy")
         has_valid = x_valid is not None and len(x_valid) > 0
         history = self.model.fit(
-            self.scale(x_train), y_train, epochs=int(c.get("head_epochs", 200)), batch_size=int(c.get("batch_size", 32)),
+            self.scale(x_train), y_train, epochs=int(c["head_epochs"]), batch_size=int(c["head_batch_size"]),
             validation_data=(self.scale(x_valid), y_valid.astype(np.float32)) if has_valid else None,
             class_weight=class_weights(y_train),
-            callbacks=[early_stopping(has_valid, c.get("patience", 10)), epoch_progress(int(c.get("head_epochs", 200)),
-                                                                                         "classifier")],
+            callbacks=[early_stopping(has_valid, c["head_patience"]), epoch_progress(int(c["head_epochs"]), "classifier")],
             verbose=0,
         )
         self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)

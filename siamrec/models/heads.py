@@ -27,10 +27,8 @@ class Head:
 
     kind = "base"
 
-    def __init__(self, cfg=None):
-        from omegaconf import DictConfig, OmegaConf
-
-        self.cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    def __init__(self, **params):
+        self.cfg = dict(params)
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
         return {}
@@ -39,7 +37,8 @@ class Head:
         raise NotImplementedError
 
     def save(self, run_dir) -> None:
-        write_json(Path(run_dir) / "head.json", {"kind": self.kind, "cfg": self.cfg})
+        target = f"{type(self).__module__}.{type(self).__qualname__}"
+        write_json(Path(run_dir) / "head.json", {"kind": self.kind, "target": target, "cfg": self.cfg})
 
     def _load(self, run_dir) -> None:
         """Read the head's own weights (subclasses)."""
@@ -61,7 +60,7 @@ class LDAHead(Head):
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
         x, y = x_train, y_train
-        if x_valid is not None and len(x_valid) and self.cfg.get("use_valid", True):
+        if x_valid is not None and len(x_valid) and self.cfg["use_valid"]:
             x, y = np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])
         if (y.sum(axis=1) != 1).any():
             raise SiamrecError("model=lda needs one label per item; for tagged (multi-label) data use +model=siamese")
@@ -118,7 +117,7 @@ class KerasHead(Head):
 
         with np.load(Path(run_dir) / "scaler.npz") as z:
             self.mu, self.sigma = z["mu"], z["sigma"]
-        self.model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False)
+        self.model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False, safe_mode=True)
         self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
 
 
@@ -151,25 +150,25 @@ def save_keras(model, path: Path) -> None:
 
 
 def head_from_config(model_cfg) -> Head:
-    from siamrec.models.classifier import ClassifierHead
-    from siamrec.models.siamese import SiameseHead
+    """The head of `model` (built from its YAML's `_target_`; the other keys are its settings)."""
+    from hydra.utils import instantiate
 
-    kinds = {"identity": IdentityHead, "lda": LDAHead, "baseline": ClassifierHead, "siamese": SiameseHead}
-    name = model_cfg.get("name")
-    if name not in kinds:
-        raise SiamrecError(f"model.name={name!r}: choose one of {', '.join(kinds)}")
-    return kinds[name](model_cfg)
+    return instantiate(model_cfg, _convert_="all")
 
 
 def load_head(run_dir) -> Head:
-    from siamrec.models.classifier import ClassifierHead
-    from siamrec.models.siamese import SiameseHead
+    from hydra.utils import get_class
 
     p = Path(run_dir) / "head.json"
     if not p.is_file():
         raise SiamrecError(f"run={run_dir}: head.json is missing; pass the folder of a finished train run")
-    spec = json.loads(p.read_text())
-    kinds = {c.kind: c for c in (IdentityHead, LDAHead, ClassifierHead, SiameseHead)}
-    head = kinds[spec["kind"]](spec.get("cfg"))
+    try:
+        spec = json.loads(p.read_text(encoding="utf-8"))
+        cls = get_class(spec["target"])
+    except Exception:  # noqa: BLE001 - damaged, foreign or older head.json
+        raise SiamrecError(f"run={run_dir}: head.json is not a siamrec head of this version; train the run again") from None
+    if not (isinstance(cls, type) and issubclass(cls, Head)):
+        raise SiamrecError(f"run={run_dir}: head.json names {spec['target']}, which is not a siamrec head")
+    head = cls(**(spec.get("cfg") or {}))
     head._load(run_dir)
     return head

@@ -114,14 +114,14 @@ class SiameseHead(KerasHead):
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None):
         c = self.cfg
-        epochs = int(c.get("epochs", 60))
+        epochs = int(c["epochs"])
         has_valid = x_valid is not None and len(x_valid) > 1 and bool((np.asarray(y_valid).sum(axis=0) >= 2).any())
         if not has_valid:
             return self._train(x_train, y_train, epochs)[0]
         history, chosen = self._train(x_train, y_train, epochs, (x_valid, y_valid))
         note = (f"siamese: epoch {chosen} chosen, validation MAP {history['val_map'][chosen - 1]:.4f} "
                 f"(best {max(history['val_map']):.4f})")
-        if not c.get("refit", True):
+        if not c["refit"]:
             print(note)
             return history
         print(f"{note}; training afresh on train+valid ({len(x_train) + len(x_valid)} items) for {chosen} epochs")
@@ -141,22 +141,22 @@ class SiameseHead(KerasHead):
         y = np.asarray(y, dtype=np.float32)
         self.standardiser(x)
         z = self.scale(x)
-        eps = c.get("whiten_eps", 1.0)
+        eps = c["whiten_eps"]
         whitening = np.eye(z.shape[1], dtype=np.float32) if eps is None else whitening_matrix(z, float(eps))
         self.model = self.embedder = build_projection(
-            whitening, [int(h) for h in c.get("hidden", [512])], int(c.get("dim", 128)), float(c.get("dropout", 0.2)),
-            int(c.get("branches", 4)))
+            whitening, [int(h) for h in c["hidden"]], int(c["dim"]), float(c["dropout"]),
+            int(c["branches"]))
         usable_labels = int(((y != 0).sum(axis=0) >= 2).sum())
         try:
-            loss = MetricLoss(str(c.get("loss", "triplet_semihard")), **dict(c.get("loss_params") or {}))
-            sampler = ClassBalancedSampler(y, min(int(c.get("classes_per_batch", 8)), max(usable_labels, 2)),
-                                           int(c.get("m_per_class", 4)), seed=int(c.get("seed", 0)))
+            loss = MetricLoss(str(c["loss"]), **dict(c.get("loss_params") or {}))
+            sampler = ClassBalancedSampler(y, min(int(c["classes_per_batch"]), max(usable_labels, 2)),
+                                           int(c["m_per_class"]), seed=int(c["seed"]))
         except ValueError as exc:
             raise SiamrecError(f"model=siamese: {exc}") from None
         # Training goes through a wrapper sharing the layers: the saved model stays uncompiled, so model.keras loads
         # without siamrec's loss registered and carries no optimizer state.
         trainer = keras.Model(self.model.input, self.model.output, name="siamese_trainer")
-        trainer.compile(optimizer=keras.optimizers.Adam(float(c.get("lr", 1e-3))), loss=loss)
+        trainer.compile(optimizer=keras.optimizers.Adam(float(c["lr"])), loss=loss)
         selector = None if valid is None else validation_map_callback(self.scale(valid[0]), valid[1])
         callbacks = [cb for cb in (selector, epoch_progress(epochs, "siamese")) if cb is not None]
         history = trainer.fit(as_keras_dataset(z, y, sampler), epochs=epochs, callbacks=callbacks, verbose=0)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-N_FFT, HOP, N_MELS, SR, FMAX = 512, 256, 96, 12000, 6000.0
+N_FFT, HOP, N_MELS, SR, FMAX = 512, 256, 96, 12000, 6000.0  # the Choi 2017 front end
 
 
 def hann_dft_kernels(n_fft: int = N_FFT) -> tuple[np.ndarray, np.ndarray]:
