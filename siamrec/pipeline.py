@@ -63,15 +63,16 @@ def load_data(cfg, run_dir) -> Data:
 
 
 def make_extractor(cfg, data: Data | None = None):
-    """The extractor of cfg.backbone and cfg.clip. Bundles that estimate label-free statistics estimate them over
-    the training items of `data` (all items when it has no training split); the result is cached."""
+    """The extractor of cfg.backbone and cfg.clip. Bundles that estimate label-free statistics (e.g. dataset
+    BatchNorm statistics) estimate them over the audio of the whole library of `data` — no label is used, so every
+    split and seed of a library shares them — and the result is cached."""
     from siamrec.extractor import Extractor, check_clip, decode_workers, make_bundle, prepared_model
 
     bundle = make_bundle(cfg.backbone)
     check_clip(cfg.clip, bundle)
     pool = []
     if data is not None and data.is_audio:
-        pool = [p for p, s in zip(data.lib.paths, data.split) if s == "train"] or list(data.lib.paths)
+        pool = list(data.lib.paths)
     model = prepared_model(bundle, cfg, pool)
     cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
     return Extractor(bundle, model, cfg.clip, batch_size=int(cfg.features.batch_size),

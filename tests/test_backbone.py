@@ -12,9 +12,15 @@ from omegaconf import OmegaConf
 
 from siamrec.data.audio import load_clip
 from siamrec.errors import SiamrecError
-from siamrec.models.backbone import MSD_TAGS, build_backbone, concat_blocks, select_blocks
-from siamrec.models.frontend import hann_dft_kernels, mel_filterbank
-from siamrec.models.weights import FILES, load_pretrained, read_arrays, resolve_weights
+from siamrec.backbones.base import WeightFile, resolve_file
+from siamrec.backbones.choi2017 import FILES, MSD_TAGS, Choi2017, build_backbone, load_pretrained, read_arrays
+from siamrec.backbones.layers import hann_dft_kernels, mel_filterbank
+
+BUNDLE = Choi2017(release="keras2", bn_stats="per_clip")
+
+
+def concat_blocks(outputs):
+    return BUNDLE.feature_vector(outputs)
 
 RELEASES = ("keras2", "theano")
 
@@ -30,7 +36,7 @@ def raga_clips(shared):
 
 def _pretrained(shared, release):
     model = build_backbone(release)
-    load_pretrained(model, shared / "weights" / "choi2017" / FILES[release]["file"], release)
+    load_pretrained(model, shared / "weights" / "choi2017" / FILES[release].file, release)
     return model
 
 
@@ -42,7 +48,7 @@ def test_port_matches_numpy_reference_on_every_raga_clip(shared, raga_clips, rel
     model = _pretrained(shared, release)
     out = model.predict(clips, batch_size=8, verbose=0)
     feats, tags = concat_blocks(out), np.asarray(out["tags"])
-    h5 = shared / "weights" / "choi2017" / FILES[release]["file"]
+    h5 = shared / "weights" / "choi2017" / FILES[release].file
     worst = 0.0
     for i, name in enumerate(names):
         ref = reference_forward(str(h5), release, clips[i].astype(np.float64))
@@ -58,12 +64,13 @@ def test_features_do_not_depend_on_the_batch(shared, raga_clips, release):
     loud_and_quiet = np.stack([clips[0], clips[1] * 0.01, clips[2] * 50])
     together = concat_blocks(model.predict_on_batch(loud_and_quiet))
     alone = np.concatenate([concat_blocks(model.predict_on_batch(c[None])) for c in loud_and_quiet])
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    # per-clip arithmetic in float32: equal up to rounding relative to the features' scale
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5 * np.abs(alone).max())
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_stored_front_end_equals_hann_dft_and_slaney_mel(shared, release):
-    arrays = read_arrays(shared / "weights" / "choi2017" / FILES[release]["file"], release)
+    arrays = read_arrays(shared / "weights" / "choi2017" / FILES[release].file, release)
     stored_real, stored_imag = arrays["stft/real"], arrays["stft/imag"]
     if release == "theano":  # the loader time-reverses them for Theano's flipping convolution: undo that
         stored_real, stored_imag = stored_real[::-1], stored_imag[::-1]
@@ -73,15 +80,33 @@ def test_stored_front_end_equals_hann_dft_and_slaney_mel(shared, release):
     np.testing.assert_allclose(arrays["mel"], mel_filterbank(), atol=1e-6)
 
 
-def test_untrained_backbone_shapes_and_block_selection():
+def test_untrained_backbone_shapes_and_part_selection():
     model = build_backbone("keras2")
     out = model.predict_on_batch(np.random.default_rng(0).normal(size=(2, 29 * 12000)).astype(np.float32))
     feats = concat_blocks(out)
-    assert feats.shape == (2, 160) and np.isfinite(feats).all()
+    assert feats.shape == (2, BUNDLE.dim) == (2, 160) and np.isfinite(feats).all()
     assert out["tags"].shape == (2, len(MSD_TAGS))
-    np.testing.assert_array_equal(select_blocks(feats, [2, 4]), np.concatenate([feats[:, 32:64], feats[:, 96:128]], 1))
-    with pytest.raises(SiamrecError, match="features.blocks"):
-        select_blocks(feats, [0, 6])
+    cols = BUNDLE.part_columns(["block4", "block2"])  # in the bundle's order, whatever the order asked
+    np.testing.assert_array_equal(feats[:, cols], np.concatenate([feats[:, 32:64], feats[:, 96:128]], 1))
+    with pytest.raises(SiamrecError, match="features.parts"):
+        BUNDLE.part_columns(["block0", "block6"])
+
+
+def test_the_bundle_says_everything_model_specific():
+    theano = Choi2017()
+    assert (theano.sample_rate, theano.window_samples, theano.hop_samples) == (12000, 348000, 348000)
+    assert theano.needs_preparation and not BUNDLE.needs_preparation
+    assert list(theano.parts) == [f"block{k}" for k in range(1, 6)] and theano.groups == tuple(theano.parts)
+    assert Choi2017(window_seconds=10).window_samples == 120000
+    assert theano.spec() != BUNDLE.spec() and theano.spec() != Choi2017(window_seconds=10).spec()
+    for bad in ({"release": "theano2"}, {"bn_stats": "batch"}, {"sample_rate": 16000}, {"window_seconds": 0}):
+        with pytest.raises(SiamrecError, match="backbone."):
+            Choi2017(**bad)
+    model = build_backbone("keras2")
+    BUNDLE.set_trainable(model, ["block2"])
+    assert {layer.name for layer in model.layers if layer.trainable} == {"conv2", "bn2"}
+    with pytest.raises(SiamrecError, match="trainable"):
+        BUNDLE.set_trainable(model, ["block9"])
 
 
 def test_saved_backbone_reloads_with_identical_outputs(tmp_path):
@@ -96,43 +121,60 @@ def test_saved_backbone_reloads_with_identical_outputs(tmp_path):
     np.testing.assert_allclose(concat_blocks(again.predict_on_batch(x)), concat_blocks(model.predict_on_batch(x)), atol=1e-6)
 
 
-def _cfgs(tmp_path, **backbone):
-    bcfg = OmegaConf.create({"release": "keras2", "weights": None, "download": True, "url": None, **backbone})
-    paths = OmegaConf.create({"cache": str(tmp_path / "cache"), "shared": str(tmp_path / "no-shared")})
-    return bcfg, paths
+def _paths(tmp_path):
+    return OmegaConf.create({"cache": str(tmp_path / "cache"), "shared": str(tmp_path / "no-shared")})
 
 
 def test_weights_explicit_path_must_exist(tmp_path):
-    bcfg, paths = _cfgs(tmp_path, weights=str(tmp_path / "missing.hdf5"))
     with pytest.raises(SiamrecError, match="backbone.weights=.*missing.hdf5"):
-        resolve_weights(bcfg, paths)
+        Choi2017(release="keras2", bn_stats="per_clip", weights=str(tmp_path / "missing.hdf5")).build(_paths(tmp_path))
 
 
 def test_weights_found_in_shared_before_download(shared, tmp_path):
-    bcfg, paths = _cfgs(tmp_path, url="http://127.0.0.1:9/never-called")
+    paths = _paths(tmp_path)
     paths.shared = str(shared)
-    assert resolve_weights(bcfg, paths) == shared / "weights" / "choi2017" / FILES["keras2"]["file"]
+    found = resolve_file(FILES["keras2"], "choi2017", paths, url="http://127.0.0.1:9/never-called")
+    assert found == shared / "weights" / "choi2017" / FILES["keras2"].file
 
 
-def test_weights_download_checks_sha256_and_lands_in_cache(tmp_path, monkeypatch):
+def test_weights_download_checks_sha256_and_lands_in_cache(tmp_path):
     source = tmp_path / "mirror.hdf5"
     source.write_bytes(b"not the real weights")
-    bcfg, paths = _cfgs(tmp_path, url=source.as_uri())
+    paths = _paths(tmp_path)
     with pytest.raises(SiamrecError, match="sha256"):
-        resolve_weights(bcfg, paths)
-    cache_file = tmp_path / "cache" / "weights" / "choi2017" / FILES["keras2"]["file"]
+        resolve_file(FILES["keras2"], "choi2017", paths, url=source.as_uri())
+    cache_file = tmp_path / "cache" / "weights" / "choi2017" / FILES["keras2"].file
     assert not cache_file.exists()
     # the same bytes with a matching checksum are accepted and cached
-    monkeypatch.setitem(FILES["keras2"], "sha256", hashlib.sha256(source.read_bytes()).hexdigest())
-    assert resolve_weights(bcfg, paths) == cache_file
+    matching = WeightFile(FILES["keras2"].file, hashlib.sha256(source.read_bytes()).hexdigest(), source.as_uri())
+    assert resolve_file(matching, "choi2017", paths) == cache_file
     assert cache_file.read_bytes() == source.read_bytes()
 
 
 def test_weights_missing_without_download_gives_advice(tmp_path):
-    bcfg, paths = _cfgs(tmp_path, download=False)
     with pytest.raises(SiamrecError, match="backbone.pretrained=false") as info:
-        resolve_weights(bcfg, paths)
+        resolve_file(FILES["keras2"], "choi2017", _paths(tmp_path), download_ok=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_weight_file_with_nan_or_the_wrong_shapes_is_refused(shared, tmp_path):
+    import h5py
+    import shutil
+
+    for damage in ("nan", "shape"):
+        bad = tmp_path / f"{damage}.hdf5"
+        shutil.copy(shared / "weights" / "choi2017" / FILES["keras2"].file, bad)
+        with h5py.File(bad, "r+") as h5:
+            group = h5["model_weights"]["conv2d_3"]["conv2d_3"]
+            kernel = np.asarray(group["kernel:0"])
+            del group["kernel:0"]
+            if damage == "nan":
+                kernel[0, 0, 0, 0] = np.nan
+                group["kernel:0"] = kernel
+            else:
+                group["kernel:0"] = kernel[:2]
+        with pytest.raises(SiamrecError, match=f"backbone.weights=.*{damage}.hdf5"):
+            Choi2017(release="keras2", bn_stats="per_clip", weights=str(bad)).build(_paths(tmp_path))
 
 
 def test_corrupt_weight_file_is_a_clear_error(tmp_path):
@@ -146,31 +188,32 @@ def test_corrupt_weight_file_is_a_clear_error(tmp_path):
 def test_dataset_batchnorm_statistics_are_those_of_the_clips(tmp_path, audio_folder):
     import keras
 
-    from siamrec.models.backbone import estimate_dataset_bn
+    from siamrec.backbones.choi2017 import estimate_dataset_bn
 
     paths = sorted(str(p) for p in audio_folder.rglob("*.flac"))[:4]
-    clip_cfg = OmegaConf.create({"sr": 12000, "duration": 29.0, "offset": "start"})
     model = build_backbone("theano", "dataset")
-    estimate_dataset_bn(model, paths, clip_cfg, batch_size=3, progress=False)
     clips = np.stack([load_clip(p, 12000, 29.0) for p in paths])
+    estimate_dataset_bn(model, clips, batch_size=3)
     for k in (1, 3):
         act = np.asarray(keras.Model(model.input, model.get_layer(f"conv{k}").output).predict(clips, verbose=0),
                          dtype=np.float64)
         mean, var = act.mean(axis=(0, 1, 2)), act.var(axis=(0, 1, 2))
         bn = model.get_layer(f"bn{k}")
-        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-4)
-        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-4)
+        # float32 convolutions summed in another order (batch 3 vs 4): equal relative to the values' scale
+        scale = np.abs(mean).max() + np.sqrt(var.max())
+        np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-4 * scale)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-4 * scale**2)
     # frozen statistics: a clip's features no longer depend on what else is in the batch
     alone = concat_blocks(model.predict_on_batch(clips[:1]))
     together = concat_blocks(model.predict_on_batch(clips))[:1]
-    np.testing.assert_allclose(alone, together, atol=1e-5)
+    np.testing.assert_allclose(alone, together, rtol=1e-4, atol=1e-5 * np.abs(alone).max())
 
 
 def test_tag_command_prints_top_tags_of_a_real_song(shared, tmp_path, cfg_factory, capsys):
     from siamrec.commands.tag import tag
 
     song = shared / "audio" / "ragaveda" / "Yaman" / "Yaman_raga-yaman_1.flac"
-    results = tag(cfg_factory("tag", "tag.top=3", f"tag.files=[{song}]"), tmp_path)
+    results = tag(cfg_factory("tag", "backbone=choi2017_keras2", "tag.top=3", f"tag.files=[{song}]"), tmp_path)
     (path, best), = results
     assert path == str(song) and len(best) == 3
     assert all(name in MSD_TAGS for name, _ in best)

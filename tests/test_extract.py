@@ -45,7 +45,7 @@ def run(tmp_path_factory, library):
     from siamrec.cli import seed_everything
 
     tmp = tmp_path_factory.mktemp("run")
-    cfg = make_cfg("train", ["+model=identity", "features.blocks=[2,3]", "data=folder", f"data.root={library}",
+    cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
                              "backbone.pretrained=false", "split.valid=0.25", "split.test=0.25"], tmp)
     seed_everything(0)
     train(cfg, tmp)
@@ -64,12 +64,13 @@ def by_key(folder):
 
 def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, library, tmp_path, cfg_factory,
                                                                         monkeypatch):
-    import siamrec.features as features
+    import siamrec.extractor as extractor
     from siamrec.store import FeatureStore
 
     whole = tmp_path / "whole"
-    summary = extract(extract_cfg(cfg_factory, run, library, whole, "features.workers=2"), tmp_path)
-    assert (summary["embedded"], summary["already_done"], summary["failed"]) == (12, 0, 0)
+    assert extract(extract_cfg(cfg_factory, run, library, whole, "features.workers=2"), tmp_path) == whole
+    summary = json.loads((whole / "extract.json").read_text())
+    assert (summary["embedded"], summary["reused"], summary["failed"]) == (12, 0, 0)
     assert len(list((whole / "store").glob("shard-*.npz"))) == 4
     # the extraction reproduces the run's own embeddings of the same songs
     reference = by_key(run)
@@ -77,21 +78,21 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
     for key, row in by_key(whole).items():
         np.testing.assert_allclose(row, reference[key], rtol=1e-4, atol=1e-5)
 
-    # killed while writing the second shard: a partial temporary file is left behind, the first shard is kept
+    # killed while writing the second shard: the first shard is kept, nothing is assembled
     resumed = tmp_path / "resumed"
     write = FeatureStore.write
 
-    def killed_on_second_shard(self, keys, embeddings):
+    def killed_on_second_shard(self, *args):
         if self.shards:
-            (self.dir / ".shard-00001.npz.x.tmp").write_bytes(b"PK\x03\x04 half a shard")
             raise RuntimeError("killed")
-        return write(self, keys, embeddings)
+        return write(self, *args)
 
     monkeypatch.setattr(FeatureStore, "write", killed_on_second_shard)
     with pytest.raises(RuntimeError, match="killed"):
         extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
     shards = sorted((resumed / "store").glob("shard-*.npz"))
-    assert [s.name for s in shards] == ["shard-00000.npz"] and not (resumed / "embeddings.npy").exists()
+    assert len(shards) == 1 and not (resumed / "embeddings.npy").exists()
+    assert not list((resumed / "store").glob(".*tmp"))
     with np.load(shards[0]) as z:  # a complete shard: 3 keys and their rows
         done = {str(k) for k in z["keys"]}
         assert len(done) == 3 and z["embeddings"].shape == (3, 64)
@@ -99,19 +100,91 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
     # started again: the stored songs are not decoded again, the rest is, and the result is the same
     monkeypatch.setattr(FeatureStore, "write", write)
     decoded = []
-    load_clip = features.load_clip
-    monkeypatch.setattr(features, "load_clip", lambda path, *a: decoded.append(path) or load_clip(path, *a))
-    summary = extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
-    assert (summary["embedded"], summary["already_done"]) == (9, 3)
+    real = extractor.decode_windows
+    monkeypatch.setattr(extractor, "decode_windows", lambda path, plan: decoded.append(path) or real(path, plan))
+    extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
+    summary = json.loads((resumed / "extract.json").read_text())
+    assert (summary["embedded"], summary["reused"]) == (9, 3)
     assert len(decoded) == 9 and not {p for p in decoded if p.split(f"{library}/")[1] in done}
     assert [it["key"] for it in read_csv(resumed / "items.csv")] == [it["key"] for it in read_csv(whole / "items.csv")]
-    # equal up to float rounding (the batches differ)
     np.testing.assert_allclose(np.load(resumed / "embeddings.npy"), np.load(whole / "embeddings.npy"),
                                rtol=1e-4, atol=1e-5)
 
     # once finished, a third start has nothing left to do
-    summary = extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
-    assert (summary["embedded"], summary["already_done"]) == (0, 12)
+    decoded.clear()
+    extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
+    summary = json.loads((resumed / "extract.json").read_text())
+    assert (summary["embedded"], summary["reused"], decoded) == (0, 12, [])
+
+
+def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, cfg_factory):
+    import shutil
+
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    before = by_key(out)
+
+    # a song edited in place (same name, new audio) is embedded again; one merely touched is not
+    from conftest import tone
+
+    edited, touched = lib / "drone" / "drone_1.flac", lib / "high" / "high_2.mp3"
+    sf.write(edited, tone(1760.0, 3.0, 22050, np.random.default_rng(5)), 22050)
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    summary = json.loads((out / "extract.json").read_text())
+    assert (summary["embedded"], summary["reused"], summary["failed"]) == (1, 11, 0)
+    after = by_key(out)
+    assert not np.allclose(after["drone/drone_1.flac"], before["drone/drone_1.flac"], atol=1e-3)
+    np.testing.assert_allclose(after["high/high_2.mp3"], before["high/high_2.mp3"])
+    # the touched song's new size/mtime were stored: the next look-up is a fast one, nothing is hashed or decoded
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    assert json.loads((out / "extract.json").read_text())["reused"] == 12
+
+    # a deleted shard: only its songs are embedded again, every song is present, no other shard is touched
+    shards = sorted((out / "store").glob("shard-*.npz"))
+    with np.load(shards[0]) as z:
+        lost = {str(k) for k in z["keys"]}
+    shards[0].unlink()
+    others = {p: p.stat().st_mtime_ns for p in shards[1:]}
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    summary = json.loads((out / "extract.json").read_text())
+    assert (summary["embedded"], summary["reused"]) == (len(lost), 12 - len(lost))
+    assert {p: p.stat().st_mtime_ns for p in shards[1:]} == others
+    assert set(by_key(out)) == set(before)
+    for key, row in by_key(out).items():
+        np.testing.assert_allclose(row, after[key], rtol=1e-4, atol=1e-5)
+
+    # a damaged shard is set aside and its songs embedded again
+    victim = sorted((out / "store").glob("shard-*.npz"))[-1]
+    with np.load(victim) as z:
+        n_victim = len(z["keys"])
+    victim.write_bytes(b"PK\x03\x04 not a shard any more")
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    summary = json.loads((out / "extract.json").read_text())
+    assert summary["embedded"] == n_victim and summary["damaged_shards"] == [victim.name + ".damaged"]
+    assert len(by_key(out)) == 12
+
+
+def test_two_extracts_into_one_folder_cannot_corrupt_it(run, library, tmp_path, cfg_factory):
+    from siamrec.store import FeatureStore, run_fingerprint
+
+    out = tmp_path / "out"
+    holder = FeatureStore(out / "store", run_fingerprint(run))
+    holder.lock()  # another extract is writing into out
+    try:
+        with pytest.raises(SiamrecError, match="another extract is writing"):
+            extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
+    finally:
+        holder.unlock()
+    assert not (out / "embeddings.npy").exists()
+    extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
+    assert len(by_key(out)) == 12
+    # shards are created exclusively under unique names: a second writer never replaces one
+    store = FeatureStore(out / "store", run_fingerprint(run))
+    names = {store.write(["a"], [1], [1], ["d"], np.ones((1, 64))) for _ in range(20)}
+    assert len(names) == 20
 
 
 def test_the_command_killed_after_its_first_shard_finishes_when_started_again(run, library, tmp_path):
@@ -135,8 +208,9 @@ def test_the_command_killed_after_its_first_shard_finishes_when_started_again(ru
     second = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'second'}"], capture_output=True, text=True, env=env,
                             timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.strip().splitlines()[-1] == str(out)  # the output folder, last
     summary = json.loads((out / "extract.json").read_text())
-    assert summary["already_done"] >= kept and summary["already_done"] + summary["embedded"] == 12
+    assert summary["reused"] >= kept and summary["reused"] + summary["embedded"] == 12
     reference = by_key(run)
     for key, row in by_key(out).items():
         np.testing.assert_allclose(row, reference[key], rtol=1e-4, atol=1e-5)
@@ -151,7 +225,8 @@ def test_failed_files_are_listed_and_the_rest_embedded(run, library, tmp_path, c
     (broken / "high" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage, not audio")
     (broken / "beats" / "empty.mp3").write_bytes(b"")
     out = tmp_path / "out"
-    summary = extract(extract_cfg(cfg_factory, run, broken, out), tmp_path)
+    extract(extract_cfg(cfg_factory, run, broken, out), tmp_path)
+    summary = json.loads((out / "extract.json").read_text())
     assert (summary["embedded"], summary["failed"]) == (12, 2)
     failed = read_csv(out / "failed.csv")
     assert sorted(f["key"] for f in failed) == ["beats/empty.mp3", "high/broken.wav"]
@@ -162,8 +237,13 @@ def test_failed_files_are_listed_and_the_rest_embedded(run, library, tmp_path, c
 def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory):
     out = tmp_path / "out"
     extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
+    other = tmp_path / "other_run"
+    import shutil
+
+    shutil.copytree(run, other)
+    (other / "extractor.json").write_text((other / "extractor.json").read_text().replace('"start"', '"middle"'))
     with pytest.raises(SiamrecError, match="another model"):
-        extract(extract_cfg(cfg_factory, run, library, out, "clip.offset=middle"), tmp_path)
+        extract(extract_cfg(cfg_factory, other, library, out), tmp_path)
     with pytest.raises(SiamrecError, match="run folder itself"):
         extract(extract_cfg(cfg_factory, run, library, run), tmp_path)
 

@@ -1,0 +1,210 @@
+"""The one extractor: window plans and seeking, pooling, the fingerprint, and a third backbone that plugs in
+through its own module and YAML only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from siamrec.data.audio import WindowPlan, decode_windows, parse_windows
+from siamrec.errors import SiamrecError
+from siamrec.extractor import Extractor, check_clip, fingerprint, pool_windows, pooled_parts
+
+TOY = [f"hydra.searchpath=[file://{Path(__file__).parent / 'toy_conf'}]", "backbone=toy8k"]
+
+
+def toy_extractor(clip=None, **kw):
+    from toy_bundle import Toy8k
+
+    bundle = Toy8k()
+    clip = {"sr": 8000, "duration": 1.0, "windows": "first", "offset": "start", "hop": None, "max_windows": 64,
+            "pool": "mean", **(clip or {})}
+    return Extractor(bundle, bundle.build(None), OmegaConf.create(clip), batch_size=3, **kw)
+
+
+# --- window plans -------------------------------------------------------------------------------------------------
+def test_window_plans():
+    plan = dict(sr=100, window=100, hop=100)
+    assert WindowPlan(**plan).starts(1000) == [0]
+    assert WindowPlan(**plan, offset="middle").starts(1000) == [450]
+    assert WindowPlan(**plan, mode="spread", count=4).starts(1000) == [0, 300, 600, 900]
+    assert WindowPlan(**plan, mode="all").starts(1000) == list(range(0, 1000, 100))
+    assert WindowPlan(**plan, mode="all").starts(1050) == list(range(0, 1000, 100))  # the partial tail is dropped
+    assert WindowPlan(**plan, mode="all", max_windows=3).starts(1000) == [0, 400, 900]  # spread evenly when capped
+    for mode in ("spread", "all"):  # a song shorter than a window: one (padded) window
+        assert WindowPlan(**plan, mode=mode, count=3).starts(60) == [0]
+    # a model reading `context` samples around its window: a window is complete when its body is inside the song
+    assert WindowPlan(sr=100, window=120, context=10, hop=100, mode="all").starts(300) == [0, 100, 200]
+    assert [parse_windows(s) for s in ("first", "spread:3", "all")] == [("first", 1), ("spread", 3), ("all", 0)]
+    for bad in ("spread", "spread:0", "spread:x", "every", "all:2"):
+        with pytest.raises(ValueError, match="clip.windows"):
+            parse_windows(bad)
+
+
+@pytest.mark.parametrize("native", [8000, 22050, 44100])
+def test_windows_are_read_by_seeking_and_equal_the_whole_song_resampled(tmp_path, native, monkeypatch):
+    import soxr
+
+    rng = np.random.default_rng(0)
+    frames_read = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, n=-1, *a, **k: frames_read.append(n) or real_read(self, n, *a, **k))
+    plan = WindowPlan(sr=8000, window=8000, hop=8000, mode="spread", count=4)
+    per_song = {}
+    for minutes in (1, 3):
+        x = (0.1 * rng.normal(size=int(native * 60 * minutes))).astype(np.float32)
+        path = tmp_path / f"{minutes}.flac"
+        sf.write(path, x, native, subtype="PCM_24")
+        frames_read.clear()
+        windows = decode_windows(path, plan)
+        assert windows.shape == (4, 8000)
+        per_song[minutes] = sum(frames_read)
+        assert per_song[minutes] < 4 * 1.25 * native  # K windows and their margins, never the whole song
+        # each window equals the same samples of the whole song resampled at once
+        decoded = sf.read(path, dtype="float32")[0]
+        whole = decoded if native == 8000 else soxr.resample(decoded, native, 8000, quality="HQ")
+        for w, s in zip(windows, plan.starts(len(x) * 8000 // native)):
+            ref = whole[s:s + 8000]
+            assert np.abs(w[:len(ref)] - ref).max() <= (0 if native == 8000 else 2e-3)
+    assert per_song[3] == per_song[1]  # decoding cost does not grow with the song's length
+
+
+def test_a_short_song_gives_one_padded_window(tmp_path):
+    path = tmp_path / "short.wav"
+    sf.write(path, np.ones(3000, np.float32) * 0.5, 8000)
+    for mode, count in (("first", 1), ("spread", 4), ("all", 0)):
+        w = decode_windows(path, WindowPlan(sr=8000, window=8000, hop=8000, mode=mode, count=count))
+        assert w.shape == (1, 8000) and np.all(w[0, :3000] == 0.5) and np.all(w[0, 3000:] == 0)
+
+
+def test_context_reads_zeros_before_the_song_and_real_samples_after_the_window_start(tmp_path):
+    x = (np.arange(2000) + 1).astype(np.float32) / 4000
+    path = tmp_path / "ramp.wav"
+    sf.write(path, x, 1000, subtype="FLOAT")
+    w = decode_windows(path, WindowPlan(sr=1000, window=600, context=100, hop=400, mode="all"))
+    assert len(w) == 5  # bodies of 400 samples at 0, 400, 800, 1200, 1600 (the last one ends at the song's end)
+    np.testing.assert_array_equal(w[4, :500], x[1500:])
+    np.testing.assert_array_equal(w[4, 500:], 0)
+    np.testing.assert_array_equal(w[0, :100], 0)
+    np.testing.assert_array_equal(w[0, 100:], x[:500])
+    np.testing.assert_array_equal(w[1], x[300:900])
+
+
+# --- pooling and the extractor ------------------------------------------------------------------------------------
+def test_a_song_of_two_halves_pools_between_its_halves(tmp_path):
+    from toy_bundle import song
+
+    ex = toy_extractor({"windows": "spread:2"})
+    a, b, both = (song(tmp_path / f"{n}.wav", h) for n, h in (("a", [220]), ("b", [1760]), ("ab", [220, 1760])))
+    sf_ = ex.song_features([str(a), str(b), str(both)], keep_windows=True)
+    va, vb, vab = sf_.vectors
+    assert [len(w) for w in sf_.windows] == [1, 1, 2]
+    np.testing.assert_allclose(vab, (va + vb) / 2, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(va - vb) > 0.1  # the halves really differ
+    std = toy_extractor({"windows": "spread:2", "pool": "mean_std"}).song_features([str(both)]).vectors[0]
+    assert std.shape == (48,)
+    np.testing.assert_allclose(std[:24], vab, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std[24:], np.abs(va - vb) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_stream_keeps_the_order_and_reports_failures_in_place(tmp_path):
+    from toy_bundle import song
+
+    paths = [str(song(tmp_path / f"{i}.wav", [200 + 100 * i] * (1 + i % 3))) for i in range(7)]
+    (tmp_path / "bad.wav").write_bytes(b"RIFF junk")
+    paths.insert(3, str(tmp_path / "bad.wav"))
+    ex = toy_extractor({"windows": "all"})
+    got = list(ex.stream(list(enumerate(paths))))
+    assert [g[0] for g in got] == list(range(8))
+    assert got[3][1] is None and got[3][2]
+    one_by_one = [ex.embed_windows(decode_windows(p, ex.plan)) for p in paths if "bad" not in p]
+    for (_, feats, _, _), ref in zip([g for g in got if g[2] is None], one_by_one):
+        np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)  # batches never mix songs up
+
+
+def test_pooled_layout_and_pooling():
+    assert pooled_parts({"a": 2, "b": 3}, "mean_std") == {"a": 2, "b": 3, "a_std": 2, "b_std": 3}
+    f = np.array([[1.0, 2.0], [3.0, 6.0]])
+    np.testing.assert_allclose(pool_windows(f, "mean"), [2, 4])
+    np.testing.assert_allclose(pool_windows(f, "mean_std"), [2, 4, 1, 2])
+
+
+def test_the_fingerprint_changes_with_every_clip_and_backbone_setting():
+    from toy_bundle import Toy8k
+
+    ex = toy_extractor()
+    base = ex.fingerprint
+    assert toy_extractor().fingerprint == base  # deterministic
+    for change in ({"windows": "spread:2"}, {"windows": "all"}, {"offset": "middle"}, {"hop": 0.5},
+                   {"max_windows": 8}, {"pool": "mean_std"}, {"some_new_setting": 1}):
+        assert toy_extractor(change).fingerprint != base, change
+    other = Toy8k(seed=8)
+    assert fingerprint(other, other.build(None), ex.clip) != base  # other weights
+    assert fingerprint(Toy8k(pretrained=False), ex.model, ex.clip) != base  # another bundle spec
+
+
+def test_clip_settings_that_contradict_the_backbone_are_refused():
+    from toy_bundle import Toy8k
+
+    good = {"sr": 8000, "duration": 1.0, "windows": "first", "offset": "start", "hop": None, "max_windows": 4,
+            "pool": "mean"}
+    check_clip(good, Toy8k())
+    for bad, words in (({"sr": 12000}, "clip.sr=12000"), ({"duration": 2.0}, "clip.duration"),
+                       ({"windows": "most"}, "clip.windows"), ({"pool": "max"}, "clip.pool"),
+                       ({"hop": -1}, "clip.hop"), ({"max_windows": 0}, "clip.max_windows")):
+        with pytest.raises(SiamrecError, match=words):
+            check_clip({**good, **bad}, Toy8k())
+
+
+# --- a third backbone through its own module and YAML ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_library(tmp_path_factory):
+    from toy_bundle import song
+
+    root = tmp_path_factory.mktemp("toy_library")
+    for label, base in (("low", 150), ("mid", 700), ("high", 2500)):
+        (root / label).mkdir()
+        for i in range(6):
+            song(root / label / f"{label}_{i}.wav", [base * (1 + 0.05 * i), base * (1.1 + 0.05 * i)], sr=16000)
+    return root
+
+
+def test_a_third_backbone_trains_evaluates_extracts_and_recommends(toy_library, tmp_path, cfg_factory):
+    from siamrec.commands.evaluate import evaluate
+    from siamrec.commands.extract import extract
+    from siamrec.commands.recommend import recommend
+    from siamrec.commands.train import train
+    from siamrec.runs import read_embeddings
+
+    data = ["data=folder", f"data.root={toy_library}", "split.valid=0.17", "split.test=0.34", *TOY,
+            "clip.windows=spread:2", "plots=false"]
+    ident = tmp_path / "identity"
+    ident.mkdir()
+    metrics = evaluate(cfg_factory("evaluate", "+model=identity", *data), ident)
+    assert read_embeddings(ident)[0].shape == (18, 24) and metrics["test"]["map"] > 0
+    run = tmp_path / "siamese"
+    run.mkdir()
+    train(cfg_factory("train", "+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.train_on=windows",
+                      "features.parts=[high]", *data), run)
+    spec = json.loads((run / "extractor.json").read_text())
+    assert spec["backbone"]["_target_"] == "toy_bundle.Toy8k" and spec["parts"] == ["high"]
+    out = tmp_path / "extracted"
+    extract(cfg_factory("extract", f"run={run}", f"data.root={toy_library}", "data=folder",
+                        f"extract.out={out}", *TOY), tmp_path)
+    emb, items = read_embeddings(out)
+    ref, ref_items = read_embeddings(run)
+    ref_by_key = {it["key"]: r for it, r in zip(ref_items, ref)}
+    for it, row in zip(items, emb):
+        np.testing.assert_allclose(row, ref_by_key[it["key"]], rtol=1e-4, atol=1e-5)
+    seed = toy_library / "low" / "low_2.wav"
+    rows = recommend(cfg_factory("recommend", f"run={out}", f"recommend.seed={seed}", "recommend.k=3"), tmp_path)
+    assert len(rows) == 3 and all(r[3] != "low/low_2.wav" for r in rows)
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    train(cfg_factory("train", "+model=baseline", "model.epochs=1", "model.trainable=[frames]", *data), baseline)
+    assert read_embeddings(baseline)[0].shape == (18, 24)
