@@ -63,3 +63,15 @@ def audio_folder(tmp_path) -> Path:
             y = tone(freq * (1 + 0.03 * i), 4.0, 16000, rng, kind)
             sf.write(root / label / f"{label}_{i}.flac", y, 16000)
     return root
+
+
+def head_from_yaml(name: str, **overrides):
+    """A head built the way the commands build it: conf/model/NAME.yaml (its defaults) with `overrides`."""
+    from omegaconf import OmegaConf
+
+    from siamrec.models.heads import head_from_config
+
+    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
+    if "seed" in cfg:
+        cfg.seed = 0
+    return head_from_config(OmegaConf.merge(cfg, overrides))

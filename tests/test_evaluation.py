@@ -14,7 +14,7 @@ from siamrec.commands.train import train
 from siamrec.errors import SiamrecError
 from siamrec.evaluation import classification_metrics, score_embeddings
 from siamrec.metrics import retrieval_metrics
-from siamrec.runs import read_csv
+from siamrec.runs import read_csv, read_embeddings
 
 EVAL = OmegaConf.create({"protocol": "test", "ks": [1, 5, 10], "relevance": "shared", "jaccard_threshold": 0.5})
 
@@ -109,17 +109,22 @@ def test_report_refuses_runs_on_different_items(tmp_path, cfg_factory, features_
         evaluate(cfg_factory("evaluate", f"runs=[{a},{b}]"), tmp_path)
 
 
-def test_layer_study_scores_each_block_set(tmp_path, cfg_factory, features_data):
+def test_layer_study_scores_each_part_set(tmp_path, cfg_factory, audio_folder):
     out = tmp_path / "study"
     out.mkdir()
-    results = evaluate(cfg_factory("evaluate", "+study=blocks", *features_data), out)
-    assert list(results) == ["1", "1-2", "1-2-3", "1-2-3-4", "1-2-3-4-5"]
-    x = np.load(tmp_path / "f.npy")
-    split = np.array([r["split"] for r in read_csv(out / "split.csv")])
-    labels = [r["label"] for r in read_csv(tmp_path / "labels.csv")]
+    audio = ["data=folder", f"data.root={audio_folder}", "backbone.pretrained=false", "split.test=0.34"]
+    results = evaluate(cfg_factory("evaluate", "+study=blocks", *audio), out)
+    names = [f"block{k}" for k in range(1, 6)]
+    assert list(results) == ["+".join(names[:n]) for n in range(1, 6)]
+    # the 1-2 set scores exactly what the first 64 columns of the identity run's features score
+    ident = tmp_path / "identity"
+    ident.mkdir()
+    evaluate(cfg_factory("evaluate", "+model=identity", *audio), ident)
+    x, items = read_embeddings(ident)
+    labels = [it["labels"] for it in items]
     y = np.array([[lab == n for n in sorted(set(labels))] for lab in labels])
-    te = split == "test"
+    te = np.array([it["split"] for it in items]) == "test"
     expected = retrieval_metrics(x[te][:, :64], y[te])["map"]
-    assert results["1-2"]["test"]["map"] == pytest.approx(expected, abs=1e-12)
+    assert results["block1+block2"]["test"]["map"] == pytest.approx(expected, abs=1e-9)
     rows = read_csv(out / "report.csv")
     assert [int(r["dims"]) for r in rows] == [32, 64, 96, 128, 160]

@@ -129,7 +129,7 @@ def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, c
     # a song edited in place (same name, new audio) is embedded again; one merely touched is not
     from conftest import tone
 
-    edited, touched = lib / "drone" / "drone_1.flac", lib / "high" / "high_2.mp3"
+    edited, touched = lib / "drone" / "drone_1.flac", lib / "high" / "high_3.mp3"
     sf.write(edited, tone(1760.0, 3.0, 22050, np.random.default_rng(5)), 22050)
     os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
     extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
@@ -137,7 +137,7 @@ def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, c
     assert (summary["embedded"], summary["reused"], summary["failed"]) == (1, 11, 0)
     after = by_key(out)
     assert not np.allclose(after["drone/drone_1.flac"], before["drone/drone_1.flac"], atol=1e-3)
-    np.testing.assert_allclose(after["high/high_2.mp3"], before["high/high_2.mp3"])
+    np.testing.assert_allclose(after["high/high_3.mp3"], before["high/high_3.mp3"])
     # the touched song's new size/mtime were stored: the next look-up is a fast one, nothing is hashed or decoded
     extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
     assert json.loads((out / "extract.json").read_text())["reused"] == 12

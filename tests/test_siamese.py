@@ -11,7 +11,9 @@ import pytest
 from siamrec.errors import SiamrecError
 from siamrec.metrics import retrieval_metrics
 from siamrec.models.heads import load_head
-from siamrec.models.siamese import SiameseHead, whitening_matrix
+from conftest import head_from_yaml
+
+from siamrec.models.siamese import whitening_matrix
 
 # Small and quick: a few seconds per fit on one CPU core.
 FAST = {"hidden": [64], "dim": 32, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4}
@@ -47,7 +49,7 @@ def trained():
     """A head trained on the hidden clusters with a validation split, and the data."""
     keras.utils.set_random_seed(0)
     (xtr, ytr), (xva, yva), (xte, yte) = split(*hidden_clusters())
-    head = SiameseHead({**FAST, "seed": 0})
+    head = head_from_yaml("siamese", **{**FAST, "seed": 0})
     history = head.fit(xtr, ytr, xva, yva)
     return head, history, (xte, yte)
 
@@ -92,7 +94,7 @@ def test_multi_label_tags_without_validation():
     y[second, (y[second].argmax(axis=1) + 1) % y.shape[1]] = True  # a neighbouring tag
     (xtr, ytr), _, (xte, yte) = split(x, y)
     assert (ytr.sum(axis=1) > 1).any()
-    head = SiameseHead({**FAST, "seed": 0, "loss": "multi_similarity"})
+    head = head_from_yaml("siamese", **{**FAST, "seed": 0, "loss": "multi_similarity"})
     history = head.fit(xtr, ytr, None, None)
     assert len(history["loss"]) == FAST["epochs"] and "val_map" not in history and "refit_loss" not in history
     identity, learned = mean_ap(xte, yte), mean_ap(head.transform(xte), yte)
@@ -104,7 +106,7 @@ def test_other_losses_and_small_data_with_few_labels(loss):
     """2 labels of 12 items each: fewer labels than classes_per_batch, which adapts."""
     keras.utils.set_random_seed(2)
     x, y = hidden_clusters(n_per_class=12, n_classes=2, seed=2)
-    head = SiameseHead({**FAST, "epochs": 3, "classes_per_batch": 8, "seed": 2, "loss": loss})
+    head = head_from_yaml("siamese", **{**FAST, "epochs": 3, "classes_per_batch": 8, "seed": 2, "loss": loss})
     head.fit(x[:16], y[:16], x[16:], y[16:])
     emb = head.transform(x)
     assert emb.shape == (len(x), FAST["dim"]) and np.isfinite(emb).all()
@@ -113,9 +115,9 @@ def test_other_losses_and_small_data_with_few_labels(loss):
 def test_unknown_loss_is_a_clear_error():
     x, y = hidden_clusters(n_per_class=6)
     with pytest.raises(SiamrecError, match=r"model=siamese: Unknown loss 'trplet'.*triplet_semihard"):
-        SiameseHead({**FAST, "loss": "trplet"}).fit(x, y)
+        head_from_yaml("siamese", **{**FAST, "loss": "trplet"}).fit(x, y)
     with pytest.raises(SiamrecError, match=r"Unknown parameter\(s\) \['margn'\]"):
-        SiameseHead({**FAST, "loss_params": {"margn": 0.5}}).fit(x, y)
+        head_from_yaml("siamese", **{**FAST, "loss_params": {"margn": 0.5}}).fit(x, y)
 
 
 def test_whitening_matrix_whitens():
