@@ -85,17 +85,24 @@ def random_model():
 
 # --- no shared data needed --------------------------------------------------------------------------------------
 def test_frontend_matches_librosa():
-    """The in-model log-mel equals librosa's centred mel + log10(10000·x + 1) on the same frames."""
+    """The in-model log-mel equals librosa's centred mel + log10(10000·x + 1) on the same frames: to ~1e-6 in
+    float32 (the mel is computed as librosa does, bit for bit on CPU); with the original's float16 rounding too,
+    where a 1-ulp difference would show as a full float16 step (~5e-4 on the log scale)."""
     y = synthetic_song(2 * mn.PATCH_SAMPLES / SR + 0.5)
     windows = patch_windows(y)
-    port = np.asarray(mn.MusicnnLogMel()(windows))  # (patches, 187, 96)
+    port = np.asarray(mn.MusicnnLogMel(float16=False)(windows))  # (patches, 187, 96)
     ref = mel_patches(librosa_logmel(y, float16=False))
     assert port.shape == ref.shape == (2, mn.N_FRAMES, mn.N_MELS)
-    np.testing.assert_allclose(port, ref, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(port, ref, rtol=1e-6, atol=2e-6)
     # and the mel itself, before the log, to ~1e-5 relative of its scale
     mel_port = (10.0 ** port.astype(np.float64) - 1) / 10000
     mel_ref = (10.0 ** ref.astype(np.float64) - 1) / 10000
     assert np.max(np.abs(mel_port - mel_ref)) <= 1e-5 * np.max(mel_ref)
+
+    port16 = np.asarray(mn.MusicnnLogMel()(windows))
+    ref16 = mel_patches(librosa_logmel(y, float16=True))
+    diff = np.abs(port16 - ref16)
+    assert np.mean(diff <= 2e-6) > 0.999 and diff.max() < 5e-4
 
 
 def test_window_offsets_reproduce_whole_song_frames(random_model):
@@ -173,7 +180,35 @@ def _shared_checkpoint():
     return root, ckpt
 
 
-def _original_model(ckpt):
+def _tf_with_legacy_layers():
+    """`tensorflow`, except that `compat.v1.layers` are tf_keras's TF-1 layers.
+
+    Under Keras 3, TensorFlow routes `tf.compat.v1.layers` to tf_keras only when TF_USE_LEGACY_KERAS is set before
+    the first use, which would also switch `tf.keras` for the whole test process; instead the original module is
+    given this proxy (same TensorFlow, same graph functions; only the layers namespace is pointed at tf_keras)."""
+    import importlib
+    import types
+
+    import tensorflow as tf
+
+    legacy_layers = importlib.import_module("tf_keras.api._v1.keras.__internal__.legacy.layers")
+
+    class V1(types.ModuleType):
+        layers = legacy_layers
+
+        def __getattr__(self, item):
+            return getattr(tf.compat.v1, item)
+
+    class TF(types.ModuleType):
+        compat = types.SimpleNamespace(v1=V1("tensorflow.compat.v1"))
+
+        def __getattr__(self, item):
+            return getattr(tf, item)
+
+    return TF("tensorflow")
+
+
+def _original_model(ckpt, monkeypatch):
     """The original musicnn graph (musicnn.models.define_model), in its own tf.Graph, restored from `ckpt`."""
     for module in ("musicnn", "tf_keras"):
         if importlib.util.find_spec(module) is None:
@@ -182,6 +217,7 @@ def _original_model(ckpt):
     import tensorflow as tf
     from musicnn import models as original  # the model definition only (see the module docstring)
 
+    monkeypatch.setattr(original, "tf", _tf_with_legacy_layers())
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, mn.N_FRAMES, mn.N_MELS])
@@ -197,13 +233,14 @@ def _original_model(ckpt):
     return run, sess
 
 
-def test_port_equals_the_original_on_raga_clips(tmp_path):
-    """All 69 raga clips, every whole patch: the port (waveform windows in, float32 front end) against the original
-    graph fed with the original extractor's float16-rounded log-mel patches, one batch per song."""
+def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
+    """All 69 raga clips, every whole patch (560): the port (waveform windows in, its own front end) against the
+    original graph fed with the original extractor's float16-rounded log-mel patches, one batch per song (so the
+    stale-features bug of the original's batch loop, musicnn issue #20, cannot occur)."""
     import librosa
 
     root, ckpt = _shared_checkpoint()
-    run_original, sess = _original_model(ckpt)
+    run_original, sess = _original_model(ckpt, monkeypatch)
     port = mn.MusicnnMSD().build(OmegaConf.create({"cache": str(tmp_path / "cache"), "shared": str(root)}))
     tol = {"penultimate": 1e-4, "max_pool": 2e-3, "taggram": 2e-5}
     worst = dict.fromkeys(tol, 0.0)

@@ -6,8 +6,8 @@ mono waveform window, so the project's extractor can read songs by seeking.
 
 Front end (inside the model, float32):
   librosa's centred mel spectrogram (n_fft 512, hop 256, periodic Hann window, power 2, 96 Slaney mel bands up to
-  8 kHz; the constant-zero padding of librosa ≥ 0.10), then ``log10(10000·x + 1)``. The original rounds the mel to
-  float16 before the log; the port does not (the difference is within the tolerances of tests/test_musicnn.py).
+  8 kHz; the constant-zero padding of librosa ≥ 0.10), rounded to float16 as the original does (cast back to
+  float32 before the log, which avoids the original's float16 overflow under NumPy 2), then ``log10(10000·x + 1)``.
 
 Windows, patches and offsets:
   musicnn classifies patches of 187 mel frames, without overlap; the trailing partial patch is dropped. A song's
@@ -25,7 +25,7 @@ Network (as ``musicnn.models.build_musicnn`` with num_filt_midend=64, num_units_
   frequency) and temporal filters 128×1, 64×1, 32×1 (51 each, 'same'), each ReLU → BatchNorm → max over frequency:
   561 channels per frame. Mid end: three 1-D convolutions of width 7 (64 filters, ReLU → BatchNorm), the second and
   third with residual connections; the front-end and the three mid-end outputs are concatenated (753 per frame).
-  Back end: max and mean over time (753 + 753) → BatchNorm → dense 200 ReLU → BatchNorm (= ``penultimate``) →
+  Back end: max and mean over time (753 + 753, interleaved) → BatchNorm → dense 200 ReLU → BatchNorm (= ``penultimate``) →
   dense 50 → sigmoid (= ``taggram``). Every BatchNorm uses its stored statistics, ε = 1e-3; dropout is inactive.
 
 Outputs: ``penultimate`` (200), ``max_pool`` (753), ``taggram`` (50) and ``tags`` (the taggram again, for the
@@ -76,6 +76,7 @@ CHECKPOINT_FILES = (
 )
 CHECKPOINT_SUBDIR = "musicnn/MSD_musicnn"
 CONVERTED_FILE = "musicnn/musicnn_msd.weights.npz"
+CONVERSION_VERSION = 1
 LICENSE_FILE = Path(__file__).with_name("MUSICNN_LICENSE")
 
 # Keras layer → checkpoint scope, in the order the original graph creates them
@@ -113,10 +114,10 @@ for _scope, _k in (("conv2d", (7, 38, 1, 204)), ("conv2d_1", (7, 67, 1, 204)), (
 
 # --- front end --------------------------------------------------------------------------------------------------
 def hann_window(n_fft: int = N_FFT) -> np.ndarray:
-    """librosa's periodic Hann window (get_window('hann', n_fft, fftbins=True)), float32."""
+    """librosa's periodic Hann window (get_window('hann', n_fft, fftbins=True)), float64 as librosa uses it."""
     import librosa
 
-    return librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    return librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float64)
 
 
 def mel_filterbank() -> np.ndarray:
@@ -131,29 +132,43 @@ class MusicnnLogMel(keras.layers.Layer):
     """(batch, 48128) waveform window → (batch, 187, 96) ``log10(10000·mel + 1)``: 'valid' framing (hop 256, no
     padding), periodic Hann window, |real FFT|², Slaney mel filterbank; window and filterbank are constants.
 
-    An FFT rather than a matmul with DFT kernels: in float32 the 512-term matmul leaves errors of ~1e-4 relative in
-    weak bins next to strong ones (up to 3e-5 on the log scale), the FFT ~1e-5 (see tests/test_musicnn.py)."""
+    float16=True (default) rounds the mel to float16 before the log, as the original does (musicnn's extractor and,
+    by its stored spectrograms, its training): the network is sensitive to it (penultimate differs by up to 5e-4
+    without it on the raga clips). Values are clipped at float16's maximum 65504 first (the original would give inf).
 
-    def __init__(self, n_frames: int = N_FRAMES, **kwargs):
+    Because a float16 step is ~1e-3 relative (5e-4 on the log scale), a 1-ulp float32 difference in the mel becomes
+    a 5e-4 jump whenever it straddles a rounding boundary. So the mel is computed the way librosa computes it, to
+    the bit on CPU: frames × float64 window → float64 FFT rounded to complex64, magnitude as NumPy's complex64
+    abs(), squared in float32, float32 matmul with librosa's float32 filterbank.
+    """
+
+    def __init__(self, n_frames: int = N_FRAMES, float16: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.n_frames = int(n_frames)
+        self.float16 = bool(float16)
         self._window = hann_window()
         self._mel = mel_filterbank()
 
     def call(self, x):
-        x = ops.cast(x, "float32")
+        x = ops.cast(x, "float64")
         blocks = ops.reshape(x, (-1, self.n_frames + 1, HOP))  # (batch, 188, 256)
         frames = ops.concatenate([blocks[:, :-1, :], blocks[:, 1:, :]], axis=-1)  # (batch, 187, 512)
-        re, im = ops.rfft(frames * ops.convert_to_tensor(self._window))
-        power = ops.square(re) + ops.square(im)
-        mel = ops.matmul(power, ops.convert_to_tensor(self._mel))
-        return ops.log(10000.0 * mel + 1.0) / np.float32(np.log(10.0))
+        re, im = ops.rfft(frames * ops.convert_to_tensor(self._window))  # float64, as librosa's
+        re, im = ops.abs(ops.cast(re, "float32")), ops.abs(ops.cast(im, "float32"))  # librosa's complex64
+        # |X| as NumPy computes abs() of complex64: larger · sqrt(fma(r, r, 1)), r = smaller / larger
+        larger, smaller = ops.maximum(re, im), ops.minimum(re, im)
+        ratio = smaller / ops.where(larger == 0.0, ops.ones_like(larger), larger)
+        magnitude = ops.sqrt(ops.cast(ops.square(ops.cast(ratio, "float64")) + 1.0, "float32")) * larger
+        mel = ops.matmul(ops.square(magnitude), ops.convert_to_tensor(self._mel))
+        if self.float16:
+            mel = ops.cast(ops.cast(ops.minimum(mel, 65504.0), "float16"), "float32")
+        return ops.log10(10000.0 * mel + 1.0)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n_frames, N_MELS)
 
     def get_config(self):
-        return {**super().get_config(), "n_frames": self.n_frames}
+        return {**super().get_config(), "n_frames": self.n_frames, "float16": self.float16}
 
 
 # --- network ----------------------------------------------------------------------------------------------------
@@ -193,7 +208,12 @@ def musicnn_network(mel) -> dict:
 
     max_pool = keras.layers.GlobalMaxPooling1D(name="max_pool")(dense_in)
     mean_pool = keras.layers.GlobalAveragePooling1D(name="mean_pool")(dense_in)
-    h = keras.layers.Concatenate(axis=-1, name="backend_pool")([max_pool, mean_pool])
+    # the original concatenates (753, 1) max and mean maps on their last axis, then flattens: the 1506 features
+    # are interleaved (max₀, mean₀, max₁, mean₁, …), which is the order the stored BatchNorm and dense weights expect
+    h = keras.layers.Concatenate(axis=-1, name="backend_pool")(
+        [keras.layers.Reshape((-1, 1), name=f"backend_{n}_expand")(t)
+         for n, t in (("max", max_pool), ("mean", mean_pool))])
+    h = keras.layers.Flatten(name="backend_flatten")(h)
     h = _bn("backend_bn_pool")(h)
     h = keras.layers.Dropout(0.5, name="backend_dropout_pool")(h)
     h = keras.layers.Dense(200, activation="relu", name="backend_dense")(h)
@@ -306,10 +326,11 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
 
     cache_root = Path(str(paths_cfg.cache)).expanduser() / "weights"
     converted = cache_root / CONVERTED_FILE
-    source_id = np.array(",".join(f.sha256 for f in CHECKPOINT_FILES))
+    # the converted file is reused only for the same checkpoint and the same conversion (bump on mapping changes)
+    source_id = np.array(f"conversion {CONVERSION_VERSION}: " + ",".join(f.sha256 for f in CHECKPOINT_FILES))
     if converted.is_file():
         arrays = _read_npz(converted)
-        if str(arrays.pop("__source_sha256__", "")) == str(source_id):
+        if str(arrays.pop("__source__", "")) == str(source_id):
             return arrays, converted
     found = []
     for spec in CHECKPOINT_FILES:
@@ -320,7 +341,7 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
         for spec, path in zip(CHECKPOINT_FILES, found):
             shutil.copyfile(path, Path(tmp) / spec.file)
         arrays = keras_arrays(read_checkpoint(tmp + "/", source=found[0].parent))
-    atomic_write_bytes(converted, _npz_bytes({**arrays, "__source_sha256__": source_id}))
+    atomic_write_bytes(converted, _npz_bytes({**arrays, "__source__": source_id}))
     if LICENSE_FILE.is_file():
         atomic_write_bytes(converted.with_name("LICENSE"), LICENSE_FILE.read_bytes())
     return arrays, converted
@@ -331,7 +352,7 @@ def explicit_arrays(weights: str | Path) -> dict[str, np.ndarray]:
     p = Path(str(weights)).expanduser()
     if p.is_file() and p.suffix == ".npz":
         arrays = _read_npz(p)
-        arrays.pop("__source_sha256__", None)
+        arrays.pop("__source__", None)
         return arrays
     if p.is_dir():
         if (p / ".index").is_file():
