@@ -136,6 +136,18 @@ def test_bundle_interface(random_model):
         mn.MusicnnMSD(sample_rate=22050)
 
 
+def test_saved_model_reloads(random_model, tmp_path):
+    import keras
+
+    x = synthetic_song(mn.WINDOW_SAMPLES / SR)[None, : mn.WINDOW_SAMPLES]
+    random_model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    a, b = random_model.predict_on_batch(x), again.predict_on_batch(x)
+    for part in a:
+        np.testing.assert_array_equal(a[part], b[part])
+    np.testing.assert_array_equal(a["tags"], a["taggram"])
+
+
 def test_conf_instantiates_the_bundle():
     from pathlib import Path
 
@@ -155,6 +167,10 @@ def test_conversion_loads_a_checkpoint_and_caches_it(tmp_path):
     np.testing.assert_array_equal(k, arrays["conv2d_5/kernel"][:, :, 0, :])
     np.testing.assert_array_equal(model.get_layer("backend_bn_pool").get_weights()[3],
                                   arrays["batch_normalization_9/moving_variance"])
+    # a converted file is accepted as backbone.weights too
+    np.savez(tmp_path / "converted.npz", **mn.keras_arrays(arrays))
+    again = mn.MusicnnMSD(weights=str(tmp_path / "converted.npz")).build(OmegaConf.create({"cache": str(tmp_path)}))
+    np.testing.assert_array_equal(again.get_layer("frontend_timbral77_conv").get_weights()[0], arrays["conv2d_1/kernel"])
 
 
 @pytest.mark.parametrize("fault", ["nan", "shape"])
@@ -242,6 +258,12 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     root, ckpt = _shared_checkpoint()
     run_original, sess = _original_model(ckpt, monkeypatch)
     port = mn.MusicnnMSD().build(OmegaConf.create({"cache": str(tmp_path / "cache"), "shared": str(root)}))
+    converted = tmp_path / "cache" / "weights" / mn.CONVERTED_FILE
+    assert converted.is_file() and "ISC" in converted.with_name("LICENSE").read_text()
+    # built again from the cached conversion alone (no shared data, no download)
+    cached = mn.MusicnnMSD(download=False).build(OmegaConf.create({"cache": str(tmp_path / "cache")}))
+    for a, b in zip(port.get_weights(), cached.get_weights()):
+        np.testing.assert_array_equal(a, b)
     tol = {"penultimate": 1e-4, "max_pool": 2e-3, "taggram": 2e-5}
     worst = dict.fromkeys(tol, 0.0)
     rows = list(csv.DictReader(open(root / "audio" / "ragaveda" / "labels.csv")))

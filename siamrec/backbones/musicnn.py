@@ -329,9 +329,13 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
     # the converted file is reused only for the same checkpoint and the same conversion (bump on mapping changes)
     source_id = np.array(f"conversion {CONVERSION_VERSION}: " + ",".join(f.sha256 for f in CHECKPOINT_FILES))
     if converted.is_file():
-        arrays = _read_npz(converted)
-        if str(arrays.pop("__source__", "")) == str(source_id):
-            return arrays, converted
+        try:
+            arrays = _read_npz(converted)
+            if str(arrays.pop("__source__", "")) == str(source_id):
+                check_finite_weights(arrays, converted)
+                return arrays, converted
+        except SiamrecError:
+            pass  # a damaged cache entry is converted again below
     found = []
     for spec in CHECKPOINT_FILES:
         spec_url = url.rstrip("/") + "/" + spec.file if url else None
@@ -391,7 +395,7 @@ class MusicnnMSD(Bundle):
         super().__init__(pretrained=pretrained, weights=weights, download=download, url=url)
 
     def spec(self) -> dict:
-        return {**super().spec(), "frontend": "librosa-mel-slaney96-log10(1e4x+1)", "release": "MSD_musicnn"}
+        return {**super().spec(), "frontend": "librosa-mel-slaney96-float16-log10(1e4x+1)", "release": "MSD_musicnn"}
 
     def build(self, paths_cfg) -> keras.Model:
         model = build_musicnn()
