@@ -113,10 +113,10 @@ def test_window_offsets_reproduce_whole_song_frames(random_model):
     windows = patch_windows(y)
     assert len(windows) == 3
     from_windows = random_model.predict_on_batch(windows)
-    from_mel = mel_model.predict_on_batch(mel_patches(librosa_logmel(y, float16=False)))
+    from_mel = mel_model.predict_on_batch(mel_patches(librosa_logmel(y, float16=True)))
     for part in mn.MusicnnMSD.parts:
         a, b = np.asarray(from_windows[part]).mean(0), np.asarray(from_mel[part]).mean(0)
-        np.testing.assert_allclose(a, b, atol=2e-4 * max(1.0, float(np.abs(b).max())), err_msg=part)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=part)
 
 
 def test_bundle_interface(random_model):
@@ -249,6 +249,14 @@ def _original_model(ckpt, monkeypatch):
     return run, sess
 
 
+def test_tag_names_are_the_originals():
+    if importlib.util.find_spec("musicnn") is None:
+        pytest.skip("musicnn not installed (test-only: pip install --no-deps musicnn==0.1.0)")
+    from musicnn import configuration
+
+    assert list(mn.MSD_TAGS) == list(configuration.MSD_LABELS)
+
+
 def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     """All 69 raga clips, every whole patch (560): the port (waveform windows in, its own front end) against the
     original graph fed with the original extractor's float16-rounded log-mel patches, one batch per song (so the
@@ -267,7 +275,7 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     tol = {"penultimate": 1e-4, "max_pool": 2e-3, "taggram": 2e-5}
     worst = dict.fromkeys(tol, 0.0)
     rows = list(csv.DictReader(open(root / "audio" / "ragaveda" / "labels.csv")))
-    n_patches, top5_equal = 0, True
+    n_patches, top5_differ = 0, []
     try:
         for row in rows:
             y, _ = librosa.load(str(root / "audio" / "ragaveda" / row["path"]), sr=SR)
@@ -279,7 +287,8 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
                 worst[part] = max(worst[part], float(np.max(np.abs(np.asarray(got[part]) - ref[part]))))
             top_ref = np.argsort(-ref["taggram"].mean(0))[:5]
             top_got = np.argsort(-np.asarray(got["taggram"]).mean(0))[:5]
-            top5_equal &= bool(np.array_equal(top_ref, top_got))
+            if not np.array_equal(top_ref, top_got):
+                top5_differ.append(row["path"])
     finally:
         sess.close()
     print(f"\n{len(rows)} clips, {n_patches} patches, max abs difference: "
@@ -287,4 +296,4 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     assert len(rows) == 69 and n_patches > 0
     for part, t in tol.items():
         assert worst[part] <= t, f"{part}: max abs difference {worst[part]:.3g} > {t}"
-    assert top5_equal
+    assert not top5_differ, f"top-5 tags (mean over the clip's patches) differ for {top5_differ}"
