@@ -4,10 +4,12 @@ The original (github.com/jordipons/musicnn, ISC licence, see MUSICNN_LICENSE nex
 graph fed with log-mel patches computed outside the model. Here the whole chain is one Keras model whose input is a
 mono waveform window, so the project's extractor can read songs by seeking.
 
-Front end (inside the model, float32):
+Front end (inside the model; float32 out):
   librosa's centred mel spectrogram (n_fft 512, hop 256, periodic Hann window, power 2, 96 Slaney mel bands up to
-  8 kHz; the constant-zero padding of librosa ≥ 0.10), rounded to float16 as the original does (cast back to
-  float32 before the log, which avoids the original's float16 overflow under NumPy 2), then ``log10(10000·x + 1)``.
+  8 kHz; the constant-zero padding of librosa ≥ 0.10), computed as librosa computes it (float64 FFT rounded to
+  complex64, float32 power and filterbank: bit-identical on CPU), rounded to float16 as the original does (cast
+  back to float32 before the log, which avoids the original's float16 overflow under NumPy 2), then
+  ``log10(10000·x + 1)``. See ``MusicnnLogMel`` for why the mel must match librosa's to the bit.
 
 Windows, patches and offsets:
   musicnn classifies patches of 187 mel frames, without overlap; the trailing partial patch is dropped. A song's
@@ -25,8 +27,9 @@ Network (as ``musicnn.models.build_musicnn`` with num_filt_midend=64, num_units_
   frequency) and temporal filters 128×1, 64×1, 32×1 (51 each, 'same'), each ReLU → BatchNorm → max over frequency:
   561 channels per frame. Mid end: three 1-D convolutions of width 7 (64 filters, ReLU → BatchNorm), the second and
   third with residual connections; the front-end and the three mid-end outputs are concatenated (753 per frame).
-  Back end: max and mean over time (753 + 753, interleaved) → BatchNorm → dense 200 ReLU → BatchNorm (= ``penultimate``) →
-  dense 50 → sigmoid (= ``taggram``). Every BatchNorm uses its stored statistics, ε = 1e-3; dropout is inactive.
+  Back end: max and mean over time (753 + 753, interleaved) → BatchNorm → dense 200 ReLU → BatchNorm
+  (= ``penultimate``) → dense 50 → sigmoid (= ``taggram``). Every BatchNorm uses its stored statistics, ε = 1e-3;
+  dropout is inactive.
 
 Outputs: ``penultimate`` (200), ``max_pool`` (753), ``taggram`` (50) and ``tags`` (the taggram again, for the
 ``tag`` command). The 50 tags are the MSD top-50 in the same order as Choi 2017's.
@@ -49,7 +52,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from siamrec.backbones.base import Bundle, WeightFile, check_finite_weights, resolve_file, sha256_of
+from siamrec.backbones.base import Bundle, WeightFile, check_finite_weights, resolve_file
 from siamrec.errors import SiamrecError
 
 SR, N_FFT, HOP, N_MELS, N_FRAMES = 16000, 512, 256, 96, 187
@@ -183,11 +186,11 @@ def musicnn_network(mel) -> dict:
     padded = keras.layers.ZeroPadding2D(((3, 3), (0, 0)), name="frontend_pad7")(x)
     branches = []
     for tag, width in (("timbral74", int(0.4 * N_MELS)), ("timbral77", int(0.7 * N_MELS))):
-        y = keras.layers.Conv2D(204, (7, width), padding="valid", activation="relu", name=f"frontend_{tag}_conv")(padded)
-        branches.append(y)
+        branches.append(keras.layers.Conv2D(204, (7, width), padding="valid", activation="relu",
+                                            name=f"frontend_{tag}_conv")(padded))
     for tag, length in (("temporal128", 128), ("temporal64", 64), ("temporal32", 32)):
-        y = keras.layers.Conv2D(51, (length, 1), padding="same", activation="relu", name=f"frontend_{tag}_conv")(x)
-        branches.append(y)
+        branches.append(keras.layers.Conv2D(51, (length, 1), padding="same", activation="relu",
+                                            name=f"frontend_{tag}_conv")(x))
     pooled = []
     for y, tag in zip(branches, ("timbral74", "timbral77", "temporal128", "temporal64", "temporal32")):
         y = _bn(f"frontend_{tag}_bn")(y)
