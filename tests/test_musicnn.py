@@ -257,6 +257,7 @@ def test_tag_names_are_the_originals():
     assert list(mn.MSD_TAGS) == list(configuration.MSD_LABELS)
 
 
+@pytest.mark.filterwarnings("ignore:`tf.layers.*deprecated:UserWarning")  # the original's TF-1 layers
 def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     """All 69 raga clips, every whole patch (560): the port (waveform windows in, its own front end) against the
     original graph fed with the original extractor's float16-rounded log-mel patches, one batch per song (so the
