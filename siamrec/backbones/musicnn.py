@@ -386,8 +386,12 @@ class MusicnnMSD(Bundle):
     groups = ("frontend", "midend", "backend")
     tags = MSD_TAGS
 
-    def __init__(self, name: str = "musicnn_msd", sample_rate: int = SR, pretrained: bool = True,
-                 weights: str | None = None, download: bool = True, url: str | None = None, **params):
+    def __init__(self, name: str = "musicnn_msd", sample_rate: int = SR, window_seconds: float | None = None,
+                 pretrained: bool = True, weights: str | None = None, download: bool = True, url: str | None = None,
+                 **params):
+        if window_seconds is not None and abs(float(window_seconds) - self.window_samples / SR) > 1e-6:
+            raise SiamrecError(f"backbone.window_seconds={window_seconds}: musicnn_msd reads windows of "
+                               f"{self.window_samples / SR} s (one 3-s patch with its frames' context); keep it")
         if str(name) != self.name:
             raise SiamrecError(f"backbone.name={name}: this bundle is {self.name}")
         if int(sample_rate) != SR:
