@@ -28,7 +28,8 @@ class ExtractJob:
 
 
 class SongEmbedder:
-    """A run's model, loaded once: `stream(items)` yields (index, embedding or None, error or None, digest)."""
+    """A run's model, loaded once: `stream(items)` yields (index, song vector or None, error or None, digest) and
+    `embed(vectors)` applies the run's head to a batch of them."""
 
     def __init__(self, job: ExtractJob, progress: bool = True):
         from omegaconf import OmegaConf
@@ -38,16 +39,15 @@ class SongEmbedder:
         self.embedder = RunEmbedder(job.run)
         cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False},
                                 "paths": {"cache": job.cache or ""}})
-        self.extractor = self.embedder.extractor(cfg)
-        self.extractor.progress = progress
+        self.encoder = self.embedder.encoder(cfg)
+        for member in self.encoder.members:
+            member.extractor.progress = progress
 
     def stream(self, items, desc: str = "extract"):
-        for i, feats, error, digest in self.extractor.stream(items, want_digest=True, desc=desc):
-            if error is not None:
-                yield i, None, error, digest
-            else:
-                vector = self.extractor.pool_songs([feats])
-                yield i, self.embedder.from_features(vector)[0], None, digest
+        return self.encoder.stream(items, want_digest=True, desc=desc)
+
+    def embed(self, vectors: np.ndarray) -> np.ndarray:
+        return self.embedder.from_features(np.asarray(vectors, dtype=np.float32))
 
 
 class LocalEngine:
@@ -63,17 +63,17 @@ class LocalEngine:
             if pending:
                 stats = [file_stat(p) for _, p, _, _ in pending]
                 store.write([keys[i] for i, *_ in pending], [s for s, _ in stats], [m for _, m in stats],
-                            [d for *_, d, _ in pending], np.stack([e for *_, e in pending]))
+                            [d for *_, d, _ in pending], embedder.embed(np.stack([v for *_, v in pending])))
                 pending.clear()
 
         paths = dict(todo)
         stream = embedder.stream(todo)
         try:
-            for i, emb, error, digest in stream:
+            for i, vector, error, digest in stream:
                 if error is not None:
                     failures.append((i, error))
                     continue
-                pending.append((i, paths[i], digest, emb))
+                pending.append((i, paths[i], digest, vector))
                 if len(pending) >= job.shard_size:
                     flush()
         except KeyboardInterrupt:

@@ -50,16 +50,16 @@ def check_clip(clip_cfg, bundle=None) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise SiamrecError(f"clip.{key}={value!r}: must be a positive number")
     try:
-        window_start(float(clip["duration"]), float(clip["duration"]), clip.get("offset", "start"))
-        parse_windows(clip.get("windows", "first"))
+        window_start(float(clip["duration"]), float(clip["duration"]), clip["offset"])
+        parse_windows(clip["windows"])
     except ValueError as exc:
         raise SiamrecError(str(exc)) from None
-    if clip.get("pool", "mean") not in POOLS:
-        raise SiamrecError(f"clip.pool={clip.get('pool')!r}: use one of {', '.join(POOLS)}")
+    if clip["pool"] not in POOLS:
+        raise SiamrecError(f"clip.pool={clip['pool']!r}: use one of {', '.join(POOLS)}")
     hop = clip.get("hop")
     if hop is not None and (isinstance(hop, bool) or not isinstance(hop, (int, float)) or hop <= 0):
         raise SiamrecError(f"clip.hop={hop!r}: must be a positive number of seconds (or null: the backbone's hop)")
-    cap = clip.get("max_windows", 64)
+    cap = clip["max_windows"]
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise SiamrecError(f"clip.max_windows={cap!r}: must be an integer >= 1")
     if bundle is not None:
@@ -73,12 +73,12 @@ def check_clip(clip_cfg, bundle=None) -> None:
 
 def window_plan(bundle, clip_cfg) -> WindowPlan:
     clip = _plain(clip_cfg)
-    mode, count = parse_windows(clip.get("windows", "first"))
+    mode, count = parse_windows(clip["windows"])
     hop = clip.get("hop")
     return WindowPlan(sr=bundle.sample_rate, window=bundle.window_samples, context=bundle.context_samples,
                       hop=int(round(float(hop) * bundle.sample_rate)) if hop else bundle.hop_samples,
-                      mode=mode, count=count, max_windows=int(clip.get("max_windows", 64)),
-                      offset=clip.get("offset", "start"))
+                      mode=mode, count=count, max_windows=int(clip["max_windows"]),
+                      offset=clip["offset"])
 
 
 def pooled_parts(parts: dict[str, int], pool: str) -> dict[str, int]:
@@ -238,7 +238,7 @@ class Extractor:
         check_clip(clip_cfg, bundle)
         self.bundle, self.model, self.clip = bundle, model, _plain(clip_cfg)
         self.plan = window_plan(bundle, clip_cfg)
-        self.pool = self.clip.get("pool", "mean")
+        self.pool = self.clip["pool"]
         self.layout = pooled_parts(bundle.parts, self.pool)
         self.batch_size, self.workers, self.progress = int(batch_size), int(workers), progress
         self.cache_root = Path(cache_root) if cache_root else None
@@ -393,22 +393,23 @@ def make_bundle(backbone_cfg):
         raise SiamrecError(f"backbone: {text}") from None
 
 
-def prepared_model(bundle, cfg, pool_paths: list[str], progress: bool = True):
+def prepared_model(bundle, cfg, pool_paths: list[str], clip=None, progress: bool = True):
     """The bundle's model; for bundles that estimate label-free statistics (e.g. dataset BatchNorm statistics),
     estimated once over (a seeded sample of) `pool_paths`' windows and cached by the content of those files, so a
     second run over the same library decodes nothing."""
+    clip = cfg.clip if clip is None else clip
     model = bundle.build(cfg.paths)
     if not bundle.needs_preparation:
         return model
     if not pool_paths:
         raise SiamrecError(f"backbone {bundle.name} estimates statistics over audio; it needs an audio library")
-    limit = int(bundle.params.get("bn_max_clips", 256))
-    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    limit = bundle.prepare_max_windows
+    rng = np.random.default_rng(0)  # label-free statistics of a library: the same for every run and seed
     if len(pool_paths) > limit:
         pool_paths = [pool_paths[j] for j in sorted(rng.choice(len(pool_paths), limit, replace=False))]
     cache_root = Path(str(cfg.paths.cache)).expanduser()
     digests = FileDigests(cache_root)
-    h = hashlib.sha256(fingerprint(bundle, model, cfg.clip).encode())
+    h = hashlib.sha256(fingerprint(bundle, model, clip).encode())
     for p in sorted(pool_paths):
         try:
             h.update(digests.digest(p).encode())
@@ -422,7 +423,7 @@ def prepared_model(bundle, cfg, pool_paths: list[str], progress: bool = True):
             return model
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             pass
-    plan = window_plan(bundle, cfg.clip)
+    plan = window_plan(bundle, clip)
     windows = [w for _, w, err, _ in tqdm(decode_stream(list(enumerate(pool_paths)), plan,
                                                         decode_workers(cfg.features)),
                                            total=len(pool_paths), desc="decoding for statistics", unit="file",

@@ -62,23 +62,6 @@ def load_data(cfg, run_dir) -> Data:
     return Data(lib, split, lib.label_names)
 
 
-def make_extractor(cfg, data: Data | None = None):
-    """The extractor of cfg.backbone and cfg.clip. Bundles that estimate label-free statistics (e.g. dataset
-    BatchNorm statistics) estimate them over the audio of the whole library of `data` — no label is used, so every
-    split and seed of a library shares them — and the result is cached."""
-    from siamrec.extractor import Extractor, check_clip, decode_workers, make_bundle, prepared_model
-
-    bundle = make_bundle(cfg.backbone)
-    check_clip(cfg.clip, bundle)
-    pool = []
-    if data is not None and data.is_audio:
-        pool = list(data.lib.paths)
-    model = prepared_model(bundle, cfg, pool)
-    cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
-    return Extractor(bundle, model, cfg.clip, batch_size=int(cfg.features.batch_size),
-                     workers=decode_workers(cfg.features), cache_root=cache)
-
-
 @dataclass
 class Features:
     """The input features of the heads: one row per kept item (`x`), and, when asked for, each song's window rows."""
@@ -100,12 +83,13 @@ class Features:
                 np.concatenate([np.repeat(y[i][None], len(self.windows[i]), axis=0) for i in idx]))
 
 
-def audio_features(extractor, data: Data, cfg, run_dir, keep_windows: bool = False, desc="features") -> Features:
-    """Song vectors (all parts) of every audio item (cached per file); items that fail to decode are dropped
-    (listed in failed.csv)."""
+def audio_features(encoder, data: Data, cfg, run_dir, keep_windows: bool = False, fit: bool = False,
+                   desc="features") -> Features:
+    """Song vectors of every audio item (cached per file, see siamrec.encoder); items that fail to decode are
+    dropped (listed in failed.csv). `fit`: fit the standardisation of combined backbones on these songs."""
     from siamrec.extractor import report_failures
 
-    sf = extractor.song_features(data.lib.paths, keep_windows=keep_windows, desc=desc)
+    sf = encoder.song_features(data.lib.paths, keep_windows=keep_windows, desc=desc, fit=fit)
     if sf.n_cached:
         print(f"{sf.n_cached} of {len(data.lib)} files' features came from the cache")
     report_failures(run_dir, data.lib.keys, data.lib.paths, sf.failures, float(cfg.data.max_failed_fraction))
@@ -114,30 +98,14 @@ def audio_features(extractor, data: Data, cfg, run_dir, keep_windows: bool = Fal
     return Features(data.subset(ok), sf.vectors[ok], windows)
 
 
-def base_features(cfg, data: Data, run_dir, extractor=None, keep_windows: bool = False) -> Features:
-    """The input features of the heads: the chosen parts (features.parts) of the song vectors (audio), or the
-    given matrix (data=features)."""
+def base_features(cfg, data: Data, run_dir, encoder=None, keep_windows: bool = False) -> Features:
+    """The input features of the heads: the song vectors of the configured backbone(s) (audio; features.parts,
+    features.combine), or the given matrix (data=features)."""
     if not data.is_audio:
         return Features(data, data.lib.features)
-    extractor = extractor or make_extractor(cfg, data)
-    feats = audio_features(extractor, data, cfg, run_dir, keep_windows)
-    cols = extractor.columns(cfg.features.parts)
-    wcols = extractor.bundle.part_columns(cfg.features.parts) if cfg.features.parts else slice(None)
-    windows = [w[:, wcols] for w in feats.windows] if feats.windows is not None else None
-    return Features(feats.data, feats.x[:, cols], windows)
+    from siamrec.encoder import make_encoder
 
-
-def save_extractor(run_dir, extractor, cfg) -> None:
-    """backbone.keras (the model as trained or prepared) and extractor.json (what a run needs to embed new songs
-    the same way: the bundle's config, the clip settings, the chosen parts)."""
-    from omegaconf import OmegaConf
-
-    from siamrec.models.heads import save_keras
-
-    save_keras(extractor.model, Path(run_dir) / "backbone.keras")
-    write_json(Path(run_dir) / "extractor.json", {
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "clip": extractor.clip,
-        "parts": list(cfg.features.parts) if cfg.features.parts else None})
+    return audio_features(encoder or make_encoder(cfg, data), data, cfg, run_dir, keep_windows, fit=True)
 
 
 def save_embeddings(run_dir, data: Data, embeddings: np.ndarray) -> None:
@@ -156,7 +124,7 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
     save_embeddings(run_dir, data, emb)
     metrics = score_embeddings(emb, data.y, data.split, cfg.eval)
     metrics["test"].update(extra_test or {})
-    metrics["model"] = (cfg.get("model") or {}).get("name", "identity")
+    metrics["model"] = cfg.model.name if cfg.get("model") else "identity"
     write_metrics(run_dir, metrics)
     if history:
         write_json(run_dir / "history.json", history)
@@ -164,12 +132,12 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
     lib = data.lib
     seeds = sample_seeds(lib.labels, data.split, seed=int(cfg.seed))
     rows = playlists(emb[seeds], emb, lib.keys, lib.labels, lib.paths,
-                     [(lib.keys[i], lib.labels[i]) for i in seeds], int(cfg.recommend.get("k", 10)),
+                     [(lib.keys[i], lib.labels[i]) for i in seeds], int(cfg.recommend.k),
                      self_index=np.asarray(seeds))
     write_playlists(run_dir / "playlists.csv", rows)
     from siamrec.plots import history_plot, tsne_plots
 
-    if plots and cfg.get("plots", True):
+    if plots and cfg.plots:
         tsne_plots(run_dir, emb, lib.labels, seed=int(cfg.seed))
     history_plot(run_dir, history)
     print_scores(metrics)

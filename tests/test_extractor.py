@@ -191,8 +191,8 @@ def test_a_third_backbone_trains_evaluates_extracts_and_recommends(toy_library, 
     run.mkdir()
     train(cfg_factory("train", "+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.train_on=windows",
                       "features.parts=[high]", *data), run)
-    spec = json.loads((run / "extractor.json").read_text())
-    assert spec["backbone"]["_target_"] == "toy_bundle.Toy8k" and spec["parts"] == ["high"]
+    (member,) = json.loads((run / "extractor.json").read_text())["members"]
+    assert member["backbone"]["_target_"] == "toy_bundle.Toy8k" and member["parts"] == ["high"]
     out = tmp_path / "extracted"
     extract(cfg_factory("extract", f"run={run}", f"data.root={toy_library}", "data=folder",
                         f"extract.out={out}", *TOY), tmp_path)
@@ -208,3 +208,30 @@ def test_a_third_backbone_trains_evaluates_extracts_and_recommends(toy_library, 
     baseline.mkdir()
     train(cfg_factory("train", "+model=baseline", "model.epochs=1", "model.trainable=[frames]", *data), baseline)
     assert read_embeddings(baseline)[0].shape == (18, 24)
+
+
+def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tmp_path, cfg_factory, shared):
+    """features.combine appends another backbone's parts, each backbone standardised and scaled by 1/sqrt(width);
+    a run re-encodes new songs with the saved statistics."""
+    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.commands.train import train
+    from siamrec.runs import read_embeddings
+
+    run = tmp_path / "combined"
+    run.mkdir()
+    cfg = cfg_factory("train", "+model=identity", "data=folder", f"data.root={toy_library}", *TOY,
+                      "features.parts=[low]", "plots=false", f"paths.shared={shared}",
+                      "features.combine=[{backbone:choi2017_keras2,parts:[block5]}]")
+    train(cfg, run)
+    emb, items = read_embeddings(run)
+    assert emb.shape == (18, 12 + 32)
+    spec = json.loads((run / "extractor.json").read_text())
+    assert [m["model"] for m in spec["members"]] == ["backbone.keras", "backbone_2.keras"]
+    low, block5 = emb[:, :12], emb[:, 12:]
+    for block in (low, block5):  # standardised over the library, then scaled so both weigh alike
+        np.testing.assert_allclose(block.mean(axis=0), 0, atol=1e-4)
+        np.testing.assert_allclose((block ** 2).sum(axis=1).mean(), 1.0, rtol=1e-3)
+    song = toy_library / "mid" / "mid_3.wav"
+    again = embed_new_songs(run, [str(song)], cfg)
+    row = [it["key"] for it in items].index("mid/mid_3.wav")
+    np.testing.assert_allclose(again[0], emb[row], rtol=1e-4, atol=1e-5)

@@ -54,6 +54,7 @@ class Bundle:
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     needs_preparation: bool = False
+    prepare_max_windows: int = 256  # prepare() sees at most this many (seeded, random) windows
 
     def __init__(self, pretrained: bool = True, weights: str | None = None, download: bool = True,
                  url: str | None = None, **params):

@@ -70,7 +70,7 @@ class Choi2017(Bundle):
             raise SiamrecError(f"backbone.bn_max_clips={bn_max_clips!r}: must be an integer >= 1")
         super().__init__(release=release, bn_stats=bn_stats, bn_max_clips=bn_max_clips,
                          window_seconds=float(window_seconds), **common)
-        self.release, self.bn_stats, self.bn_max_clips = release, bn_stats, bn_max_clips
+        self.release, self.bn_stats, self.prepare_max_windows = release, bn_stats, bn_max_clips
         self.name = name or f"choi2017_{release}"
         self.window_samples = self.hop_samples = int(round(float(window_seconds) * SAMPLE_RATE))
         self.needs_preparation = release == "theano" and bn_stats == "dataset"

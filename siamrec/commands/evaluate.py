@@ -9,15 +9,19 @@ from siamrec.pipeline import base_features, finish_run, load_data, require_model
 
 def evaluate(cfg, run_dir) -> dict:
     if cfg.get("study"):
-        from siamrec.pipeline import audio_features, make_extractor
+        from omegaconf import OmegaConf
+
+        from siamrec.encoder import make_encoder
+        from siamrec.pipeline import audio_features
         from siamrec.report import block_study
 
         data = load_data(cfg, run_dir)
         if not data.is_audio:
             raise SiamrecError("+study=blocks compares the backbone's parts: it needs audio (data=demo|folder|csv)")
-        extractor = make_extractor(cfg, data)
-        feats = audio_features(extractor, data, cfg, run_dir)
-        return block_study(cfg, run_dir, feats.data, extractor, feats.x)
+        whole = OmegaConf.merge(cfg, {"features": {"parts": None, "combine": []}})  # every part of one backbone
+        encoder = make_encoder(whole, data)
+        feats = audio_features(encoder, data, whole, run_dir)
+        return block_study(cfg, run_dir, feats.data, encoder.main, feats.x)
     if cfg.get("runs"):
         from siamrec.report import compare_runs
 

@@ -86,7 +86,7 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
 def recommend(cfg, run_dir) -> list[tuple]:
     run = existing_run(cfg.run)
     emb, items = read_embeddings(run)
-    k = int(cfg.recommend.get("k", 10))
+    k = int(cfg.recommend.k)
     if k < 1:
         raise SiamrecError(f"k={k}: must be at least 1")
     seeds = _seed_list(cfg.recommend.get("seed"))

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.pipeline import Data, base_features, finish_run, load_data, make_extractor, require_model, save_extractor
+from siamrec.pipeline import Data, base_features, finish_run, load_data, require_model
 
 TRAIN_ON = ("songs", "windows")
 
 
 def train(cfg, run_dir) -> dict:
     name = require_model(cfg, "train")
-    train_on = cfg.model.get("train_on", "songs")
+    train_on = cfg.model.get("train_on", "songs")  # identity has none: it trains nothing
     if train_on not in TRAIN_ON:
         raise SiamrecError(f"model.train_on={train_on!r}: use songs (one row per song) or windows (one per window)")
     if train_on == "windows" and cfg.clip.pool != "mean":
@@ -34,9 +34,11 @@ def _fit_head(cfg, data: Data, run_dir) -> dict:
     from siamrec.evaluation import classification_metrics
     from siamrec.models.heads import head_from_config
 
-    train_on = cfg.model.get("train_on", "songs") if data.is_audio else "songs"
-    extractor = make_extractor(cfg, data) if data.is_audio else None
-    feats = base_features(cfg, data, run_dir, extractor, keep_windows=train_on == "windows")
+    from siamrec.encoder import make_encoder
+
+    train_on = cfg.model.get("train_on", "songs") if data.is_audio else "songs"  # identity trains nothing
+    encoder = make_encoder(cfg, data) if data.is_audio else None
+    feats = base_features(cfg, data, run_dir, encoder, keep_windows=train_on == "windows")
     data, y = feats.data, feats.data.y
     head = head_from_config(cfg.model)
     x_tr, y_tr = feats.rows("train", train_on=train_on)
@@ -44,20 +46,28 @@ def _fit_head(cfg, data: Data, run_dir) -> dict:
     print(f"fitting {head.kind} on {len(x_tr)} training {train_on} of {data.mask('train').sum()} songs "
           f"({feats.x.shape[1]}-d features)")
     history = head.fit(x_tr, y_tr, x_va, y_va)
-    if cfg.model.get("finetune_backbone", False):
-        if head.kind != "siamese" or extractor is None:
+    if cfg.model.get("finetune_backbone"):  # siamese only
+        if head.kind != "siamese" or encoder is None:
             raise SiamrecError("model.finetune_backbone=true needs +model=siamese on audio (data=demo|folder|csv)")
-        feats, more = _train_through_backbone(cfg, data, extractor, head, run_dir)
+        feats, more = _train_through_backbone(cfg, data, one_backbone(encoder, "model.finetune_backbone"), head,
+                                              run_dir)
         data = feats.data
         history = {**(history or {}), **more}
-    if extractor is not None:
-        save_extractor(run_dir, extractor, cfg)
+    if encoder is not None:
+        encoder.save(run_dir)
     head.save(run_dir)
     extra = {}
     te = data.mask("test")
     if hasattr(head, "predict_proba") and te.any():
         extra = classification_metrics(y[te], head.predict_proba(feats.x[te]), float(cfg.model.threshold))
     return finish_run(cfg, run_dir, data, head.transform(feats.x), history, extra)
+
+
+def one_backbone(encoder, what: str):
+    """The extractor of a single-backbone encoder (training through a backbone takes one)."""
+    if encoder.combined:
+        raise SiamrecError(f"{what} trains through one backbone; drop features.combine")
+    return encoder.main
 
 
 def decode_all(extractor, data: Data, cfg, run_dir) -> tuple[Data, list[np.ndarray]]:
@@ -110,10 +120,12 @@ def _train_through_backbone(cfg, data: Data, extractor, head, run_dir):
 def _finetune_audio(cfg, data: Data, run_dir) -> dict:
     """The paper's baseline: fine-tune the backbone on the labels; the embedding is its pooled song vectors."""
     from siamrec.evaluation import classification_metrics
+    from siamrec.encoder import make_encoder
     from siamrec.models.finetune import finetune
     from siamrec.models.heads import IdentityHead, save_keras
 
-    extractor = make_extractor(cfg, data)
+    encoder = make_encoder(cfg, data)
+    extractor = one_backbone(encoder, "+model=baseline on audio (fine-tuning)")
     data, windows = decode_all(extractor, data, cfg, run_dir)
     y = data.y
     tr, va, te = (np.flatnonzero(data.mask(s)) for s in ("train", "valid", "test"))
@@ -124,7 +136,7 @@ def _finetune_audio(cfg, data: Data, run_dir) -> dict:
     classifier, history = finetune(extractor.bundle, extractor.model, clips_tr, y_tr, clips_va, y_va, cfg.model)
     save_keras(classifier, Path(run_dir) / "model.keras")
     extractor._fingerprint = None  # the weights changed
-    save_extractor(run_dir, extractor, cfg)
+    encoder.save(run_dir)
     IdentityHead().save(run_dir)
     extra = {}
     if len(te):

@@ -1,0 +1,196 @@
+"""Song vectors: the chosen parts of one backbone, or of several backbones combined (features.combine).
+
+One backbone (the usual case): a song's vector is the pooled vector of the chosen parts (`features.parts`) of the
+extractor of `backbone`. Several: every backbone of `features.combine` (each `{backbone: NAME, parts: [...]}`)
+has its own extractor (its own rate and windows; the same `clip.windows` and `clip.pool`), and a song's vector
+concatenates each backbone's chosen parts, standardised per dimension over the library's songs (no label is used)
+and scaled by 1/sqrt(width), so that every backbone weighs alike in a cosine whatever its width. The statistics
+are saved with the run, so new songs are encoded the same way.
+
+A run folder holds `extractor.json` (per backbone: its bundle config, clip settings, parts and model file; the
+standardisation when combined) and the models (`backbone.keras`, `backbone_2.keras`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.extractor import SongFeatures
+
+
+@dataclass
+class Member:
+    extractor: object          # siamrec.extractor.Extractor
+    parts: list | None         # the backbone's parts used (None = all)
+    backbone_cfg: dict         # the bundle's config (with _target_), as saved in extractor.json
+
+    @property
+    def columns(self) -> np.ndarray:
+        return self.extractor.columns(self.parts)
+
+
+class SongEncoder:
+    """Encodes songs into the vectors the heads see (see the module docstring)."""
+
+    def __init__(self, members: list[Member], scale: list[tuple[np.ndarray, np.ndarray]] | None = None):
+        self.members, self.scale = members, scale
+
+    @property
+    def main(self):
+        """The first backbone's extractor (fine-tuning, statistics and the layer study use it)."""
+        return self.members[0].extractor
+
+    @property
+    def combined(self) -> bool:
+        return len(self.members) > 1
+
+    @property
+    def dim(self) -> int:
+        return int(sum(len(m.columns) for m in self.members))
+
+    def _combine(self, blocks: list[np.ndarray]) -> np.ndarray:
+        if not self.combined:
+            return blocks[0]
+        if self.scale is None:
+            raise SiamrecError("combined backbones: the standardisation is not fitted yet")
+        return np.concatenate([(b - mu) / sd / np.sqrt(b.shape[1]) for b, (mu, sd) in zip(blocks, self.scale)],
+                              axis=1).astype(np.float32)
+
+    def fit_scale(self, blocks: list[np.ndarray]) -> None:
+        """Per-dimension mean and standard deviation of each backbone's block over the songs (label-free)."""
+        self.scale = [(b.mean(axis=0), b.std(axis=0) + 1e-6) for b in blocks]
+
+    def song_features(self, paths: list[str], keep_windows: bool = False, use_cache: bool = True,
+                      desc: str = "features", fit: bool = False) -> SongFeatures:
+        """Vectors of the songs (NaN rows for files any backbone failed on); with `fit`, the standardisation of
+        combined backbones is fitted on these songs first."""
+        if keep_windows and self.combined:
+            raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
+                               "in length; use model.train_on=songs with features.combine")
+        results = [m.extractor.song_features(paths, keep_windows=keep_windows, use_cache=use_cache,
+                                             desc=desc if not self.combined else f"{desc} ({m.extractor.bundle.name})")
+                   for m in self.members]
+        blocks = [r.vectors[:, m.columns] for r, m in zip(results, self.members)]
+        failures = dict(f for r in results for f in reversed(r.failures))
+        ok = np.all([np.isfinite(b).all(axis=1) for b in blocks], axis=0)
+        if fit and self.combined:
+            self.fit_scale([b[ok] for b in blocks])
+        vectors = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
+        if ok.any():
+            vectors[ok] = self._combine([b[ok] for b in blocks])
+        windows = None
+        if keep_windows:
+            wcols = self.members[0].extractor.bundle.part_columns(self.members[0].parts) \
+                if self.members[0].parts else slice(None)
+            windows = [w[:, wcols] if w is not None else None for w in results[0].windows]
+        return SongFeatures(vectors, windows, sorted(failures.items()), min(r.n_cached for r in results))
+
+    def stream(self, items, want_digest: bool = False, desc: str = "extract"):
+        """Yield (index, vector or None, error or None, digest) for the (index, path) `items`, in order."""
+        streams = [m.extractor.stream(items, want_digest=want_digest, desc=desc) for m in self.members]
+        try:
+            for rows in zip(*streams):
+                i, digest = rows[0][0], rows[0][3]
+                errors = [r[2] for r in rows if r[2] is not None]
+                if errors:
+                    yield i, None, errors[0], digest
+                    continue
+                blocks = [m.extractor.pool_songs([r[1]])[:, m.columns] for r, m in zip(rows, self.members)]
+                yield i, self._combine(blocks)[0], None, digest
+        finally:
+            for s in streams:
+                s.close()
+
+    # --- saving and loading -----------------------------------------------------------------------------------
+    @staticmethod
+    def model_file(k: int) -> str:
+        return "backbone.keras" if k == 0 else f"backbone_{k + 1}.keras"
+
+    def save(self, run_dir) -> None:
+        from siamrec.models.heads import save_keras
+        from siamrec.runs import write_json
+
+        members = []
+        for k, m in enumerate(self.members):
+            save_keras(m.extractor.model, Path(run_dir) / self.model_file(k))
+            members.append({"backbone": m.backbone_cfg, "clip": m.extractor.clip, "parts": m.parts,
+                            "model": self.model_file(k)})
+        spec = {"members": members}
+        if self.combined:
+            spec["scale"] = [{"mean": mu.tolist(), "std": sd.tolist()} for mu, sd in self.scale]
+        write_json(Path(run_dir) / "extractor.json", spec)
+
+    @classmethod
+    def load(cls, run_dir, spec: dict, cfg) -> "SongEncoder":
+        """The encoder a run saved (its bundles, models and clip settings); batch size, workers and the cache come
+        from `cfg.features` and `cfg.paths`."""
+        import keras
+
+        from siamrec.extractor import Extractor, decode_workers, make_bundle
+
+        cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
+        members = []
+        for m in spec["members"]:
+            bundle = make_bundle(m["backbone"])  # imports the bundle's module: registers its layers
+            model = keras.saving.load_model(Path(run_dir) / m["model"], compile=False, safe_mode=True)
+            extractor = Extractor(bundle, model, m["clip"], batch_size=int(cfg.features.batch_size),
+                                  workers=decode_workers(cfg.features), cache_root=cache)
+            members.append(Member(extractor, m["parts"], m["backbone"]))
+        scale = [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in spec.get("scale") or []]
+        return cls(members, scale or None)
+
+
+def make_encoder(cfg, data=None) -> SongEncoder:
+    """The encoder of cfg.backbone (+ cfg.features.combine) and cfg.clip, with each bundle's label-free statistics
+    estimated (and cached) over the audio of the whole library of `data`."""
+    from omegaconf import OmegaConf
+
+    from siamrec.extractor import Extractor, check_clip, decode_workers, make_bundle, prepared_model
+
+    specs = [(OmegaConf.to_container(cfg.backbone, resolve=True), cfg.features.parts)]
+    for item in cfg.features.get("combine") or []:
+        if not isinstance(item, dict) and not hasattr(item, "keys") or "backbone" not in item:
+            raise SiamrecError(f"features.combine: {item!r}: each entry is {{backbone: NAME, parts: [...]}}")
+        specs.append((backbone_config(str(item["backbone"])), item.get("parts")))
+    pool = list(data.lib.paths) if data is not None and data.is_audio else []
+    cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
+    members = []
+    for backbone_cfg, parts in specs:
+        bundle = make_bundle(backbone_cfg)
+        clip = {**OmegaConf.to_container(cfg.clip, resolve=True), "sr": bundle.sample_rate,
+                "duration": bundle.window_seconds}
+        if not members:
+            check_clip(cfg.clip, bundle)  # the main backbone's clip settings are the user's: check them as given
+        model = prepared_model(bundle, cfg, pool, clip)
+        extractor = Extractor(bundle, model, clip, batch_size=int(cfg.features.batch_size),
+                              workers=decode_workers(cfg.features), cache_root=cache)
+        member = Member(extractor, list(parts) if parts else None, backbone_cfg)
+        member.columns  # noqa: B018 - checks the part names now
+        members.append(member)
+    return SongEncoder(members)
+
+
+def backbone_config(name: str) -> dict:
+    """The resolved config of `backbone=NAME` (conf/backbone/NAME.yaml, its defaults list applied)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from siamrec.cli import CONF_DIR
+
+    if not (CONF_DIR / "backbone" / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
+        raise SiamrecError(f"features.combine: no backbone {name!r}; choose from {known}")
+    was = GlobalHydra.instance().is_initialized()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"backbone={name}"])
+        return OmegaConf.to_container(cfg.backbone, resolve=True)
+    finally:
+        if not was:
+            GlobalHydra.instance().clear()
