@@ -45,8 +45,9 @@ def _describe(run: Path) -> dict:
     }
 
 
-def _eval_cfg(cfg) -> dict:
-    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *CURVE_KS})
+def _eval_cfg(cfg, n_gallery: int | None = None) -> dict:
+    curve = curve_ks(n_gallery) if n_gallery else CURVE_KS
+    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *curve})
     return {**dict(cfg.eval), "ks": ks}
 
 
@@ -64,13 +65,27 @@ def write_table(run_dir, rows: list[dict], title: str) -> str:
     return text
 
 
-def map_at_k_plot(run_dir, curves: dict[str, dict]) -> Path:
+def gallery_size(split: np.ndarray, protocol: str) -> int:
+    """Items a test query is ranked against (itself included)."""
+    return len(split) if protocol in ("test_vs_all", "cross") else int((np.asarray(split) == "test").sum())
+
+
+def curve_ks(n_gallery: int) -> list[int]:
+    """The cut-offs of the MAP@k curve that mean something: k up to the n_gallery - 1 songs a query can be
+    recommended (beyond, MAP@k no longer changes); the largest meaningful k ends the curve."""
+    top = max(int(n_gallery) - 1, 1)
+    return [k for k in CURVE_KS if k < top] + [top]
+
+
+def map_at_k_plot(run_dir, curves: dict[str, dict], n_gallery: int | None = None) -> Path:
+    """map_at_k.png: MAP@k of the test split for every run, up to the largest meaningful k (n_gallery - 1)."""
     from siamrec.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, test in curves.items():
-        ks = [k for k in CURVE_KS if f"map@{k}" in test]
+        wanted = curve_ks(n_gallery) if n_gallery else CURVE_KS
+        ks = [k for k in wanted if f"map@{k}" in test]
         ax.plot(ks, [test[f"map@{k}"] for k in ks], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("k (playlist length)")
@@ -106,14 +121,15 @@ def compare_runs(cfg, run_dir) -> dict:
         elif (keys, list(split)) != reference:
             raise SiamrecError(f"runs={run} embeds other items or another split than {runs[0]}; "
                                "compare runs made on the same data and split")
-        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg))
+        n_gallery = gallery_size(split, cfg.eval.get("protocol", "test"))
+        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg, n_gallery))
         desc = _describe(run)
         name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"
         rows.append(_row(desc, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[str(run)] = metrics
     table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.get('protocol', 'test')}")
-    map_at_k_plot(run_dir, curves)
+    map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"runs": results})
     print(table)
     return results
@@ -126,14 +142,15 @@ def block_study(cfg, run_dir, data, feats160: np.ndarray) -> dict:
     if feats160.shape[1] != 160:
         raise SiamrecError(f"+study=blocks needs the 5×32 block features; these have {feats160.shape[1]} columns")
     rows, curves, results = [], {}, {}
+    n_gallery = gallery_size(data.split, cfg.eval.get("protocol", "test"))
     for blocks in cfg.study.sets:
         name = "-".join(map(str, blocks))
-        metrics = score_embeddings(select_blocks(feats160, blocks), data.y, data.split, _eval_cfg(cfg))
+        metrics = score_embeddings(select_blocks(feats160, blocks), data.y, data.split, _eval_cfg(cfg, n_gallery))
         rows.append(_row({"blocks": name, "dims": 32 * len(blocks)}, metrics["test"], cfg.eval.ks))
         curves[f"blocks {name}"] = metrics["test"]
         results[name] = metrics
     table = write_table(run_dir, rows, "Layer study: pretrained block features, test split")
-    map_at_k_plot(run_dir, curves)
+    map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"study": results})
     print(table)
     return results
