@@ -67,12 +67,15 @@ def _is_override(arg: str) -> bool:
 def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]:
     """Split args into Hydra overrides, positional arguments and the CLI's own flags (overwrite=...), applying
     the command's short keys. `recommend seed=SONG` (not a [list]) is taken as a positional seed, so a song name
-    never meets Hydra's override grammar."""
+    never meets Hydra's override grammar; so is, for recommend, a `name=...` whose name is no setting."""
+    from siamrec.schema import SCHEMA
+
     overrides, positional, flags = [], [], {}
     aliases = ALIASES.get(command, {})
+    roots = {*SCHEMA, *aliases, "overwrite", "experiment", "study"}
     for arg in args:
-        if not _is_override(arg):
-            positional.append(arg)
+        if not _is_override(arg) or (command == "recommend" and _key(arg).split(".")[0] not in roots):
+            positional.append(arg)  # recommend: 'E=mc2.mp3' names a song, not a setting
             continue
         key, value = arg.split("=", 1) if "=" in arg else (arg, "")
         if key.lstrip("+") == "overwrite":
@@ -80,7 +83,7 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
                 raise SiamrecError(f"overwrite={value!r}: must be true or false")
             flags["overwrite"] = value.strip().lower() in _TRUE
             continue
-        if command == "recommend" and key == "seed" and not value.lstrip().startswith("["):
+        if command == "recommend" and key == "seed" and not (value.strip().startswith("[") and value.strip().endswith("]")):
             positional.append(value)
             continue
         overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
@@ -387,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"error: {exc}", 2)
 
     created = not run_dir.exists()
-    made, finished = None, False
+    finished = False
     message, code = None, 0
     try:
         seed_everything(job_cfg.seed)
-        made = make_run_dir(run_dir, job_cfg, overrides)
+        make_run_dir(run_dir, job_cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
         with RunLog(run_dir / "run.log"):
             getattr(module, command)(job_cfg, run_dir)
@@ -399,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     except SiamrecError as exc:
         message, code = f"error: {exc}", 1
     except KeyboardInterrupt as exc:
-        removed = created and remove_if_empty(made)
-        message, code = _interrupted(made, removed, exc), 130
+        removed = created and remove_if_empty(run_dir)
+        message, code = _interrupted(run_dir if run_dir.is_dir() else None, removed, exc), 130
     except OSError as exc:
         disk = _disk_error(exc)
         if disk is None:
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         message, code = f"error: {disk}", 1
     finally:
         if not finished and created:  # a failed command leaves no empty run folder behind
-            remove_if_empty(made)
+            remove_if_empty(run_dir)
     if message:
         return fail(message, code)
     print(run_dir)
