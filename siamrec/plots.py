@@ -67,13 +67,13 @@ def tsne_plots(run_dir, emb: np.ndarray, labels: list[tuple[str, ...]], seed: in
     name = name or run_name(run_dir)
     written = []
     for fname, use_pca in (("tsne_pca.png", True), ("tsne.png", False)):
-        what = ("PCA(50) → " if use_pca else "") + f"t-SNE of {len(x)} embeddings"
+        pca = use_pca and x.shape[1] > 50 and len(x) > 50
+        what = ("PCA(50) → " if pca else "") + f"t-SNE of {len(x)} embeddings" + (
+            f" ({x.shape[1]}-d, no PCA needed)" if use_pca and not pca else "")
         if progress:
             print(f"{what} ...", flush=True)
         started = time.perf_counter()
-        z = x
-        if use_pca and x.shape[1] > 50 and len(x) > 50:
-            z = PCA(50, random_state=seed).fit_transform(x)
+        z = PCA(50, random_state=seed).fit_transform(x) if pca else x
         perplexity = float(min(30.0, (len(x) - 1) / 3.0))
         xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
         fig, ax = plt.subplots(figsize=(7, 6))
@@ -84,7 +84,8 @@ def tsne_plots(run_dir, emb: np.ndarray, labels: list[tuple[str, ...]], seed: in
             for p in shown_parts:
                 sel = (first == label) & (part == p)
                 if sel.any():
-                    ax.scatter(xy[sel, 0], xy[sel, 1], s=14, color=cmap(j % cmap.N), marker=MARKERS[p],
+                    ax.scatter(xy[sel, 0], xy[sel, 1], s=14, color=cmap(j % cmap.N),
+                               marker=MARKERS[p] if splits is not None else "o",
                                label=None if in_legend else label, edgecolors="none")
                     in_legend = True
         if splits is not None and len(shown_parts) > 1:  # a key to the marker shapes, in grey
