@@ -1,8 +1,15 @@
-"""Command line: `python -m siamrec COMMAND [hydra overrides]`.
+"""Command line: `python -m siamrec COMMAND [hydra overrides] [songs or files]`.
 
-Thin by design: it composes the Hydra config from conf/, makes the run folder (with its .hydra/ record),
-seeds everything, calls the pure command function `fn(cfg, run_dir)` and prints the run folder as its last
-line. User errors (SiamrecError) become one line on stderr and a non-zero exit.
+Thin by design: it composes the Hydra config from conf/, validates all of it against siamrec.schema (before
+anything heavy is imported or any folder made), makes the run folder (with its .hydra/ record), seeds everything,
+calls the pure command function `fn(cfg, run_dir)` with library chatter sent to the run's `run.log`, and prints
+the run folder as its last line.
+
+Exit codes: 0 done; 2 a bad command line or setting (nothing was done); 1 a problem with an input or a file
+(SiamrecError, a full or read-only disk); 130 interrupted. Every one of them is one line on stderr, no traceback.
+A command never writes into a folder that already holds a run unless given `overwrite=true`, and a command that
+fails before writing any result removes the run folder it made. Positional arguments are seed songs (recommend)
+or audio files (tag), passed to the command as they are, outside Hydra's override grammar.
 """
 
 from __future__ import annotations
@@ -352,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in rest if a != "--cfg"]
 
     def fail(message: str, code: int) -> int:
-        print(f"siamrec {command}: {message}", file=sys.stderr)
+        # a file name that is not UTF-8 (surrogate escapes) is shown with its odd bytes as \xNN, never a crash
+        line = f"siamrec {command}: {message}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(" ".join(line.split("\n")), file=sys.stderr)
         return code
 
     try:

@@ -32,9 +32,15 @@ def _describe(run: Path) -> dict:
     from omegaconf import OmegaConf
 
     cfg_file = run / ".hydra" / "config.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+        head = json.loads((run / "head.json").read_text(encoding="utf-8")) if (run / "head.json").is_file() else {}
+    except Exception as exc:  # noqa: BLE001 - a damaged record: name it, do not crash
+        raise SiamrecError(f"runs: {run} has a damaged .hydra/config.yaml or head.json ({str(exc).splitlines()[0]}); "
+                           "re-run it or leave it out") from None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    head = head if isinstance(head, dict) else {}
     model = cfg.get("model") or {}
-    head = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {}
     blocks = (head.get("cfg") or {}).get("blocks") or (cfg.get("features") or {}).get("blocks")
     source = (cfg.get("data") or {}).get("source", "")
     return {

@@ -335,3 +335,10 @@ def test_files_of_a_run_get_the_users_umask(env, capsys):
     modes = {p.name: p.stat().st_mode & 0o777 for p in env["out"].rglob("*") if p.is_file()}
     assert modes and set(modes.values()) == {0o644}, modes
     json.dumps(modes)
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(env, capsys):
+    odd = os.fsdecode(b"caf\xe9 (live).mp3")  # as Python receives such a name from the command line
+    got, out, err = call(["recommend", f"run={env['run']}", odd, f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 1 and err.count("\n") == 1
+    assert "caf\\xe9 (live).mp3" in err and "neither a song" in err

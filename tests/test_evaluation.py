@@ -154,3 +154,16 @@ def test_a_test_split_without_a_scorable_query_names_the_cause():
     assert "test_vs_all" in str(e.value)  # what to do instead
     vs_all = OmegaConf.merge(EVAL, {"protocol": "test_vs_all"})
     assert score_embeddings(x, y, split, vs_all)["test"]["n_queries"] == 4  # the advice works
+
+
+def test_p_at_10_ceiling_is_what_a_perfect_embedding_reaches():
+    from siamrec.metrics import retrieval_metrics
+
+    x, y, split = clustered(n_per=12, labels=4)  # 6 test songs per label: at most 5 relevant others each
+    out = score_embeddings(x, y, split, EVAL)
+    assert out["p@10_ceiling"] == pytest.approx(0.5)
+    perfect = y.astype(np.float32) + 1e-3 * np.random.default_rng(0).normal(size=y.shape)  # label = embedding
+    test = split == "test"
+    assert retrieval_metrics(perfect[test], y[test])["p@10"] == pytest.approx(out["p@10_ceiling"])
+    vs_all = score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "test_vs_all"}))
+    assert vs_all["p@10_ceiling"] == pytest.approx(1.0)  # 11 relevant others in the whole library
