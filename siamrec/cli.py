@@ -175,9 +175,14 @@ def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
     """Create the run folder and record the config there (.hydra/)."""
     from omegaconf import OmegaConf
 
-    from siamrec.runs import atomic_write_text
+    from siamrec.runs import atomic_write_text, disk_reason
 
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = disk_reason(exc) if exc.errno in _DISK_ERRNO_CODES() else (exc.strerror or str(exc))
+        raise SiamrecError(f"hydra.run.dir={run_dir}: cannot make the run folder ({reason}); "
+                           "choose a folder you can write to") from None
     atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(job_cfg))
     atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     return run_dir
@@ -329,6 +334,12 @@ def _interrupted(run_dir: Path | None, removed: bool, exc: BaseException) -> str
 
 
 _DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EFBIG"}
+
+
+def _DISK_ERRNO_CODES() -> set[int]:  # noqa: N802
+    import errno
+
+    return {getattr(errno, name) for name in _DISK_ERRNOS if hasattr(errno, name)}
 
 
 def _disk_error(exc: OSError) -> str | None:
