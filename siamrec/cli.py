@@ -74,15 +74,15 @@ def _is_override(arg: str) -> bool:
 def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]:
     """Split args into Hydra overrides, positional arguments and the CLI's own flags (overwrite=...), applying
     the command's short keys. `recommend seed=SONG` (not a [list]) is taken as a positional seed, so a song name
-    never meets Hydra's override grammar; so is, for recommend, a `name=...` whose name is no setting."""
+    never meets Hydra's override grammar; so is, for recommend and tag, a `name=...` whose name is no setting."""
     from siamrec.schema import SCHEMA
 
     overrides, positional, flags = [], [], {}
     aliases = ALIASES.get(command, {})
     roots = {*SCHEMA, *aliases, "overwrite", "experiment", "study"}
     for arg in args:
-        if not _is_override(arg) or (command == "recommend" and _key(arg).split(".")[0] not in roots):
-            positional.append(arg)  # recommend: 'E=mc2.mp3' names a song, not a setting
+        if not _is_override(arg) or (command in ("recommend", "tag") and _key(arg).split(".")[0] not in roots):
+            positional.append(arg)  # recommend, tag: 'E=mc2.mp3' names a song, not a setting
             continue
         key, value = arg.split("=", 1) if "=" in arg else (arg, "")
         if key.lstrip("+") == "overwrite":
