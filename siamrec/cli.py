@@ -90,7 +90,8 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
                 raise SiamrecError(f"overwrite={value!r}: must be true or false")
             flags["overwrite"] = value.strip().lower() in _TRUE
             continue
-        if command == "recommend" and key == "seed" and not (value.strip().startswith("[") and value.strip().endswith("]")):
+        is_list = value.strip().startswith("[") and value.strip().endswith("]")
+        if command == "recommend" and key == "seed" and not is_list:
             positional.append(value)
             continue
         overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
@@ -305,7 +306,8 @@ def _composition_error(exc: BaseException) -> str:
     if m:
         key = m.group(1)
         if key.startswith("model."):
-            return f"{key}: no model is chosen, so it has no settings; put +model=baseline|siamese|lda|identity before it"
+            return (f"{key}: no model is chosen, so it has no settings; "
+                    "put +model=baseline|siamese|lda|identity before it")
         return unknown_key_message(key)
     m = _re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if m and (CONF_DIR / m.group(1)).is_dir():
@@ -313,7 +315,8 @@ def _composition_error(exc: BaseException) -> str:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         near = difflib.get_close_matches(name, options, n=1)
         hint = f"did you mean {group}={near[0]}? " if near else ""
-        return f"{group}={name}: no such option ({'|'.join(options)}); {hint}(config file {group}/{name}.yaml not found)"
+        return (f"{group}={name}: no such option ({'|'.join(options)}); {hint}"
+                f"(config file {group}/{name}.yaml not found)")
     return f"bad setting: {_first_line(exc)}"
 
 

@@ -221,7 +221,8 @@ SCHEMA: dict = {
     "tag": {"files": list_of(path(), what="a list of audio files"), "top": integer(1),
             "release": choice("keras2", "theano")},
     "serve": {  # the serve branch's group (conf/serve/default.yaml)
-        "host": string(), "port": integer(0, 65535), "allow_remote": boolean(), "max_upload_mb": number(0, lo_open=True),
+        "host": string(), "port": integer(0, 65535), "allow_remote": boolean(),
+        "max_upload_mb": number(0, lo_open=True),
         "k": integer(1), "max_k": integer(1), "map": choice("auto", "umap", "tsne", "pca"), "map_max_items": integer(1),
     },
     "hydra": Free(),

@@ -165,8 +165,8 @@ def test_no_tensorflow_and_no_run_folder_before_the_config_is_valid(tmp_path):
     code = ("import sys; from siamrec.cli import main; "
             f"rc = main(['train', '+model=siamese', 'model.epochs=abc', 'hydra.run.dir={tmp_path / 'run'}']); "
             "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(cli.__file__).parents[1],
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(cli.__file__).parents[1], timeout=120)
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
     assert "model.epochs='abc'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()

@@ -13,7 +13,8 @@ def plot(cfg, run_dir) -> list:
     run = existing_run(cfg.run)
     emb, items = read_embeddings(run)
     labels = [tuple(filter(None, it["labels"].split("|"))) for it in items]
-    written = tsne_plots(run_dir, emb, labels, seed=int(cfg.seed), splits=[it["split"] for it in items], name=run_name(run))
+    written = tsne_plots(run_dir, emb, labels, seed=int(cfg.seed), splits=[it["split"] for it in items],
+                         name=run_name(run))
     history = run / "history.json"
     if history.is_file():
         try:
