@@ -158,6 +158,8 @@ def _contents(folder: Path) -> list[str]:
 def plan_run_dir(cfg, overrides: list[str], overwrite: bool) -> Path:
     """The run folder for this command: hydra.run.dir, refused when it already holds files (unless `overwrite`);
     a dated default folder taken in the same second gets a suffix instead."""
+    if str(cfg.hydra.run.dir).strip() in ("", "None"):
+        raise SiamrecError("hydra.run.dir is empty: name the folder for this run, e.g. hydra.run.dir=outputs/my-run")
     run_dir = Path(str(cfg.hydra.run.dir)).expanduser()
     explicit = any(_key(o) == "hydra.run.dir" for o in overrides)
     if run_dir.exists() and not run_dir.is_dir():

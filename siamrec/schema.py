@@ -304,6 +304,31 @@ def unknown_key_message(key: str, candidates: list[str] | None = None) -> str:
     return f"unknown setting {key}: {near}"
 
 
+def _number(node, *keys):
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if _is_num(node) else None
+
+
+def _cross_checks(node: Mapping) -> list[str]:
+    """Settings that are each fine but do not go together."""
+    out = []
+    model = node.get("model") if isinstance(node.get("model"), Mapping) else {}
+    dim, branches = _number(model, "dim"), _number(model, "branches")
+    if model.get("name") == "siamese" and _is_int(dim) and _is_int(branches) and branches >= 1 and dim % branches:
+        out.append(f"model.dim={dim} and model.branches={branches}: the dimension must be a multiple of the number "
+                   "of branches (each branch gives dim / branches)")
+    split = node.get("split") if isinstance(node.get("split"), Mapping) else {}
+    valid, test = _number(split, "valid"), _number(split, "test")
+    if split.get("kind") == "stratified" and valid is not None and test is not None and valid + test >= 1:
+        out.append(f"split.valid={valid} and split.test={test}: together they must leave songs for training (< 1)")
+    serve = node.get("serve") if isinstance(node.get("serve"), Mapping) else {}
+    k, max_k = _number(serve, "k"), _number(serve, "max_k")
+    if k is not None and max_k is not None and k > max_k:
+        out.append(f"serve.k={k} is larger than serve.max_k={max_k}")
+    return out
+
+
 def problems(cfg) -> list[str]:
     """Every problem of the job config `cfg` (a mapping without the hydra node), one line each."""
     from omegaconf import DictConfig, OmegaConf
@@ -314,6 +339,8 @@ def problems(cfg) -> list[str]:
     _walk(node, SCHEMA, "", errors, unknown)
     if isinstance(node.get("study"), Mapping):
         _walk(node["study"], STUDY, "study", errors, unknown)
+    if not errors:
+        errors += _cross_checks(node)
     return [unknown_key_message(key, keys) for key, keys in unknown] + errors
 
 

@@ -111,6 +111,7 @@ CASES = [
      ["recommend.out", ".csv or .json"], False),
     ("overwrite_value", ["evaluate", "+model=identity", "overwrite=maybe"], 2, ["overwrite", "true or false"], False),
     ("clip_offset", ["evaluate", "+model=identity", "clip.offset=-3"], 2, ["clip.offset=-3", ">= 0"], False),
+    ("run_folder_empty", ["plot", "run={run}", "hydra.run.dir="], 2, ["hydra.run.dir is empty"], False),
     ("run_folder_cannot_be_made", ["plot", "run={run}", "hydra.run.dir=/dev/null/run"], 1,
      ["hydra.run.dir=/dev/null/run", "cannot make the run folder"], False),
     # 2. broken files and empty lists

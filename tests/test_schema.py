@@ -50,6 +50,7 @@ def test_every_shipped_option_validates(overrides):
     ("plots=maybe", ["plots='maybe'", "true or false"]),
     ("data.min_label_count=0", ["data.min_label_count=0"]),
     ("+data.extensions=[wav]", ["unknown setting data.extensions"]),  # not a key of data=demo
+    ("model.dim=102", ["model.dim=102 and model.branches=4", "multiple"]),
 ])
 def test_bad_values_and_unknown_keys_are_named(setting, words):
     cfg = strip_hydra(compose("train", ["+model=siamese", setting]))
@@ -105,3 +106,9 @@ def test_schema_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(schema.__file__).parents[1], timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_fractions_that_leave_no_training_songs_are_refused():
+    cfg = strip_hydra(compose("train", ["+model=lda", "split.valid=0.5", "split.test=0.5"]))
+    assert schema.problems(cfg) == ["split.valid=0.5 and split.test=0.5: together they must leave songs for "
+                                    "training (< 1)"]

@@ -23,6 +23,8 @@ def plot(cfg, run_dir) -> list:
             raise SiamrecError(f"run={run}: history.json is damaged ({exc}); re-run the training") from None
         path = history_plot(run_dir, saved if isinstance(saved, dict) else {})
         written += [path] if path else []
+    if len(emb) < 5:
+        print(f"no t-SNE picture: run {run} has {len(emb)} embeddings, t-SNE needs at least 5")
     for p in written:
         print(f"wrote {p}")
     return written
