@@ -8,7 +8,6 @@ process; a distributed engine implements the same `run` (see README, "Many machi
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,10 +75,10 @@ class LocalEngine:
                 pending.append((i, paths[i], digest, vector))
                 if len(pending) >= job.shard_size:
                     flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             flush()
-            print(f"interrupted: every finished song is kept in {store.dir}; run the same command again to finish",
-                  file=sys.stderr)
+            exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
+                               f"(extract.out={store.dir.parent}) to finish")
             raise
         finally:
             stream.close()  # stops the decoding workers at once on any error

@@ -25,12 +25,65 @@ def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg) -> di
     )
 
 
-def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg) -> dict:
-    """metrics.json content: {'train'|'valid'|'test': {metric: value}, 'n_queries', 'skipped', 'protocol'}."""
+def relevant_counts(yq: np.ndarray, yg: np.ndarray, self_index: np.ndarray, relevance: str = "shared",
+                    jaccard_threshold: float = 0.5, block: int = 1024) -> np.ndarray:
+    """How many gallery items are relevant to each query (the query itself left out), in blocks of queries."""
+    yq, yg = np.asarray(yq, dtype=np.float32), np.asarray(yg, dtype=np.float32)
+    counts = np.zeros(len(yq), dtype=np.int64)
+    gallery_sizes = yg.sum(axis=1)
+    for start in range(0, len(yq), block):
+        shared = yq[start:start + block] @ yg.T
+        if relevance == "jaccard":
+            union = yq[start:start + block].sum(axis=1)[:, None] + gallery_sizes[None, :] - shared
+            rel = shared / np.maximum(union, 1.0) >= jaccard_threshold
+        else:
+            rel = shared > 0
+        rows = np.arange(rel.shape[0])
+        own = np.asarray(self_index[start:start + block])
+        mine = own >= 0
+        rel[rows[mine], own[mine]] = False
+        counts[start:start + block] = rel.sum(axis=1)
+    return counts
+
+
+def p_at_k_ceiling(emb_len: int, y, queries, gallery, eval_cfg, k: int = 10) -> float:
+    """The best P@k any embedding could reach on these queries: a query with fewer than k relevant songs in its
+    gallery cannot fill k places with them (a small test split caps P@10 well below 1)."""
+    position = np.full(emb_len, -1)
+    position[gallery] = np.arange(len(gallery))
+    counts = relevant_counts(y[queries], y[gallery], position[queries], eval_cfg.get("relevance", "shared"),
+                             float(eval_cfg.get("jaccard_threshold", 0.5)))
+    scorable = counts[counts > 0]
+    return float(np.mean(np.minimum(scorable, k) / k)) if len(scorable) else float("nan")
+
+
+def _check_labels(y: np.ndarray, relevance: str, label_names=None) -> None:
+    """Refuse labels that make every song relevant to every other (MAP 1.0 whatever the embedding)."""
+    carried = np.flatnonzero(y.any(axis=0)) if y.ndim == 2 and len(y) else np.array([], dtype=int)
+    if len(carried) == 0:
+        raise SiamrecError("no song has a label, so nothing can be scored; give songs with labels")
+    if len(carried) == 1:
+        raise SiamrecError("the library has one label only: every song is relevant to every other, so MAP would be "
+                           "1.0 whatever the embedding; give songs of at least two labels to score them")
+    everywhere = np.flatnonzero(y.all(axis=0))
+    if relevance == "shared" and len(everywhere):
+        name = repr(label_names[everywhere[0]]) if label_names is not None else f"number {everywhere[0] + 1}"
+        raise SiamrecError(f"every song carries the label {name}: every "
+                           "song is relevant to every other, so MAP would be 1.0; drop that label or use "
+                           "eval.relevance=jaccard")
+
+
+def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg, label_names=None) -> dict:
+    """metrics.json content: {'train'|'valid'|'test': {metric: value}, 'n_queries', 'skipped', 'protocol'}.
+
+    Labels that make the score meaningless (one label, or one every song carries) and a test split without a
+    single scorable query are errors, not a MAP of 1.0 or NaN. 'p@10_ceiling' is the best P@10 any embedding
+    could reach on the test queries (below 1 when they have fewer than 10 relevant songs each)."""
     protocol = eval_cfg.get("protocol", "test")
     if protocol not in PROTOCOLS:
         raise SiamrecError(f"eval.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     emb = np.asarray(emb)
+    _check_labels(np.asarray(y, dtype=bool), eval_cfg.get("relevance", "shared"), label_names)
     everything = np.arange(len(emb))
     out: dict = {"protocol": protocol}
     if protocol == "cross":
@@ -44,8 +97,19 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
             out[name] = _retrieval(emb, y, members, gallery, eval_cfg)
     if "test" not in out:
         raise SiamrecError("the test split has fewer than 2 items: give more data or a larger split.test")
+    if out["test"]["n_queries"] == 0:
+        n_test = len(everything) if protocol == "cross" else int((split == "test").sum())
+        where = "in the test split" if protocol == "test" else "in the library"
+        raise SiamrecError(
+            f"no test query can be scored: none of the {n_test} test songs has a relevant song (one sharing a label) "
+            f"{where}, so MAP is undefined; give more songs per label "
+            "or a larger split.test" + (", or eval.protocol=test_vs_all" if protocol == "test" else "")
+        )
     out["n_queries"] = out["test"]["n_queries"]
     out["skipped"] = out["test"]["n_skipped"]
+    test_queries = everything if protocol == "cross" else np.flatnonzero(split == "test")
+    test_gallery = everything if protocol in ("cross", "test_vs_all") else test_queries
+    out["p@10_ceiling"] = p_at_k_ceiling(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
     return out
 
 

@@ -122,7 +122,7 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
 
     run_dir = Path(run_dir)
     save_embeddings(run_dir, data, emb)
-    metrics = score_embeddings(emb, data.y, data.split, cfg.eval)
+    metrics = score_embeddings(emb, data.y, data.split, cfg.eval, label_names=data.label_names)
     metrics["test"].update(extra_test or {})
     metrics["model"] = cfg.model.name if cfg.get("model") else "identity"
     write_metrics(run_dir, metrics)
@@ -138,7 +138,9 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
     from siamrec.plots import history_plot, tsne_plots
 
     if plots and cfg.plots:
-        tsne_plots(run_dir, emb, lib.labels, seed=int(cfg.seed))
+        from siamrec.plots import run_name
+
+        tsne_plots(run_dir, emb, lib.labels, seed=int(cfg.seed), splits=list(data.split), name=run_name(run_dir))
     history_plot(run_dir, history)
     print_scores(metrics)
     return metrics
@@ -148,4 +150,8 @@ def print_scores(metrics: dict) -> None:
     test = metrics["test"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float) and
                       (k in ("map", "map@10", "p@10", "map@r", "accuracy", "micro_f1")))
-    print(f"test ({metrics['protocol']}, {test['n_queries']} queries, {test['n_skipped']} skipped): {shown}")
+    ceiling, capped = metrics.get("p@10_ceiling"), ""
+    if "p@10" in test and isinstance(ceiling, float) and ceiling < 0.999:
+        capped = (f" (P@10 can reach at most {ceiling:.4f} here: the test queries have fewer than 10 relevant "
+                  "songs each; eval.protocol=test_vs_all ranks the whole library)")
+    print(f"test ({metrics['protocol']}, {test['n_queries']} queries, {test['n_skipped']} skipped): {shown}{capped}")

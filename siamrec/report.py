@@ -32,9 +32,15 @@ def _describe(run: Path) -> dict:
     from omegaconf import OmegaConf
 
     cfg_file = run / ".hydra" / "config.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+        head = json.loads((run / "head.json").read_text(encoding="utf-8")) if (run / "head.json").is_file() else {}
+    except Exception as exc:  # noqa: BLE001 - a damaged record: name it, do not crash
+        raise SiamrecError(f"runs: {run} has a damaged .hydra/config.yaml or head.json ({str(exc).splitlines()[0]}); "
+                           "re-run it or leave it out") from None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    head = head if isinstance(head, dict) else {}
     model = cfg.get("model") or {}
-    head = json.loads((run / "head.json").read_text()) if (run / "head.json").is_file() else {}
     parts = (cfg.get("features") or {}).get("parts")
     source = (cfg.get("data") or {}).get("source", "")
     return {
@@ -46,8 +52,9 @@ def _describe(run: Path) -> dict:
     }
 
 
-def _eval_cfg(cfg) -> dict:
-    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *CURVE_KS})
+def _eval_cfg(cfg, n_gallery: int | None = None) -> dict:
+    curve = curve_ks(n_gallery) if n_gallery else CURVE_KS
+    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *curve})
     return {**dict(cfg.eval), "ks": ks}
 
 
@@ -65,13 +72,27 @@ def write_table(run_dir, rows: list[dict], title: str) -> str:
     return text
 
 
-def map_at_k_plot(run_dir, curves: dict[str, dict]) -> Path:
+def gallery_size(split: np.ndarray, protocol: str) -> int:
+    """Items a test query is ranked against (itself included)."""
+    return len(split) if protocol in ("test_vs_all", "cross") else int((np.asarray(split) == "test").sum())
+
+
+def curve_ks(n_gallery: int) -> list[int]:
+    """The cut-offs of the MAP@k curve that mean something: k up to the n_gallery - 1 songs a query can be
+    recommended (beyond, MAP@k no longer changes); the largest meaningful k ends the curve."""
+    top = max(int(n_gallery) - 1, 1)
+    return [k for k in CURVE_KS if k < top] + [top]
+
+
+def map_at_k_plot(run_dir, curves: dict[str, dict], n_gallery: int | None = None) -> Path:
+    """map_at_k.png: MAP@k of the test split for every run, up to the largest meaningful k (n_gallery - 1)."""
     from siamrec.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, test in curves.items():
-        ks = [k for k in CURVE_KS if f"map@{k}" in test]
+        wanted = curve_ks(n_gallery) if n_gallery else CURVE_KS
+        ks = [k for k in wanted if f"map@{k}" in test]
         ax.plot(ks, [test[f"map@{k}"] for k in ks], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("k (playlist length)")
@@ -107,14 +128,15 @@ def compare_runs(cfg, run_dir) -> dict:
         elif (keys, list(split)) != reference:
             raise SiamrecError(f"runs={run} embeds other items or another split than {runs[0]}; "
                                "compare runs made on the same data and split")
-        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg))
+        n_gallery = gallery_size(split, cfg.eval.get("protocol", "test"))
+        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg, n_gallery))
         desc = _describe(run)
         name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"
         rows.append(_row(desc, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[str(run)] = metrics
     table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.get('protocol', 'test')}")
-    map_at_k_plot(run_dir, curves)
+    map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"runs": results})
     print(table)
     return results
@@ -126,15 +148,16 @@ def block_study(cfg, run_dir, data, extractor, vectors: np.ndarray) -> dict:
     parts = list(extractor.bundle.parts)
     sets = [list(s) for s in cfg.study.sets] if cfg.study.get("sets") else [parts[:n] for n in range(1, len(parts) + 1)]
     rows, curves, results = [], {}, {}
+    n_gallery = gallery_size(data.split, cfg.eval.protocol)
     for names in sets:
         cols = extractor.columns(names)
         name = "+".join(map(str, names))
-        metrics = score_embeddings(vectors[:, cols], data.y, data.split, _eval_cfg(cfg))
+        metrics = score_embeddings(vectors[:, cols], data.y, data.split, _eval_cfg(cfg, n_gallery))
         rows.append(_row({"parts": name, "dims": len(cols)}, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[name] = metrics
     table = write_table(run_dir, rows, f"Layer study: pretrained {extractor.bundle.name} features, test split")
-    map_at_k_plot(run_dir, curves)
+    map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"study": results})
     print(table)
     return results

@@ -142,6 +142,6 @@ def test_run_overrides_carry_over_and_new_ones_win(tmp_path):
                                              ("clip.duration=0", "clip.duration=0")])
 def test_bad_clip_settings_are_one_line_before_any_work(tmp_path, setting, needle):
     out = run_cli("evaluate", "+model=identity", setting, f"hydra.run.dir={tmp_path / 'run'}")
-    assert out.returncode == 1 and needle in out.stderr
+    assert out.returncode == 2 and needle in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()

@@ -128,3 +128,47 @@ def test_layer_study_scores_each_part_set(tmp_path, cfg_factory, audio_folder):
     assert results["block1+block2"]["test"]["map"] == pytest.approx(expected, abs=1e-9)
     rows = read_csv(out / "report.csv")
     assert [int(r["dims"]) for r in rows] == [32, 64, 96, 128, 160]
+
+
+# ------------------------------------------------------------------------------------------ issue 10: no silent results
+
+
+def test_one_label_is_an_error_not_a_map_of_one():
+    x, _, split = clustered()
+    y = np.ones((len(x), 1), dtype=bool)
+    with pytest.raises(SiamrecError, match="one label only"):
+        score_embeddings(x, y, split, EVAL)
+
+
+def test_a_label_every_song_carries_is_an_error_under_shared_relevance_only():
+    x, y, split = clustered()
+    y = np.concatenate([y, np.ones((len(y), 1), bool)], axis=1)  # every song also tagged "music"
+    with pytest.raises(SiamrecError, match="every song carries the label 'music'"):
+        score_embeddings(x, y, split, EVAL, label_names=["a", "b", "c", "d", "music"])
+    jaccard = OmegaConf.merge(EVAL, {"relevance": "jaccard", "jaccard_threshold": 0.6})
+    assert 0 < score_embeddings(x, y, split, jaccard)["test"]["map"] <= 1
+
+
+def test_a_test_split_without_a_scorable_query_names_the_cause():
+    x, y, _ = clustered(n_per=4, labels=4)
+    split = np.array(["train"] * len(x))
+    split[[0, 4, 8, 12]] = "test"  # one test song per label: none has a relevant song in the test split
+    with pytest.raises(SiamrecError) as e:
+        score_embeddings(x, y, split, EVAL)
+    assert "no test query can be scored" in str(e.value) and "4 test songs" in str(e.value)
+    assert "test_vs_all" in str(e.value)  # what to do instead
+    vs_all = OmegaConf.merge(EVAL, {"protocol": "test_vs_all"})
+    assert score_embeddings(x, y, split, vs_all)["test"]["n_queries"] == 4  # the advice works
+
+
+def test_p_at_10_ceiling_is_what_a_perfect_embedding_reaches():
+    from siamrec.metrics import retrieval_metrics
+
+    x, y, split = clustered(n_per=12, labels=4)  # 6 test songs per label: at most 5 relevant others each
+    out = score_embeddings(x, y, split, EVAL)
+    assert out["p@10_ceiling"] == pytest.approx(0.5)
+    perfect = y.astype(np.float32) + 1e-3 * np.random.default_rng(0).normal(size=y.shape)  # label = embedding
+    test = split == "test"
+    assert retrieval_metrics(perfect[test], y[test])["p@10"] == pytest.approx(out["p@10_ceiling"])
+    vs_all = score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "test_vs_all"}))
+    assert vs_all["p@10_ceiling"] == pytest.approx(1.0)  # 11 relevant others in the whole library

@@ -46,7 +46,7 @@ def run(tmp_path_factory, library):
 
     tmp = tmp_path_factory.mktemp("run")
     cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
-                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.25"], tmp)
+                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.5"], tmp)
     seed_everything(0)
     train(cfg, tmp)
     return tmp

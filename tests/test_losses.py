@@ -275,6 +275,38 @@ def test_triplet_semihard_anchor_without_negatives_uses_zero():
     assert value == pytest.approx(8.6 / 4, abs=1e-6)
 
 
+def test_contrastive_hand_computed():
+    # Items 0 and 1 share label A, item 2 has B. Unit vectors: distances d01 = sqrt(0.8), d02 = 2, d12 = sqrt(3.2).
+    # Pairs i < j: (0,1) positive: d^2 = 0.8; (0,2) and (1,2) negative: max(margin - d, 0)^2.
+    labels = np.array([[1, 0], [1, 0], [0, 1]], "float32")
+    embeddings = np.array([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]], "float32")
+    # margin 1: both negatives are beyond it -> (0.8 + 0 + 0) / 3
+    assert float(losses.contrastive(labels, embeddings)) == pytest.approx(0.8 / 3, abs=1e-6)
+    # margin 2.5: (0.8 + 0.5^2 + (2.5 - sqrt(3.2))^2) / 3
+    expected = (0.8 + 0.25 + (2.5 - math.sqrt(3.2)) ** 2) / 3
+    assert float(losses.contrastive(labels, embeddings, margin=2.5)) == pytest.approx(expected, abs=1e-6)
+    # scaled embeddings give the same value: the loss normalises them
+    assert float(losses.contrastive(labels, 3.0 * embeddings, margin=2.5)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_multi_similarity_hand_computed():
+    # Items 0 and 1 share label A, item 2 has B. Cosines: S01 = 0, S02 = 0.8, S12 = 0.6.
+    # Anchor 0: negative 2 kept (0.8 > 0 - 0.1), positive 1 kept (0 < 0.8 + 0.1):
+    #   log(1 + e^{-2(0 - 0.5)}) / 2 + log(1 + e^{50(0.8 - 0.5)}) / 50
+    # Anchor 1: negative 2 kept (0.6 > -0.1), positive 0 kept (0 < 0.7):
+    #   log(1 + e^{1}) / 2 + log(1 + e^{50(0.6 - 0.5)}) / 50
+    # Anchor 2 has no positive: 0. The loss is the mean over the 3 anchors.
+    labels = np.array([[1, 0], [1, 0], [0, 1]], "float32")
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], "float32")
+    expected = (2 * math.log1p(math.e) / 2 + math.log1p(math.exp(15)) / 50 + math.log1p(math.exp(5)) / 50) / 3
+    assert float(losses.multi_similarity(labels, embeddings)) == pytest.approx(expected, rel=1e-5)
+    # a negative mining margin (-0.7) keeps anchor 0's pairs (0.8 > 0 + 0.7 and 0 < 0.8 - 0.7) but drops both of
+    # anchor 1's (0.6 > 0.7 and 0 < 0.6 - 0.7 fail): only anchor 0 contributes
+    value = float(losses.multi_similarity(labels, embeddings, epsilon=-0.7))
+    expected_tight = (math.log1p(math.e) / 2 + math.log1p(math.exp(15)) / 50) / 3
+    assert value == pytest.approx(expected_tight, rel=1e-5)
+
+
 def test_contrastive_pair_loss_is_tfa_formula():
     y = np.array([1, 0, 0, 1], "float32")
     d = np.array([0.5, 0.5, 1.5, 2.0], "float32")

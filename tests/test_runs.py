@@ -32,3 +32,70 @@ def test_embeddings_and_items_round_trip_in_order(tmp_path):
     assert back.dtype == np.float32 and np.array_equal(back, emb)
     assert [(i["key"], i["path"], i["labels"], i["split"]) for i in items] == [
         ("a", "/x/a.wav", "rock", "train"), ("b", "", "pop|indie", "test"), ("c", "/x/c.wav", "", "")]
+
+
+def test_written_files_get_the_users_umask_not_0600(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = write_json(tmp_path / "metrics.json", {"ok": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "other.json", {"ok": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("errno_name, words", [("ENOSPC", "disk is full"), ("EROFS", "read-only"),
+                                                ("EACCES", "read-only")])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_path_and_leaves_no_temporary(tmp_path, monkeypatch,
+                                                                                        errno_name, words):
+    import errno
+    import os
+
+    from siamrec.errors import SiamrecError
+    from siamrec.runs import atomic_write_bytes
+
+    path = write_json(tmp_path / "metrics.json", {"ok": 1})
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(SiamrecError) as e:
+        atomic_write_bytes(path, b"new")
+    msg = str(e.value)
+    assert str(path) in msg and words in msg and "\n" not in msg
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no .metrics.json.*.tmp left
+
+
+@pytest.mark.parametrize("damage", ["npy_truncated", "npy_garbage", "items_truncated_mid_row",
+                                    "items_truncated_mid_field", "items_not_utf8", "items_wrong_header"])
+def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage):
+    from siamrec.errors import SiamrecError
+
+    write_embeddings(tmp_path, np.ones((3, 4)), ["a", "b", "c"], ["", "", ""], [("x",), ("y",), ("x",)],
+                     ["test"] * 3)
+    npy, items = tmp_path / "embeddings.npy", tmp_path / "items.csv"
+    if damage == "npy_truncated":
+        npy.write_bytes(npy.read_bytes()[:-20])
+    elif damage == "npy_garbage":
+        npy.write_bytes(b"not a numpy file")
+    elif damage == "items_truncated_mid_row":
+        items.write_bytes(items.read_bytes()[: items.read_bytes().rindex(b",")])
+    elif damage == "items_truncated_mid_field":
+        items.write_bytes(items.read_bytes()[:-3])
+    elif damage == "items_not_utf8":
+        items.write_bytes(items.read_bytes().replace(b"c,", b"\xe9,"))
+    else:
+        items.write_text("name,path\na,\nb,\nc,\n")
+    name = "embeddings.npy" if damage.startswith("npy") else "items.csv"
+    with pytest.raises(SiamrecError) as e:
+        read_embeddings(tmp_path)
+    assert name in str(e.value) and "\n" not in str(e.value)

@@ -20,20 +20,34 @@ from siamrec.data.split import stem
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.playlists import playlists, print_playlist, write_playlists
-from siamrec.runs import existing_run, read_embeddings
+from siamrec.runs import existing_run, read_embeddings, read_text
 
 MAX_PRINTED = 10  # playlists printed in full; with more seeds only the files are named
 
 
+LIST_SUFFIXES = (".txt", ".lst", ".m3u", ".m3u8")
+
+
 def _seed_list(seed) -> list[str]:
-    if seed in (None, ""):
-        raise SiamrecError("no seed song: pass seed=PATH/TO/SONG (or seed=LIST.txt with one song per line)")
-    if isinstance(seed, (list, tuple)) or hasattr(seed, "__iter__") and not isinstance(seed, str):
-        return [str(s) for s in seed]
-    p = Path(str(seed)).expanduser()
-    if p.suffix.lower() in (".txt", ".lst", ".m3u") and p.is_file():
-        return [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return [str(seed)]
+    """The seed songs: `seed` is a song, a list of songs (the CLI's positional arguments, or seed=[a,b]), or a
+    text file listing songs (one per line, # for comments; UTF-8, with or without a byte-order mark)."""
+    if seed in (None, "") or (isinstance(seed, (list, tuple)) and not seed):
+        raise SiamrecError("no seed song: name one (recommend run=RUN \"My Song.mp3\"), or seed=LIST.txt with one "
+                           "song per line")
+    given = [str(s) for s in seed] if isinstance(seed, (list, tuple)) or (
+        hasattr(seed, "__iter__") and not isinstance(seed, str)) else [str(seed)]
+    seeds = []
+    for s in given:
+        p = Path(s).expanduser()
+        if p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            listed = [line.strip() for line in read_text(p, "seed list").splitlines()
+                      if line.strip() and not line.lstrip().startswith("#")]
+            if not listed:
+                raise SiamrecError(f"seed list {p} names no song; put one song (a path or a name) per line")
+            seeds += listed
+        else:
+            seeds.append(s)
+    return seeds
 
 
 class _Catalogue:
@@ -86,9 +100,9 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
 def recommend(cfg, run_dir) -> list[tuple]:
     run = existing_run(cfg.run)
     emb, items = read_embeddings(run)
-    k = int(cfg.recommend.k)
-    if k < 1:
-        raise SiamrecError(f"k={k}: must be at least 1")
+    k = cfg.recommend.k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SiamrecError(f"k={k!r}: must be an integer >= 1")
     seeds = _seed_list(cfg.recommend.get("seed"))
     catalogue = _Catalogue(items)
     self_index = np.array([catalogue.find(s) for s in seeds], dtype=np.int64)
@@ -106,6 +120,9 @@ def recommend(cfg, run_dir) -> list[tuple]:
     labels = [tuple(filter(None, it["labels"].split("|"))) for it in items]
     paths = [it["path"] for it in items]
     index = open_index(run, emb, cfg.index)
+    if k > len(items) - 1:
+        print(f"k={k} is more than the {len(items) - 1} other songs of the library: k clamped, playlists hold "
+              f"{max(len(items) - 1, 0)} songs")
     rows = playlists(queries, index, keys, labels, paths, names, k, self_index=self_index)
     if len(seeds) <= MAX_PRINTED:
         print_playlist(rows)

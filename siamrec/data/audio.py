@@ -97,7 +97,7 @@ class _SoundFileReader:
     def __init__(self, path: str):
         import soundfile as sf
 
-        self.file = sf.SoundFile(path)
+        self.file = sf.SoundFile(os.fsencode(path))  # bytes: file names that are not UTF-8 open too
         self.native_sr, self.frames = self.file.samplerate, max(self.file.frames, 0)
 
     def read(self, lo: int, hi: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library, apply_label_hygiene
 from siamrec.errors import SiamrecError
+from siamrec.runs import printable, read_text
 
 MANIFEST_COLUMNS = ("path", "labels", "group")
 
@@ -35,23 +37,33 @@ def _folder(data_cfg, _paths_cfg=None) -> Library:
     root = Path(str(_required(data_cfg, "root"))).expanduser()
     if not root.is_dir():
         raise SiamrecError(f"data.root={root}: no such folder; point it at a folder with one sub-folder per label")
-    extensions = {f".{e.lower().lstrip('.')}" for e in data_cfg.get("extensions", AUDIO_EXTENSIONS)}
+    extensions = {f".{str(e).lower().lstrip('.')}" for e in (data_cfg.get("extensions") or AUDIO_EXTENSIONS)}
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise SiamrecError(f"data.root={root}: no label sub-folders; put audio in {root}/<label>/...")
-    keys, paths, labels = [], [], []
+    keys, paths, labels, renamed = [], [], [], []
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in extensions
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts)  # hidden, ._AppleDouble
+                       and p.is_file())
         if not files:
             raise SiamrecError(
                 f"data.root: class folder {class_dir} holds no audio ({', '.join(sorted(extensions))}); "
                 "add songs or remove the folder"
             )
         for p in files:
-            keys.append(p.relative_to(root).as_posix())
+            key = p.relative_to(root).as_posix()
+            if printable(key) != key:  # a name whose bytes are not UTF-8: kept, under an escaped key
+                renamed.append(printable(key))
+            keys.append(printable(key))
             paths.append(str(p))
-            labels.append((class_dir.name,))
-    return Library(keys=keys, paths=paths, labels=labels, groups=list(keys))
+            labels.append((printable(class_dir.name),))
+    lib = Library(keys=keys, paths=paths, labels=labels, groups=list(keys))
+    if renamed:
+        lib.report["non_utf8_names"] = renamed
+        print(f"{len(renamed)} file names are not UTF-8; they are kept with their odd bytes written as \\xNN, "
+              f"e.g. {renamed[0]} (listed in data_report.json)")
+    return lib
 
 
 def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str = "|",
@@ -59,10 +71,14 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
     """Items of a CSV manifest (path, labels[, group]); paths relative to the manifest's folder."""
     if not manifest.is_file():
         raise SiamrecError(f"data.manifest={manifest}: no such file; give a CSV with columns path,labels[,group]")
-    with open(manifest, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(read_text(manifest, "data.manifest"), newline=""))
+    try:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except csv.Error as exc:
+        raise SiamrecError(f"data.manifest: {manifest}, line {reader.line_num}: not a valid CSV row ({exc})") from None
+    if not columns:
+        raise SiamrecError(f"data.manifest: {manifest} is empty; give a CSV with a header row path,labels[,group]")
     missing = [c for c in ("path", label_column) if c not in columns]
     unknown = [c for c in columns if c not in allowed_columns]
     if missing or unknown:
@@ -136,10 +152,12 @@ def _features(data_cfg, _paths_cfg=None) -> Library:
     labels_path = Path(str(_required(data_cfg, "labels"))).expanduser()
     if not labels_path.is_file():
         raise SiamrecError(f"data.labels={labels_path}: no such file; give the CSV of labels, one row per feature row")
-    with open(labels_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_text(labels_path, "data.labels"), newline=""))
+    try:
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except csv.Error as exc:
+        raise SiamrecError(f"data.labels: {labels_path}, line {reader.line_num}: not a valid CSV row ({exc})") from None
     label_column, key_column = data_cfg.get("label_column", "label"), data_cfg.get("key_column")
     for setting, col in (("label_column", label_column), ("key_column", key_column)):
         if col is not None and col not in columns:

@@ -10,7 +10,7 @@ import numpy as np
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library
 from siamrec.errors import SiamrecError
-from siamrec.runs import write_csv
+from siamrec.runs import read_text, write_csv
 
 SPLITS = ("train", "valid", "test")
 KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "aac"}
@@ -77,7 +77,8 @@ def _read_list(path) -> list[str]:
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise SiamrecError(f"split list {p} not found; give a text file with one path or name per line")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    text = read_text(p, "split list")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def stem(name: str) -> str:

@@ -123,10 +123,10 @@ class SiameseHead(KerasHead):
                 f"(best {max(history['val_map']):.4f})")
         if not c["refit"]:
             print(note)
-            return history
+            return {**history, "chosen_epoch": chosen}
         print(f"{note}; training afresh on train+valid ({len(x_train) + len(x_valid)} items) for {chosen} epochs")
         refit, _ = self._train(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), chosen)
-        return {**history, "refit_loss": refit["loss"]}
+        return {**history, "refit_loss": refit["loss"], "chosen_epoch": chosen}
 
     def _train(self, x, y, epochs: int, valid=None) -> tuple[dict, int]:
         """Fit scaler, whitening and a fresh model on (x, y) for ``epochs`` epochs. With ``valid`` = (x, y), the

@@ -43,9 +43,17 @@ def corpus(tmp_path_factory):
     return ensure_demo(tmp_path_factory.mktemp("cache"), progress=False, **SMALL)
 
 
-def test_styles():
-    assert len(STYLES) >= 6 and len(set(STYLES)) == len(STYLES)
-    assert {"bhangra", "raga_drone"} <= set(STYLES)
+def test_styles(corpus):
+    """Every style of STYLES (bhangra and the raga drone among them) is rendered into the corpus as a label of
+    its own, in its own folder, and no two styles render the same audio."""
+    _, rows = read_manifest(corpus)
+    assert sorted({r["labels"] for r in rows}) == sorted(STYLES)
+    assert sorted(p.name for p in corpus.iterdir() if p.is_dir()) == sorted(STYLES)
+    assert {"bhangra", "raga_drone"} <= {r["labels"] for r in rows}
+    first = {style: sf.read(corpus / f"{style}/{style}_00.flac")[0] for style in STYLES}
+    for i, a in enumerate(STYLES):
+        for b in STYLES[i + 1:]:
+            assert not np.allclose(first[a], first[b], atol=1e-2), (a, b)
 
 
 def test_manifest_consistent_with_files(corpus):

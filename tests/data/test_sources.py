@@ -525,3 +525,77 @@ def test_hygiene_everything_dropped():
     with pytest.raises(SiamrecError) as e:
         apply_label_hygiene(_lib([("a",), ("b",), ("c", "d")]), 2)
     assert_user_error(e, "data.min_label_count", "2")
+
+
+# ---------------------------------------------------------------------------------------------- issue 10: inputs as people have them
+
+
+def test_folder_default_reads_every_decoder_format_and_skips_hidden_and_appledouble(tmp_path):
+    from siamrec.cli import compose, strip_hydra
+    from siamrec.data.audio import AUDIO_EXTENSIONS
+
+    root = tmp_path / "music"
+    wanted = [f"pop/song.{ext}" for ext in AUDIO_EXTENSIONS]
+    for rel in wanted:
+        write_audio(root / rel)
+    for rel in ["pop/._song.m4a", "pop/.song.opus", "pop/.cache/x.wav", "rock/._a.wav"]:
+        write_audio(root / rel)  # macOS AppleDouble and hidden files: never songs
+    write_audio(root / "rock" / "b.wav")
+    data_cfg = strip_hydra(compose("train", ["data=folder", f"data.root={root}"])).data  # the shipped default
+    lib = load_library(data_cfg)
+    assert sorted(lib.keys) == sorted(wanted + ["rock/b.wav"])
+    assert {"pop/song.m4a", "pop/song.opus"} <= set(lib.keys)
+
+
+def test_folder_non_utf8_file_name_is_kept_with_a_stable_escaped_key(tmp_path, capsys):
+    import os
+
+    from siamrec.runs import read_embeddings, write_embeddings
+
+    root = tmp_path / "music"
+    write_audio(root / "rock" / "ok.wav")
+    write_audio(root / "jazz" / "b.wav")
+    odd = os.path.join(os.fsencode(root / "rock"), b"caf\xe9 (live).wav")  # Latin-1 bytes, not UTF-8
+    with open(odd, "wb") as f:
+        f.write((root / "rock" / "ok.wav").read_bytes())
+    lib = load_library(folder_cfg(root))
+    assert "rock/caf\\xe9 (live).wav" in lib.keys
+    row = lib.keys.index("rock/caf\\xe9 (live).wav")
+    assert os.fsencode(lib.paths[row]) == odd  # the real file is still reachable for decoding
+    assert lib.report["non_utf8_names"] == ["rock/caf\\xe9 (live).wav"]
+    assert "not UTF-8" in capsys.readouterr().out
+    # the library's names can be written to a run folder and read back (no UnicodeEncodeError)
+    write_embeddings(tmp_path / "run", np.zeros((len(lib), 2)), lib.keys, lib.paths, lib.labels, ["test"] * len(lib))
+    _, items = read_embeddings(tmp_path / "run")
+    assert items[row]["key"] == "rock/caf\\xe9 (live).wav"
+
+
+def test_csv_manifest_with_utf8_bom_reads_as_intended(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,labels\nਮਿੱਟੀ ਦਾ ਬਾਵਾ.mp3,bhangra\nb.wav,rock\n".encode("utf-8-sig"))  # Excel "CSV UTF-8"
+    lib = load_library(csv_cfg(manifest))
+    assert lib.keys == ["ਮਿੱਟੀ ਦਾ ਬਾਵਾ.mp3", "b.wav"]
+    assert lib.labels == [("bhangra",), ("rock",)]
+
+
+def test_csv_manifest_not_utf8_names_file_and_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,labels\na.wav,rock\ncafé.wav,jazz\n".encode("latin-1"))
+    with pytest.raises(SiamrecError) as e:
+        load_library(csv_cfg(manifest))
+    assert_user_error(e, manifest, "line 3", "UTF-8")
+
+
+def test_features_label_table_with_bom(tmp_path):
+    np.save(tmp_path / "x.npy", np.eye(3, dtype=np.float32))
+    (tmp_path / "labels.csv").write_bytes("label\nrock\njazz\nrock\n".encode("utf-8-sig"))
+    lib = load_library(features_cfg([str(tmp_path / "x.npy")], tmp_path / "labels.csv"))
+    assert lib.labels == [("rock",), ("jazz",), ("rock",)]
+
+
+def test_every_label_empty_does_not_advise_lowering_min_label_count(tmp_path):
+    manifest = write_text(tmp_path / "m.csv", "path,labels\na.wav,\nb.wav,\n")
+    with pytest.raises(SiamrecError) as e:
+        load_library(csv_cfg(manifest))
+    assert_user_error(e, "none of the 2 items has a label")
+    assert "min_label_count" not in str(e.value)

@@ -1,0 +1,347 @@
+"""Issue 10: every bad input gets one clear line (no traceback), no work is lost or overwritten, and a run folder is
+data, not commands. One row per case: the command line, the exit code, the words the one stderr line must hold.
+
+The CLI runs in-process (`siamrec.cli.main`) with capsys, so each row is fast; a subprocess only where a fresh
+interpreter is the point (nothing heavy imported before the config is valid).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siamrec import cli
+from siamrec.runs import write_embeddings
+
+NAMES = {  # one seed song per character class people use in names
+    "gurmukhi": "ਮਿੱਟੀ ਦਾ ਬਾਵਾ.mp3",
+    "devanagari": "लग जा गले.mp3",
+    "spaces": "my old song.mp3",
+    "parentheses": "Song (Live).mp3",
+    "comma": "Tum Hi Ho, Reprise.mp3",
+    "apostrophe": "Don't Stop.mp3",
+    "ampersand": "Salt & Pepper.mp3",
+    "hash": "Track #9.mp3",
+    "equals": "E=mc2.mp3",
+    "brackets_braces": "[Intro] {demo} ${x}.mp3",
+}
+
+
+def make_run(folder: Path, keys, labels, splits, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(len(keys), 6)).astype(np.float32)
+    write_embeddings(folder, emb, keys, [""] * len(keys), labels, splits)
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Inputs for every row, by name."""
+    keys = list(NAMES.values()) + ["rock/a.wav", "jazz/b.wav"]
+    labels = [("rock",) if i % 2 else ("jazz",) for i in range(len(keys))]
+    run = make_run(tmp_path / "run", keys, labels, ["test"] * len(keys))
+    e = {"tmp": tmp_path, "run": run, "out": tmp_path / "out", "cache": tmp_path / "cache"}
+
+    # precomputed features: 24 rows, 3 labels; label tables of several kinds
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", rng.normal(size=(24, 5)).astype(np.float32))
+    e["feat"] = tmp_path / "x.npy"
+    tables = {
+        "labels": [f"g{i % 3}" for i in range(24)],
+        "one_label": ["rock"] * 24,
+        "empty_labels": [""] * 24,
+        "unique_in_test": [f"g{i % 3}" if i >= 3 else f"solo{i}" for i in range(24)],
+    }
+    for name, column in tables.items():
+        with open(tmp_path / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["key", "label"])
+            w.writerows([f"song{i:02d}", lab] for i, lab in enumerate(column))
+        e[name] = tmp_path / f"{name}.csv"
+    (tmp_path / "test3.txt").write_text("song00\nsong01\nsong02\n")  # each alone with its label in the test split
+    e["test3"] = tmp_path / "test3.txt"
+    (tmp_path / "test_latin1.txt").write_bytes("song00\nsong01\ncafé\n".encode("latin-1"))
+    e["test_latin1"] = tmp_path / "test_latin1.txt"
+
+    (tmp_path / "latin1.csv").write_bytes("path,labels\na.wav,rock\ncafé.wav,jazz\n".encode("latin-1"))
+    e["latin1_manifest"] = tmp_path / "latin1.csv"
+    (tmp_path / "seeds_latin1.txt").write_bytes("rock/a.wav\nJosé.mp3\n".encode("latin-1"))
+    e["seeds_latin1"] = tmp_path / "seeds_latin1.txt"
+    (tmp_path / "seeds_empty.txt").write_text("# nothing yet\n\n")
+    e["seeds_empty"] = tmp_path / "seeds_empty.txt"
+
+    for damage in ("npy", "items"):
+        bad = make_run(tmp_path / f"bad_{damage}", ["a", "b", "c"], [("x",), ("y",), ("x",)], ["test"] * 3)
+        target = bad / ("embeddings.npy" if damage == "npy" else "items.csv")
+        target.write_bytes(target.read_bytes()[:-7])
+        e[f"bad_{damage}"] = bad
+    return e
+
+
+FEATURES = ["evaluate", "+model=identity", "data=features", "data.features=[{feat}]", "data.key_column=key"]
+
+# id, args ({name} = a path of env), exit code, words of the one line, whether the run folder {out} may remain
+CASES = [
+    # 1. the whole config checked before any work
+    ("epochs_text", ["train", "+model=siamese", "model.epochs=abc"], 2, ["model.epochs", "'abc'", "integer"], False),
+    ("epochs_negative", ["train", "+model=siamese", "model.epochs=-5"], 2, ["model.epochs=-5", ">= 1"], False),
+    ("lr_text", ["train", "+model=baseline", "model.lr=fast"], 2, ["model.lr", "'fast'", "positive number"], False),
+    ("k_text", ["recommend", "run={run}", "seed=rock/a.wav", "k=abc"], 2, ["recommend.k", "'abc'", "integer"], False),
+    ("k_fraction", ["recommend", "run={run}", "seed=rock/a.wav", "k=2.9"], 2, ["recommend.k=2.9", "integer"], False),
+    ("workers_text", ["train", "+model=lda", "features.workers=abc"], 2, ["features.workers", "'abc'", ">= 0"], False),
+    ("ks_zero", ["evaluate", "+model=identity", "eval.ks=[0]"], 2, ["eval.ks=[0]", "integers >= 1"], False),
+    ("unknown_added_key", ["train", "+model=siamese", "+model.lrr=0.1"], 2,
+     ["unknown setting model.lrr", "model.lr"], False),
+    ("unknown_key_typo", ["train", "+model=lda", "data.roott=3"], 2, ["data.roott", "data.root"], False),
+    ("key_of_another_model", ["train", "+model=lda", "+model.loss=contrastive"], 2,
+     ["unknown setting model.loss"], False),
+    ("model_key_without_model", ["train", "model.epochs=5"], 2, ["model.epochs", "+model="], False),
+    ("group_option_typo", ["train", "data=foldr"], 2, ["data=foldr", "data=folder"], False),
+    ("split_fraction", ["train", "+model=lda", "split.test=1.5"], 2, ["split.test=1.5", "[0, 1)"], False),
+    ("playlist_file_kind", ["recommend", "run={run}", "seed=rock/a.wav", "out={tmp}/list.txt"], 2,
+     ["recommend.out", ".csv or .json"], False),
+    ("overwrite_value", ["evaluate", "+model=identity", "overwrite=maybe"], 2, ["overwrite", "true or false"], False),
+    ("clip_offset", ["evaluate", "+model=identity", "clip.offset=-3"], 2, ["clip.offset=-3", ">= 0"], False),
+    ("run_folder_empty", ["plot", "run={run}", "hydra.run.dir="], 2, ["hydra.run.dir is empty"], False),
+    ("run_folder_cannot_be_made", ["plot", "run={run}", "hydra.run.dir=/dev/null/run"], 1,
+     ["hydra.run.dir=/dev/null/run", "cannot make the run folder"], False),
+    # 2. broken files and empty lists
+    ("manifest_not_utf8", ["evaluate", "+model=identity", "data=csv", "data.manifest={latin1_manifest}"], 1,
+     ["latin1.csv", "line 3", "UTF-8"], False),
+    ("seed_list_not_utf8", ["recommend", "run={run}", "seed={seeds_latin1}"], 1,
+     ["seeds_latin1.txt", "line 2", "UTF-8"], False),
+    ("split_list_not_utf8", [*FEATURES, "data.labels={labels}", "split=files", "split.test={test_latin1}"], 1,
+     ["test_latin1.txt", "line 3", "UTF-8"], False),
+    ("seed_list_empty", ["recommend", "run={run}", "seed={seeds_empty}"], 1, ["seeds_empty.txt", "names no song"],
+     False),
+    ("no_seed", ["recommend", "run={run}"], 1, ["no seed song"], False),
+    ("embeddings_truncated", ["recommend", "run={bad_npy}", "a"], 1, ["embeddings.npy", "truncated"], False),
+    ("items_truncated", ["recommend", "run={bad_items}", "a"], 1, ["items.csv", "truncated"], False),
+    # 4. no silent surprises
+    ("one_label", [*FEATURES, "data.labels={one_label}"], 1, ["one label", "MAP would be 1.0"], True),
+    ("no_scorable_query", [*FEATURES, "data.labels={unique_in_test}", "split=files", "split.test={test3}"], 1,
+     ["no test query can be scored", "3 test songs"], True),
+    ("labels_all_empty", [*FEATURES, "data.labels={empty_labels}"], 1, ["none of the 24 items has a label"], False),
+    # 5. never overwrite a run
+    ("rerun_into_a_run", ["evaluate", "run={run}", "hydra.run.dir={run}"], 2,
+     ["already holds a run", "overwrite=true"], True),
+]
+
+
+def call(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("case, args, code, words, may_remain", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(env, capsys, case, args, code, words, may_remain):
+    args = [a.format(**env) for a in args]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={env['out']}")
+    args.append(f"paths.cache={env['cache']}")
+    before = {p: p.read_bytes() for p in env["run"].rglob("*") if p.is_file()}
+    got, out, err = call(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err + out
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    if not may_remain:
+        assert not env["out"].exists(), sorted(env["out"].rglob("*"))  # a failed command leaves no run folder
+    assert {p: p.read_bytes() for p in env["run"].rglob("*") if p.is_file()} == before  # the run is untouched
+
+
+def test_no_tensorflow_and_no_run_folder_before_the_config_is_valid(tmp_path):
+    code = ("import sys; from siamrec.cli import main; "
+            f"rc = main(['train', '+model=siamese', 'model.epochs=abc', 'hydra.run.dir={tmp_path / 'run'}']); "
+            "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(cli.__file__).parents[1], timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    assert "model.epochs='abc'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
+    # and through `python -m siamrec`, as a user types it
+    out = subprocess.run([sys.executable, "-m", "siamrec", "train", "+model=siamese", "model.epochs=abc",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         cwd=Path(cli.__file__).parents[1], timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "model.epochs" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", list(NAMES))
+@pytest.mark.parametrize("how", ["positional", "seed="])
+def test_seed_songs_named_as_people_name_them(env, capsys, kind, how):
+    name = NAMES[kind]
+    arg = name if how == "positional" else f"seed={name}"
+    got, out, err = call(["recommend", f"run={env['run']}", arg, "k=3", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0, err
+    assert f"playlist for {name} [" in out
+    with open(env["out"] / "playlists.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["seed"] for r in rows} == {name} and len(rows) == 3
+    assert name not in {r["key"] for r in rows}  # the seed is left out of its own playlist
+
+
+def test_several_positional_seeds_and_a_seed_list_together(env, capsys):
+    (env["tmp"] / "more.txt").write_bytes(f"\ufeff{NAMES['devanagari']}\n".encode("utf-8"))  # BOM: Notepad/Excel
+    got, out, err = call(["recommend", f"run={env['run']}", NAMES["gurmukhi"], NAMES["hash"],
+                          f"seed={env['tmp'] / 'more.txt'}", "k=2", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0, err
+    for name in (NAMES["gurmukhi"], NAMES["hash"], NAMES["devanagari"]):
+        assert f"playlist for {name} [" in out
+
+
+def test_k_larger_than_the_library_says_it_was_clamped(env, capsys):
+    got, out, err = call(["recommend", f"run={env['run']}", "rock/a.wav", "k=500", f"hydra.run.dir={env['out']}"],
+                         capsys)
+    n = len(NAMES) + 2
+    assert got == 0, err
+    assert f"k=500 is more than the {n - 1} other songs" in out and "clamped" in out
+
+
+def test_an_existing_run_is_written_into_only_with_overwrite(env, capsys):
+    target = env["tmp"] / "target"
+    got, _, err = call(["recommend", f"run={env['run']}", "rock/a.wav", f"hydra.run.dir={target}"], capsys)
+    assert got == 0, err
+    first = (target / "playlists.csv").read_bytes()
+    hydra_before = (target / ".hydra" / "config.yaml").read_bytes()
+    got, _, err = call(["recommend", f"run={env['run']}", "jazz/b.wav", f"hydra.run.dir={target}"], capsys)
+    assert got == 2 and "already holds a run" in err and str(target) in err
+    assert (target / "playlists.csv").read_bytes() == first
+    assert (target / ".hydra" / "config.yaml").read_bytes() == hydra_before  # not even .hydra/ rewritten
+    got, _, err = call(["recommend", f"run={env['run']}", "jazz/b.wav", f"hydra.run.dir={target}", "overwrite=true"],
+                       capsys)
+    assert got == 0, err
+    assert (target / "playlists.csv").read_bytes() != first
+
+
+def test_a_run_folder_carries_no_output_location_or_command(env, capsys, tmp_path):
+    hijack = tmp_path / "elsewhere" / "stolen.csv"
+    (env["run"] / ".hydra").mkdir()
+    (env["run"] / ".hydra" / "overrides.yaml").write_text(
+        f"- recommend.out={hijack}\n- extract.out={tmp_path / 'x'}\n- paths.output_dir={tmp_path / 'o'}\n"
+        f"- hydra.run.dir={tmp_path / 'h'}\n- overwrite=true\n- recommend.k=1\n- seed=4\n- data=features\n")
+    merged = cli.with_run_overrides([f"run={env['run']}"])
+    assert merged == ["seed=4", "data=features", f"run={env['run']}"]
+    got, out, err = call(["recommend", f"run={env['run']}", "rock/a.wav", f"hydra.run.dir={env['out']}",
+                          "data.features=x.npy", "data.labels=y.csv"], capsys)
+    assert got == 0, err
+    assert not hijack.exists() and not (tmp_path / "h").exists()
+    assert len([line for line in out.splitlines() if line.startswith("  1.")]) == 1 and "  2." in out  # k not carried
+
+
+def test_a_damaged_overrides_record_is_one_line(env, capsys):
+    (env["run"] / ".hydra").mkdir()
+    (env["run"] / ".hydra" / "overrides.yaml").write_text("- [unclosed\n")
+    got, _, err = call(["recommend", f"run={env['run']}", "rock/a.wav", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 2 and err.count("\n") == 1 and "overrides.yaml" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_folder_or_temporary(env, capsys, monkeypatch):
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    got, out, err = call(["recommend", f"run={env['run']}", "rock/a.wav", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 1 and err.count("\n") == 1 and "disk is full" in err and str(env["out"]) in err
+    assert not env["out"].exists()
+
+
+@pytest.mark.parametrize("written", [[], ["split.csv"]], ids=["nothing_yet", "some_files"])
+def test_ctrl_c_says_what_is_kept_where_and_how_to_go_on(env, capsys, monkeypatch, written):
+    def interrupted(cfg, run_dir):
+        for name in written:
+            (Path(run_dir) / name).write_text("x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("siamrec.commands.plot.plot", interrupted)
+    got, out, err = call(["plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 130 and err.count("\n") == 1 and "Traceback" not in err
+    if written:
+        assert f"kept in {env['out']}" in err and "split.csv" in err and "incomplete" in err
+        assert "finished work" not in err
+    else:
+        assert "nothing to keep" in err and not env["out"].exists()
+
+
+def test_ctrl_c_passes_on_a_commands_resume_hint(env, capsys, monkeypatch):
+    def interrupted(cfg, run_dir):
+        (Path(run_dir) / "store").mkdir()
+        exc = KeyboardInterrupt()
+        exc.resume_hint = "run the same command with extract.out=SOMEWHERE to finish"
+        raise exc
+
+    monkeypatch.setattr("siamrec.commands.plot.plot", interrupted)
+    got, _, err = call(["plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 130 and "extract.out=SOMEWHERE to finish" in err and err.count("\n") == 1
+
+
+def test_library_chatter_goes_to_run_log_not_the_terminal(env, capsys, monkeypatch):
+    import logging
+
+    def chatty(cfg, run_dir):
+        warnings.warn("librosa says: this will change", FutureWarning)
+        logging.getLogger("tensorflow").warning("5 out of the last 5 calls triggered tf.function retracing")
+        print("siamrec's own line")
+
+    monkeypatch.setattr("siamrec.commands.plot.plot", chatty)
+    got, out, err = call(["plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0, err
+    assert "siamrec's own line" in out and "retracing" not in err + out and "librosa says" not in err + out
+    log = (env["out"] / "run.log").read_text()
+    assert "retracing" in log and "librosa says" in log and "FutureWarning" in log
+
+
+def test_library_chatter_of_a_real_process_goes_to_run_log(env, tmp_path):
+    """Through `python -m siamrec`: even what is written straight to file descriptor 2 lands in run.log."""
+    script = tmp_path / "chat.py"
+    script.write_text(
+        "import os, sys, warnings\n"
+        "from siamrec import cli\n"
+        "import siamrec.commands.plot as p\n"
+        "def chatty(cfg, run_dir):\n"
+        "    warnings.warn('decoder: odd header', UserWarning)\n"
+        "    os.write(2, b'[mpg123] resync\\n')\n"
+        "    print('progress', file=sys.stderr)\n"
+        "p.plot = chatty\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    repo = str(Path(cli.__file__).parents[1])
+    out = subprocess.run([sys.executable, str(script), "plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"],
+                         capture_output=True, text=True, cwd=repo, timeout=120,
+                         env={**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "progress"  # siamrec's own stderr still reaches the terminal
+    log = (env["out"] / "run.log").read_text()
+    assert "odd header" in log and "[mpg123] resync" in log
+
+
+def test_files_of_a_run_get_the_users_umask(env, capsys):
+    old = os.umask(0o022)
+    try:
+        got, _, err = call(["recommend", f"run={env['run']}", "rock/a.wav", f"hydra.run.dir={env['out']}"], capsys)
+    finally:
+        os.umask(old)
+    assert got == 0, err
+    modes = {p.name: p.stat().st_mode & 0o777 for p in env["out"].rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
+    json.dumps(modes)
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(env, capsys):
+    odd = os.fsdecode(b"caf\xe9 (live).mp3")  # as Python receives such a name from the command line
+    got, out, err = call(["recommend", f"run={env['run']}", odd, f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 1 and err.count("\n") == 1
+    assert "caf\\xe9 (live).mp3" in err and "neither a song" in err

@@ -1,0 +1,112 @@
+"""LDAHead (scikit-learn's discriminant projection) and report_failures, each tested on its own."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from siamrec.errors import SiamrecError
+from siamrec.models.heads import LDAHead, load_head
+
+
+def separable(n_per_class=20, n_classes=3, dim=6, seed=0):
+    """Classes around distinct centres plus isotropic noise, and one-hot labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6.0, size=(n_classes, dim))
+    classes = np.repeat(np.arange(n_classes), n_per_class)
+    x = centres[classes] + rng.normal(size=(len(classes), dim))
+    return x.astype(np.float32), np.eye(n_classes, dtype=bool)[classes], classes
+
+
+def nearest_centroid_accuracy(z, classes):
+    centroids = np.stack([z[classes == c].mean(axis=0) for c in np.unique(classes)])
+    pred = np.argmin(((z[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    return float((pred == classes).mean())
+
+
+def test_lda_projects_to_classes_minus_one_dims_and_separates_held_out_items():
+    x, y, classes = separable(seed=0)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6.0, size=(3, 6))  # the same centres as separable(seed=0), fresh noise
+    classes_test = np.repeat(np.arange(3), 10)
+    x_test = (centres[classes_test] + np.random.default_rng(9).normal(size=(30, 6))).astype(np.float32)
+    head = LDAHead({"use_valid": False})
+    head.fit(x, y)
+    z = head.transform(x_test)
+    assert z.shape == (len(x_test), 2) and z.dtype == np.float32  # n_classes - 1 discriminant axes
+    assert nearest_centroid_accuracy(z, classes_test) > 0.95
+    # the projection is (x - mean) @ scalings: centred data maps to the origin
+    np.testing.assert_allclose(head.transform(head.mean[None].astype(np.float32)), 0.0, atol=1e-5)
+
+
+def test_lda_matches_scikit_learn_transform_up_to_its_centring():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    x, y, classes = separable(seed=1)
+    head = LDAHead({"use_valid": False})
+    head.fit(x, y)
+    reference = LinearDiscriminantAnalysis(solver="svd").fit(x, classes).transform(x)
+    np.testing.assert_allclose(head.transform(x), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_lda_uses_the_validation_items_only_when_asked():
+    x, y, _ = separable(seed=2)
+    xv, yv, _ = separable(seed=3, n_per_class=5)
+    with_valid = LDAHead({"use_valid": True})
+    with_valid.fit(x, y, xv, yv)
+    without = LDAHead({"use_valid": False})
+    without.fit(x, y, xv, yv)
+    np.testing.assert_allclose(without.mean, x.astype(np.float64).mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(with_valid.mean, np.concatenate([x, xv]).astype(np.float64).mean(axis=0), atol=1e-5)
+    assert np.abs(with_valid.mean - without.mean).max() > 1e-2
+
+
+def test_lda_save_and_load_round_trip(tmp_path):
+    x, y, _ = separable(seed=4)
+    head = LDAHead({"use_valid": True})
+    head.fit(x, y)
+    head.save(tmp_path)
+    assert json.loads((tmp_path / "head.json").read_text()) == {"kind": "lda", "cfg": {"use_valid": True}}
+    loaded = load_head(tmp_path)
+    assert isinstance(loaded, LDAHead)
+    np.testing.assert_array_equal(loaded.transform(x), head.transform(x))
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.array([[1, 1], [1, 0], [0, 1], [1, 0]], bool), "one label per item"),  # multi-label
+    (np.array([[1, 0], [1, 0], [1, 0], [1, 0]], bool), "at least 2 labels"),   # one class only
+])
+def test_lda_refuses_multi_label_and_single_class_data(labels, words):
+    x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
+    with pytest.raises(SiamrecError, match=words):
+        LDAHead({"use_valid": False}).fit(x, labels)
+
+
+# ------------------------------------------------------------------------------------------------ report_failures
+
+
+def test_report_failures_lists_them_and_stops_only_above_the_allowed_fraction(tmp_path, capsys):
+    from siamrec.features import report_failures
+
+    keys = [f"k{i}" for i in range(10)]
+    paths = [f"/music/ਗੀਤ {i}.mp3" for i in range(10)]
+    report_failures(tmp_path, keys, paths, [(3, "cannot decode"), (7, "file not found")], 0.2)
+    with open(tmp_path / "failed.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"key": "k3", "path": paths[3], "reason": "cannot decode"},
+                    {"key": "k7", "path": paths[7], "reason": "file not found"}]
+    assert "skipped 2 of 10 files" in capsys.readouterr().out
+    with pytest.raises(SiamrecError) as e:
+        report_failures(tmp_path, keys, paths, [(i, "broken") for i in range(3)], 0.2)
+    msg = str(e.value)
+    assert "3 of 10" in msg and "data.max_failed_fraction=0.2" in msg and "failed.csv" in msg and "\n" not in msg
+
+
+def test_report_failures_without_failures_writes_nothing(tmp_path):
+    from siamrec.features import report_failures
+
+    report_failures(tmp_path, ["a"], ["/a.wav"], [], 0.0)
+    assert not (tmp_path / "failed.csv").exists()

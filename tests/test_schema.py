@@ -1,0 +1,114 @@
+"""The configuration schema: every shipped option of every group validates, bad values and unknown keys give one
+line naming the key, and the schema stays in step with the code it describes."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from siamrec import schema
+from siamrec.cli import CONF_DIR, compose, strip_hydra
+from siamrec.errors import SiamrecError
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [
+    *[[f"+model={m}"] for m in group_options("model")],
+    *[[f"data={d}"] for d in group_options("data")],
+    *[[f"split={s}"] for s in group_options("split")],
+    *[[f"index={i}"] for i in group_options("index")],
+    *[[f"+experiment={e}"] for e in group_options("experiment")],
+    ["+study=blocks"],
+], ids=lambda o: o[0])
+def test_every_shipped_option_validates(overrides):
+    assert schema.problems(strip_hydra(compose("train", overrides))) == []
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("model.epochs=abc", ["model.epochs='abc'", "an integer >= 1"]),
+    ("model.epochs=-5", ["model.epochs=-5"]),
+    ("model.lr=fast", ["model.lr='fast'", "a positive number"]),
+    ("model.loss=npair", ["model.loss='npair'", "triplet_semihard|triplet_hard|contrastive|multi_similarity"]),
+    ("model.dropout=1.0", ["model.dropout=1.0", "[0, 1)"]),
+    ("model.hidden=[0]", ["model.hidden=[0]", "layer widths"]),
+    ("+model.lrr=0.1", ["unknown setting model.lrr", "model.lr"]),
+    ("recommend.k=2.9", ["recommend.k=2.9", "integer"]),
+    ("eval.ks=[0]", ["eval.ks=[0]"]),
+    ("eval.ks=[]", ["eval.ks=[]", "non-empty"]),
+    ("eval.protocol=all", ["eval.protocol='all'", "test|test_vs_all|cross"]),
+    ("features.workers=abc", ["features.workers='abc'", ">= 0 or null"]),
+    ("features.batch_size=0", ["features.batch_size=0"]),
+    ("clip.offset=sideways", ["clip.offset='sideways'", "start, middle"]),
+    ("+clip.windows=spread:0", ["clip.windows='spread:0'", "spread:K"]),
+    ("+clip.pool=max", ["clip.pool='max'", "mean|mean_std"]),
+    ("seed=-1", ["seed=-1"]),
+    ("plots=maybe", ["plots='maybe'", "true or false"]),
+    ("data.min_label_count=0", ["data.min_label_count=0"]),
+    ("+data.extensions=[wav]", ["unknown setting data.extensions"]),  # not a key of data=demo
+    ("model.dim=102", ["model.dim=102 and model.branches=4", "multiple"]),
+])
+def test_bad_values_and_unknown_keys_are_named(setting, words):
+    cfg = strip_hydra(compose("train", ["+model=siamese", setting]))
+    with pytest.raises(SiamrecError) as e:
+        schema.validate(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_model_keys_are_checked_per_model():
+    lda = strip_hydra(compose("train", ["+model=lda", "+model.epochs=3"]))  # a key of baseline and siamese only
+    (problem,) = schema.problems(lda)
+    assert problem.startswith("unknown setting model.epochs")
+    assert schema.problems(strip_hydra(compose("train", ["+model=baseline", "model.epochs=3"]))) == []
+    siamese = strip_hydra(compose("train", ["+model=siamese", "+model.momentum=0.9"]))  # a baseline key
+    assert schema.problems(siamese)[0].startswith("unknown setting model.momentum")
+
+
+def test_the_lead_s_new_keys_validate():
+    cfg = strip_hydra(compose("train", [
+        "+model=siamese", "+model.train_on=windows", "+clip.windows=spread:4", "+clip.hop=2.5",
+        "+clip.max_windows=64", "+clip.pool=mean_std", "+features.parts=[block1,block2]", "+extract.engine=ray",
+        "+extract.ray={address:null,actors:2,num_gpus:0.5}", "seed=1"]))
+    assert schema.problems(cfg) == []
+
+
+def test_unset_mandatory_values_are_left_to_the_command():
+    cfg = strip_hydra(compose("train", ["data=folder"]))  # data.root: ???
+    assert schema.problems(cfg) == []
+
+
+def test_closest_keys():
+    assert schema.closest("data.roott")[0] == "data.root"
+    assert schema.closest("model.epoch")[0] == "model.epochs"
+    assert schema.closest("eval.kss")[0] == "eval.ks"
+
+
+def test_loss_parameters_match_the_losses():
+    from siamrec import losses
+
+    for name, fn in losses.LOSSES.items():
+        assert schema.LOSS_PARAMS[name] == tuple(inspect.signature(fn).parameters)[2:], name
+
+
+def test_schema_module_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, siamrec.schema, siamrec.cli; "
+            "print(any(m in sys.modules for m in ('numpy', 'tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(schema.__file__).parents[1], timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_fractions_that_leave_no_training_songs_are_refused():
+    cfg = strip_hydra(compose("train", ["+model=lda", "split.valid=0.5", "split.test=0.5"]))
+    assert schema.problems(cfg) == ["split.valid=0.5 and split.test=0.5: together they must leave songs for "
+                                    "training (< 1)"]
