@@ -298,7 +298,7 @@ def _first_line(exc: BaseException) -> str:
     return (" ".join(lines)[:400] if lines else type(exc).__name__).replace(":;", ":")
 
 
-def _composition_error(exc: BaseException) -> str:
+def _composition_error(exc: BaseException, overrides: list[str] = ()) -> str:
     """One line for a Hydra composition error: an unknown key gets the closest valid keys, an unknown group
     option the closest options."""
     import difflib
@@ -310,7 +310,7 @@ def _composition_error(exc: BaseException) -> str:
     m = _re.search(r"Could not override '([^']+)'\.\s*To append", text)
     if m:
         key = m.group(1)
-        if key.startswith("model."):
+        if key.startswith("model.") and not any(_key(o) == "model" for o in overrides):
             return (f"{key}: no model is chosen, so it has no settings; "
                     "put +model=baseline|siamese|lda|identity before it")
         return unknown_key_message(key)
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose(command, overrides)
         job_cfg = strip_hydra(cfg)
     except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf composition errors: bad override, unknown option, ...
-        return fail(_composition_error(exc), 2)
+        return fail(_composition_error(exc, overrides), 2)
     if "overwrite" in flags or "overwrite" not in job_cfg:
         job_cfg.overwrite = bool(flags.get("overwrite", False))
     if command == "tag" and positional:

@@ -274,6 +274,8 @@ def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, l
             return
         for key, value in node.items():
             full = f"{prefix}.{key}" if prefix else str(key)
+            if key == "_target_":  # the class a component is built from (hydra.utils.instantiate)
+                continue
             if key not in spec:
                 unknown.append((full, [f"{prefix}.{k}" if prefix else k for k in spec]))
                 continue
