@@ -28,12 +28,14 @@ COMMANDS = {
     "extract": ("extract", "embed a whole library with a run's model into a feature store"),
     "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
+    "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
 }
 
 # Short keys a command accepts, rewritten to their place in the config.
 ALIASES = {
     "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
     "tag": {"top": "tag.top"},
+    "serve": {"host": "serve.host", "port": "serve.port"},
 }
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if positional and command != "tag":
         print(f"siamrec {command}: unexpected argument '{positional[0]}'; settings are key=value", file=sys.stderr)
         return 2
-    if command in ("evaluate", "recommend", "plot", "extract"):
+    if command in ("evaluate", "recommend", "plot", "extract", "serve"):
         overrides = with_run_overrides(overrides)
     try:
         cfg = compose(command, overrides)

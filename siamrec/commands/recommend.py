@@ -71,7 +71,7 @@ class _Catalogue:
         return matches[0] if len(matches) == 1 else -1
 
 
-def _embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
+def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     """Embeddings of songs outside the library: decoded in worker processes, embedded in batches."""
     from siamrec.embedder import RunEmbedder
     from siamrec.features import N_FEATURES, decode_workers, stream_features
@@ -103,7 +103,7 @@ def recommend(cfg, run_dir) -> list[tuple]:
             raise SiamrecError(f"seed={s}: neither a song of run {run}'s library nor an existing audio file")
     queries = emb[np.maximum(self_index, 0)]
     if new_songs:
-        new_emb = dict(zip(new_songs, _embed_new_songs(run, [str(Path(s).expanduser()) for s in new_songs], cfg)))
+        new_emb = dict(zip(new_songs, embed_new_songs(run, [str(Path(s).expanduser()) for s in new_songs], cfg)))
         queries[self_index < 0] = [new_emb[s] for s, row in zip(seeds, self_index) if row < 0]
     names = [(items[row]["key"], tuple(filter(None, items[row]["labels"].split("|")))) if row >= 0 else (s, ())
              for s, row in zip(seeds, self_index)]
