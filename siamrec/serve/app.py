@@ -84,7 +84,10 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     serve_cfg = cfg.serve
     cat = catalogue or Catalogue(run, cfg.index)
     max_k = int(serve_cfg.get("max_k", 200))
-    max_upload = int(float(serve_cfg.get("max_upload_mb", 50)) * 1024 * 1024)
+    max_upload_mb = float(serve_cfg.get("max_upload_mb", 50))
+    if not max_upload_mb > 0:
+        raise SiamrecError(f"serve.max_upload_mb={max_upload_mb:g}: must be positive")
+    max_upload = int(max_upload_mb * 1024 * 1024)
     # new songs are decoded in this process (a worker pool per upload would cost more than the decoding)
     embed_cfg = OmegaConf.merge(cfg, {"features": {"workers": 0}})
     embed_lock = threading.Lock()
@@ -131,7 +134,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     def info():
         """The run, its size, the search method, whether it has groups, the default k and limits."""
         return {"run": str(cat.run), "songs": len(cat), "search": cat.index.method, "has_groups": cat.has_groups,
-                "k": int(serve_cfg.get("k", 10)), "max_k": max_k, "max_upload_mb": max_upload / 2**20,
+                "k": int(serve_cfg.get("k", 10)), "max_k": max_k, "max_upload_mb": max_upload_mb,
                 "map": plotly_path is not None, "can_embed": (cat.run / "backbone.keras").is_file(),
                 "audio_extensions": list(AUDIO_EXTENSIONS)}
 
@@ -181,7 +184,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     async def _upload(request: Request) -> dict:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_upload + 64 * 1024:
-            raise HTTPException(413, f"the upload is larger than serve.max_upload_mb={max_upload / 2**20:g} MB")
+            raise HTTPException(413, f"the upload is larger than serve.max_upload_mb={max_upload_mb:g} MB")
         form = await request.form(max_files=1, max_fields=4)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
@@ -202,7 +205,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
                     size += len(chunk)
                     if size > max_upload:
                         raise HTTPException(413, f"{filename}: larger than serve.max_upload_mb="
-                                                 f"{max_upload / 2**20:g} MB")
+                                                 f"{max_upload_mb:g} MB")
                     out.write(chunk)
             if size == 0:
                 raise HTTPException(422, f"{filename}: the file is empty")
