@@ -52,7 +52,7 @@ def synth_client(synthetic, tmp_path):
 def run_recommend(run, seed, k, tmp, *overrides):
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
-    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed={seed}", f"recommend.k={k}", *overrides],
+    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", *overrides],
                               tmp), out)
 
 

@@ -96,8 +96,9 @@ function showPlaylist(result) {
   state.result = result;
   const names = result.seeds.map((s) => s.name).join(" + ");
   const labels = result.seeds.length === 1 && result.seeds[0].labels.length ? ` [${result.seeds[0].labels.join(", ")}]` : "";
-  $("#seed").textContent = `seed: ${names}${labels}`;
-  $("#seed").dataset.ids = result.seeds.map((s) => s.id).join(",");
+  const isNew = result.seeds.length === 1 && result.seeds[0].id === null;
+  $("#seed").textContent = `${isNew ? "new song" : result.seeds.length > 1 ? "seeds" : "seed"}: ${names}${labels}`;
+  $("#seed").dataset.ids = isNew ? "" : result.seeds.map((s) => s.id).join(",");
   $("#playlist tbody").replaceChildren(...result.playlist.map((s) => el("tr", { "data-id": s.id, "data-key": s.key },
     el("td", {}, s.rank),
     el("td", {}, el("button", { class: "play-btn", title: "play", onclick: () => play(s.id) }, "▶")),
