@@ -344,3 +344,18 @@ def test_serve_cli_prints_one_line_for_bad_input(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a finished siamrec run" in err
     assert main(["serve", "run=x", "host=10.1.2.3", f"hydra.run.dir={tmp_path / 'out2'}"]) == 1
     assert "allow_remote" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_clear_line(synthetic, tmp_path, capsys):
+    import socket
+
+    from siamrec.cli import main
+
+    run, _ = synthetic
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", f"run={run}", f"port={port}", f"hydra.run.dir={tmp_path / 'out'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"serve.port={port}: cannot listen" in err

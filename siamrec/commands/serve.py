@@ -7,6 +7,7 @@ cache (map2d.npz, atomically); a faiss index is built in memory, never saved the
 
 from __future__ import annotations
 
+import socket
 import time
 
 from siamrec.errors import SiamrecError
@@ -46,17 +47,27 @@ def serve(cfg, run_dir) -> None:
     started = time.perf_counter()
     app = create_app(run, cfg)
     cat = app.state.catalogue
+    sock = bind(host, port)  # before printing the URL: a port in use is one clear line
+    port = sock.getsockname()[1]
     app.state.map.start()
     if plotly_js() is None:
         print("the map needs plotly: pip install plotly (the other panels work without it)")
     print(f"{len(cat)} songs of {run} ({cat.index.method} search), ready in {time.perf_counter() - started:.1f} s")
     print(f"siamrec serve: open {url_of(host, port)} (API: {url_of(host, port)}docs); Ctrl-C stops", flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a SiamrecError saying why not."""
     try:
-        server.run()
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as exc:
-        raise SiamrecError(f"serve.port={port}: cannot listen on {host}:{port} ({exc.strerror}); "
+        raise SiamrecError(f"serve.port={port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
                            "choose another port=") from None
-    if not server.started:
-        raise SiamrecError(f"serve.port={port}: cannot listen on {host}:{port} (in use?); choose another port=")
+    sock.set_inheritable(True)
+    return sock
