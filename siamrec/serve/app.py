@@ -133,7 +133,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     @app.get("/api/info")
     def info():
         """The run, its size, the search method, whether it has groups, the default k and limits."""
-        return {"run": str(cat.run), "songs": len(cat), "search": cat.index.method, "has_groups": cat.has_groups,
+        return {"run": str(cat.run), "songs": len(cat), "search": cat.index.method,
+                "index_ready": cat.index_ready.is_set(), "has_groups": cat.has_groups,
                 "k": int(serve_cfg.get("k", 10)), "max_k": max_k, "max_upload_mb": max_upload_mb,
                 "map": plotly_path is not None, "can_embed": (cat.run / "backbone.keras").is_file(),
                 "audio_extensions": list(AUDIO_EXTENSIONS)}
@@ -158,10 +159,11 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ playlists
     @app.get("/api/recommend")
-    def recommend_get(seed: list[str] = Query(..., description="song id (row) or key; repeat for several seeds"),
+    async def recommend_get(seed: list[str] = Query(..., description="song id (row) or key; repeat for several seeds"),
                       k: int = 10, exclude_group: bool = False):
         """The k songs most similar to the seed(s); one seed gives `recommend run=RUN seed=SEED k=K`'s playlist."""
-        return _playlist([row_of(s) for s in seed], check_k(k), exclude_group)
+        # answered on the event loop: one search at a time (threads would only contend for the cores)
+        return JSONResponse(_playlist([row_of(s) for s in seed], check_k(k), exclude_group))
 
     def _playlist(rows: list[int], k: int, exclude_group: bool) -> dict:
         return {"seeds": [cat.song(r) for r in rows], "k": k, "exclude_group": exclude_group,
@@ -179,7 +181,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(422, f"expected JSON {{\"seeds\": [...], \"k\": 10}} or a multipart upload: "
                                      f"{str(exc).splitlines()[0]}") from None
-        return _playlist([row_of(s) for s in body.seeds], check_k(body.k), body.exclude_group)
+        return JSONResponse(_playlist([row_of(s) for s in body.seeds], check_k(body.k), body.exclude_group))
 
     async def _upload(request: Request) -> dict:
         length = request.headers.get("content-length")

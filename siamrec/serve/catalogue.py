@@ -14,12 +14,13 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
+import threading
 from threading import Lock
 
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.index import normalise, open_index
+from siamrec.index import ExactIndex, choose_method, import_faiss, normalise, open_index
 from siamrec.playlists import COLUMNS, playlists
 from siamrec.runs import read_embeddings
 
@@ -56,12 +57,44 @@ class Catalogue:
         self.has_groups = len(set(self.groups)) < len(self.groups)
         self.names = [_name(k) for k in self.keys]
         self.by_key = {k: i for i, k in enumerate(self.keys)}
-        self.index = open_index(self.run, self.emb, index_cfg, save=False)  # never writes into the run folder
+        self._index_lock = Lock()
+        self._open_index(index_cfg)
         self._wav_cache: OrderedDict[int, bytes] = OrderedDict()
         self._wav_lock = Lock()
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def _open_index(self, index_cfg, wait_s: float = 3.0) -> None:
+        """self.index: the configured index, never written into the run folder. A faiss index that must be
+        built (no index.faiss of these embeddings in the run) is built in a background thread while exact
+        search answers, so the app starts at once; a saved one is loaded within `wait_s`."""
+        self.index_ready = threading.Event()
+        if choose_method(len(self.emb), index_cfg) == "exact":
+            self.index = ExactIndex(self.emb)
+            self.index_ready.set()
+            return
+        import_faiss().omp_set_num_threads(1)  # one query at a time: OpenMP threads would only spin
+        self.index = None
+
+        def build():
+            try:
+                built = open_index(self.run, self.emb, index_cfg, save=False)
+                with self._index_lock:
+                    self.index = built
+            except Exception as exc:  # noqa: BLE001 - keep answering with exact search
+                print(f"the faiss index could not be built ({exc}); searching exactly", flush=True)
+            self.index_ready.set()
+
+        threading.Thread(target=build, name="siamrec-index", daemon=True).start()
+        if self.index_ready.wait(wait_s) and self.index is not None:
+            return
+        print(f"building the faiss index of {len(self.emb)} songs in the background; exact search until then",
+              flush=True)
+        exact = ExactIndex(self.emb)
+        with self._index_lock:
+            if self.index is None:
+                self.index = exact
 
     # ---------------------------------------------------------------- lookup
     def row(self, song_id) -> int:
