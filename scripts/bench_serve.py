@@ -156,7 +156,7 @@ def main() -> None:
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}", flush=True)
 
     results = []
-    for label, index in (("exact", "exact"), ("faiss (cold: builds HNSW in memory)", "faiss"),
+    for label, index in (("exact", "exact"), ("faiss cold (exact search while HNSW builds in the background)", "faiss"),
                          ("faiss (warm: index.faiss of recommend)", "faiss")):
         if label.startswith("faiss (warm"):
             # the index `recommend run=RUN index=faiss` builds once and keeps next to the embeddings

@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         from siamrec.pipeline import check_clip
 
         check_clip(job_cfg.clip)
-        seed_everything(job_cfg.seed)
+        if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
+            seed_everything(job_cfg.seed)
         run_dir = make_run_dir(cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
         getattr(module, command)(job_cfg, run_dir)

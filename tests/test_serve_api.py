@@ -359,3 +359,32 @@ def test_a_port_in_use_is_one_clear_line(synthetic, tmp_path, capsys):
         assert main(["serve", f"run={run}", f"port={port}", f"hydra.run.dir={tmp_path / 'out'}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"serve.port={port}: cannot listen" in err
+
+
+def test_a_faiss_index_to_build_does_not_hold_up_the_start(synthetic, tmp_path, monkeypatch):
+    """While the index is built (in the background, in memory) exact search answers; then faiss does."""
+    pytest.importorskip("faiss")
+    import threading
+
+    import siamrec.serve.catalogue as catalogue_module
+
+    run, _ = synthetic
+    release = threading.Event()
+    real_open = catalogue_module.open_index
+
+    def slow_open(*args, **kwargs):
+        release.wait(30)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(catalogue_module, "open_index", slow_open)
+    client, _ = client_for(run, tmp_path, "index=faiss", "index.method=hnsw", "index.exact_below=1")
+    cat = client.app.state.catalogue
+    assert client.get("/api/info").json()["index_ready"] is False
+    during = client.get("/api/recommend", params={"seed": 2, "k": 5}).json()
+    assert during["search"] == "exact"
+    assert [e["key"] for e in during["playlist"]] == [r[3] for r in run_recommend(run, cat.keys[2], 5, tmp_path)]
+    release.set()
+    assert cat.index_ready.wait(30)
+    after = client.get("/api/recommend", params={"seed": 2, "k": 5}).json()
+    assert after["search"] == "hnsw" and client.get("/api/info").json()["index_ready"] is True
+    assert not (run / "index.faiss").exists()

@@ -65,7 +65,7 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _open_index(self, index_cfg, wait_s: float = 3.0) -> None:
+    def _open_index(self, index_cfg, wait_s: float = 1.5) -> None:
         """self.index: the configured index, never written into the run folder. A faiss index that must be
         built (no index.faiss of these embeddings in the run) is built in a background thread while exact
         search answers, so the app starts at once; a saved one is loaded within `wait_s`."""
