@@ -176,7 +176,7 @@ def test_formats_browsers_cannot_play_are_sent_as_wav_with_ranges(synth_client, 
 
 @pytest.mark.parametrize("attempt", [
     "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/etc/passwd",
-    "%2Fetc%2Fpasswd", "..\\..\\etc\\passwd", "drone/../../../etc/passwd", "15", "-1", "999999",
+    "%2Fetc%2Fpasswd", "..\\..\\etc\\passwd", "drone/../../../etc/passwd", "15", "-1", "999999", "१२", "²",
 ])
 def test_paths_in_requests_are_never_opened(synth_client, synthetic, attempt):
     _, library = synthetic

@@ -100,7 +100,7 @@ class Catalogue:
     def row(self, song_id) -> int:
         """The row of a song given by its row number or its key; UnknownSong otherwise (paths are not ids)."""
         text = str(song_id)
-        if text.isdigit() and int(text) < len(self.keys):
+        if text.isascii() and text.isdigit() and int(text) < len(self.keys):
             return int(text)
         if text in self.by_key:
             return self.by_key[text]
