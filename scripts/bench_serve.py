@@ -95,6 +95,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
@@ -178,7 +183,9 @@ def main() -> None:
         try:
             row = {"index": label, "startup_s": server.startup_s}
             for clients in (1, 32):
+                cpu = server.cpu_s()
                 figures = load(server.port, args.n, clients, args.requests)
+                figures["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
                 row.update({f"{k}@{clients}": v for k, v in figures.items()})
             row["rss_mib"] = server.rss_mib()
             row["search"] = next((ln for ln in server.output().splitlines() if "search), ready" in ln), "")
@@ -187,14 +194,15 @@ def main() -> None:
         results.append(row)
         print(f"{label}: start-up {row['startup_s']:.1f} s | 1 client p50 {row['p50_ms@1']:.1f} ms p95 "
               f"{row['p95_ms@1']:.1f} ms ({row['rps@1']:.0f} req/s) | 32 clients p50 {row['p50_ms@32']:.1f} ms p95 "
-              f"{row['p95_ms@32']:.1f} ms ({row['rps@32']:.0f} req/s) | RSS {row['rss_mib']:.0f} MiB | "
+              f"{row['p95_ms@32']:.1f} ms ({row['rps@32']:.0f} req/s) | server CPU {row['cpu_ms@32']:.2f} ms/request | RSS {row['rss_mib']:.0f} MiB | "
               f"{row['search'].strip()}", flush=True)
     print()
-    print("| index | start-up | p50 / p95, 1 client | p50 / p95, 32 clients | req/s at 32 | server RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| index | start-up | p50 / p95, 1 client | p50 / p95, 32 clients | req/s at 32 | server CPU per request | server RSS |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['index']} | {r['startup_s']:.1f} s | {r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms | "
-              f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms | {r['rps@32']:.0f} | {r['rss_mib']:.0f} MiB |")
+              f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms | {r['rps@32']:.0f} | {r['cpu_ms@32']:.2f} ms | "
+              f"{r['rss_mib']:.0f} MiB |")
     last = results[-1]
     print(f"\n{last['index']}: p95_32_ms={last['p95_ms@32']:.1f} startup_s={last['startup_s']:.1f} "
           f"(targets with faiss: p95 <= 50 ms at 32 clients, start-up <= 10 s); load average now "

@@ -45,7 +45,18 @@ def trained(tmp_path_factory):
 def server(trained, tmp_path_factory):
     """`python -m siamrec serve run=RUN port=FREE` in a subprocess; yields its URL once it answers."""
     run, _, overrides = trained
-    base = tmp_path_factory.mktemp("serve-cli")
+    yield from serve_cli(run, overrides, tmp_path_factory.mktemp("serve-cli"))
+
+
+@pytest.fixture(scope="module")
+def grouped_server(tmp_path_factory):
+    """The app over a run with a group (artist) column and no model."""
+    base = tmp_path_factory.mktemp("serve-grouped")
+    run = serve_lib.synthetic_run(base / "run", serve_lib.make_library(base / "library"))
+    yield from serve_cli(run, [], base)
+
+
+def serve_cli(run, overrides, base):
     port = free_port()
     cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", *overrides,
            f"paths.cache={base / 'cache'}", f"paths.shared={shared_root()}", f"hydra.run.dir={base / 'out'}"]
@@ -90,6 +101,10 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     """A page of the app whose every request is checked to stay on 127.0.0.1; console errors collected."""
+    yield from open_page(browser, server)
+
+
+def open_page(browser, url):
     context = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
     page = context.new_page()
     page.outside, page.errors = [], []
@@ -105,7 +120,7 @@ def page(browser, server):
     page.route("**/*", guard)
     page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.goto(server)
+    page.goto(url)
     yield page
     context.close()
 
@@ -243,3 +258,24 @@ def test_requests_leaving_localhost_are_caught(page):
     page.evaluate("() => fetch('http://example.invalid/x').catch(() => null)")
     page.wait_for_timeout(200)
     assert page.outside == ["http://example.invalid/x"]
+
+
+def test_groups_are_shown_and_can_be_excluded(browser, grouped_server):
+    for page in open_page(browser, grouped_server):
+        songs = page.request.get(grouped_server + "api/songs").json()
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(songs)}")
+        assert "artist0" in page.inner_text("#library-list")
+        assert page.is_hidden("#upload-form")  # no model in this run: no new songs
+        page.click("#library-list tr[data-id='0'] .seed-btn")
+        page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 10")
+        plain = page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.id)")
+        assert page.is_visible("#group-option")
+        page.check("#exclude-group")
+        page.wait_for_function("() => { const ids = [...document.querySelectorAll('#playlist tbody tr')]"
+                               ".map(r => r.dataset.id); return ids.length === 10 && !ids.includes('1'); }")
+        ids = [int(i) for i in page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.id)")]
+        assert all(songs[i]["group"] != "artist0" for i in ids)
+        expected = page.request.get(grouped_server + "api/recommend?seed=0&k=10&exclude_group=true").json()
+        assert ids == [e["id"] for e in expected["playlist"]]
+        assert "1" in plain  # artist0's other song (same style) is near without the option
+        assert page.errors == [] and page.outside == []
