@@ -388,3 +388,20 @@ def test_a_faiss_index_to_build_does_not_hold_up_the_start(synthetic, tmp_path, 
     after = client.get("/api/recommend", params={"seed": 2, "k": 5}).json()
     assert after["search"] == "hnsw" and client.get("/api/info").json()["index_ready"] is True
     assert not (run / "index.faiss").exists()
+
+
+def test_songs_whose_file_is_gone_are_marked_and_404(synthetic, tmp_path):
+    run, library = synthetic
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = list(csv.reader(open(copy / "items.csv", encoding="utf-8")))
+    rows[1][1] = str(tmp_path / "moved away.flac")  # song 0's file is gone
+    with open(copy / "items.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    client, _ = client_for(copy, tmp_path)
+    songs = client.get("/api/songs").json()
+    assert songs[0]["playable"] == "no" and songs[1]["playable"] == "native"
+    assert client.get("/api/audio/0").status_code == 404
+    assert client.get("/api/recommend", params={"seed": 0, "k": 3}).status_code == 200  # still a seed
+    gz = client.get("/api/songs", headers={"accept-encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip" and gz.json() == songs

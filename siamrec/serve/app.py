@@ -12,6 +12,7 @@ The OpenAPI page is /docs. Songs are addressed by id (row) or key only: a path i
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -140,10 +141,18 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
                 "audio_extensions": list(AUDIO_EXTENSIONS)}
 
     # ------------------------------------------------------------------ library
+    songs_json: dict[str, bytes] = {}  # encoded once (plain and gzip): the library does not change meanwhile
+
     @app.get("/api/songs")
-    def songs():
+    def songs(request: Request):
         """Every song of the library: id (row), key, name, labels, group, playable (native | wav | no)."""
-        return cat.songs()
+        if not songs_json:
+            songs_json["plain"] = JSONResponse(cat.songs()).body
+            songs_json["gzip"] = gzip.compress(songs_json["plain"], compresslevel=5)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(songs_json["gzip"], media_type="application/json",
+                            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return Response(songs_json["plain"], media_type="application/json", headers={"Vary": "Accept-Encoding"})
 
     @app.get("/api/audio/{song_id}")
     def audio(song_id: str, request: Request):

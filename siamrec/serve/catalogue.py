@@ -59,6 +59,7 @@ class Catalogue:
         self.by_key = {k: i for i, k in enumerate(self.keys)}
         self._index_lock = Lock()
         self._open_index(index_cfg)
+        self._present: dict[int, bool] = {}
         self._wav_cache: OrderedDict[int, bytes] = OrderedDict()
         self._wav_lock = Lock()
 
@@ -109,10 +110,16 @@ class Catalogue:
     def song(self, row: int) -> dict:
         ext = Path(self.paths[row]).suffix.lower()
         playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
-        if not self.paths[row]:
+        if playable != "no" and not self._exists(row):
             playable = "no"
         return {"id": row, "key": self.keys[row], "name": self.names[row], "labels": list(self.labels[row]),
                 "group": self.groups[row], "playable": playable}
+
+    def _exists(self, row: int) -> bool:
+        """Whether the song's file is there (checked once per song)."""
+        if row not in self._present:
+            self._present[row] = bool(self.paths[row]) and os.path.isfile(self.paths[row])
+        return self._present[row]
 
     def songs(self) -> list[dict]:
         return [self.song(i) for i in range(len(self.keys))]

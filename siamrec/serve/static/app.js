@@ -199,7 +199,7 @@ async function main() {
   $("#k").value = state.info.k;
   $("#k").max = state.info.max_k;
   $("#group-option").hidden = !state.info.has_groups;
-  if (!state.info.can_embed) { $("#upload-form").hidden = true; }
+  if (!state.info.can_embed) { $("#upload-form").hidden = true; $("#upload-title").hidden = true; }
   renderLibrary();
   $("#search").addEventListener("input", renderLibrary);
   $("#k").addEventListener("change", refresh);
