@@ -405,3 +405,30 @@ def test_songs_whose_file_is_gone_are_marked_and_404(synthetic, tmp_path):
     assert client.get("/api/recommend", params={"seed": 0, "k": 3}).status_code == 200  # still a seed
     gz = client.get("/api/songs", headers={"accept-encoding": "gzip"})
     assert gz.headers["content-encoding"] == "gzip" and gz.json() == songs
+
+
+def test_map_method_umap_when_installed_else_tsne_and_pca_for_large(monkeypatch):
+    import sys
+    import types
+
+    from siamrec.serve import map2d
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # not installed
+    assert map2d.choose_method(500) == "tsne"
+    assert map2d.choose_method(50_000, max_items=20_000) == "pca"
+    calls = {}
+
+    class FakeUMAP:
+        def __init__(self, **kwargs):
+            calls.update(kwargs)
+
+        def fit_transform(self, x):
+            return x[:, :2] * 3.0
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    assert map2d.choose_method(500) == "umap"
+    emb = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    xy = map2d.compute(emb, "umap")
+    assert xy.shape == (40, 2) and calls["metric"] == "cosine" and np.abs(xy).max() == pytest.approx(1.0)
+    with pytest.raises(SiamrecError, match="serve.map"):
+        map2d.choose_method(10, "mds")

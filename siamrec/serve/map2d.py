@@ -53,8 +53,8 @@ def compute(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     if method == "umap":
         import umap
 
-        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed,
-                       n_neighbors=min(15, n - 1)).fit_transform(x)
+        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=min(15, n - 1),
+                       verbose=n > 2000).fit_transform(x)
     elif method == "tsne":
         from sklearn.decomposition import PCA
         from sklearn.manifold import TSNE
@@ -62,7 +62,7 @@ def compute(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         if x.shape[1] > 50 and n > 50:
             x = PCA(n_components=50, random_state=seed).fit_transform(x)
         xy = TSNE(n_components=2, perplexity=float(min(30.0, max(2.0, (n - 1) / 3))), init="pca",
-                  random_state=seed).fit_transform(x)
+                  random_state=seed, verbose=1 if n > 2000 else 0).fit_transform(x)  # progress for long ones
     else:
         from sklearn.decomposition import PCA
 
