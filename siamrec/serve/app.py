@@ -92,7 +92,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     # new songs are decoded in this process (a worker pool per upload would cost more than the decoding)
     embed_cfg = OmegaConf.merge(cfg, {"features": {"workers": 0}})
     embed_lock = threading.Lock()
-    the_map = MapCache(cat.run, cat.emb, str(serve_cfg.get("map", "auto")), int(serve_cfg.get("map_max_items", 20000)))
+    the_map = MapCache(cat.run, cat.emb, str(serve_cfg.get("map", "auto")), int(serve_cfg.get("map_max_items", 5000)))
     plotly_path = plotly_js()
 
     app = FastAPI(title="siamrec", version="1",

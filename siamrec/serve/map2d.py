@@ -18,7 +18,7 @@ CACHE_FILE = "map2d.npz"
 METHODS = ("auto", "umap", "tsne", "pca")
 
 
-def choose_method(n: int, wanted: str = "auto", max_items: int = 20000) -> str:
+def choose_method(n: int, wanted: str = "auto", max_items: int = 5000) -> str:
     if wanted not in METHODS:
         from siamrec.errors import SiamrecError
 
@@ -76,7 +76,7 @@ def compute(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 class MapCache:
     """Computes the map in a background thread (the page polls until it is ready) or loads it from the cache."""
 
-    def __init__(self, run_dir, emb: np.ndarray, wanted: str = "auto", max_items: int = 20000):
+    def __init__(self, run_dir, emb: np.ndarray, wanted: str = "auto", max_items: int = 5000):
         self.path = Path(run_dir) / CACHE_FILE
         self.emb = emb
         self.method = choose_method(len(emb), wanted, int(max_items))
