@@ -238,6 +238,8 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     page.wait_for_timeout(300)
     shot = SCREENSHOT if os.environ.get("SIAMREC_SCREENSHOT") == "1" else tmp_path / "serve.png"
     shot.parent.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 640})
+    page.wait_for_timeout(500)  # plotly re-lays out the map
     page.screenshot(path=str(shot), full_page=False, type="png")
     # an undecodable upload: one clear message on the page
     bad = tmp_path / "not audio.mp3"

@@ -14,6 +14,9 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// plotly renders a few HTML tags in hover text: show names as text
+function esc(text) { return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
+
 function message(text) { $("#message").textContent = text || ""; }
 
 async function api(url, options) {
@@ -167,7 +170,7 @@ async function loadMap() {
   mapTraces = [...byLabel.entries()].map(([label, ids]) => ({
     type: big ? "scattergl" : "scatter", mode: "markers", name: label,
     x: ids.map((i) => body.x[i]), y: ids.map((i) => body.y[i]), customdata: ids,
-    text: ids.map((i) => `${state.songs[i].name}<br>${state.songs[i].labels.join(", ")}`),
+    text: ids.map((i) => `${esc(state.songs[i].name)}<br>${esc(state.songs[i].labels.join(", "))}`),
     hovertemplate: "%{text}<extra></extra>", marker: { size: big ? 4 : 9, line: { width: 0 } },
   }));
   mapTraces.push({ type: "scatter", mode: "markers", name: "seed", x: [], y: [], hoverinfo: "skip", showlegend: false,
