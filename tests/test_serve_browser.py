@@ -141,8 +141,10 @@ def playlist_keys(page) -> list[str]:
 
 
 def wait_playing(page, timeout_s: float = 15.0) -> float:
+    # playing: the clock moves (a 3 s clip may also have ended by the time a busy machine looks)
     page.wait_for_function("() => { const a = document.querySelector('#player'); "
-                           "return a.readyState >= 2 && a.currentTime > 0.3 && !a.paused; }", timeout=timeout_s * 1000)
+                           "return a.readyState >= 2 && a.currentTime > 0.3 && (!a.paused || a.ended); }",
+                           timeout=timeout_s * 1000)
     return page.eval_on_selector("#player", "a => a.currentTime")
 
 
