@@ -36,6 +36,7 @@ COMMANDS = {
     "extract": ("extract", "embed a whole library with a run's model into a feature store"),
     "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
+    "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
 }
 
 # Settings a command uses unless the command line says otherwise.
@@ -48,6 +49,7 @@ RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve")
 ALIASES = {
     "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
     "tag": {"top": "tag.top"},
+    "serve": {"host": "serve.host", "port": "serve.port"},
 }
 
 
@@ -423,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     message, code = None, 0
     try:
-        seed_everything(job_cfg.seed)
+        if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
+            seed_everything(job_cfg.seed)
         make_run_dir(run_dir, job_cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
         with RunLog(run_dir / "run.log"):

@@ -172,9 +172,10 @@ def choose_method(n: int, index_cfg) -> str:
     return method
 
 
-def open_index(run_dir, emb, index_cfg) -> Index:
+def open_index(run_dir, emb, index_cfg, save: bool = True) -> Index:
     """The configured index over a run's embeddings `emb`: a faiss index is loaded from run_dir/index.faiss
-    when it was built from these embeddings with these settings, else built and saved there."""
+    when it was built from these embeddings with these settings, else built and saved there (only kept in
+    memory with save=False, as the web app does: it never writes the run's index)."""
     method = choose_method(len(emb), index_cfg)
     if method == "exact":
         return ExactIndex(emb)
@@ -191,6 +192,9 @@ def open_index(run_dir, emb, index_cfg) -> Index:
         return load_index(path, **search)
     started = time.perf_counter()
     index = build_index(emb, **build, **search)
+    if not save:
+        print(f"built a faiss {method} index of {len(emb)} items in memory in {time.perf_counter() - started:.1f} s")
+        return index
     index.save(path)
     write_json(meta, {"fingerprint": fingerprint, "n": len(emb), **build,
                       "build_s": round(time.perf_counter() - started, 1)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ MANIFEST_COLUMNS = ("path", "labels", "group")
 
 def load_library(data_cfg, paths_cfg=None) -> Library:
     """Read the items of the configured source (`data.source`) and apply label hygiene."""
-    loaders = {"demo": _demo, "folder": _folder, "csv": _csv, "features": _features}
+    loaders = {"demo": _demo, "folder": _folder, "csv": _csv, "features": _features, "playlists": _playlists}
     source = data_cfg.get("source")
     if source not in loaders:
-        raise SiamrecError(f"data.source={source!r}: choose data=demo|folder|csv|features")
+        raise SiamrecError(f"data.source={source!r}: choose data=demo|folder|csv|features|playlists")
     lib = loaders[source](data_cfg, paths_cfg)
     return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
 
@@ -170,3 +171,62 @@ def _features(data_cfg, _paths_cfg=None) -> Library:
     if len(set(keys)) != len(keys):
         raise SiamrecError(f"data.key_column={key_column!r}: values are not unique; pick a column that names each item")
     return Library(keys=keys, paths=[None] * len(keys), labels=labels, groups=list(keys), features=x)
+
+
+PLAYLIST_SUFFIXES = (".m3u", ".m3u8")
+LISTED_MISSING = 1000  # missing entries listed in data_report.json (all are counted)
+
+
+def _playlists(data_cfg, _paths_cfg=None) -> Library:
+    """A folder of M3U/M3U8 playlists as multi-label data: each playlist is a tag, so two songs are positives
+    when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
+    URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries
+    that are not existing files are counted and listed in the data report (data_report.json)."""
+    from urllib.parse import unquote, urlparse
+
+    folder = Path(str(_required(data_cfg, "playlists"))).expanduser()
+    if not folder.is_dir():
+        raise SiamrecError(f"data.playlists={folder}: no such folder; point it at a folder of .m3u/.m3u8 files")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PLAYLIST_SUFFIXES)
+    if not files:
+        raise SiamrecError(f"data.playlists={folder}: no .m3u or .m3u8 playlists in it")
+    tags: dict[str, set[str]] = {}  # song path -> playlists holding it
+    missing: list[dict] = []
+    n_entries = 0
+    for playlist in files:
+        tag = playlist.relative_to(folder).with_suffix("").as_posix()
+        raw = playlist.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            if playlist.suffix.lower() == ".m3u8":
+                raise SiamrecError(f"{playlist}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
+            text = raw.decode("latin-1")
+        for line in text.splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            n_entries += 1
+            if entry.lower().startswith("file://"):
+                entry = unquote(urlparse(entry).path)
+            elif "://" in entry:
+                missing.append({"playlist": tag, "entry": entry, "reason": "not a local file"})
+                continue
+            path = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
+            path = path if path.is_absolute() else playlist.parent / path
+            if not path.is_file():
+                missing.append({"playlist": tag, "entry": entry, "reason": "not found"})
+                continue
+            tags.setdefault(os.path.abspath(path), set()).add(tag)
+    if not tags:
+        raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
+                           "an existing file; entries are paths relative to their playlist file (or absolute)")
+    paths = sorted(tags)
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    keys = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+    if missing:
+        print(f"data.playlists: {len(missing)} of {n_entries} playlist entries not found (listed in data_report.json)")
+    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys))
+    lib.report.update({"source": "playlists", "playlists": len(files), "entries": n_entries,
+                       "songs": len(paths), "missing_entries": len(missing), "missing": missing[:LISTED_MISSING]})
+    return lib

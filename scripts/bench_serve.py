@@ -1,0 +1,213 @@
+"""Latency of the web app's playlist API over a large synthetic catalogue, exact and faiss search.
+
+Writes a run folder with --n (default 100,000) × 128 float32 embeddings (clustered around 1,000 centres) and an
+items.csv of fake paths and labels (no audio, no model), then for each index:
+
+* starts `python -m siamrec serve run=DIR index=...` on a free 127.0.0.1 port and measures the start-up time
+  (spawn → first answer of GET /api/info; for faiss both cold, building the HNSW index in memory, and warm,
+  loading the index.faiss that `recommend ... index=faiss` saves in the run folder);
+* sends --requests GET /api/recommend?seed=ID&k=10 from 1 client, then 32 concurrent clients (keep-alive
+  connections to 127.0.0.1 only; a bounded number of requests), random seeds, and prints p50 / p95 / throughput;
+* reads the server's resident memory (VmRSS) after the requests.
+
+    python scripts/bench_serve.py [--n 100000] [--requests 400] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DIM, CENTRES = 128, 1000
+
+
+def make_run(folder: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
+    c = rng.integers(0, CENTRES, n)
+    emb = centres[c] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "embeddings.npy", emb.astype(np.float32))
+    genres = [f"genre{g:02d}" for g in range(50)]
+    with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["key", "path", "labels", "split"])
+        for i in range(n):
+            key = f"artist{i // 10:05d}/song{i:06d}.flac"
+            w.writerow([key, f"/nonexistent/music/{key}", genres[c[i] % 50], ""])
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(conn: http.client.HTTPConnection, url: str) -> bytes:
+    conn.request("GET", url)
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"{url}: HTTP {r.status} {body[:200]!r}")
+    return body
+
+
+class Server:
+    def __init__(self, run: Path, index: str, log: Path):
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.log = open(log, "w+", encoding="utf-8")
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={self.port}", f"index={index}",
+             f"hydra.run.dir={log.parent / ('out-' + log.stem)}"],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        while True:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"serve exited {self.proc.returncode}:\n{self.log.read()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                get(conn, "/api/info")
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.startup_s = time.perf_counter() - started
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1) -> dict:
+    """`requests` GETs of /api/recommend split over `clients` threads, each with its own keep-alive connection."""
+    seeds = np.random.default_rng(seed).integers(0, n_items, requests)
+    per_client = np.array_split(seeds, clients)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def client(mine):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        get(conn, f"/api/recommend?seed={int(mine[0])}&k=10")  # warm the connection
+        barrier.wait()
+        mine_lat = []
+        for s in mine:
+            t = time.perf_counter()
+            body = get(conn, f"/api/recommend?seed={int(s)}&k=10")
+            mine_lat.append(time.perf_counter() - t)
+            assert len(json.loads(body)["playlist"]) == 10
+        conn.close()
+        with lock:
+            latencies.extend(mine_lat)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(m,)) for m in per_client]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "rps": len(ms) / wall, "requests": len(ms)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--requests", type=int, default=640, help="per load level (bounded)")
+    ap.add_argument("--keep", type=Path, default=None, help="write the synthetic run here (default: a temp folder)")
+    ap.add_argument("--only", choices=("exact", "cold", "warm"), action="append",
+                    help="measure only these (repeatable; default: all three)")
+    args = ap.parse_args()
+    base = args.keep or Path(tempfile.mkdtemp(prefix="siamrec-bench-serve-"))
+    run = base / "run"
+    t = time.perf_counter()
+    make_run(run, args.n)
+    print(f"synthetic run: {args.n} songs × {DIM}-d in {run} ({time.perf_counter() - t:.1f} s); "
+          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    results = []
+    cases = {"exact": ("exact", "exact"),
+             "cold": ("faiss cold (exact search while HNSW builds in the background)", "faiss"),
+             "warm": ("faiss (warm: index.faiss of recommend)", "faiss")}
+    for name in args.only or list(cases):
+        label, index = cases[name]
+        if name == "cold":
+            for stale in ("index.faiss", "index.json"):
+                (run / stale).unlink(missing_ok=True)
+        if label.startswith("faiss (warm"):
+            # the index `recommend run=RUN index=faiss` builds once and keeps next to the embeddings
+            from omegaconf import OmegaConf
+
+            from siamrec.index import open_index
+
+            cfg = OmegaConf.load(REPO / "conf" / "index" / "faiss.yaml")
+            open_index(run, np.load(run / "embeddings.npy"), cfg)
+        server = Server(run, index, base / f"serve-{len(results)}.log")
+        try:
+            row = {"index": label, "startup_s": server.startup_s}
+            for clients in (1, 32):
+                cpu = server.cpu_s()
+                figures = load(server.port, args.n, clients, args.requests)
+                figures["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
+                row.update({f"{k}@{clients}": v for k, v in figures.items()})
+            row["rss_mib"] = server.rss_mib()
+            row["search"] = next((ln for ln in server.output().splitlines() if "search), ready" in ln), "")
+        finally:
+            server.stop()
+        results.append(row)
+        print(f"{label}: start-up {row['startup_s']:.1f} s | 1 client p50 {row['p50_ms@1']:.1f} ms p95 "
+              f"{row['p95_ms@1']:.1f} ms ({row['rps@1']:.0f} req/s) | 32 clients p50 {row['p50_ms@32']:.1f} ms p95 "
+              f"{row['p95_ms@32']:.1f} ms ({row['rps@32']:.0f} req/s) | server CPU {row['cpu_ms@32']:.2f} ms/request | RSS {row['rss_mib']:.0f} MiB | "
+              f"{row['search'].strip()}", flush=True)
+    print()
+    print("| index | start-up | p50 / p95, 1 client | p50 / p95, 32 clients | req/s at 32 | server CPU per request | server RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['index']} | {r['startup_s']:.1f} s | {r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms | "
+              f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms | {r['rps@32']:.0f} | {r['cpu_ms@32']:.2f} ms | "
+              f"{r['rss_mib']:.0f} MiB |")
+    last = results[-1]
+    print(f"\n{last['index']}: p95_32_ms={last['p95_ms@32']:.1f} startup_s={last['startup_s']:.1f} "
+          f"(targets with faiss: p95 <= 50 ms at 32 clients, start-up <= 10 s); load average now "
+          f"{os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`serve run=RUN`: a local web app to browse a run's library, hear songs, get and export playlists.
+
+Binds 127.0.0.1:8000 by default (`serve.host`, `serve.port`); another address needs `serve.allow_remote=true`
+(the app has no authentication) and prints a warning. The app never writes into the run folder except its map
+cache (map2d.npz, atomically); a faiss index is built in memory, never saved there.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from siamrec.errors import SiamrecError
+from siamrec.runs import existing_run
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def check_host(serve_cfg) -> tuple[str, int]:
+    host, port = str(serve_cfg.get("host", "127.0.0.1")), serve_cfg.get("port", 8000)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise SiamrecError(f"serve.port={port!r}: must be an integer in 0..65535")
+    if host not in LOCAL_HOSTS and not host.startswith("127."):
+        if not serve_cfg.get("allow_remote", False):
+            raise SiamrecError(f"serve.host={host}: the app has no authentication, so it listens on this machine "
+                               "only; add serve.allow_remote=true to expose it on your network anyway")
+        print(f"WARNING: serve.host={host}: anyone who can reach this address can browse and download the "
+              "library (no authentication)", flush=True)
+    return host, port
+
+
+def url_of(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def serve(cfg, run_dir) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise SiamrecError(f"serve needs the web extra ({exc.name} is missing): pip install -e \".[serve]\"") from None
+    from siamrec.serve.app import create_app, plotly_js
+
+    host, port = check_host(cfg.serve)
+    run = existing_run(cfg.run)
+    started = time.perf_counter()
+    app = create_app(run, cfg)
+    cat = app.state.catalogue
+    sock = bind(host, port)  # before printing the URL: a port in use is one clear line
+    port = sock.getsockname()[1]
+    app.state.map.start()
+    if plotly_js() is None:
+        print("the map needs plotly: pip install plotly (the other panels work without it)")
+    print(f"{len(cat)} songs of {run} ({cat.index.method} search), ready in {time.perf_counter() - started:.1f} s")
+    print(f"siamrec serve: open {url_of(host, port)} (API: {url_of(host, port)}docs); Ctrl-C stops", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a SiamrecError saying why not."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small JSON answers: no Nagle delay
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        raise SiamrecError(f"serve.port={port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                           "choose another port=") from None
+    sock.set_inheritable(True)
+    return sock

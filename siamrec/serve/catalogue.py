@@ -1,0 +1,226 @@
+"""What the web app serves, without the web: a run's songs, their playlists, audio and exports.
+
+Songs are addressed by id only (their row in items.csv, or their key); a path never comes from a request.
+Playlists of one library seed are computed by siamrec.playlists.playlists exactly as `recommend` computes them,
+so the app and the command agree; several seeds are searched with the normalised mean of their embeddings, and
+"exclude same group" widens the search until k songs of other groups are found.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+import threading
+from threading import Lock
+
+import numpy as np
+
+from siamrec.errors import SiamrecError
+from siamrec.index import ExactIndex, choose_method, import_faiss, normalise, open_index
+from siamrec.playlists import COLUMNS, playlists
+from siamrec.runs import read_embeddings
+
+# formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads them)
+NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
+          ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".webm": "audio/webm"}
+TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc"}
+EXPORT_FORMATS = {"m3u8": "audio/x-mpegurl; charset=utf-8", "csv": "text/csv; charset=utf-8",
+                  "json": "application/json"}
+
+
+class UnknownSong(KeyError):
+    """No song of the library has this id."""
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (text or "").split("|")))
+
+
+class Catalogue:
+    """A run's library (embeddings.npy + items.csv) with its search index, held in memory."""
+
+    def __init__(self, run, index_cfg):
+        self.run = Path(run)
+        emb, items = read_embeddings(self.run)
+        if len(items) == 0:
+            raise SiamrecError(f"run={run}: items.csv lists no songs")
+        self.emb = np.asarray(emb, dtype=np.float32)
+        self.keys = [it["key"] for it in items]
+        self.paths = [it.get("path") or "" for it in items]
+        self.labels = [_labels(it.get("labels", "")) for it in items]
+        # the optional group column (artist, recording); absent or empty: every song is its own group
+        self.groups = [(it.get("group") or "").strip() or it["key"] for it in items]
+        self.has_groups = len(set(self.groups)) < len(self.groups)
+        self.names = [_name(k) for k in self.keys]
+        self.by_key = {k: i for i, k in enumerate(self.keys)}
+        self._index_lock = Lock()
+        self._open_index(index_cfg)
+        self._present: dict[int, bool] = {}
+        self._wav_cache: OrderedDict[int, bytes] = OrderedDict()
+        self._wav_lock = Lock()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _open_index(self, index_cfg, wait_s: float = 1.5) -> None:
+        """self.index: the configured index, never written into the run folder. A faiss index that must be
+        built (no index.faiss of these embeddings in the run) is built in a background thread while exact
+        search answers, so the app starts at once; a saved one is loaded within `wait_s`."""
+        self.index_ready = threading.Event()
+        if choose_method(len(self.emb), index_cfg) == "exact":
+            self.index = ExactIndex(self.emb)
+            self.index_ready.set()
+            return
+        import_faiss().omp_set_num_threads(1)  # one query at a time: OpenMP threads would only spin
+        self.index = None
+
+        def build():
+            try:
+                built = open_index(self.run, self.emb, index_cfg, save=False)
+                with self._index_lock:
+                    self.index = built
+            except Exception as exc:  # noqa: BLE001 - keep answering with exact search
+                print(f"the faiss index could not be built ({exc}); searching exactly", flush=True)
+            self.index_ready.set()
+
+        threading.Thread(target=build, name="siamrec-index", daemon=True).start()
+        if self.index_ready.wait(wait_s) and self.index is not None:
+            return
+        print(f"building the faiss index of {len(self.emb)} songs in the background; exact search until then",
+              flush=True)
+        exact = ExactIndex(self.emb)
+        with self._index_lock:
+            if self.index is None:
+                self.index = exact
+
+    # ---------------------------------------------------------------- lookup
+    def row(self, song_id) -> int:
+        """The row of a song given by its row number or its key; UnknownSong otherwise (paths are not ids)."""
+        text = str(song_id)
+        if text.isascii() and text.isdigit() and int(text) < len(self.keys):
+            return int(text)
+        if text in self.by_key:
+            return self.by_key[text]
+        raise UnknownSong(text)
+
+    def song(self, row: int) -> dict:
+        ext = Path(self.paths[row]).suffix.lower()
+        playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
+        if playable != "no" and not self._exists(row):
+            playable = "no"
+        return {"id": row, "key": self.keys[row], "name": self.names[row], "labels": list(self.labels[row]),
+                "group": self.groups[row], "playable": playable}
+
+    def _exists(self, row: int) -> bool:
+        """Whether the song's file is there (checked once per song)."""
+        if row not in self._present:
+            self._present[row] = bool(self.paths[row]) and os.path.isfile(self.paths[row])
+        return self._present[row]
+
+    def songs(self) -> list[dict]:
+        return [self.song(i) for i in range(len(self.keys))]
+
+    # ---------------------------------------------------------------- playlists
+    def recommend(self, rows: list[int], k: int, exclude_group: bool = False) -> list[dict]:
+        """The k songs nearest to the seed rows (left out of the result). One seed without group exclusion is
+        `recommend`'s playlist, row for row."""
+        if not rows:
+            raise SiamrecError("no seed: give at least one song")
+        rows = list(dict.fromkeys(int(r) for r in rows))
+        if len(rows) == 1 and not exclude_group:
+            r = rows[0]
+            found = playlists(self.emb[[r]], self.index, self.keys, self.labels, self.paths,
+                              [(self.keys[r], self.labels[r])], k, self_index=np.array([r]))
+            return [self._entry(self.by_key[f[3]], f[2], f[5]) for f in found]
+        query = normalise(normalise(self.emb[rows]).mean(axis=0, keepdims=True))
+        groups = {self.groups[r] for r in rows} if exclude_group else set()
+        return self._search(query, k, drop=set(rows), drop_groups=groups)
+
+    def recommend_vector(self, query: np.ndarray, k: int) -> list[dict]:
+        """The playlist of a song outside the library (its embedding), as `recommend` gives it for a new song."""
+        found = playlists(np.asarray(query, np.float32).reshape(1, -1), self.index, self.keys, self.labels,
+                          self.paths, [("upload", ())], k, self_index=np.array([-1]))
+        return [self._entry(self.by_key[f[3]], f[2], f[5]) for f in found]
+
+    def _search(self, query, k: int, drop: set[int], drop_groups: set[str]) -> list[dict]:
+        n = len(self.keys)
+        wanted = min(n, k + len(drop))
+        while True:
+            idx, sims = self.index.search(query, wanted)
+            out = [(int(j), float(s)) for j, s in zip(idx[0], sims[0])
+                   if int(j) not in drop and self.groups[int(j)] not in drop_groups]
+            if len(out) >= k or wanted >= n:
+                break
+            wanted = min(n, wanted * 4)
+        return [self._entry(j, rank, round(s, 6)) for rank, (j, s) in enumerate(out[:k], start=1)]
+
+    def _entry(self, row: int, rank: int, similarity: float) -> dict:
+        return {"rank": int(rank), **self.song(row), "similarity": float(similarity)}
+
+    # ---------------------------------------------------------------- audio
+    def audio(self, row: int) -> tuple[str, str | bytes]:
+        """("file", path) for a format browsers play, ("wav", bytes) for one transcoded to WAV."""
+        path = self.paths[row]
+        if not path or not os.path.isfile(path):
+            raise UnknownSong(str(row))
+        ext = Path(path).suffix.lower()
+        if ext not in TRANSCODED:
+            return "file", path
+        with self._wav_lock:
+            if row in self._wav_cache:
+                self._wav_cache.move_to_end(row)
+                return "wav", self._wav_cache[row]
+        import soundfile as sf
+
+        try:
+            y, sr = sf.read(path, dtype="int16", always_2d=True)
+        except Exception as exc:  # noqa: BLE001 - a broken file of the library: say so, no traceback
+            raise SiamrecError(f"{self.keys[row]}: cannot be read for playback ({exc})") from None
+        buf = io.BytesIO()
+        sf.write(buf, y, sr, format="WAV", subtype="PCM_16")
+        data = buf.getvalue()
+        with self._wav_lock:
+            self._wav_cache[row] = data
+            while len(self._wav_cache) > 8:
+                self._wav_cache.popitem(last=False)
+        return "wav", data
+
+    # ---------------------------------------------------------------- export
+    def export(self, entries: list[dict], fmt: str, seed_name: str, seed_labels=()) -> str:
+        """A playlist (entries with id and similarity) as M3U8 (absolute paths), CSV or JSON (the columns of
+        `recommend out=...`)."""
+        rows = []
+        for rank, e in enumerate(entries, start=1):
+            r = self.row(e["id"])
+            path = os.path.abspath(self.paths[r]) if self.paths[r] else ""
+            rows.append((seed_name, "|".join(seed_labels), rank, self.keys[r], "|".join(self.labels[r]),
+                         float(e.get("similarity", 0.0)), path, self.names[r]))
+        if fmt == "m3u8":
+            lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(seed_name)}"]
+            for *_, path, name in rows:
+                if path:
+                    lines += [f"#EXTINF:-1,{_one_line(name)}", path]
+            return "\n".join(lines) + "\n"
+        if fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(COLUMNS)
+            writer.writerows(r[:7] for r in rows)
+            return buf.getvalue()
+        if fmt == "json":
+            playlist = [dict(zip(COLUMNS[2:], r[2:7])) for r in rows]
+            return json.dumps({seed_name: {"labels": "|".join(seed_labels), "playlist": playlist}},
+                              ensure_ascii=False, indent=2) + "\n"
+        raise SiamrecError(f"format={fmt!r}: choose m3u8, csv or json")
+
+
+def _name(key: str) -> str:
+    return Path(key).stem or key
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())

@@ -1,0 +1,285 @@
+"""The web app in a real browser: headless Chromium (Debian's package, /usr/bin/chromium) driven by Playwright,
+against `python -m siamrec serve` started on a free localhost port over a tiny trained run. Skips with a reason
+when Chromium or playwright is missing. Also saves the screenshot of the README section (docs/serve.png)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import serve_lib
+from conftest import REPO, make_cfg, shared_root
+
+CHROMIUM = os.environ.get("SIAMREC_CHROMIUM", "/usr/bin/chromium")
+# the README's picture: written to docs/serve.png with SIAMREC_SCREENSHOT=1, else into the test's tmp folder
+SCREENSHOT = REPO / "docs" / "serve.png"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+pytest.importorskip("fastapi", reason="the web app needs the [serve] extra: pip install -e '.[serve]'")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set SIAMREC_CHROMIUM)",
+                allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return serve_lib.trained_run(tmp_path_factory.getbasetemp() / "serve-trained")
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    """`python -m siamrec serve run=RUN port=FREE` in a subprocess; yields its URL once it answers."""
+    run, _, overrides = trained
+    yield from serve_cli(run, overrides, tmp_path_factory.mktemp("serve-cli"))
+
+
+@pytest.fixture(scope="module")
+def grouped_server(tmp_path_factory):
+    """The app over a run with a group (artist) column and no model."""
+    base = tmp_path_factory.mktemp("serve-grouped")
+    run = serve_lib.synthetic_run(base / "run", serve_lib.make_library(base / "library"))
+    yield from serve_cli(run, [], base)
+
+
+def serve_cli(run, overrides, base):
+    port = free_port()
+    cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", *overrides,
+           f"paths.cache={base / 'cache'}", f"paths.shared={shared_root()}", f"hydra.run.dir={base / 'out'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONUNBUFFERED": "1"}
+    log = open(base / "serve.log", "w+", encoding="utf-8")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    try:
+        while True:
+            log.seek(0)
+            text = log.read()
+            if f"open {url}" in text:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"serve did not start (exit {proc.poll()}):\n{text}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A page of the app whose every request is checked to stay on 127.0.0.1; console errors collected."""
+    yield from open_page(browser, server)
+
+
+def open_page(browser, url):
+    context = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
+    page = context.new_page()
+    page.outside, page.errors = [], []
+
+    def guard(route):
+        host = urlparse(route.request.url).hostname
+        if route.request.url.startswith(("data:", "blob:")) or host == "127.0.0.1":
+            route.continue_()
+        else:
+            page.outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.goto(url)
+    yield page
+    context.close()
+
+
+def recommend_keys(trained, seed_key: str, k: int, tmp: Path) -> list[str]:
+    from siamrec.commands.recommend import recommend
+
+    run, _, overrides = trained
+    out = tmp / f"rec-{k}"
+    out.mkdir(exist_ok=True)
+    rows = recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed_key}'", f"recommend.k={k}",
+                                            *overrides], tmp), out)
+    return [r[3] for r in rows]
+
+
+def playlist_keys(page) -> list[str]:
+    return page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.key)")
+
+
+def wait_playing(page, timeout_s: float = 15.0) -> float:
+    # playing: the clock moves (a 3 s clip may also have ended by the time a busy machine looks)
+    page.wait_for_function("() => { const a = document.querySelector('#player'); "
+                           "return a.readyState >= 2 && a.currentTime > 0.3 && (!a.paused || a.ended); }",
+                           timeout=timeout_s * 1000)
+    return page.eval_on_selector("#player", "a => a.currentTime")
+
+
+def test_the_app_in_a_browser(page, trained, tmp_path):
+    run, library, overrides = trained
+    songs = page.request.get(page.url + "api/songs").json()
+    n = len(songs)
+
+    # Library: every song, names as they are (Gurmukhi, Devanagari), searchable by name and label
+    page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {n}")
+    names = page.eval_on_selector_all("#library-list .play", "els => els.map(e => e.textContent)")
+    assert sorted(names) == sorted(s["name"] for s in songs)
+    assert "ਪੰਜਾਬੀ ਗੀਤ" in names and "हिंदी गाना" in names
+    page.fill("#search", "हिंदी")
+    page.wait_for_function("document.querySelectorAll('#library-list tr').length === 1")
+    page.fill("#search", "beats")
+    page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === "
+                           f"{sum('beats' in s['labels'] for s in songs)}")
+    page.fill("#search", "")
+    page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {n}")
+
+    # clicking a song plays it (a FLAC, then an .au the server converts to WAV)
+    flac = next(s for s in songs if s["key"].endswith(".flac"))
+    page.click(f"#library-list tr[data-id='{flac['id']}'] .play")
+    assert wait_playing(page) > 0.3
+    au = next(s for s in songs if s["key"].endswith(".au"))
+    page.click(f"#library-list tr[data-id='{au['id']}'] .play")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{au['id']}')")
+    assert wait_playing(page) > 0.3
+    # seeking works (range requests)
+    page.eval_on_selector("#player", "a => { a.currentTime = 2.0; }")
+    page.wait_for_function("document.querySelector('#player').currentTime >= 2.0")
+    page.eval_on_selector("#player", "a => a.pause()")
+
+    # Playlist: a seed's k rows equal `recommend`'s playlist; k adjustable
+    seed = next(s for s in songs if s["name"] == "ਪੰਜਾਬੀ ਗੀਤ")
+    page.click(f"#library-list tr[data-id='{seed['id']}'] .seed-btn")
+    page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 10")
+    assert playlist_keys(page) == recommend_keys(trained, seed["key"], 10, tmp_path)
+    assert "ਪੰਜਾਬੀ ਗੀਤ" in page.inner_text("#seed")
+    page.fill("#k", "4")
+    page.dispatch_event("#k", "change")
+    page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 4")
+    assert playlist_keys(page) == recommend_keys(trained, seed["key"], 4, tmp_path)
+    # a playlist row plays in place
+    first = page.eval_on_selector("#playlist tbody tr", "r => r.dataset.id")
+    page.click("#playlist tbody tr:first-child .play-btn")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{first}')")
+    assert wait_playing(page) > 0.3
+    page.eval_on_selector("#player", "a => a.pause()")
+
+    # Export: the M3U8 lists the same songs, absolute paths
+    with page.expect_download() as dl:
+        page.click("#export-m3u8")
+    text = Path(dl.value.path()).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U"
+    paths = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert paths == [str((library / key).resolve()) for key in playlist_keys(page)]
+
+    # "more like these": several seeds
+    picks = [s["id"] for s in songs[:2]]
+    for i in picks:
+        page.check(f"#library-list tr[data-id='{i}'] .pick")
+    page.click("#more-like")
+    page.wait_for_function(f"document.querySelector('#seed').dataset.ids === '{','.join(map(str, picks))}'")
+    expected = page.request.get(page.url + f"api/recommend?seed={picks[0]}&seed={picks[1]}&k=4").json()
+    assert playlist_keys(page) == [e["key"] for e in expected["playlist"]]
+
+    # Map: one point per song; clicking one makes it the seed
+    page.wait_for_function("() => { const m = document.querySelector('#map'); return m.data && "
+                           f"m.data.reduce((t, d) => t + (d.customdata || []).length, 0) === {n}; }}",
+                           timeout=60_000)
+    assert page.locator("#map .scatterlayer .point").count() >= n  # drawn (+ the seed marker)
+    point = page.locator("#map .scatterlayer .trace:first-child .point").nth(1)
+    target = point.evaluate("p => { const d = p.__data__; const tr = p.closest('.trace').__data__[0].trace; "
+                            "return tr.customdata[d.i]; }")
+    box = point.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(f"document.querySelector('#seed').dataset.ids === '{target}'")
+    assert playlist_keys(page) == recommend_keys(trained, songs[target]["key"], 4, tmp_path)
+
+    # New song: upload a copy of a library song; its twin comes first
+    twin = library / "high" / "high_3.flac"
+    new = tmp_path / "नया गाना.flac"
+    shutil.copy(twin, new)
+    page.set_input_files("#upload-file", str(new))
+    page.click("#upload-btn")
+    page.wait_for_function("document.querySelector('#seed').textContent.includes('नया गाना')", timeout=60_000)
+    assert playlist_keys(page) == recommend_keys(trained, str(new), 4, tmp_path)
+    assert playlist_keys(page)[0] == "high/high_3.flac"
+    page.wait_for_timeout(300)
+    shot = SCREENSHOT if os.environ.get("SIAMREC_SCREENSHOT") == "1" else tmp_path / "serve.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 640})
+    page.wait_for_timeout(500)  # plotly re-lays out the map
+    page.screenshot(path=str(shot), full_page=False, type="png")
+    # an undecodable upload: one clear message on the page
+    bad = tmp_path / "not audio.mp3"
+    bad.write_bytes(b"\x00 this is not audio " * 50)
+    page.set_input_files("#upload-file", str(bad))
+    page.click("#upload-btn")
+    page.wait_for_function("document.querySelector('#message').textContent.length > 0", timeout=60_000)
+    assert page.inner_text("#message").startswith("not audio.mp3: not audio siamrec can decode")
+
+    page.errors[:] = [e for e in page.errors if "422" not in e]  # the bad upload's expected HTTP error
+    assert page.errors == []
+    assert page.outside == []
+    assert 10_000 < shot.stat().st_size < 300_000
+
+
+def test_requests_leaving_localhost_are_caught(page):
+    """The guard itself works: a request to another host is recorded and aborted (so the test above can fail)."""
+    page.evaluate("() => fetch('http://example.invalid/x').catch(() => null)")
+    page.wait_for_timeout(200)
+    assert page.outside == ["http://example.invalid/x"]
+
+
+def test_groups_are_shown_and_can_be_excluded(browser, grouped_server):
+    for page in open_page(browser, grouped_server):
+        songs = page.request.get(grouped_server + "api/songs").json()
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(songs)}")
+        assert "artist0" in page.inner_text("#library-list")
+        assert page.is_hidden("#upload-form")  # no model in this run: no new songs
+        page.click("#library-list tr[data-id='0'] .seed-btn")
+        page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 10")
+        plain = page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.id)")
+        assert page.is_visible("#group-option")
+        page.check("#exclude-group")
+        page.wait_for_function("() => { const ids = [...document.querySelectorAll('#playlist tbody tr')]"
+                               ".map(r => r.dataset.id); return ids.length === 10 && !ids.includes('1'); }")
+        ids = [int(i) for i in page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.id)")]
+        assert all(songs[i]["group"] != "artist0" for i in ids)
+        expected = page.request.get(grouped_server + "api/recommend?seed=0&k=10&exclude_group=true").json()
+        assert ids == [e["id"] for e in expected["playlist"]]
+        assert "1" in plain  # artist0's other song (same style) is near without the option
+        assert page.errors == [] and page.outside == []
