@@ -75,3 +75,20 @@ def head_from_yaml(name: str, **overrides):
     if "seed" in cfg:
         cfg.seed = 0
     return head_from_config(OmegaConf.merge(cfg, overrides))
+
+
+def _from_yaml(group: str, selector: str, values: dict):
+    """conf/GROUP/<values[selector]>.yaml (the shipped defaults and `_target_`) with `values` over it."""
+    from omegaconf import OmegaConf
+
+    path = REPO / "conf" / group / f"{values.get(selector)}.yaml"
+    base = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
+    return OmegaConf.merge(base, values)
+
+
+def data_yaml(values: dict):
+    return _from_yaml("data", "source", values)
+
+
+def split_yaml(values: dict):
+    return _from_yaml("split", "kind", values)

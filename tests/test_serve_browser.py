@@ -1,6 +1,6 @@
 """The web app in a real browser: headless Chromium (Debian's package, /usr/bin/chromium) driven by Playwright,
 against `python -m siamrec serve` started on a free localhost port over a tiny trained run. Skips with a reason
-when Chromium or playwright is missing. Also saves the screenshot of the README section (docs/serve.png)."""
+when Chromium or playwright is missing. Also saves the screenshot of the README section (siamrec/serve/static/screenshot.png)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import serve_lib
 from conftest import REPO, make_cfg, shared_root
 
 CHROMIUM = os.environ.get("SIAMREC_CHROMIUM", "/usr/bin/chromium")
-# the README's picture: written to docs/serve.png with SIAMREC_SCREENSHOT=1, else into the test's tmp folder
-SCREENSHOT = REPO / "docs" / "serve.png"
+# the README's picture: written to siamrec/serve/static/screenshot.png with SIAMREC_SCREENSHOT=1, else into the test's tmp folder
+SCREENSHOT = REPO / "siamrec" / "serve" / "static" / "screenshot.png"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 pytest.importorskip("fastapi", reason="the web app needs the [serve] extra: pip install -e '.[serve]'")

@@ -14,9 +14,11 @@ from conftest import make_cfg, tone
 from siamrec.data.sources import load_library
 from siamrec.errors import SiamrecError
 
+from conftest import data_yaml, split_yaml  # noqa: E402
+
 
 def cfg(folder, **extra):
-    return OmegaConf.create({"source": "playlists", "playlists": str(folder), "min_label_count": 1, **extra})
+    return data_yaml({"source": "playlists", "playlists": str(folder), "min_label_count": 1, **extra})
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_playlists_errors_are_one_clear_line(tmp_path):
     with pytest.raises(SiamrecError, match="not UTF-8"):
         load_library(cfg(tmp_path / "empty"))
     with pytest.raises(SiamrecError, match="data.playlists is not set"):
-        load_library(OmegaConf.create({"source": "playlists", "playlists": "???"}))
+        load_library(data_yaml({"source": "playlists", "playlists": "???"}))
 
 
 def test_train_on_playlists_then_recommend_a_song_in_no_playlist(tmp_path):
@@ -107,7 +109,7 @@ def test_train_on_playlists_then_recommend_a_song_in_no_playlist(tmp_path):
     run.mkdir()
     seed_everything(0)
     overrides = ["data=playlists", f"data.playlists={lists}", "backbone.pretrained=false", "split.valid=0.25",
-                 "split.test=0.25", "plots=false"]
+                 "split.test=0.5", "plots=false"]
     train(make_cfg("train", ["+model=lda", *overrides], tmp_path), run)
     report = json.loads((run / "data_report.json").read_text())
     assert report["missing_entries"] == 3 and report["songs"] == 12

@@ -18,12 +18,16 @@ MANIFEST_COLUMNS = ("path", "labels", "group")
 
 
 def load_library(data_cfg, paths_cfg=None) -> Library:
-    """Read the items of the configured source (`data.source`) and apply label hygiene."""
-    loaders = {"demo": _demo, "folder": _folder, "csv": _csv, "features": _features, "playlists": _playlists}
-    source = data_cfg.get("source")
-    if source not in loaders:
-        raise SiamrecError(f"data.source={source!r}: choose data=demo|folder|csv|features|playlists")
-    lib = loaders[source](data_cfg, paths_cfg)
+    """Read the items of the configured source (its loader is the YAML's `_target_`, a function
+    (data_cfg, paths_cfg) → Library) and apply label hygiene."""
+    from hydra.utils import get_method
+
+    try:
+        loader = get_method(data_cfg._target_)
+    except Exception:  # noqa: BLE001 - a hand-written data config
+        raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
+                           "not a data source; choose data=demo|folder|csv|features|playlists") from None
+    lib = loader(data_cfg, paths_cfg)
     return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
 
 
@@ -34,7 +38,7 @@ def _required(data_cfg, key: str) -> str:
     return value
 
 
-def _folder(data_cfg, _paths_cfg=None) -> Library:
+def from_folder(data_cfg, _paths_cfg=None) -> Library:
     root = Path(str(_required(data_cfg, "root"))).expanduser()
     if not root.is_dir():
         raise SiamrecError(f"data.root={root}: no such folder; point it at a folder with one sub-folder per label")
@@ -105,12 +109,12 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
     return Library(keys=keys, paths=paths, labels=labels, groups=groups)
 
 
-def _csv(data_cfg, _paths_cfg=None) -> Library:
+def from_csv(data_cfg, _paths_cfg=None) -> Library:
     manifest = Path(str(_required(data_cfg, "manifest"))).expanduser()
     return read_manifest(manifest, label_sep=data_cfg.get("label_sep", "|"))
 
 
-def _demo(data_cfg, paths_cfg) -> Library:
+def demo(data_cfg, paths_cfg) -> Library:
     from siamrec.data.demo import ensure_demo
 
     label_kind = data_cfg.get("labels", "genre")
@@ -124,7 +128,7 @@ def _demo(data_cfg, paths_cfg) -> Library:
                          allowed_columns=("path", "labels", "tags", "group"))
 
 
-def _features(data_cfg, _paths_cfg=None) -> Library:
+def from_features(data_cfg, _paths_cfg=None) -> Library:
     files = data_cfg.get("features")
     if files in (None, "", "???"):
         raise SiamrecError("data.features is not set: pass data.features=[A.npy,B.npy,...]")
@@ -177,7 +181,7 @@ PLAYLIST_SUFFIXES = (".m3u", ".m3u8")
 LISTED_MISSING = 1000  # missing entries listed in data_report.json (all are counted)
 
 
-def _playlists(data_cfg, _paths_cfg=None) -> Library:
+def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     """A folder of M3U/M3U8 playlists as multi-label data: each playlist is a tag, so two songs are positives
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
     URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries

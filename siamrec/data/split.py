@@ -17,14 +17,26 @@ KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "a
 
 
 def make_split(lib: Library, split_cfg) -> np.ndarray:
-    """One of 'train' / 'valid' / 'test' / '' (unused) per item."""
-    kind = split_cfg.get("kind")
-    if kind == "stratified":
-        return stratified_split(lib, valid=split_cfg.get("valid", 0.1), test=split_cfg.get("test", 0.2),
-                                seed=split_cfg.get("seed", 0))
-    if kind == "files":
-        return files_split(lib, {name: split_cfg.get(name) for name in SPLITS})
-    raise SiamrecError(f"split.kind={kind!r}: choose split=stratified or split=files")
+    """One of 'train' / 'valid' / 'test' / '' (unused) per item, from the splitter named by the YAML's `_target_`
+    (a function (lib, split_cfg) → split)."""
+    from hydra.utils import get_method
+
+    try:
+        splitter = get_method(split_cfg._target_)
+    except Exception:  # noqa: BLE001 - a hand-written split config
+        raise SiamrecError(f"split.kind={split_cfg.get('kind')!r} (split._target_={split_cfg.get('_target_')!r}): "
+                           "not a splitter; choose split=stratified or split=files") from None
+    return splitter(lib, split_cfg)
+
+
+def stratified(lib: Library, split_cfg) -> np.ndarray:
+    """split=stratified: see stratified_split."""
+    return stratified_split(lib, valid=split_cfg.valid, test=split_cfg.test, seed=split_cfg.seed)
+
+
+def by_files(lib: Library, split_cfg) -> np.ndarray:
+    """split=files: see files_split."""
+    return files_split(lib, {name: split_cfg.get(name) for name in SPLITS})
 
 
 def stratified_split(lib: Library, valid: float, test: float, seed: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from siamrec.data.library import Library, apply_label_hygiene
 from siamrec.data.sources import load_library, read_manifest
 from siamrec.errors import SiamrecError
 
+from conftest import data_yaml, split_yaml  # noqa: E402
+
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -41,16 +43,16 @@ def assert_user_error(excinfo, *names):
 
 
 def folder_cfg(root, **kw):
-    return OmegaConf.create({"source": "folder", "root": str(root), "min_label_count": 1, **kw})
+    return data_yaml({"source": "folder", "root": str(root), "min_label_count": 1, **kw})
 
 
 def csv_cfg(manifest, **kw):
-    return OmegaConf.create({"source": "csv", "manifest": str(manifest), "label_sep": "|", "min_label_count": 1,
+    return data_yaml({"source": "csv", "manifest": str(manifest), "label_sep": "|", "min_label_count": 1,
                              **kw})
 
 
 def features_cfg(features, labels, **kw):
-    return OmegaConf.create({"source": "features", "features": features, "labels": str(labels),
+    return data_yaml({"source": "features", "features": features, "labels": str(labels),
                              "label_column": "label", "key_column": None, "label_sep": "|",
                              "min_label_count": 1, **kw})
 
@@ -102,7 +104,7 @@ def test_folder_extensions_setting_restricts_and_default_covers_audio(tmp_path):
         write_audio(root / rel)
     only_flac = load_library(folder_cfg(root, extensions=[".FLAC"]))  # dot and case tolerated
     assert sorted(only_flac.keys) == ["a/y.flac", "b/z.flac"]
-    default = load_library(OmegaConf.create({"source": "folder", "root": str(root)}))  # no extensions key
+    default = load_library(data_yaml({"source": "folder", "root": str(root)}))  # no extensions key
     assert sorted(default.keys) == ["a/x.wav", "a/y.flac", "b/w.wav", "b/z.flac"]
 
 
@@ -137,7 +139,7 @@ def test_folder_root_is_a_file(tmp_path):
 
 def test_folder_root_not_set():
     with pytest.raises(SiamrecError) as e:
-        load_library(OmegaConf.create({"source": "folder", "root": "???"}))
+        load_library(data_yaml({"source": "folder", "root": "???"}))
     assert_user_error(e, "data.root")
 
 
@@ -175,7 +177,7 @@ def test_folder_min_label_count_applied(tmp_path):
 
 def test_unknown_source():
     with pytest.raises(SiamrecError) as e:
-        load_library(OmegaConf.create({"source": "sql"}))
+        load_library(data_yaml({"source": "sql"}))
     assert_user_error(e, "data.source", "sql")
 
 
@@ -238,7 +240,7 @@ def test_csv_missing_manifest(tmp_path):
 
 def test_csv_manifest_not_set():
     with pytest.raises(SiamrecError) as e:
-        load_library(OmegaConf.create({"source": "csv", "manifest": "???"}))
+        load_library(data_yaml({"source": "csv", "manifest": "???"}))
     assert_user_error(e, "data.manifest")
 
 
@@ -428,7 +430,7 @@ def test_features_labels_file_missing_or_unset(tmp_path):
 
 def test_features_not_set():
     with pytest.raises(SiamrecError) as e:
-        load_library(OmegaConf.create({"source": "features", "features": "???", "labels": "l.csv"}))
+        load_library(data_yaml({"source": "features", "features": "???", "labels": "l.csv"}))
     assert_user_error(e, "data.features")
 
 
@@ -450,18 +452,18 @@ def test_demo_source_reads_genre_or_tags_from_the_demo_manifest(tmp_path, monkey
     paths = OmegaConf.create({"cache": str(tmp_path / "cache")})
     cfg = {"source": "demo", "n_per_style": 3, "duration": 2.5, "min_label_count": 1}
 
-    genre = load_library(OmegaConf.create({**cfg, "labels": "genre"}), paths)
+    genre = load_library(data_yaml({**cfg, "labels": "genre"}), paths)
     assert calls[-1] == (tmp_path / "cache" / "demo", 3, 2.5)
     assert genre.labels == [("rock",), ("jazz",)]
     assert genre.groups == ["a0", "a1"]
     assert Path(genre.paths[0]) == tmp_path / "cache" / "demo" / "fake" / "rock" / "r0.flac"
 
-    tags = load_library(OmegaConf.create({**cfg, "labels": "tags"}), paths)
+    tags = load_library(data_yaml({**cfg, "labels": "tags"}), paths)
     assert tags.labels == [("fast", "distorted"), ("slow", "acoustic")]
     assert tags.multilabel
 
     with pytest.raises(SiamrecError) as e:
-        load_library(OmegaConf.create({**cfg, "labels": "mood"}), paths)
+        load_library(data_yaml({**cfg, "labels": "mood"}), paths)
     assert_user_error(e, "data.labels", "mood")
 
 

@@ -14,6 +14,8 @@ from siamrec.data.library import Library
 from siamrec.data.split import make_split, write_split
 from siamrec.errors import SiamrecError
 
+from conftest import data_yaml, split_yaml  # noqa: E402
+
 SIDES = ("train", "valid", "test")
 
 
@@ -40,7 +42,7 @@ def single_label_lib(n_labels=10, per_label=20, groups=None) -> Library:
 
 
 def stratified(lib, valid=0.1, test=0.2, seed=0):
-    cfg = OmegaConf.create({"kind": "stratified", "valid": valid, "test": test, "seed": seed})
+    cfg = split_yaml({"kind": "stratified", "valid": valid, "test": test, "seed": seed})
     return make_split(lib, cfg)
 
 
@@ -59,7 +61,7 @@ def write_list(path: Path, entries) -> str:
 
 
 def files_cfg(train=None, valid=None, test=None):
-    return OmegaConf.create({"kind": "files", "train": train, "valid": valid, "test": test})
+    return split_yaml({"kind": "files", "train": train, "valid": valid, "test": test})
 
 
 # ---------------------------------------------------------------------------------------------- stratified
@@ -169,7 +171,7 @@ def test_stratified_bad_fractions(valid, test, named):
 
 def test_unknown_split_kind():
     with pytest.raises(SiamrecError) as e:
-        make_split(single_label_lib(2, 5), OmegaConf.create({"kind": "random"}))
+        make_split(single_label_lib(2, 5), split_yaml({"kind": "random"}))
     assert_user_error(e, "split.kind", "random")
 
 
