@@ -32,7 +32,13 @@ from siamrec.extractor import file_digest, file_stat
 from siamrec.runs import write_json
 
 # The files of a run folder that make up its model (those present are hashed and copied).
-MODEL_FILES = ("extractor.json", "backbone.keras", "head.json", "model.keras", "lda.npz", "scaler.npz")
+MODEL_FILES = ("extractor.json", "head.json", "model.keras", "lda.npz", "scaler.npz")
+
+
+def model_files(run_dir) -> list[Path]:
+    """The run's model files that exist: its head and encoder files and every backbone model (backbone*.keras)."""
+    run_dir = Path(run_dir)
+    return [run_dir / n for n in MODEL_FILES if (run_dir / n).is_file()] + sorted(run_dir.glob("backbone*.keras"))
 FIELDS = ("keys", "sizes", "mtimes", "digests", "embeddings")
 
 
@@ -40,11 +46,9 @@ def run_fingerprint(run_dir) -> str:
     """Hash of the run's model files (its bundle, clip settings, weights and head): equal fingerprints give equal
     embeddings."""
     h = hashlib.sha256()
-    for name in MODEL_FILES:
-        path = Path(run_dir) / name
-        if path.is_file():
-            h.update(name.encode())
-            h.update(path.read_bytes())
+    for path in model_files(run_dir):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:20]
 
 

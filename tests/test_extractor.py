@@ -220,7 +220,7 @@ def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tm
     run = tmp_path / "combined"
     run.mkdir()
     cfg = cfg_factory("train", "+model=identity", "data=folder", f"data.root={toy_library}", *TOY,
-                      "features.parts=[low]", "plots=false", f"paths.shared={shared}",
+                      "features.parts=[low]", "plots=false", f"paths.shared={shared}", "split.test=0.34",
                       "features.combine=[{backbone:choi2017_keras2,parts:[block5]}]")
     train(cfg, run)
     emb, items = read_embeddings(run)
@@ -235,3 +235,14 @@ def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tm
     again = embed_new_songs(run, [str(song)], cfg)
     row = [it["key"] for it in items].index("mid/mid_3.wav")
     np.testing.assert_allclose(again[0], emb[row], rtol=1e-4, atol=1e-5)
+    # extract carries every backbone's model and the statistics: its rows are the run's
+    from siamrec.commands.extract import extract
+
+    out = tmp_path / "extracted"
+    extract(cfg_factory("extract", f"run={run}", "data=folder", f"data.root={toy_library}", f"extract.out={out}",
+                        *TOY), tmp_path)
+    assert (out / "backbone_2.keras").is_file()
+    ext, ext_items = read_embeddings(out)
+    by_key = {it["key"]: r for it, r in zip(items, emb)}
+    for it, r in zip(ext_items, ext):
+        np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-5)

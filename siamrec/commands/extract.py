@@ -21,7 +21,7 @@ from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings
 from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
-from siamrec.store import MODEL_FILES, FeatureStore, run_fingerprint
+from siamrec.store import FeatureStore, model_files, run_fingerprint
 
 SHOWN_FAILURES = 5
 
@@ -67,9 +67,8 @@ def extract(cfg, run_dir) -> Path:
         emb = store.embeddings([final[i] for i in rows])
         kept = lib.subset(rows)
         write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups)
-        for name in MODEL_FILES:
-            if (run / name).is_file():
-                atomic_write_bytes(out / name, (run / name).read_bytes())
+        for path in model_files(run):
+            atomic_write_bytes(out / path.name, path.read_bytes())
     finally:
         store.unlock()
     wall = time.perf_counter() - started
