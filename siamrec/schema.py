@@ -178,6 +178,7 @@ DATA = {
     "folder": {**_DATA_COMMON, "source": choice("folder"), "root": path(),
                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")},
     "csv": {**_DATA_COMMON, "source": choice("csv"), "manifest": path()},
+    "playlists": {**_DATA_COMMON, "source": choice("playlists"), "playlists": path()},
     "features": {**_DATA_COMMON, "source": choice("features"),
                  "features": one_of(path(), list_of(path(), min_len=1), allowed="a .npy file or a list of them"),
                  "labels": path(), "label_column": string(), "key_column": string(null=True)},

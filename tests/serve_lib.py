@@ -57,7 +57,7 @@ def trained_run(base: Path) -> tuple[Path, Path, list[str]]:
     library = base / "library"
     run = base / "run"
     overrides = ["data=folder", f"data.root={library}", "backbone.pretrained=false", "split.valid=0.2",
-                 "split.test=0.2", "features.batch_size=8", "plots=false"]
+                 "split.test=0.4", "features.batch_size=8", "plots=false"]
     if (run / "items.csv").is_file():
         return run, library, overrides
     make_library(library)

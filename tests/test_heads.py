@@ -33,7 +33,7 @@ def test_lda_projects_to_classes_minus_one_dims_and_separates_held_out_items():
     centres = rng.normal(scale=6.0, size=(3, 6))  # the same centres as separable(seed=0), fresh noise
     classes_test = np.repeat(np.arange(3), 10)
     x_test = (centres[classes_test] + np.random.default_rng(9).normal(size=(30, 6))).astype(np.float32)
-    head = LDAHead({"use_valid": False})
+    head = LDAHead(**{"use_valid": False})
     head.fit(x, y)
     z = head.transform(x_test)
     assert z.shape == (len(x_test), 2) and z.dtype == np.float32  # n_classes - 1 discriminant axes
@@ -46,7 +46,7 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     x, y, classes = separable(seed=1)
-    head = LDAHead({"use_valid": False})
+    head = LDAHead(**{"use_valid": False})
     head.fit(x, y)
     reference = LinearDiscriminantAnalysis(solver="svd").fit(x, classes).transform(x)
     np.testing.assert_allclose(head.transform(x), reference, rtol=1e-4, atol=1e-4)
@@ -55,9 +55,9 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
 def test_lda_uses_the_validation_items_only_when_asked():
     x, y, _ = separable(seed=2)
     xv, yv, _ = separable(seed=3, n_per_class=5)
-    with_valid = LDAHead({"use_valid": True})
+    with_valid = LDAHead(**{"use_valid": True})
     with_valid.fit(x, y, xv, yv)
-    without = LDAHead({"use_valid": False})
+    without = LDAHead(**{"use_valid": False})
     without.fit(x, y, xv, yv)
     np.testing.assert_allclose(without.mean, x.astype(np.float64).mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(with_valid.mean, np.concatenate([x, xv]).astype(np.float64).mean(axis=0), atol=1e-5)
@@ -66,10 +66,11 @@ def test_lda_uses_the_validation_items_only_when_asked():
 
 def test_lda_save_and_load_round_trip(tmp_path):
     x, y, _ = separable(seed=4)
-    head = LDAHead({"use_valid": True})
+    head = LDAHead(**{"use_valid": True})
     head.fit(x, y)
     head.save(tmp_path)
-    assert json.loads((tmp_path / "head.json").read_text()) == {"kind": "lda", "cfg": {"use_valid": True}}
+    assert json.loads((tmp_path / "head.json").read_text()) == {
+        "kind": "lda", "target": "siamrec.models.heads.LDAHead", "cfg": {"use_valid": True}}
     loaded = load_head(tmp_path)
     assert isinstance(loaded, LDAHead)
     np.testing.assert_array_equal(loaded.transform(x), head.transform(x))
@@ -82,14 +83,14 @@ def test_lda_save_and_load_round_trip(tmp_path):
 def test_lda_refuses_multi_label_and_single_class_data(labels, words):
     x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
     with pytest.raises(SiamrecError, match=words):
-        LDAHead({"use_valid": False}).fit(x, labels)
+        LDAHead(**{"use_valid": False}).fit(x, labels)
 
 
 # ------------------------------------------------------------------------------------------------ report_failures
 
 
 def test_report_failures_lists_them_and_stops_only_above_the_allowed_fraction(tmp_path, capsys):
-    from siamrec.features import report_failures
+    from siamrec.extractor import report_failures
 
     keys = [f"k{i}" for i in range(10)]
     paths = [f"/music/ਗੀਤ {i}.mp3" for i in range(10)]
@@ -106,7 +107,7 @@ def test_report_failures_lists_them_and_stops_only_above_the_allowed_fraction(tm
 
 
 def test_report_failures_without_failures_writes_nothing(tmp_path):
-    from siamrec.features import report_failures
+    from siamrec.extractor import report_failures
 
     report_failures(tmp_path, ["a"], ["/a.wav"], [], 0.0)
     assert not (tmp_path / "failed.csv").exists()

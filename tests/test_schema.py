@@ -44,8 +44,8 @@ def test_every_shipped_option_validates(overrides):
     ("features.workers=abc", ["features.workers='abc'", ">= 0 or null"]),
     ("features.batch_size=0", ["features.batch_size=0"]),
     ("clip.offset=sideways", ["clip.offset='sideways'", "start, middle"]),
-    ("+clip.windows=spread:0", ["clip.windows='spread:0'", "spread:K"]),
-    ("+clip.pool=max", ["clip.pool='max'", "mean|mean_std"]),
+    ("clip.windows=spread:0", ["clip.windows='spread:0'", "spread:K"]),
+    ("clip.pool=max", ["clip.pool='max'", "mean|mean_std"]),
     ("seed=-1", ["seed=-1"]),
     ("plots=maybe", ["plots='maybe'", "true or false"]),
     ("data.min_label_count=0", ["data.min_label_count=0"]),
@@ -73,8 +73,9 @@ def test_model_keys_are_checked_per_model():
 
 def test_the_lead_s_new_keys_validate():
     cfg = strip_hydra(compose("train", [
-        "+model=siamese", "+model.train_on=windows", "+clip.windows=spread:4", "+clip.hop=2.5",
-        "+clip.max_windows=64", "+clip.pool=mean_std", "+features.parts=[block1,block2]", "+extract.engine=ray",
+        "+model=siamese", "model.train_on=windows", "clip.windows=spread:4", "clip.hop=2.5",
+        "clip.max_windows=64", "clip.pool=mean_std", "features.parts=[block1,block2]", "extract.engine=ray",
+        "features.combine=[{backbone:musicnn_msd,parts:[penultimate]}]", "model.trainable=last:2",
         "+extract.ray={address:null,actors:2,num_gpus:0.5}", "seed=1"]))
     assert schema.problems(cfg) == []
 
