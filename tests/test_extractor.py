@@ -33,6 +33,8 @@ def test_window_plans():
     assert WindowPlan(**plan).starts(1000) == [0]
     assert WindowPlan(**plan, offset="middle").starts(1000) == [450]
     assert WindowPlan(**plan, mode="spread", count=4).starts(1000) == [0, 300, 600, 900]
+    assert WindowPlan(**plan, mode="spread", count=4).starts(150) == [0, 25, 50]  # at most 3/4 overlap
+    assert WindowPlan(**plan, mode="spread", count=4).starts(110) == [0]
     assert WindowPlan(**plan, mode="all").starts(1000) == list(range(0, 1000, 100))
     assert WindowPlan(**plan, mode="all").starts(1050) == list(range(0, 1000, 100))  # the partial tail is dropped
     assert WindowPlan(**plan, mode="all", max_windows=3).starts(1000) == [0, 400, 900]  # spread evenly when capped

@@ -2,7 +2,8 @@
 
 The one decoder of the project. A `WindowPlan` (built from the `clip` settings and the backbone bundle) says which
 windows of a song to read: `first` (one window at `clip.offset`), `spread:K` (K windows spaced evenly over the whole
-song) or `all` (every window, `hop` apart, at most `max_windows` of them, spread evenly when there are more).
+song; neighbours overlap by at most 3/4 of a window, so a song too short for K such windows gets fewer) or `all`
+(every window, `hop` apart, at most `max_windows` of them, spread evenly when there are more).
 Windows are read by seeking (soundfile), so decoding cost grows with the number of windows, not with the song's
 length; each window is read with a short margin on both sides, aligned to the resampling grid, so that resampling
 a window gives the same samples as resampling the whole song (up to the filter's precision). Formats soundfile
@@ -84,8 +85,9 @@ class WindowPlan:
             return [start]
         if total <= body:
             return [0]
-        if self.mode == "spread":
-            return sorted({int(round(s)) for s in np.linspace(0, total - body, self.count)})
+        if self.mode == "spread":  # windows overlap by at most 3/4 of a window: a short song gets fewer of them
+            count = min(self.count, int((total - body) // max(body // 4, 1)) + 1)
+            return sorted({int(round(s)) for s in np.linspace(0, total - body, count)})
         n = (total - body) // self.hop + 1
         chosen = range(n) if n <= self.max_windows else np.unique(np.round(np.linspace(0, n - 1, self.max_windows)))
         return [int(i) * self.hop for i in chosen]
