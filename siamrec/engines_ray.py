@@ -32,10 +32,16 @@ COLUMNS = ("index", "key", "size", "mtime", "digest", "embedding", "error", "act
            "load_s")
 
 
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 @contextmanager
 def _loopback_only():
-    """A cluster this engine starts for itself serves this machine only: it listens on 127.0.0.1, not on the
-    machine's network address (Ray resolves 127.0.0.1 to that address unless its cluster mode is off, as on macOS)."""
+    """Loopback stays loopback: a cluster this engine starts for itself serves this machine only and listens on
+    127.0.0.1 (not on the machine's network address), and `extract.ray.address=127.0.0.1:PORT` reaches a cluster
+    listening there (Ray resolves 127.0.0.1 to the network address unless its cluster mode is off, as on macOS)."""
     try:
         from ray._private import ray_constants
     except ImportError:  # another Ray layout: its default then
@@ -148,9 +154,9 @@ class RayEngine:
 
         where = self.address or "a new local cluster"
         try:
-            if self.address is None:
+            if self.address is None or _loopback(self.address):
                 with _loopback_only():
-                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+                    ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:

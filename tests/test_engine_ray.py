@@ -213,21 +213,21 @@ def two_nodes(ray_env):
     """A head and a second node of one CPU each on this machine (loopback), started and stopped here."""
     tmp, env = ray_env
     port = free_port()
-    ray_cli = str(Path(sys.executable).with_name("ray"))
 
     def own_ports():  # Ray's fixed default ports would collide between two nodes on one machine
         return ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats", "--block",
                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
 
+    # `ray start`, except that 127.0.0.1 stays 127.0.0.1 (Ray resolves loopback to the machine's network address)
+    ray_start = [sys.executable, "-c", "import ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
+                 "from ray.scripts.scripts import main; main()", "start", "--node-ip-address=127.0.0.1"]
     nodes = []
     try:
-        # with Ray's cluster mode off the head listens on 127.0.0.1 (Ray otherwise resolves loopback to the
-        # machine's network address); the second node takes its own address from the head's: 127.0.0.1 too
-        head = [ray_cli, "start", "--head", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
+        head = [*ray_start, "--head", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
                 f"--ray-client-server-port={free_port()}", *own_ports()]
-        nodes.append(_start(head, {**os.environ, **env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, tmp / "head.log"))
-        worker = [ray_cli, "start", f"--address=127.0.0.1:{port}", *own_ports()]
+        nodes.append(_start(head, {**os.environ, **env}, tmp / "head.log"))
+        worker = [*ray_start, f"--address=127.0.0.1:{port}", *own_ports()]
         nodes.append(_start(worker, {**os.environ, **env}, tmp / "node.log"))
         yield f"127.0.0.1:{port}"
     finally:
@@ -237,7 +237,7 @@ def two_nodes(ray_env):
             node.terminate()
         for node in nodes:
             try:
-                node.wait(timeout=30)
+                node.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
@@ -253,8 +253,9 @@ def _start(args: list[str], env: dict, log: Path, timeout: float = 120) -> subpr
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"{' '.join(args[:3])} failed: {log.read_text()[-3000:]}")
+            raise AssertionError(f"ray {' '.join(args[3:6])} failed: {log.read_text()[-3000:]}")
         time.sleep(0.2)
+    assert "Local node IP: 127.0.0.1" in log.read_text()  # loopback only
     return proc
 
 
