@@ -185,7 +185,8 @@ def main() -> None:
         link_library(paths, tmp / "large", args.k)
         run = tmp / "run"
         siamrec(["train", "+model=identity", "data=folder", f"data.root={tmp / 'small'}", f"hydra.run.dir={run}",
-                 f"paths.cache={tmp / 'cache'}", f"paths.shared={shared}", f"backbone.pretrained={str(pretrained).lower()}",
+                 f"paths.cache={tmp / 'cache'}", f"paths.shared={shared}",
+                 f"backbone.pretrained={str(pretrained).lower()}",
                  "plots=false"], env, tmp / "train.log")
         print(f"{args.n} and {args.k * args.n} songs of {args.seconds:g} s; Choi 2017 "
               f"({'pretrained' if pretrained else 'random'} weights), batch {args.batch_size}; "
@@ -224,7 +225,8 @@ def main() -> None:
                   f"{results['ray']['large']['ray_first_row_s']:.1f} s to the first row "
                   f"(target <= 30 s: {'met' if results['ray']['fixed_s'] <= 30 else 'NOT met'})")
         print(f"load average now {os.getloadavg()[0]:.2f}")
-        print(json.dumps({e: {k: round(v, 3) for k, v in r.items() if isinstance(v, float)} for e, r in results.items()}))
+        print(json.dumps({e: {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}
+                          for e, r in results.items()}))
     finally:
         for pid in leftovers(str(tmp)):
             try:

@@ -28,6 +28,7 @@ from siamrec.errors import SiamrecError
 from siamrec.extractor import file_stat
 
 INSTALL = 'extract.engine=ray needs Ray, which is not installed: pip install -e ".[ray]"'
+MAX_BLOCKS = 20_000  # one block per actor call: rows come back call by call (a block is returned whole)
 COLUMNS = ("index", "key", "size", "mtime", "digest", "embedding", "error", "actor", "node", "busy_s", "cpu_s",
            "load_s")
 
@@ -201,7 +202,8 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
         size = self._pool_size(len(todo))
-        per_call = max(1, min(job.batch_size, -(-len(todo) // size)))  # songs per actor call: every actor gets some
+        # songs per actor call: every actor gets some, and at most MAX_BLOCKS blocks (one per call) for any library
+        per_call = max(1, min(job.batch_size, -(-len(todo) // size)), -(-len(todo) // MAX_BLOCKS))
         print(f"ray: {size} actors ({self.num_gpus:g} GPU each) on "
               f"{len([n for n in ray.nodes() if n.get('Alive')])} nodes at {self.address or 'a local cluster'}")
         ds = ray.data.from_items([{"index": i, "path": p, "key": keys[i]} for i, p in todo],
@@ -244,6 +246,12 @@ class RayEngine:
             print(f"interrupted: every finished song is kept in {store.dir}; run the same command again to finish",
                   file=sys.stderr)
             raise
+        except ray.exceptions.RayError as exc:  # the cluster failed (not a song: songs fail as rows)
+            flush()
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise SiamrecError(f"extract.engine=ray: the Ray job failed ({lines[-1] if lines else type(exc).__name__}"
+                               f"); every finished song is kept in {store.dir}: run the same command again to "
+                               "finish") from None
         flush()
         files = sum(a["files"] for a in actors.values())
         busy = sum(a["busy_s"] for a in actors.values())
