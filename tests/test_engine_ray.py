@@ -226,9 +226,10 @@ def two_nodes(ray_env):
     try:
         head = [*ray_start, "--head", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
                 f"--ray-client-server-port={free_port()}", *own_ports()]
-        nodes.append(_start(head, {**os.environ, **env}, tmp / "head.log"))
+        env = {**os.environ, **env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM: stop at once
+        nodes.append(_start(head, env, tmp / "head.log"))
         worker = [*ray_start, f"--address=127.0.0.1:{port}", *own_ports()]
-        nodes.append(_start(worker, {**os.environ, **env}, tmp / "node.log"))
+        nodes.append(_start(worker, env, tmp / "node.log"))
         yield f"127.0.0.1:{port}"
     finally:
         if ray.is_initialized():
