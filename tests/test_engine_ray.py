@@ -182,7 +182,7 @@ def test_ray_rows_equal_the_local_engines(ray_env, run, library, local, tmp_path
 
 
 def test_a_killed_ray_driver_restarted_finishes_with_the_same_rows(ray_env, run, library, local, tmp_path):
-    _, env = ray_env
+    tmp, env = ray_env
     out = tmp_path / "out"
     args = [sys.executable, "-m", "siamrec", "extract", f"run={run}", "data=folder", f"data.root={library}",
             f"extract.out={out}", "extract.engine=ray", "extract.ray.actors=1", "extract.shard_size=1",
@@ -198,6 +198,10 @@ def test_a_killed_ray_driver_restarted_finishes_with_the_same_rows(ray_env, run,
         first.kill()
         first.wait()
     assert not (out / "embeddings.npy").exists()  # it really died halfway
+    deadline = time.monotonic() + 30
+    while processes_mentioning(str(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_mentioning(str(tmp))  # the cluster it had started went with it
     kept = len(list((out / "store").glob("shard-*.npz")))
     second = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'second'}"], capture_output=True, text=True,
                             env=env, timeout=300)
