@@ -53,6 +53,16 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
 
 
 
+@needs_ray
+def test_bad_ray_settings_are_refused_in_one_line():
+    from siamrec.engines import make_engine
+
+    for cfg, match in (({"actors": 0}, "extract.ray.actors=0"), ({"num_gpus": -1}, "extract.ray.num_gpus=-1")):
+        with pytest.raises(SiamrecError, match=match):
+            make_engine("ray", cfg)
+    assert make_engine("ray", {"address": "auto", "actors": 3, "num_gpus": 0.5}).actors == 3
+
+
 # --- clusters of these tests only ---------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
