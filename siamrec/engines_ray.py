@@ -33,6 +33,18 @@ COLUMNS = ("index", "key", "size", "mtime", "digest", "embedding", "error", "act
            "load_s")
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise SiamrecError(f"extract.ray.address={address}: no Ray cluster answers there ({exc}); start one with "
+                           "`ray start --head` and give its address (HOST:PORT), or use null for a local one") from None
+
+
 def _loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
     return host == "localhost" or host.startswith("127.") or host == "::1"
@@ -164,6 +176,8 @@ class RayEngine:
         import ray
 
         where = self.address or "a new local cluster"
+        if self.address and self.address not in ("auto", "local") and "://" not in self.address:
+            _reachable(self.address)  # else Ray retries an address where nothing listens for minutes
         try:
             if self.address is None or _loopback(self.address):
                 with _loopback_only():

@@ -61,6 +61,8 @@ def test_bad_ray_settings_are_refused_in_one_line():
         with pytest.raises(SiamrecError, match=match):
             make_engine("ray", cfg)
     assert make_engine("ray", {"address": "auto", "actors": 3, "num_gpus": 0.5}).actors == 3
+    with pytest.raises(SiamrecError, match=r"extract.ray.address=127.0.0.1:\d+: no Ray cluster answers there"):
+        make_engine("ray", {"address": f"127.0.0.1:{free_port()}"})._connect()
 
 
 # --- clusters of these tests only ---------------------------------------------------------------------------------
