@@ -184,7 +184,7 @@ class RayEngine:
                     ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # e.g. a wrong token
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SiamrecError(f"extract.ray.address={self.address}: cannot start or reach Ray at {where}: "
                                f"{first}") from None
