@@ -86,7 +86,8 @@ class LocalEngine:
         return failures
 
 
-def make_engine(name: str):
+def make_engine(name: str, ray_cfg=None):
+    """The engine `name`; `ray_cfg` is the `extract.ray` node (address, actors, num_gpus) for the ray engine."""
     from siamrec.errors import SiamrecError
 
     if name == "local":
@@ -94,5 +95,5 @@ def make_engine(name: str):
     if name == "ray":
         from siamrec.engines_ray import RayEngine  # optional: pip install -e ".[ray]"
 
-        return RayEngine()
+        return RayEngine(ray_cfg)
     raise SiamrecError(f"extract.engine={name!r}: use local or ray")

@@ -76,7 +76,7 @@ def test_the_lead_s_new_keys_validate():
         "+model=siamese", "model.train_on=windows", "clip.windows=spread:4", "clip.hop=2.5",
         "clip.max_windows=64", "clip.pool=mean_std", "features.parts=[block1,block2]", "extract.engine=ray",
         "features.combine=[{backbone:musicnn_msd,parts:[penultimate]}]", "model.trainable=last:2",
-        "+extract.ray={address:null,actors:2,num_gpus:0.5}", "seed=1"]))
+        "extract.ray={address:null,actors:2,num_gpus:0.5}", "seed=1"]))
     assert schema.problems(cfg) == []
 
 

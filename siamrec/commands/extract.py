@@ -40,7 +40,7 @@ def extract(cfg, run_dir) -> Path:
     shard_size = int(cfg.extract.shard_size)
     if shard_size < 1:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
-    engine = make_engine(str(cfg.extract.engine))
+    engine = make_engine(str(cfg.extract.engine), cfg.extract.ray)
     lib = load_library(cfg.data, cfg.paths)
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
         data, emb = embed_with_run(run, cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
@@ -75,6 +75,7 @@ def extract(cfg, run_dir) -> Path:
     embedded = len(todo) - len(failures)
     summary = {"items": len(lib), "embedded": embedded, "reused": len(found), "failed": len(failures),
                "damaged_shards": [p.name for p in store.damaged], "engine": engine.name,
+               **getattr(engine, "stats", {}),
                "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
     write_json(out / "extract.json", summary)
     _print_summary(summary, failures, lib.keys)
