@@ -57,12 +57,13 @@ def main() -> int:
         for name, overrides in SETTINGS.items():
             if args.only and name not in args.only:
                 continue
+            slug = "".join(c if c.isalnum() else "_" for c in name)
             cfg = strip_hydra(compose("evaluate", [
                 "+model=identity", "data=folder", f"data.root={args.root}", "eval.protocol=cross",
-                f"clip.windows={args.windows}", f"paths.shared={shared}", f"paths.cache={Path(tmp) / name}",
+                f"clip.windows={args.windows}", f"paths.shared={shared}", f"paths.cache={Path(tmp) / slug}",
                 *overrides]))
             seed_everything(0)
-            run = Path(tmp) / name.replace(" ", "_")
+            run = Path(tmp) / f"run_{slug}"
             run.mkdir()
             t0, c0 = time.perf_counter(), cpu_s()
             metrics = evaluate(cfg, run)
