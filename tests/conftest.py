@@ -92,3 +92,33 @@ def data_yaml(values: dict):
 
 def split_yaml(values: dict):
     return _from_yaml("split", "kind", values)
+
+
+MIXED_FORMATS = ("wav", "flac", "ogg", "mp3")
+
+
+def mixed_library(root: Path, broken: bool = False) -> Path:
+    """3 labels × 4 songs of 3 s in mixed formats and sample rates (and, with `broken`, one corrupt file)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for label, freq, kind in (("drone", 110.0, "sine"), ("high", 1760.0, "sine"), ("beats", 4.0, "pulse")):
+        (root / label).mkdir(parents=True)
+        for i, fmt in enumerate(MIXED_FORMATS):
+            sr = (44100, 22050, 48000, 16000)[i]
+            sf.write(root / label / f"{label}_{i}.{fmt}", tone(freq * (1 + 0.03 * i), 3.0, sr, rng, kind), sr)
+    if broken:
+        (root / "high" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage, not audio")
+    return root
+
+
+def identity_run(folder: Path, library: Path) -> Path:
+    """A run on random backbone weights whose head keeps Choi's blocks 2 and 3 (64-d), so extract must apply it."""
+    from siamrec.cli import seed_everything
+    from siamrec.commands.train import train
+
+    cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
+                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.5"], folder)
+    seed_everything(0)
+    train(cfg, folder)
+    return folder

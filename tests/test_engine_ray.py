@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from siamrec.commands.extract import extract
 from siamrec.errors import SiamrecError
 from siamrec.runs import read_csv
 
-FORMATS = ("wav", "flac", "ogg", "mp3")
 # Ray reads its settings once, when it is imported: token authentication with a token of these tests (given in the
 # environment, so nothing is written to ~/.ray) is set before
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0",
@@ -126,34 +124,16 @@ def ray_env():
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    """3 labels × 4 songs of 3 s in mixed formats and sample rates, and one corrupt file."""
-    from conftest import tone
+    from conftest import mixed_library
 
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("library")
-    for label, freq, kind in (("drone", 110.0, "sine"), ("high", 1760.0, "sine"), ("beats", 4.0, "pulse")):
-        (root / label).mkdir()
-        for i, fmt in enumerate(FORMATS):
-            sr = (44100, 22050, 48000, 16000)[i]
-            sf.write(root / label / f"{label}_{i}.{fmt}", tone(freq * (1 + 0.03 * i), 3.0, sr, rng, kind), sr)
-    (root / "high" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage, not audio")
-    return root
+    return mixed_library(tmp_path_factory.mktemp("library"), broken=True)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, library):
-    """A run on random backbone weights whose head keeps blocks 2 and 3 (64-d)."""
-    from conftest import make_cfg
+    from conftest import identity_run
 
-    from siamrec.cli import seed_everything
-    from siamrec.commands.train import train
-
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
-                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.25"], tmp)
-    seed_everything(0)
-    train(cfg, tmp)
-    return tmp
+    return identity_run(tmp_path_factory.mktemp("run"), library)
 
 
 def extract_cfg(cfg_factory, run, library, out, *extra):

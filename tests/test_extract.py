@@ -15,41 +15,23 @@ import soundfile as sf
 
 from siamrec.commands.extract import extract
 from siamrec.commands.recommend import recommend
-from siamrec.commands.train import train
 from siamrec.errors import SiamrecError
 from siamrec.runs import read_csv, read_embeddings
 
-FORMATS = ("wav", "flac", "ogg", "mp3")
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    """3 labels × 4 songs of 3 s in mixed formats and sample rates."""
-    from conftest import tone
+    from conftest import mixed_library
 
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("library")
-    for label, freq, kind in (("drone", 110.0, "sine"), ("high", 1760.0, "sine"), ("beats", 4.0, "pulse")):
-        (root / label).mkdir()
-        for i, fmt in enumerate(FORMATS):
-            sr = (44100, 22050, 48000, 16000)[i]
-            sf.write(root / label / f"{label}_{i}.{fmt}", tone(freq * (1 + 0.03 * i), 3.0, sr, rng, kind), sr)
-    return root
+    return mixed_library(tmp_path_factory.mktemp("library"))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, library):
-    """A run on random backbone weights whose head keeps blocks 2 and 3 (64-d), so extract must apply it."""
-    from conftest import make_cfg
+    from conftest import identity_run
 
-    from siamrec.cli import seed_everything
-
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
-                             "backbone.pretrained=false", "split.valid=0.25", "split.test=0.5"], tmp)
-    seed_everything(0)
-    train(cfg, tmp)
-    return tmp
+    return identity_run(tmp_path_factory.mktemp("run"), library)
 
 
 def extract_cfg(cfg_factory, run, library, out, *extra):

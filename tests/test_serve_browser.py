@@ -5,7 +5,6 @@ when Chromium or playwright is missing. Also saves the screenshot of the README 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess

@@ -7,14 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 import serve_lib
 from conftest import make_cfg, tone
 from siamrec.data.sources import load_library
 from siamrec.errors import SiamrecError
 
-from conftest import data_yaml, split_yaml  # noqa: E402
+from conftest import data_yaml  # noqa: E402
 
 
 def cfg(folder, **extra):

@@ -33,6 +33,17 @@ import numpy as np
 from siamrec.errors import SiamrecError
 
 
+# The 50 tags of the Million Song Dataset taggers (Choi 2017, musicnn), in the order of their outputs.
+MSD_TAGS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
+    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
+    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
+    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
+    "indie pop", "sad", "House", "happy",
+)
+
+
 @dataclass(frozen=True)
 class WeightFile:
     """A published weight file: its local name, sha256 and download address."""

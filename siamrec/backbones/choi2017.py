@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from kapre import MagnitudeToDecibel
 
-from siamrec.backbones.base import Bundle, WeightFile, check_finite_weights, resolve_file
+from siamrec.backbones.base import MSD_TAGS, Bundle, WeightFile, check_finite_weights, resolve_file
 from siamrec.backbones.layers import ClipNormalization, InstanceNormalization, MelFilterbank, PowerSTFT
 from siamrec.errors import SiamrecError
 
@@ -30,14 +30,6 @@ BLOCK_DIM = 32
 RELEASES = ("keras2", "theano")
 BN_STATS = ("per_clip", "dataset")
 
-MSD_TAGS = (
-    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
-    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
-    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
-    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
-    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
-    "indie pop", "sad", "House", "happy",
-)
 
 FILES = {
     "keras2": WeightFile(

@@ -52,7 +52,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from siamrec.backbones.base import Bundle, WeightFile, check_finite_weights, resolve_file
+from siamrec.backbones.base import MSD_TAGS, Bundle, WeightFile, check_finite_weights, resolve_file
 from siamrec.errors import SiamrecError
 
 SR, N_FFT, HOP, N_MELS, N_FRAMES = 16000, 512, 256, 96, 187
@@ -61,14 +61,6 @@ PATCH_SAMPLES = N_FRAMES * HOP  # 47872
 CONTEXT_SAMPLES = N_FFT // 2  # 256
 BN_EPSILON = 1e-3
 
-MSD_TAGS = (
-    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
-    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
-    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
-    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
-    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
-    "indie pop", "sad", "House", "happy",
-)
 
 # the published checkpoint (folder musicnn/MSD_musicnn/ of github.com/jordipons/musicnn, unchanged since 2019-08-01)
 _BASE_URL = "https://raw.githubusercontent.com/jordipons/musicnn/516acb2a0ff5ef73f64547898e018e793152c506/musicnn/MSD_musicnn/"

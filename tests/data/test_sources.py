@@ -15,7 +15,7 @@ from siamrec.data.library import Library, apply_label_hygiene
 from siamrec.data.sources import load_library, read_manifest
 from siamrec.errors import SiamrecError
 
-from conftest import data_yaml, split_yaml  # noqa: E402
+from conftest import data_yaml  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- helpers

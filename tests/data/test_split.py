@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from siamrec.data.library import Library
 from siamrec.data.split import make_split, write_split
 from siamrec.errors import SiamrecError
 
-from conftest import data_yaml, split_yaml  # noqa: E402
+from conftest import split_yaml  # noqa: E402
 
 SIDES = ("train", "valid", "test")
 
