@@ -144,7 +144,7 @@ class SongEncoder:
         return cls(members, scale or None)
 
 
-def make_encoder(cfg, data=None) -> SongEncoder:
+def make_encoder(cfg, data=None, all_parts: bool = False) -> SongEncoder:
     """The encoder of cfg.backbone (+ cfg.features.combine) and cfg.clip, with each bundle's label-free statistics
     estimated (and cached) over the audio of the whole library of `data`."""
     from omegaconf import OmegaConf
@@ -168,6 +168,7 @@ def make_encoder(cfg, data=None) -> SongEncoder:
         model = prepared_model(bundle, cfg, pool, clip)
         extractor = Extractor(bundle, model, clip, batch_size=int(cfg.features.batch_size),
                               workers=decode_workers(cfg.features), cache_root=cache)
+        parts = None if all_parts else (list(parts) if parts else bundle.default_parts)
         member = Member(extractor, list(parts) if parts else None, backbone_cfg)
         member.columns  # noqa: B018 - checks the part names now
         members.append(member)

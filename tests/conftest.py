@@ -32,6 +32,8 @@ def make_cfg(command: str, overrides: list[str], tmp: Path):
     from siamrec.cli import compose, strip_hydra
 
     base = [f"paths.cache={tmp / 'cache'}", f"paths.shared={shared_root()}", "features.workers=0"]
+    if not any(o.split("=", 1)[0].lstrip("+") == "backbone" for o in overrides):
+        base.append("backbone=choi2017")  # the tests' models are Choi-shaped (and random when pretrained=false)
     return strip_hydra(compose(command, base + list(overrides)))
 
 

@@ -64,11 +64,13 @@ class Bundle:
     parts: dict[str, int] = {}
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    default_parts: tuple[str, ...] | None = None  # the parts used when features.parts is null (None: all of them)
     needs_preparation: bool = False
     prepare_max_windows: int = 256  # prepare() sees at most this many (seeded, random) windows
 
     def __init__(self, pretrained: bool = True, weights: str | None = None, download: bool = True,
-                 url: str | None = None, **params):
+                 url: str | None = None, windows: str | None = None, **params):
+        # windows: the clip.windows this backbone recommends (clip.windows follows it unless set); not a model setting
         self.pretrained = bool(pretrained)
         self.weights = weights
         self.download = bool(download)

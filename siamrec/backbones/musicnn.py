@@ -376,11 +376,12 @@ class MusicnnMSD(Bundle):
     context_samples = CONTEXT_SAMPLES
     parts = {"penultimate": 200, "max_pool": 753, "taggram": 50}
     groups = ("frontend", "midend", "backend")
+    default_parts = ("penultimate",)  # measured best on real audio (README, "Backbones, windows and song vectors")
     tags = MSD_TAGS
 
     def __init__(self, name: str = "musicnn_msd", sample_rate: int = SR, window_seconds: float | None = None,
                  pretrained: bool = True, weights: str | None = None, download: bool = True, url: str | None = None,
-                 **params):
+                 windows: str | None = None, **params):
         if window_seconds is not None and abs(float(window_seconds) - self.window_samples / SR) > 1e-6:
             raise SiamrecError(f"backbone.window_seconds={window_seconds}: musicnn_msd reads windows of "
                                f"{self.window_samples / SR} s (one 3-s patch with its frames' context); keep it")

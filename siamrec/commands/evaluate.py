@@ -19,7 +19,7 @@ def evaluate(cfg, run_dir) -> dict:
         if not data.is_audio:
             raise SiamrecError("+study=blocks compares the backbone's parts: it needs audio (data=demo|folder|csv)")
         whole = OmegaConf.merge(cfg, {"features": {"parts": None, "combine": []}})  # every part of one backbone
-        encoder = make_encoder(whole, data)
+        encoder = make_encoder(whole, data, all_parts=True)
         feats = audio_features(encoder, data, whole, run_dir)
         return block_study(cfg, run_dir, feats.data, encoder.main, feats.x)
     if cfg.get("runs"):
