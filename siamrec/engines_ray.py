@@ -94,25 +94,23 @@ class EmbedSongs:
         self.load_s = time.perf_counter() - started
         self.load_cpu_s = time.process_time() - cpu
 
-    def _rows(self, items):
-        for i, emb, error, digest in self.embedder.stream(items):
-            yield i, emb, error, digest
-
     def _embed(self, items):
-        """(index, embedding, error, digest) per song; a song that breaks the batch in an unexpected way is
-        retried alone, so that only it fails."""
+        """(index, embedding, error, digest) per song: the song vectors of the batch through the run's head; a song
+        that breaks the batch in an unexpected way is retried alone, so that only it fails."""
         try:
-            return list(self._rows(items))
+            rows = list(self.embedder.stream(items))
         except Exception:  # noqa: BLE001 - isolate the culprit below
             if len(items) == 1:
                 raise
-        out = []
-        for item in items:
-            try:
-                out += self._rows([item])
-            except Exception as exc:  # noqa: BLE001 - one song's failure, reported as such
-                out.append((item[0], None, f"{type(exc).__name__}: {exc}", ""))
-        return out
+            rows = []
+            for item in items:
+                try:
+                    rows += self.embedder.stream([item])
+                except Exception as exc:  # noqa: BLE001 - one song's failure, reported as such
+                    rows.append((item[0], None, f"{type(exc).__name__}: {exc}", ""))
+        ok = [r for r in rows if r[2] is None]
+        embedded = dict(zip([r[0] for r in ok], self.embedder.embed(np.stack([r[1] for r in ok])))) if ok else {}
+        return [(i, embedded.get(i), error, digest) for i, _, error, digest in rows]
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -265,10 +263,10 @@ class RayEngine:
                     pending.append(row)
                     if len(pending) >= job.shard_size:
                         flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             flush()
-            print(f"interrupted: every finished song is kept in {store.dir}; run the same command again to finish",
-                  file=sys.stderr)
+            exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
+                               f"(extract.out={store.dir.parent}) to finish")
             raise
         except ray.exceptions.RayError as exc:  # the cluster failed (not a song: songs fail as rows)
             flush()

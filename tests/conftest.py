@@ -114,12 +114,13 @@ def mixed_library(root: Path, broken: bool = False) -> Path:
     return root
 
 
-def identity_run(folder: Path, library: Path) -> Path:
-    """A run on random backbone weights whose head keeps Choi's blocks 2 and 3 (64-d), so extract must apply it."""
+def identity_run(folder: Path, library: Path, model: str = "identity") -> Path:
+    """A run on random backbone weights that keeps Choi's blocks 2 and 3 (64-d), so extract must select them, and
+    whose head (`model`) extract must apply."""
     from siamrec.cli import seed_everything
     from siamrec.commands.train import train
 
-    cfg = make_cfg("train", ["+model=identity", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
+    cfg = make_cfg("train", [f"+model={model}", "features.parts=[block2,block3]", "data=folder", f"data.root={library}",
                              "backbone.pretrained=false", "split.valid=0.25", "split.test=0.5"], folder)
     seed_everything(0)
     train(cfg, folder)

@@ -136,6 +136,28 @@ def run(tmp_path_factory, library):
     return identity_run(tmp_path_factory.mktemp("run"), library)
 
 
+def test_an_actor_applies_the_runs_head(tmp_path_factory, library):
+    """The rows an actor returns are the run's embeddings (its head applied to the song vectors), not the vectors:
+    checked on a run whose head (LDA) changes them, without a cluster."""
+    from conftest import identity_run
+
+    from siamrec.engines import ExtractJob, SongEmbedder
+    from siamrec.engines_ray import EmbedSongs
+    from siamrec.runs import read_embeddings
+
+    run = identity_run(tmp_path_factory.mktemp("lda_run"), library, model="lda")
+    actor = EmbedSongs.__new__(EmbedSongs)  # the actor without Ray's runtime: only its model
+    actor.embedder = SongEmbedder(ExtractJob(run=str(run)), progress=False)
+    emb, items = read_embeddings(run)
+    songs = [(i, str(library / it["key"])) for i, it in enumerate(items)] + [(99, str(library / "high" / "broken.wav"))]
+    rows = actor._embed(songs)
+    assert [r[0] for r in rows] == [i for i, _ in songs]
+    assert rows[-1][1] is None and rows[-1][2]  # the corrupt file: an error, in its place
+    got = np.stack([r[1] for r in rows[:-1]])
+    assert got.shape == emb.shape == (len(items), 2)
+    np.testing.assert_allclose(got, emb, rtol=1e-4, atol=1e-4 * np.abs(emb).max())
+
+
 def extract_cfg(cfg_factory, run, library, out, *extra):
     return cfg_factory("extract", f"run={run}", "data=folder", f"data.root={library}", f"extract.out={out}",
                        "extract.shard_size=3", *extra)
