@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_extract import synth_song  # the same synthetic songs as the local benchmark (scripts/ is on the path)
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = (("wav", 44100), ("flac", 48000), ("mp3", 44100), ("ogg", 22050))
@@ -44,17 +45,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the library --------------------------------------------------------------------------------------------------
-def synth_song(seconds: float, sr: int, rng) -> np.ndarray:
-    """Stereo 'music': a bass line and chords that change every 2 s, noise-burst drums, a little hiss."""
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    notes = 110.0 * 2 ** (rng.integers(0, 24, int(seconds // 2) + 1) / 12)
-    f = notes[(t // 2).astype(int)]
-    y = 0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr) + 0.1 * np.sin(2 * np.pi * np.cumsum(1.5 * f) / sr)
-    y = y + 0.3 * ((t * 2) % 1 < 0.05) * rng.normal(size=n) + 0.01 * rng.normal(size=n)
-    return (0.8 * np.stack([y, np.roll(y, 64)], axis=1) / np.abs(y).max()).astype(np.float32)
-
-
 def make_library(root: Path, n: int, seconds: float) -> list[Path]:
     import soundfile as sf
 

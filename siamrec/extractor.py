@@ -242,13 +242,11 @@ class Extractor:
         self.layout = pooled_parts(bundle.parts, self.pool)
         self.batch_size, self.workers, self.progress = int(batch_size), int(workers), progress
         self.cache_root = Path(cache_root) if cache_root else None
-        self._fingerprint = None
 
     @property
     def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint(self.bundle, self.model, self.clip)
-        return self._fingerprint
+        """Of the model's current weights (fine-tuning changes them)."""
+        return fingerprint(self.bundle, self.model, self.clip)
 
     @property
     def dim(self) -> int:

@@ -75,12 +75,16 @@ class Features:
         song's labels (a song's windows stay in its split)."""
         idx = np.flatnonzero(self.data.mask(*splits))
         y = self.data.y
-        if train_on == "songs" or self.windows is None:
+        if train_on == "songs" or self.windows is None or not len(idx):
             return self.x[idx], y[idx]
-        if not len(idx):
-            return self.x[idx], y[idx]
-        return (np.concatenate([self.windows[i] for i in idx]),
-                np.concatenate([np.repeat(y[i][None], len(self.windows[i]), axis=0) for i in idx]))
+        return window_rows(self.windows, y, idx)
+
+
+def window_rows(windows: list[np.ndarray], y: np.ndarray, idx: np.ndarray, first_only: bool = False):
+    """(rows, labels): the windows of the songs `idx` (only each one's first with `first_only`), each window with
+    its song's labels."""
+    chosen = [windows[i][:1] if first_only else windows[i] for i in idx]
+    return np.concatenate(chosen), np.concatenate([np.repeat(y[i][None], len(w), axis=0) for i, w in zip(idx, chosen)])
 
 
 def audio_features(encoder, data: Data, cfg, run_dir, keep_windows: bool = False, fit: bool = False,

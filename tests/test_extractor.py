@@ -248,3 +248,30 @@ def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tm
     by_key = {it["key"]: r for it, r in zip(items, emb)}
     for it, r in zip(ext_items, ext):
         np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-5)
+
+
+def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_does(toy_library, tmp_path,
+                                                                                     cfg_factory, monkeypatch):
+    """With features.parts null, fine-tuning and end-to-end training embed the library in the backbone's default
+    parts — the parts the run saves — so a song embedded again as a new song gets its library row back."""
+    import toy_bundle
+
+    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.commands.train import train
+    from siamrec.runs import read_embeddings
+
+    monkeypatch.setattr(toy_bundle.Toy8k, "default_parts", ("high",))
+    data = ["data=folder", f"data.root={toy_library}", "split.valid=0.17", "split.test=0.34", "plots=false", *TOY]
+    for name, model in (("baseline", ["+model=baseline", "model.epochs=1"]),
+                        ("end_to_end", ["+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.branches=1",
+                                        "model.finetune_backbone=true", "model.backbone_epochs=1"])):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = cfg_factory("train", *model, *data)
+        train(cfg, run)
+        emb, items = read_embeddings(run)
+        if name == "baseline":
+            assert emb.shape == (18, 12)  # the "high" part only
+        row = [it["key"] for it in items].index("mid/mid_3.wav")
+        again = embed_new_songs(run, [str(toy_library / "mid" / "mid_3.wav")], cfg)
+        np.testing.assert_allclose(again[0], emb[row], rtol=1e-4, atol=1e-5)

@@ -83,10 +83,6 @@ class Bundle:
         return self.window_samples / self.sample_rate
 
     @property
-    def hop_seconds(self) -> float:
-        return self.hop_samples / self.sample_rate
-
-    @property
     def dim(self) -> int:
         return int(sum(self.parts.values()))
 

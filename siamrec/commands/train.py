@@ -64,10 +64,10 @@ def _fit_head(cfg, data: Data, run_dir) -> dict:
 
 
 def one_backbone(encoder, what: str):
-    """The extractor of a single-backbone encoder (training through a backbone takes one)."""
+    """The one member (extractor and parts) of a single-backbone encoder: training through a backbone takes one."""
     if encoder.combined:
         raise SiamrecError(f"{what} trains through one backbone; drop features.combine")
-    return encoder.main
+    return encoder.members[0]
 
 
 def decode_all(extractor, data: Data, cfg, run_dir) -> tuple[Data, list[np.ndarray]]:
@@ -90,31 +90,31 @@ def decode_all(extractor, data: Data, cfg, run_dir) -> tuple[Data, list[np.ndarr
 
 def _training_windows(windows: list[np.ndarray], y: np.ndarray, idx: np.ndarray, train_on: str):
     """Clips and labels of the items `idx`: every window (train_on=windows) or each song's first window."""
+    from siamrec.pipeline import window_rows
+
     if not len(idx):
         return np.empty((0, 0), np.float32), y[idx]
-    chosen = [windows[i] if train_on == "windows" else windows[i][:1] for i in idx]
-    return np.concatenate(chosen), np.concatenate([np.repeat(y[i][None], len(w), 0) for i, w in zip(idx, chosen)])
+    return window_rows(windows, y, idx, first_only=train_on != "windows")
 
 
-def _song_features(extractor, windows: list[np.ndarray], cfg) -> tuple[list[np.ndarray], np.ndarray]:
-    """Window features and pooled, part-selected song vectors of in-memory windows, with the extractor's model."""
-    window_feats = extractor.features_of(windows)
-    return window_feats, extractor.pool_songs(window_feats)[:, extractor.columns(cfg.features.parts)]
+def _song_vectors(member, windows: list[np.ndarray]) -> np.ndarray:
+    """Pooled song vectors of in-memory windows with the member's model, in its parts (as its encoder saves them)."""
+    return member.extractor.pool_songs(member.extractor.features_of(windows))[:, member.columns]
 
 
-def _train_through_backbone(cfg, data: Data, extractor, head, run_dir):
+def _train_through_backbone(cfg, data: Data, member, head, run_dir):
     """End-to-end Siamese training on decoded windows; returns the kept items' new features and the history."""
     from siamrec.models.end_to_end import finetune_end_to_end
     from siamrec.pipeline import Features
 
     if cfg.clip.pool != "mean":
         raise SiamrecError("model.finetune_backbone=true trains on windows: use clip.pool=mean with it")
+    extractor = member.extractor
     data, windows = decode_all(extractor, data, cfg, run_dir)
     clips, y = _training_windows(windows, data.y, np.flatnonzero(data.mask("train")), cfg.model.train_on)
     print(f"training the backbone and the head end to end on {len(clips)} windows")
-    history = finetune_end_to_end(extractor.bundle, extractor.model, head, clips, y, cfg.features.parts, cfg.model)
-    _, x = _song_features(extractor, windows, cfg)
-    return Features(data, x), history
+    history = finetune_end_to_end(extractor.bundle, extractor.model, head, clips, y, member.parts, cfg.model)
+    return Features(data, _song_vectors(member, windows)), history
 
 
 def _finetune_audio(cfg, data: Data, run_dir) -> dict:
@@ -125,7 +125,8 @@ def _finetune_audio(cfg, data: Data, run_dir) -> dict:
     from siamrec.models.heads import IdentityHead, save_keras
 
     encoder = make_encoder(cfg, data)
-    extractor = one_backbone(encoder, "+model=baseline on audio (fine-tuning)")
+    member = one_backbone(encoder, "+model=baseline on audio (fine-tuning)")
+    extractor = member.extractor
     data, windows = decode_all(extractor, data, cfg, run_dir)
     y = data.y
     tr, va, te = (np.flatnonzero(data.mask(s)) for s in ("train", "valid", "test"))
@@ -135,7 +136,6 @@ def _finetune_audio(cfg, data: Data, run_dir) -> dict:
           f"{y.shape[1]} labels")
     classifier, history = finetune(extractor.bundle, extractor.model, clips_tr, y_tr, clips_va, y_va, cfg.model)
     save_keras(classifier, Path(run_dir) / "model.keras")
-    extractor._fingerprint = None  # the weights changed
     encoder.save(run_dir)
     IdentityHead().save(run_dir)
     extra = {}
@@ -145,5 +145,4 @@ def _finetune_audio(cfg, data: Data, run_dir) -> dict:
                                    verbose=0)
         song_proba = np.stack([p.mean(axis=0) for p in np.split(proba, np.cumsum(counts)[:-1])])
         extra = classification_metrics(y[te], song_proba, float(cfg.model.threshold))
-    _, emb = _song_features(extractor, windows, cfg)
-    return finish_run(cfg, run_dir, data, emb, history, extra)
+    return finish_run(cfg, run_dir, data, _song_vectors(member, windows), history, extra)
