@@ -75,10 +75,8 @@ class LocalEngine:
                 pending.append((i, paths[i], digest, vector))
                 if len(pending) >= job.shard_size:
                     flush()
-        except KeyboardInterrupt as exc:
-            flush()
-            exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
-                               f"(extract.out={store.dir.parent}) to finish")
+        except KeyboardInterrupt:
+            flush()  # keep every finished song (extract says how to go on)
             raise
         finally:
             stream.close()  # stops the decoding workers at once on any error

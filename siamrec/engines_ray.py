@@ -263,10 +263,8 @@ class RayEngine:
                     pending.append(row)
                     if len(pending) >= job.shard_size:
                         flush()
-        except KeyboardInterrupt as exc:
-            flush()
-            exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
-                               f"(extract.out={store.dir.parent}) to finish")
+        except KeyboardInterrupt:
+            flush()  # keep every finished song (extract says how to go on)
             raise
         except ray.exceptions.RayError as exc:  # the cluster failed (not a song: songs fail as rows)
             flush()

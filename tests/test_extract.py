@@ -248,3 +248,23 @@ def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, li
     twin = rows[4]  # the new song's nearest neighbour is the library song it copies
     assert twin[3] == "drone/drone_1.flac" and twin[5] == pytest.approx(1.0, abs=1e-4)
     assert len(json.loads((tmp_path / "p.json").read_text())) == 3
+
+
+def test_ctrl_c_keeps_every_finished_song_and_says_how_to_finish(run, library, tmp_path, cfg_factory, monkeypatch):
+    from siamrec.engines import SongEmbedder
+
+    stream = SongEmbedder.stream
+
+    def interrupted_after_four(self, items, desc="extract"):
+        for n, row in enumerate(stream(self, items, desc)):
+            if n == 4:
+                raise KeyboardInterrupt
+            yield row
+
+    monkeypatch.setattr(SongEmbedder, "stream", interrupted_after_four)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt) as info:
+        extract(extract_cfg(cfg_factory, run, library, out, "extract.shard_size=100"), tmp_path)
+    assert f"extract.out={out}" in info.value.resume_hint
+    with np.load(next((out / "store").glob("shard-*.npz"))) as z:
+        assert len(z["keys"]) == 4  # stored although the shard was not full

@@ -56,7 +56,12 @@ def extract(cfg, run_dir) -> Path:
               f"({engine.name} engine)")
         job = ExtractJob(run=str(run), batch_size=int(cfg.features.batch_size), workers=decode_workers(cfg.features),
                          shard_size=shard_size, cache=str(Path(str(cfg.paths.cache)).expanduser()))
-        failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store) if todo else []
+        try:
+            failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store) if todo else []
+        except KeyboardInterrupt as exc:  # the engine stored every finished song first
+            exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
+                               f"(extract.out={out}) to finish")
+            raise
         failures.sort()
         final, missing = store.lookup(lib.keys, lib.paths)
         failed = {i for i, _ in failures}
