@@ -173,6 +173,7 @@ def child(run: str, library: str, out: str, args) -> None:
     cfg = strip_hydra(compose("extract", [
         f"run={run}", "data=folder", f"data.root={library}", f"extract.out={out}", f"extract.engine={args.engine}",
         f"features.workers={args.workers}", f"features.batch_size={args.batch_size}",
+        f"features.runtime={args.runtime}", f"features.threads={'null' if args.threads is None else args.threads}",
         f"paths.cache={Path(out).parent / 'cache'}", f"paths.shared={SHARED}"]))
     with contextlib.redirect_stdout(sys.stderr):
         out = extract(cfg, out)
@@ -184,7 +185,8 @@ def run_child(run: Path, library: Path, out: Path, args) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, __file__, "--child", str(run), str(library), str(out),
                            "--workers", str(args.workers), "--batch-size", str(args.batch_size),
-                           "--engine", args.engine], capture_output=True, text=True, env=env, cwd=REPO)
+                           "--engine", args.engine, "--runtime", args.runtime,
+                           *(["--threads", str(args.threads)] if args.threads is not None else [])], capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"extraction of {library} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -197,6 +199,76 @@ def extraction(run: Path, library: Path, out: Path, args) -> dict:
     """The fastest of `args.repeat` extractions of `library`, each into a fresh folder and process."""
     runs = [run_child(run, library, out.with_name(f"{out.name}-{i}"), args) for i in range(args.repeat)]
     return min(runs, key=lambda r: r["wall_s"])
+
+
+# --- essentia-tensorflow, the peer ------------------------------------------------------------------------------
+ESSENTIA_INPUT, ESSENTIA_TAGS = "model/Placeholder", "model/Sigmoid"
+ESSENTIA_PENULTIMATE = "model/penultimate"
+
+
+def freeze_musicnn(ckpt: str, out: str) -> None:
+    """The original MSD_musicnn checkpoint frozen into one graph as essentia's msd-musicnn-1.pb is: input
+    model/Placeholder (batch, 187, 96), outputs model/Sigmoid (50 tags) and model/penultimate (the 200-d layer
+    siamrec calls `penultimate`: the dense layer's BatchNorm output). Uses the original model code (musicnn 0.1.0,
+    tf_keras; run in a process of its own with TF_USE_LEGACY_KERAS=1)."""
+    import tensorflow as tf
+    from musicnn import models as original
+
+    graph = tf.Graph()
+    with graph.as_default():
+        with tf.compat.v1.name_scope("model"):
+            x = tf.compat.v1.placeholder(tf.float32, [None, 187, 96], name="Placeholder")
+            logits, *_, penultimate = original.define_model(x, tf.constant(False), "MSD_musicnn", 50)
+            tf.nn.sigmoid(logits, name="Sigmoid")
+            tf.identity(penultimate, name="penultimate")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            tf.compat.v1.train.Saver().restore(sess, ckpt)
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [ESSENTIA_TAGS, ESSENTIA_PENULTIMATE])
+    Path(out).write_bytes(frozen.SerializeToString())
+
+
+def essentia_child(pb: str, songs: str) -> None:
+    """essentia's TensorflowPredictMusiCNN at its default settings (patch hop 93 frames, batch 64) on the songs
+    (MonoLoader at 16 kHz): per song its CPU seconds (decoding included) and mean penultimate vector (JSON lines)."""
+    import essentia
+    import essentia.standard as es
+
+    essentia.log.warningActive = False
+    model = es.TensorflowPredictMusiCNN(graphFilename=pb, output=ESSENTIA_PENULTIMATE)
+    for path in json.loads(songs):
+        start = time.process_time()
+        audio = es.MonoLoader(filename=path, sampleRate=16000, resampleQuality=4)()
+        emb = np.asarray(model(audio))
+        print(json.dumps({"cpu_s": time.process_time() - start, "patches": len(emb),
+                          "mean": emb.mean(axis=0).tolist()}), flush=True)
+
+
+def essentia_compare(paths: list[str], tmp: Path, siamrec_vectors: np.ndarray) -> dict | None:
+    """CPU per song of essentia-tensorflow on the songs and the cosine of its mean penultimate vector with
+    siamrec's; None (with a printed reason) when essentia-tensorflow, the original musicnn code or the checkpoint
+    is missing."""
+    import importlib.util
+
+    missing = [m for m in ("essentia", "musicnn", "tf_keras") if importlib.util.find_spec(m) is None]
+    ckpt = SHARED / "weights" / "musicnn" / "MSD_musicnn"
+    if missing or not (ckpt / ".index").is_file():
+        why = f"{', '.join(missing)} not installed (pip install essentia-tensorflow; musicnn==0.1.0 --no-deps; " \
+              "tf_keras)" if missing else f"no MSD_musicnn checkpoint under {ckpt}"
+        print(f"essentia: skipped, {why}", flush=True)
+        return None
+    pb = tmp / "msd-musicnn-frozen.pb"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1", "PYTHONWARNINGS": "ignore"}
+    for argv in (["--freeze", str(ckpt) + "/", str(pb)], ["--essentia", str(pb), json.dumps(paths)]):
+        proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env, cwd=REPO)
+        if proc.returncode != 0:
+            raise SystemExit(f"essentia comparison ({argv[0]}) failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    theirs = np.array([r["mean"] for r in rows])
+    cos = np.sum(theirs * siamrec_vectors, axis=1) / (np.linalg.norm(theirs, axis=1)
+                                                      * np.linalg.norm(siamrec_vectors, axis=1))
+    return {"cpu_s": float(np.mean([r["cpu_s"] for r in rows[1:]] or [rows[0]["cpu_s"]])),  # first: warm-up
+            "patches": float(np.mean([r["patches"] for r in rows])), "cosine": cos}
 
 
 # --- main --------------------------------------------------------------------------------------------------------
@@ -212,11 +284,30 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best counts (default 3)")
     parser.add_argument("--backbone", default="choi2017", help="backbone config (default choi2017)")
     parser.add_argument("--engine", default="local", help="extract.engine of the end-to-end runs (default local)")
+    parser.add_argument("--songs", help="a folder of real songs: its first N files (sorted) instead of synthetic "
+                        "ones (the 30-s decode comparison is then skipped)")
+    parser.add_argument("--passes", type=int, default=10, help="passes over the songs when measuring decode-only "
+                        "and inference-only (default 10)")
+    parser.add_argument("--scale", type=int, default=10, help="the large end-to-end run extracts scale×N songs "
+                        "(N hard-linked; default 10)")
+    parser.add_argument("--runtime", default="onnxruntime", help="features.runtime (default onnxruntime)")
+    parser.add_argument("--threads", type=int, default=None, help="features.threads (default: cores)")
+    parser.add_argument("--compare", default="", help="comma list: tensorflow (inference in plain TensorFlow on the "
+                        "same windows), essentia (essentia-tensorflow's TensorflowPredictMusiCNN on the same songs)")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides (KEY=VALUE), e.g. clip.offset=middle")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "LIBRARY", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--freeze", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--essentia", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child, args)
+    if args.freeze:
+        return freeze_musicnn(*args.freeze)
+    if args.essentia:
+        return essentia_child(*args.essentia)
+    compare = [c for c in args.compare.split(",") if c]
+    if set(compare) - {"tensorflow", "essentia"}:
+        raise SystemExit(f"--compare {args.compare}: use tensorflow and/or essentia")
     command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO) if Path(sys.argv[0]).is_file()
                           else sys.argv[0], *sys.argv[1:]])
 
@@ -226,12 +317,13 @@ def main() -> None:
 
     print(f"machine: {os.uname().machine}, {cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"N={args.n}, workers={args.workers}, batch_size={args.batch_size}, backbone={args.backbone}, "
-          f"clip.windows={args.windows}, engine={args.engine}", flush=True)
+          f"clip.windows={args.windows}, engine={args.engine}, features.runtime={args.runtime}, "
+          f"features.threads={args.threads}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         tmp = Path(tmp)
         overrides = [f"backbone={args.backbone}", f"clip.windows={args.windows}", f"paths.cache={tmp / 'cache'}",
                      f"paths.shared={SHARED}", "backbone.download=false",
-                     f"features.batch_size={args.batch_size}", *args.overrides]
+                     f"features.batch_size={args.batch_size}", f"features.runtime={args.runtime}", *args.overrides]
         cfg = strip_hydra(compose("extract", overrides))
         seed_everything(int(cfg.seed))
         bundle = make_bundle(cfg.backbone)
@@ -239,17 +331,30 @@ def main() -> None:
         plan = window_plan(bundle, cfg.clip)
 
         start = time.perf_counter()
-        long = make_library(tmp / "long", args.n, 60 * args.minutes, seed=0)
-        short = make_library(tmp / "short", args.n, 30.0, seed=1)
-        link_library(long, tmp / "long10", 10)
-        print(f"generated {args.n} songs of {args.minutes:g} min and {args.n} of 30 s "
-              f"({', '.join(f for f, _ in FORMATS)}) in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.songs:
+            found = sorted(str(p) for p in Path(args.songs).expanduser().iterdir() if p.is_file())[:args.n]
+            if len(found) < args.n:
+                raise SystemExit(f"--songs {args.songs}: {len(found)} files, --n {args.n} asked for")
+            long = []
+            for i, p in enumerate(found):  # under one label folder (extract's data=folder), linked, not copied
+                target = tmp / "long" / "songs" / f"song{i:04d}{Path(p).suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(p, target)
+                long.append(str(target))
+            lengths = {"songs": long}
+            print(f"{args.n} songs from {args.songs}", flush=True)
+        else:
+            long = make_library(tmp / "long", args.n, 60 * args.minutes, seed=0)
+            short = make_library(tmp / "short", args.n, 30.0, seed=1)
+            print(f"generated {args.n} songs of {args.minutes:g} min and {args.n} of 30 s "
+                  f"({', '.join(f for f, _ in FORMATS)}) in {time.perf_counter() - start:.0f} s", flush=True)
+            lengths = {"3min" if args.minutes == 3 else f"{args.minutes:g}min": long, "30s": short}
+        link_library(long, tmp / "long10", args.scale)
 
         # decode only
-        lengths = {"3min" if args.minutes == 3 else f"{args.minutes:g}min": long, "30s": short}
         per_window, rates, windows_of = {}, {}, {}
         for name, paths in lengths.items():
-            rates[name] = max(decode_rate(paths, plan, args.workers) for _ in range(args.repeat))
+            rates[name] = max(decode_rate(paths, plan, args.workers, args.passes) for _ in range(args.repeat))
             runs = [decode_cpu(paths, plan) for _ in range(args.repeat)]
             windows_of[name] = runs[0][0]
             n_windows = np.array([len(w) for w in runs[0][0]])
@@ -260,11 +365,12 @@ def main() -> None:
             figure(f"decode_cpu_ms_per_file_{name}", 1000 * cpu.mean(), "ms")
             figure(f"decode_cpu_ms_per_window_{name}", 1000 * per_window[name].mean(), "ms")
         long_name = next(iter(lengths))
-        figure(f"decode_cpu_per_window_ratio_{long_name}_vs_30s",
-               per_window[long_name].mean() / per_window["30s"].mean(), "(≈1: a seek; grows with length: a scan)")
+        if "30s" in per_window:
+            figure(f"decode_cpu_per_window_ratio_{long_name}_vs_30s",
+                   per_window[long_name].mean() / per_window["30s"].mean(), "(≈1: a seek; grows with length: a scan)")
         for k, (fmt, _) in enumerate(FORMATS):
             sel = slice(k, None, len(FORMATS))
-            if len(per_window["30s"][sel]):
+            if "30s" in per_window and len(per_window["30s"][sel]):
                 figure(f"decode_cpu_per_window_ratio_{long_name}_vs_30s[{fmt}]",
                        per_window[long_name][sel].mean() / per_window["30s"][sel].mean())
         decode = rates[long_name]
@@ -283,12 +389,22 @@ def main() -> None:
             model = prepared_model(bundle, cfg, long, progress=False)
             weights = "random (no weight file under paths.shared)"
         print(f"backbone: {bundle.name}, weights {weights}", flush=True)
-        extractor = Extractor(bundle, model, cfg.clip, batch_size=args.batch_size, workers=0, progress=False)
-        infer, infer_cpu = inference(extractor, windows_of[long_name], args.repeat)
         windows_per_file = np.mean([len(w) for w in windows_of[long_name]])
-        figure(f"inference_files_per_s_{long_name}", infer, "files/s")
-        figure("inference_cpu_ms_per_file", 1000 * infer_cpu, "ms")
-        figure("inference_cpu_ms_per_window", 1000 * infer_cpu / windows_per_file, "ms")
+        measured = {}
+        for runtime in dict.fromkeys([args.runtime] + (["tensorflow"] if "tensorflow" in compare else [])):
+            extractor = Extractor(bundle, model, cfg.clip, batch_size=args.batch_size, workers=0, progress=False,
+                                  runtime=runtime, threads=args.threads, model_cache=tmp / "cache")
+            used = extractor.runner().name
+            print(f"runtime: {used}" + (f" (asked for {runtime})" if used != runtime else ""), flush=True)
+            measured[runtime] = inference(extractor, windows_of[long_name], args.repeat, args.passes)
+            tag = "" if runtime == args.runtime else f"_{used}"
+            figure(f"inference_files_per_s{tag}", measured[runtime][0], "files/s")
+            figure(f"inference_cpu_s_per_song{tag}", measured[runtime][1], "CPU-s")
+            figure(f"inference_cpu_ms_per_window{tag}", 1000 * measured[runtime][1] / windows_per_file, "ms")
+        infer, infer_cpu = measured[args.runtime]
+        extractor = Extractor(bundle, model, cfg.clip, batch_size=args.batch_size, workers=0, progress=False,
+                              runtime=args.runtime, threads=args.threads, model_cache=tmp / "cache")
+        song_vectors = extractor.columns(bundle.default_parts)
         ideal = 1.0 / (1.0 / decode + 1.0 / infer)
         figure("ideal_files_per_s", ideal, "files/s (1/(1/decode + 1/inference))")
         make_run(extractor, cfg, tmp / "run")
@@ -296,19 +412,36 @@ def main() -> None:
         # end to end
         small = extraction(tmp / "run", tmp / "long", tmp / "out1", args)
         large = extraction(tmp / "run", tmp / "long10", tmp / "out10", args)
-        for what, r in (("N", small), ("10N", large)):
+        for what, r in (("N", small), (f"{args.scale}N", large)):
             figure(f"end_to_end_files_per_s_{what}", r["files_per_s"],
                    f"files/s ({r['embedded']} songs in {r['wall_s']:.1f} s, start-up included)")
             figure(f"peak_rss_mib_{what}", r["rss_mib"], "MiB", 0)
         end_to_end = (large["embedded"] - small["embedded"]) / (large["wall_s"] - small["wall_s"])
         e2e_cpu = (large["cpu_s"] - small["cpu_s"]) / (large["embedded"] - small["embedded"])
-        figure("end_to_end_files_per_s", end_to_end, "files/s (steady: (10N - N) / (t(10N) - t(N)))")
+        figure("end_to_end_files_per_s", end_to_end, f"files/s (steady: ({args.scale}N - N) / (t({args.scale}N) - t(N)))")
         figure("startup_s", small["wall_s"] - small["embedded"] / end_to_end, "s")
-        figure("end_to_end_cpu_ms_per_file", 1000 * e2e_cpu, "ms (steady)")
+        figure("end_to_end_cpu_s_per_song", e2e_cpu, f"CPU-s (steady; {windows_per_file:.1f} windows per song)")
         figure("end_to_end_cpu_ms_per_window", 1000 * e2e_cpu / windows_per_file, "ms (steady)")
         figure("efficiency", end_to_end / ideal, "(end to end / ideal)", 3)
         figure("cpu_efficiency", (decode_cpu_file + infer_cpu) / e2e_cpu, "((decode + inference CPU) / end to end)", 3)
-        figure("rss_growth", large["rss_mib"] / small["rss_mib"], "(peak RSS at 10N / at N)", 3)
+        figure("core_efficiency", (large["cpu_s"] - small["cpu_s"]) / (large["wall_s"] - small["wall_s"])
+               / cpu_count(), f"(CPU-s per wall-s over the {cpu_count()} cores, steady)", 3)
+        figure("rss_growth", large["rss_mib"] / small["rss_mib"], f"(peak RSS at {args.scale}N / at N)", 3)
+
+        if "essentia" in compare:
+            from siamrec.runs import read_embeddings
+
+            ours, items = read_embeddings(f"{tmp / 'out1'}-0")
+            order = {Path(row["path"]).name: k for k, row in enumerate(items)}
+            ours = ours[[order[Path(p).name] for p in long]][:, song_vectors]
+            peer = essentia_compare(long, tmp, ours)
+            if peer is not None:
+                figure("essentia_cpu_s_per_song", peer["cpu_s"], f"CPU-s (decoding included; "
+                       f"{peer['patches']:.1f} patches per song at its default hop of 93 frames)")
+                figure("essentia_vs_siamrec_cpu_ratio", peer["cpu_s"] / e2e_cpu, "(essentia / siamrec, end to end)")
+                figure("essentia_cosine_mean", float(peer["cosine"].mean()),
+                       "(cosine of the songs' mean penultimate vectors)", 4)
+                figure("essentia_cosine_min", float(peer["cosine"].min()), "", 4)
     print(f"load average now {os.getloadavg()[0]:.2f}", flush=True)
     print(f"command: {command}")
 

@@ -138,7 +138,7 @@ class SongEncoder:
             bundle = make_bundle(m["backbone"])  # imports the bundle's module: registers its layers
             model = keras.saving.load_model(Path(run_dir) / m["model"], compile=False, safe_mode=True)
             extractor = Extractor(bundle, model, m["clip"], batch_size=int(cfg.features.batch_size),
-                                  workers=decode_workers(cfg.features), cache_root=cache)
+                                  workers=decode_workers(cfg.features), cache_root=cache, **runtime_of(cfg))
             members.append(Member(extractor, m["parts"], m["backbone"]))
         scale = [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in spec.get("scale") or []]
         return cls(members, scale or None)
@@ -167,12 +167,19 @@ def make_encoder(cfg, data=None, all_parts: bool = False) -> SongEncoder:
             check_clip(cfg.clip, bundle)  # the main backbone's clip settings are the user's: check them as given
         model = prepared_model(bundle, cfg, pool, clip)
         extractor = Extractor(bundle, model, clip, batch_size=int(cfg.features.batch_size),
-                              workers=decode_workers(cfg.features), cache_root=cache)
+                              workers=decode_workers(cfg.features), cache_root=cache, **runtime_of(cfg))
         parts = None if all_parts else (list(parts) if parts else bundle.default_parts)
         member = Member(extractor, list(parts) if parts else None, backbone_cfg)
         member.columns  # noqa: B018 - checks the part names now
         members.append(member)
     return SongEncoder(members)
+
+
+def runtime_of(cfg) -> dict:
+    """The Extractor's inference settings from cfg.features (runtime, threads) and cfg.paths (the export cache)."""
+    cache = str(cfg.paths.cache) if cfg.paths.cache else None
+    return {"runtime": str(cfg.features.runtime), "threads": cfg.features.threads,
+            "model_cache": Path(cache).expanduser() if cache else None}
 
 
 def backbone_config(name: str) -> dict:

@@ -22,6 +22,8 @@ class ExtractJob:
     run: str
     batch_size: int = 8
     workers: int = 0
+    threads: int | None = None         # inference threads (None: every core)
+    runtime: str = "onnxruntime"       # features.runtime
     shard_size: int = 256
     cache: str | None = None
 
@@ -34,9 +36,12 @@ class SongEmbedder:
         from omegaconf import OmegaConf
 
         from siamrec.embedder import RunEmbedder
+        from siamrec.inference import tensorflow_threads
 
+        tensorflow_threads(job.threads)  # before the model loads (TensorFlow fixes its pools at its first op)
         self.embedder = RunEmbedder(job.run)
-        cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False},
+        cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False,
+                                             "threads": job.threads, "runtime": job.runtime},
                                 "paths": {"cache": job.cache or ""}})
         self.encoder = self.embedder.encoder(cfg)
         for member in self.encoder.members:

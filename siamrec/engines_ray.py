@@ -76,19 +76,12 @@ class EmbedSongs:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import kapre  # noqa: F401 - registers kapre's layers: a model with kapre layers loads only after this import
         import ray
-        import tensorflow as tf
 
-        # TensorFlow's thread pools as wide as the actor's CPUs (by default as wide as the machine: with one actor
-        # per core, every actor's pools would compete for every core)
+        # inference threads as many as the actor's CPUs (by default as many as the machine's cores: with one actor
+        # per core, every actor's threads would compete for every core); decoding happens here, in the actor (one
+        # actor per core): no decoding processes inside an actor
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(cpus)
-            tf.config.threading.set_inter_op_parallelism_threads(cpus)
-        except RuntimeError:  # TensorFlow already initialised in this process: keep its pools
-            pass
-
-        # decoding happens here, in the actor (one actor per core): no decoding processes inside an actor
-        self.embedder = SongEmbedder(replace(job, workers=0), progress=False)
+        self.embedder = SongEmbedder(replace(job, workers=0, threads=cpus), progress=False)
         self.node = ray.get_runtime_context().get_node_id()
         self.actor = f"{self.node[:12]}:{os.getpid()}"
         self.load_s = time.perf_counter() - started

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from siamrec.data.audio import AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
+from siamrec.inference import cpu_count, inference_threads, make_runner
 from siamrec.runs import atomic_write_bytes, write_csv
 
 POOLS = ("mean", "mean_std")
@@ -172,11 +173,6 @@ class FeatureCache:
 
 
 # --- decoding -------------------------------------------------------------------------------------------------
-def cpu_count() -> int:
-    """Cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def decode_workers(features_cfg) -> int:
     """features.workers, or one decoding process per core when it is null."""
     workers = features_cfg.get("workers")
@@ -234,7 +230,7 @@ class Extractor:
     """A bundle's model with the clip settings: decodes, embeds and pools songs."""
 
     def __init__(self, bundle, model, clip_cfg, batch_size: int = 8, workers: int = 0, cache_root=None,
-                 progress: bool = True):
+                 progress: bool = True, runtime: str = "tensorflow", threads: int | None = None, model_cache=None):
         check_clip(clip_cfg, bundle)
         self.bundle, self.model, self.clip = bundle, model, _plain(clip_cfg)
         self.plan = window_plan(bundle, clip_cfg)
@@ -242,6 +238,18 @@ class Extractor:
         self.layout = pooled_parts(bundle.parts, self.pool)
         self.batch_size, self.workers, self.progress = int(batch_size), int(workers), progress
         self.cache_root = Path(cache_root) if cache_root else None
+        # inference (siamrec.inference): the runtime, its threads, where an exported graph is cached
+        self.runtime, self.threads = runtime, inference_threads(threads)
+        self.model_cache = Path(model_cache) if model_cache else None
+        self._runner, self._runner_key = None, None
+
+    def runner(self):
+        """The model's runner for its current weights (built again after fine-tuning changed them)."""
+        key = self.fingerprint
+        if self._runner is None or key != self._runner_key:
+            self._runner = make_runner(self.bundle, self.model, self.runtime, self.threads, key, self.model_cache)
+            self._runner_key = key
+        return self._runner
 
     @property
     def fingerprint(self) -> str:
@@ -259,15 +267,16 @@ class Extractor:
         """(index, windows, error, digest) for the (index, path) `items`, in order (see decode_stream)."""
         return decode_stream(items, self.plan, self.workers, want_digest)
 
-    def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+    def embed_windows(self, windows: np.ndarray, runner=None) -> np.ndarray:
         """(n, bundle.dim) features of (n, window) windows, in full batches (the last padded: no retracing)."""
+        runner = runner or self.runner()
         out = []
         for start in range(0, len(windows), self.batch_size):
             batch = windows[start:start + self.batch_size]
             n = len(batch)
             if n < self.batch_size:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n, batch.shape[1]), np.float32)])
-            out.append(self.bundle.feature_vector(self.model.predict_on_batch(batch))[:n])
+            out.append(self.bundle.feature_vector(runner(batch))[:n])
         return np.concatenate(out) if out else np.empty((0, self.bundle.dim), np.float32)
 
     def stream(self, items, want_digest: bool = False, desc: str = "features"):
@@ -277,10 +286,11 @@ class Extractor:
         pending: deque = deque()            # songs in order: [index, digest, n_windows, rows, error]
         buf: list = []                      # (song, window) waiting for the model
         n_failed = 0
+        runner = self.runner() if items else None
 
         def run(n):
             batch = np.stack([w for _, w in buf[:n]])
-            for (song, _), row in zip(buf[:n], self.embed_windows(batch)):
+            for (song, _), row in zip(buf[:n], self.embed_windows(batch, runner)):
                 song[3].append(row)
             del buf[:n]
 

@@ -216,6 +216,7 @@ SCHEMA: dict = {
     "features": {
         "parts": list_of(string(), null=True, what="a list of part names"), "combine": COMBINE,
         "batch_size": integer(1), "workers": integer(0, null=True), "cache": boolean(),
+        "threads": integer(1, null=True), "runtime": choice("onnxruntime", "tensorflow"),
     },
     "eval": {
         "protocol": choice("test", "test_vs_all", "cross"),

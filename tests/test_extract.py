@@ -52,7 +52,7 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
     whole = tmp_path / "whole"
     assert extract(extract_cfg(cfg_factory, run, library, whole, "features.workers=2"), tmp_path) == whole
     summary = json.loads((whole / "extract.json").read_text())
-    assert (summary["embedded"], summary["reused"], summary["failed"]) == (12, 0, 0)
+    assert (summary["status"], summary["embedded"], summary["reused"], summary["failed"]) == ("done", 12, 0, 0)
     assert len(list((whole / "store").glob("shard-*.npz"))) == 4
     # the extraction reproduces the run's own embeddings of the same songs
     reference = by_key(run)
@@ -74,6 +74,9 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
         extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
     shards = sorted((resumed / "store").glob("shard-*.npz"))
     assert len(shards) == 1 and not (resumed / "embeddings.npy").exists()
+    progress = json.loads((resumed / "extract.json").read_text())  # written with every shard
+    assert (progress["status"], progress["done"], progress["total"]) == ("running", 3, 12)
+    assert progress["songs_per_s"] > 0 and progress["eta_s"] > 0
     assert not list((resumed / "store").glob(".*tmp"))
     with np.load(shards[0]) as z:  # a complete shard: 3 keys and their rows
         done = {str(k) for k in z["keys"]}

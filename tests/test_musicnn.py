@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from conftest import shared_root
 from siamrec.backbones import musicnn as mn
 from siamrec.errors import SiamrecError
+from siamrec.inference import make_runner
 
 SR = mn.SR
 
@@ -273,28 +274,36 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     cached = mn.MusicnnMSD(download=False).build(OmegaConf.create({"cache": str(tmp_path / "cache")}))
     for a, b in zip(port.get_weights(), cached.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # the Keras model and the runtime extraction uses by default (exported to ONNX, NumPy front end)
+    onnx = make_runner(mn.MusicnnMSD(), port, "onnxruntime", 1, "raga", None)
+    assert onnx.name == "onnxruntime"
+    runners = {"keras": port.predict_on_batch, "onnxruntime": onnx}
     tol = {"penultimate": 1e-4, "max_pool": 2e-3, "taggram": 2e-5}
-    worst = dict.fromkeys(tol, 0.0)
+    worst = {name: dict.fromkeys(tol, 0.0) for name in runners}
     rows = list(csv.DictReader(open(root / "audio" / "ragaveda" / "labels.csv")))
     n_patches, top5_differ = 0, []
     try:
         for row in rows:
             y, _ = librosa.load(str(root / "audio" / "ragaveda" / row["path"]), sr=SR)
             ref = run_original(mel_patches(librosa_logmel(y, float16=True)))
-            got = port.predict_on_batch(patch_windows(y))
-            assert len(got["taggram"]) == len(ref["taggram"]), row["path"]
             n_patches += len(ref["taggram"])
-            for part in tol:
-                worst[part] = max(worst[part], float(np.max(np.abs(np.asarray(got[part]) - ref[part]))))
-            top_ref = np.argsort(-ref["taggram"].mean(0))[:5]
-            top_got = np.argsort(-np.asarray(got["taggram"]).mean(0))[:5]
-            if not np.array_equal(top_ref, top_got):
-                top5_differ.append(row["path"])
+            for name, run in runners.items():
+                got = run(patch_windows(y))
+                assert len(got["taggram"]) == len(ref["taggram"]), row["path"]
+                for part in tol:
+                    worst[name][part] = max(worst[name][part],
+                                            float(np.max(np.abs(np.asarray(got[part]) - ref[part]))))
+                top_ref = np.argsort(-ref["taggram"].mean(0))[:5]
+                top_got = np.argsort(-np.asarray(got["taggram"]).mean(0))[:5]
+                if not np.array_equal(top_ref, top_got):
+                    top5_differ.append(f"{name}: {row['path']}")
     finally:
         sess.close()
-    print(f"\n{len(rows)} clips, {n_patches} patches, max abs difference: "
-          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+    for name in runners:
+        print(f"\n{name}: {len(rows)} clips, {n_patches} patches, max abs difference: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in worst[name].items()))
     assert len(rows) == 69 and n_patches > 0
-    for part, t in tol.items():
-        assert worst[part] <= t, f"{part}: max abs difference {worst[part]:.3g} > {t}"
+    for name in runners:
+        for part, t in tol.items():
+            assert worst[name][part] <= t, f"{name}, {part}: max abs difference {worst[name][part]:.3g} > {t}"
     assert not top5_differ, f"top-5 tags (mean over the clip's patches) differ for {top5_differ}"

@@ -123,6 +123,11 @@ class Bundle:
                 layer.trainable = True
         return chosen
 
+    def onnx_split(self, model):
+        """(front end in NumPy or None, the Keras model to export to ONNX) for siamrec.inference: by default the
+        whole model is exported."""
+        return None, model
+
     def feature_vector(self, outputs: dict) -> np.ndarray:
         """(n, dim) float32: the model's part outputs concatenated in `parts` order."""
         return np.concatenate([np.asarray(outputs[p], dtype=np.float32).reshape(len(outputs[p]), -1)

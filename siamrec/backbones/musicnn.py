@@ -166,6 +166,30 @@ class MusicnnLogMel(keras.layers.Layer):
         return {**super().get_config(), "n_frames": self.n_frames, "float16": self.float16}
 
 
+def logmel_numpy(windows: np.ndarray) -> np.ndarray:
+    """``MusicnnLogMel`` (float16=True) in NumPy, for runtimes that get the network without its front end: the
+    same operations in the same precisions (librosa's own: float64 FFT rounded to complex64, NumPy's complex64
+    abs(), float32 power and filterbank), float16 rounding, log10(10000·x + 1)."""
+    window, mel_fb = _numpy_frontend_constants()
+    x = np.asarray(windows, dtype=np.float32)
+    blocks = x.reshape(len(x), N_FRAMES + 1, HOP)
+    frames = np.concatenate([blocks[:, :-1], blocks[:, 1:]], axis=-1)  # (batch, 187, 512)
+    spectrum = np.fft.rfft(frames * window, axis=-1).astype(np.complex64)
+    power = np.abs(spectrum) ** 2
+    mel = np.matmul(power, mel_fb)
+    mel = np.minimum(mel, np.float32(65504.0)).astype(np.float16).astype(np.float32)
+    return np.log10(np.float32(10000.0) * mel + np.float32(1.0))
+
+
+_FRONTEND_CONSTANTS: list = []
+
+
+def _numpy_frontend_constants():
+    if not _FRONTEND_CONSTANTS:
+        _FRONTEND_CONSTANTS.extend([hann_window(), mel_filterbank()])
+    return _FRONTEND_CONSTANTS
+
+
 # --- network ----------------------------------------------------------------------------------------------------
 def _bn(name):
     return keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
@@ -414,3 +438,7 @@ class MusicnnMSD(Bundle):
 
     def classifier_input(self, model):
         return model.get_layer("backend_bn_dense").output
+
+    def onnx_split(self, model):
+        # ONNX has no float64 FFT with librosa's rounding: the front end runs in NumPy, the network is exported
+        return logmel_numpy, mel_input_model(model)

@@ -55,9 +55,10 @@ def extract(cfg, run_dir) -> Path:
         print(f"{len(lib)} files: {len(found)} already in {store.dir}, {len(todo)} to embed "
               f"({engine.name} engine)")
         job = ExtractJob(run=str(run), batch_size=int(cfg.features.batch_size), workers=decode_workers(cfg.features),
-                         shard_size=shard_size, cache=str(Path(str(cfg.paths.cache)).expanduser()))
+                         threads=cfg.features.threads, runtime=str(cfg.features.runtime), shard_size=shard_size, cache=str(Path(str(cfg.paths.cache)).expanduser()))
         try:
-            failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store) if todo else []
+            progress = ProgressStore(store, out / "extract.json", len(todo), engine.name)
+            failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, progress) if todo else []
         except KeyboardInterrupt as exc:  # the engine stored every finished song first
             exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
                                f"(extract.out={out}) to finish")
@@ -78,7 +79,7 @@ def extract(cfg, run_dir) -> Path:
         store.unlock()
     wall = time.perf_counter() - started
     embedded = len(todo) - len(failures)
-    summary = {"items": len(lib), "embedded": embedded, "reused": len(found), "failed": len(failures),
+    summary = {"status": "done", "items": len(lib), "embedded": embedded, "reused": len(found), "failed": len(failures),
                "damaged_shards": [p.name for p in store.damaged], "engine": engine.name,
                **getattr(engine, "stats", {}),
                "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
@@ -87,6 +88,28 @@ def extract(cfg, run_dir) -> Path:
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
     return out
+
+
+class ProgressStore:
+    """The store as the engines see it: every shard they write also updates `extract.json` with the songs done so
+    far, the total, songs per second and the time left, so a long extraction can be followed from outside."""
+
+    def __init__(self, store, path: Path, total: int, engine: str):
+        self.store, self.path, self.total, self.engine = store, path, total, engine
+        self.done, self.started = 0, time.perf_counter()
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def write(self, keys, *columns) -> Path:
+        shard = self.store.write(keys, *columns)
+        self.done += len(keys)
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        write_json(self.path, {"status": "running", "engine": self.engine, "done": self.done, "total": self.total,
+                               "songs_per_s": round(rate, 3), "elapsed_s": round(elapsed, 1),
+                               "eta_s": round((self.total - self.done) / rate, 1) if rate else None})
+        return shard
 
 
 def _print_summary(summary: dict, failures: list, keys: list[str]) -> None:

@@ -1,0 +1,162 @@
+"""Inference runtimes: a bundle's Keras model run on batches of windows, by ONNX Runtime or by TensorFlow.
+
+`features.runtime=onnxruntime` (the default) exports the model once to ONNX (tf2onnx) and runs it in ONNX Runtime
+with `features.threads` threads. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
+musicnn's librosa-exact log-mel in NumPy, whose float64 FFT ONNX cannot express), the rest of the network is
+exported. The exported graph is cached under `paths.cache/onnx/`, keyed by the extractor's fingerprint (bundle
+spec, every weight, clip settings) and the exporter's versions, so a fine-tuned model never reuses a stale graph
+and a second run exports nothing; an ONNX file is a graph of tensors, never code, and nothing is written into a
+run folder. When onnxruntime or tf2onnx is missing, or the graph cannot be exported or disagrees with the Keras
+model on a probe batch, the run falls back to TensorFlow and says so in one line.
+
+Training, fine-tuning and the saved models stay Keras 3; only inference goes through a runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("onnxruntime", "tensorflow")
+PROBE_WINDOWS = 2
+_warned: set[str] = set()
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def inference_threads(threads) -> int:
+    """features.threads, or every core of this process when it is null."""
+    return cpu_count() if threads is None else max(1, int(threads))
+
+
+def tensorflow_threads(threads) -> None:
+    """TensorFlow's thread pools as wide as `threads` (null: every core); possible only before TensorFlow ran its
+    first op in this process, so callers that know their threads call it before loading a model."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(inference_threads(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialised in this process: keep its pools
+        pass
+
+
+class TensorflowRunner:
+    """The Keras model itself (TensorFlow's own thread pools)."""
+
+    name = "tensorflow"
+
+    def __init__(self, model, threads: int):
+        tensorflow_threads(threads)
+        self.model = model
+
+    def __call__(self, windows: np.ndarray) -> dict:
+        return {k: np.asarray(v) for k, v in self.model.predict_on_batch(windows).items()}
+
+
+class OnnxRunner:
+    """An exported graph in ONNX Runtime; `frontend` (NumPy) turns windows into the graph's input first."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graph: bytes | str, threads: int, frontend=None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle threads sleep instead of spinning: the decoding workers share the cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.frontend = frontend
+
+    def __call__(self, windows: np.ndarray) -> dict:
+        x = self.frontend(windows) if self.frontend is not None else windows
+        return dict(zip(self.outputs, self.session.run(self.outputs, {self.input: np.ascontiguousarray(x)})))
+
+
+def _say_once(line: str) -> None:
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def export_onnx(model) -> bytes:
+    """The Keras model (dict outputs) as an ONNX graph, by tf2onnx; raises when a layer cannot be exported."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name="x")]
+    fn = tf.function(lambda x: model(x, training=False))
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
+    unsupported = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml")})
+    if unsupported:
+        raise ValueError(f"layers without an ONNX form: {', '.join(unsupported)}")
+    return proto.SerializeToString()
+
+
+def _agrees(runner, model, frontend, window_samples: int) -> str | None:
+    """None when the runner reproduces the Keras model on a seeded probe batch, else what differs."""
+    x = (0.1 * np.random.default_rng(0).standard_normal((PROBE_WINDOWS, window_samples))).astype(np.float32)
+    ref = {k: np.asarray(v) for k, v in model.predict_on_batch(frontend(x) if frontend else x).items()}
+    got = runner(x)
+    for k, v in ref.items():
+        if k not in got or got[k].shape != v.shape:
+            return f"output {k} missing"
+        if not np.allclose(got[k], v, rtol=1e-3, atol=1e-3 * (1.0 + float(np.abs(v).max()))):
+            return f"output {k} differs by {float(np.abs(got[k] - v).max()):.3g}"
+    return None
+
+
+def make_runner(bundle, model, runtime: str, threads: int, key: str, cache_root=None):
+    """The runner of `model` (see the module docstring). `key` identifies the model's weights and settings (the
+    extractor's fingerprint); the exported graph is cached under `cache_root/onnx/` when a cache root is given."""
+    from siamrec.errors import SiamrecError
+
+    if runtime not in RUNTIMES:
+        raise SiamrecError(f"features.runtime={runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if runtime == "tensorflow":
+        return TensorflowRunner(model, threads)
+    try:
+        import onnxruntime
+        import tf2onnx
+    except ImportError as exc:
+        _say_once(f"features.runtime=onnxruntime: {exc.name} is not installed (pip install onnxruntime tf2onnx); "
+                  "inference runs in TensorFlow, about as fast on CPUs with AVX512-VNNI, slower elsewhere")
+        return TensorflowRunner(model, threads)
+    frontend, graph_model = bundle.onnx_split(model)
+    versions = f"tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__}"
+    digest = hashlib.sha256(f"{key} {versions}".encode()).hexdigest()[:20]
+    path = Path(cache_root) / "onnx" / f"{bundle.name}-{digest}.onnx" if cache_root else None
+    if path is not None and path.is_file():
+        try:
+            return OnnxRunner(str(path), threads, frontend)
+        except Exception:  # noqa: BLE001 - a damaged cache entry is exported again
+            pass
+    try:
+        graph = export_onnx(graph_model)
+        runner = OnnxRunner(graph, threads, frontend)
+        problem = _agrees(runner, graph_model, frontend, bundle.window_samples)
+    except Exception as exc:  # noqa: BLE001 - any failure to export ends in the same fallback
+        problem = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if problem:
+        _say_once(f"features.runtime=onnxruntime: {bundle.name} cannot run in ONNX Runtime ({problem}); "
+                  "inference runs in TensorFlow")
+        return TensorflowRunner(model, threads)
+    if path is not None:
+        from siamrec.runs import atomic_write_bytes
+
+        atomic_write_bytes(path, graph)
+    return runner
