@@ -7,8 +7,9 @@
 
 Decoding runs ahead in worker processes while the model embeds the current batch, so the two overlap; memory
 holds one batch and a bounded prefetch, whatever the number of songs. Files that cannot be decoded are skipped
-and reported, never fatal. The fingerprint of a feature hashes the bundle's spec, the model's weights and the whole
-`clip` config, so a changed setting or a fine-tuned model never reuses stale features.
+and reported, never fatal. The fingerprint of a feature hashes the decoder's version, the bundle's spec, the model's
+weights and the whole `clip` config, so a changed setting, a fine-tuned model or a corrected decoder never reuses
+stale features.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from siamrec.data.audio import AudioError, WindowPlan, decode_windows, parse_windows, window_start
+from siamrec.data.audio import DECODER_VERSION, AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
 from siamrec.runs import atomic_write_bytes, write_csv
 
@@ -103,8 +104,10 @@ def pool_windows(feats: np.ndarray, pool: str) -> np.ndarray:
 
 
 def fingerprint(bundle, model, clip_cfg) -> str:
-    """Hash of everything that changes a song vector: the bundle's spec, every weight of the model, the clip config."""
-    h = hashlib.sha256(json.dumps(bundle.spec(), sort_keys=True, default=str).encode())
+    """Hash of everything that changes a song vector: the decoder's version, the bundle's spec, every weight of the
+    model, the clip config."""
+    h = hashlib.sha256(f"decoder {DECODER_VERSION}".encode())
+    h.update(json.dumps(bundle.spec(), sort_keys=True, default=str).encode())
     for w in model.weights:
         h.update(w.path.encode())
         h.update(np.ascontiguousarray(w.numpy()).tobytes())
