@@ -95,6 +95,13 @@ def test_recommend_leaves_the_seed_out_and_embeds_a_new_song(baseline_run, cfg_f
     assert rows[0][3] == "drone/drone_1.flac" and rows[0][5] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(SiamrecError, match="seed="):
         recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={tmp_path / 'nope.mp3'}"), out)
+    # a file that exists but holds no audio: it cannot be decoded, and why (libsndfile calls it "File does not exist")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(SiamrecError) as e:
+        recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={broken}"), out)
+    assert str(e.value).startswith(f"seed={broken}: cannot be decoded: libsndfile: data not recognised as audio; ")
+    assert "not exist" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_plot_command_writes_pictures(baseline_run, cfg_factory, tmp_path):

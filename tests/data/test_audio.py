@@ -220,6 +220,26 @@ def test_corrupt_file(tmp_path):
     assert_audio_error(e, path)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name, data, words", [
+    ("noise.mp3", np.random.default_rng(0).bytes(5000), ["libsndfile: data not recognised as audio", "audioread: "]),
+    ("text.wav", b"hello, not audio\n", ["libsndfile: Format not recognised", "audioread: "]),
+    ("empty.mp3", b"", ["the file is empty"]),
+])
+def test_a_file_that_exists_but_is_not_audio_says_why_it_cannot_be_decoded(tmp_path, name, data, words):
+    """libsndfile says "File does not exist" of a file whose data it does not recognise: never passed on."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(AudioError) as e:
+        load_clip(path, sr=12000, duration=0.5)
+    assert_audio_error(e, path)
+    assert e.value.reason.startswith("cannot be decoded: ")
+    assert "not exist" not in e.value.reason and str(path) not in e.value.reason
+    for word in words:
+        assert word in e.value.reason
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "gone" / "song.flac"
     with pytest.raises(AudioError) as e:
