@@ -149,6 +149,28 @@ def test_a_corrupt_file_is_skipped_counted_and_listed(tmp_path, cfg_factory, aud
     assert len(items) == 18 and "high/broken.wav" not in {it["key"] for it in items}
 
 
+def test_the_causes_of_skipped_files_are_printed_at_the_end_of_the_command(tmp_path, audio_folder, capsys):
+    """Through the command line: 2 of 20 files skipped (over 1 %): their causes come last, before the run folder,
+    where a training's output cannot push them out of sight."""
+    from siamrec import cli
+    from siamrec.data.audio import AUDIO_EXTENSIONS
+
+    assert "mp3" in AUDIO_EXTENSIONS
+    (audio_folder / "high" / "noise.mp3").write_bytes(np.random.default_rng(0).bytes(3000))
+    (audio_folder / "beats" / "text.wav").write_bytes(b"not audio")
+    run = tmp_path / "run"
+    code = cli.main(["evaluate", "+model=identity", *audio_args(audio_folder), f"paths.cache={tmp_path / 'cache'}",
+                     "features.workers=0", "backbone=choi2017", f"hydra.run.dir={run}"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(run)
+    assert lines[-4].startswith("skipped 2 of 20 files (10.0 %) that could not be decoded, listed in ")
+    text, noise = sorted(lines[-3:-1])  # audioread's reason depends on the decoders installed
+    assert text.startswith("  1 × 'cannot be decoded: libsndfile: Format not recognised; audioread: ")
+    assert noise.startswith("  1 × 'cannot be decoded: libsndfile: data not recognised as audio; audioread: ")
+    assert text.endswith("' (e.g. text.wav)") and noise.endswith("' (e.g. noise.mp3)")
+
+
 def test_too_many_failures_stop_the_run(tmp_path, cfg_factory, audio_folder):
     for label in ("drone", "high", "beats"):
         for i in range(3):
