@@ -23,8 +23,6 @@ from siamrec.pipeline import Data, save_embeddings
 from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
 from siamrec.store import FeatureStore, model_files, run_fingerprint
 
-SHOWN_FAILURES = 5
-
 
 def extract(cfg, run_dir) -> Path:
     from siamrec.data.sources import load_library
@@ -55,7 +53,8 @@ def extract(cfg, run_dir) -> Path:
         print(f"{len(lib)} files: {len(found)} already in {store.dir}, {len(todo)} to embed "
               f"({engine.name} engine)")
         job = ExtractJob(run=str(run), batch_size=int(cfg.features.batch_size), workers=decode_workers(cfg.features),
-                         threads=cfg.features.threads, runtime=str(cfg.features.runtime), shard_size=shard_size, cache=str(Path(str(cfg.paths.cache)).expanduser()))
+                         threads=cfg.features.threads, runtime=str(cfg.features.runtime), shard_size=shard_size,
+                         cache=str(Path(str(cfg.paths.cache)).expanduser()))
         try:
             progress = ProgressStore(store, out / "extract.json", len(todo), engine.name)
             failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, progress) if todo else []
@@ -84,7 +83,7 @@ def extract(cfg, run_dir) -> Path:
                **getattr(engine, "stats", {}),
                "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
     write_json(out / "extract.json", summary)
-    _print_summary(summary, failures, lib.keys)
+    _print_summary(summary)
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
     return out
@@ -112,11 +111,7 @@ class ProgressStore:
         return shard
 
 
-def _print_summary(summary: dict, failures: list, keys: list[str]) -> None:
+def _print_summary(summary: dict) -> None:
     print(f"extract: {summary['embedded']} embedded, {summary['reused']} reused from the store, "
           f"{summary['failed']} failed; {summary['wall_s']:.1f} s ({summary['files_per_s']:.2f} files/s); "
           f"{summary['rows']} items in {Path(summary['out']) / 'embeddings.npy'}")
-    for i, reason in failures[:SHOWN_FAILURES]:
-        print(f"  failed: {keys[i]}: {reason}")
-    if len(failures) > SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - SHOWN_FAILURES} more (see failed.csv)")
