@@ -290,10 +290,10 @@ def main() -> None:
                         "and inference-only (default 10)")
     parser.add_argument("--scale", type=int, default=10, help="the large end-to-end run extracts scale×N songs "
                         "(N hard-linked; default 10)")
-    parser.add_argument("--runtime", default="onnxruntime", help="features.runtime (default onnxruntime)")
+    parser.add_argument("--runtime", default="tensorflow", help="features.runtime (default tensorflow)")
     parser.add_argument("--threads", type=int, default=None, help="features.threads (default: cores)")
-    parser.add_argument("--compare", default="", help="comma list: tensorflow (inference in plain TensorFlow on the "
-                        "same windows), essentia (essentia-tensorflow's TensorflowPredictMusiCNN on the same songs)")
+    parser.add_argument("--compare", default="", help="comma list: tensorflow or onnxruntime (inference in the "
+                        "other runtime on the same windows), essentia (essentia-tensorflow's TensorflowPredictMusiCNN on the same songs)")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides (KEY=VALUE), e.g. clip.offset=middle")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "LIBRARY", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--freeze", nargs=2, help=argparse.SUPPRESS)
@@ -306,8 +306,8 @@ def main() -> None:
     if args.essentia:
         return essentia_child(*args.essentia)
     compare = [c for c in args.compare.split(",") if c]
-    if set(compare) - {"tensorflow", "essentia"}:
-        raise SystemExit(f"--compare {args.compare}: use tensorflow and/or essentia")
+    if set(compare) - {"tensorflow", "onnxruntime", "essentia"}:
+        raise SystemExit(f"--compare {args.compare}: use tensorflow, onnxruntime and/or essentia")
     command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO) if Path(sys.argv[0]).is_file()
                           else sys.argv[0], *sys.argv[1:]])
 
@@ -391,7 +391,7 @@ def main() -> None:
         print(f"backbone: {bundle.name}, weights {weights}", flush=True)
         windows_per_file = np.mean([len(w) for w in windows_of[long_name]])
         measured = {}
-        for runtime in dict.fromkeys([args.runtime] + (["tensorflow"] if "tensorflow" in compare else [])):
+        for runtime in dict.fromkeys([args.runtime] + [c for c in compare if c != "essentia"]):
             extractor = Extractor(bundle, model, cfg.clip, batch_size=args.batch_size, workers=0, progress=False,
                                   runtime=runtime, threads=args.threads, model_cache=tmp / "cache")
             used = extractor.runner().name

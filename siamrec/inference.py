@@ -1,7 +1,11 @@
 """Inference runtimes: a bundle's Keras model run on batches of windows, by ONNX Runtime or by TensorFlow.
 
-`features.runtime=onnxruntime` (the default) exports the model once to ONNX (tf2onnx) and runs it in ONNX Runtime
-with `features.threads` threads. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
+`features.runtime=tensorflow` (the default) runs the Keras model with `features.threads` intra-op threads (oneDNN
+kernels: siamrec.cli turns them on). `features.runtime=onnxruntime` (`pip install -e ".[onnx]"`) exports the model
+once to ONNX (tf2onnx) and runs it in ONNX Runtime, `features.threads` parts of every batch at once. Measured on
+the 2-core dev machine (AVX512-VNNI, where TensorFlow uses oneDNN anyway) in one run of scripts/bench_extract.py:
+TensorFlow 42 ms, ONNX Runtime 49 ms CPU per musicnn patch, hence the default; issue 18 measured ONNX Runtime at
+38-42 ms against TensorFlow's 106 ms on a CPU where TensorFlow's oneDNN was off. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
 musicnn's librosa-exact log-mel in NumPy, whose float64 FFT ONNX cannot express), the rest of the network is
 exported. The exported graph is cached under `paths.cache/onnx/`, keyed by the extractor's fingerprint (bundle
 spec, every weight, clip settings) and the exporter's versions, so a fine-tuned model never reuses a stale graph
@@ -62,7 +66,11 @@ class TensorflowRunner:
 
 
 class OnnxRunner:
-    """An exported graph in ONNX Runtime; `frontend` (NumPy) turns windows into the graph's input first."""
+    """An exported graph in ONNX Runtime; `frontend` (NumPy) turns windows into the graph's input first.
+
+    With `threads` > 1 a batch is split into `threads` parts run at once, each on one thread (ONNX Runtime
+    releases the GIL; a session may run concurrently): measured on 2 cores, 40 ms CPU per musicnn patch, where
+    one run with 2 intra-op threads cost 49 ms (their synchronisation per operator)."""
 
     name = "onnxruntime"
 
@@ -70,21 +78,32 @@ class OnnxRunner:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
+        so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle threads sleep instead of spinning: the decoding workers share the cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.frontend = frontend
+        self.frontend, self.threads = frontend, threads
+        self._pool = None
+
+    def _run(self, windows: np.ndarray) -> list:
+        x = self.frontend(windows) if self.frontend is not None else windows
+        return self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, dtype=np.float32)})
 
     def __call__(self, windows: np.ndarray) -> dict:
-        x = self.frontend(windows) if self.frontend is not None else windows
-        return dict(zip(self.outputs, self.session.run(self.outputs, {self.input: np.ascontiguousarray(x)})))
+        parts = min(self.threads, len(windows))
+        if parts <= 1:
+            return dict(zip(self.outputs, self._run(windows)))
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnxruntime")
+        results = list(self._pool.map(self._run, np.array_split(windows, parts)))
+        return {name: np.concatenate([r[k] for r in results]) for k, name in enumerate(self.outputs)}
 
 
 def _say_once(line: str) -> None:
@@ -133,8 +152,8 @@ def make_runner(bundle, model, runtime: str, threads: int, key: str, cache_root=
         import onnxruntime
         import tf2onnx
     except ImportError as exc:
-        _say_once(f"features.runtime=onnxruntime: {exc.name} is not installed (pip install onnxruntime tf2onnx); "
-                  "inference runs in TensorFlow, about as fast on CPUs with AVX512-VNNI, slower elsewhere")
+        _say_once(f"features.runtime=onnxruntime: {exc.name} is not installed (pip install -e \".[onnx]\"); "
+                  "inference runs in TensorFlow")
         return TensorflowRunner(model, threads)
     frontend, graph_model = bundle.onnx_split(model)
     versions = f"tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__}"

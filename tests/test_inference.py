@@ -50,6 +50,9 @@ def test_onnxruntime_gives_the_keras_outputs_and_caches_the_graph(bundle_and_mod
     ref, got = model.predict_on_batch(x), runner(x)
     for part in ("penultimate", "max_pool", "taggram"):
         np.testing.assert_allclose(got[part], np.asarray(ref[part]), rtol=1e-4, atol=1e-4)
+    two = inference.OnnxRunner(str(next((tmp_path / "onnx").glob("*.onnx"))), 2, mn.logmel_numpy)
+    for part, value in two(x).items():  # the batch split over two threads: the same rows, in order
+        np.testing.assert_allclose(value, got[part], rtol=1e-5, atol=1e-6)
     cached = list((tmp_path / "onnx").glob("musicnn_msd-*.onnx"))
     assert len(cached) == 1
 
