@@ -159,7 +159,7 @@ MODELS = {
         "batch_size": integer(1), "patience": integer(0), "class_weight": boolean(),
         "threshold": number(0, 1, lo_open=True, hi_open=True), "hidden": integer(1), "dropout": FRACTION,
         "head_lr": number(0, lo_open=True), "head_epochs": integer(1), "head_batch_size": integer(1),
-        "head_patience": integer(0),
+        "head_patience": integer(0), "seed": integer(0),
     },
     "siamese": {
         **_MODEL_COMMON,

@@ -121,6 +121,16 @@ class KerasHead(Head):
         self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
 
 
+def seed_component(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow right before a trainable component is built, from that component's own seed:
+    its initial weights, dropout and shuffling then do not depend on what consumed random state before it (through
+    audio a backbone is built first; through data=features none is), so the same features and seed give the same
+    model whichever path built it."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
 def epoch_progress(epochs: int, desc: str):
     """A Keras callback showing training as one tqdm bar over epochs, with the latest logs as its postfix."""
     import keras
