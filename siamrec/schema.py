@@ -152,7 +152,8 @@ COMBINE = list_of(Check(lambda v: isinstance(v, Mapping) and isinstance(v.get("b
 _MODEL_COMMON = {"name": choice("identity", "lda", "baseline", "siamese"), "train_on": choice("songs", "windows")}
 MODELS = {
     "identity": {**_MODEL_COMMON},
-    "lda": {**_MODEL_COMMON, "use_valid": boolean()},
+    "lda": {**_MODEL_COMMON, "use_valid": boolean(), "solver": choice("eigen", "svd"),
+            "shrinkage": one_of(choice("auto"), number(0, 1, null=True), allowed="auto, a fraction in [0, 1] or null")},
     "baseline": {
         **_MODEL_COMMON,
         "trainable": TRAINABLE, "lr": number(0, lo_open=True), "momentum": FRACTION, "epochs": integer(1),

@@ -52,7 +52,11 @@ class IdentityHead(Head):
 
 
 class LDAHead(Head):
-    """scikit-learn LinearDiscriminantAnalysis on the training (+ validation) items; single-label only."""
+    """scikit-learn LinearDiscriminantAnalysis on the training (+ validation) items; single-label only.
+
+    With a few hundred songs and as many dimensions, the within-class covariance is estimated badly and the plain
+    (`solver=svd`) projection overfits the training songs; `solver=eigen` with `shrinkage=auto` (Ledoit-Wolf, the
+    default) shrinks it towards a multiple of the identity by an amount estimated from the data."""
 
     kind = "lda"
 
@@ -67,9 +71,17 @@ class LDAHead(Head):
         classes = y.argmax(axis=1)
         if len(np.unique(classes)) < 2:
             raise SiamrecError("model=lda needs training items of at least 2 labels")
-        lda = LinearDiscriminantAnalysis(solver="svd").fit(x, classes)
+        solver, shrinkage = self.cfg["solver"], self.cfg["shrinkage"]
+        if solver not in ("svd", "eigen"):
+            raise SiamrecError(f"model.solver={solver!r}: use eigen (with shrinkage) or svd (none)")
+        if solver == "svd" and shrinkage is not None:
+            raise SiamrecError("model.shrinkage needs model.solver=eigen (solver=svd does not shrink): "
+                               "set model.shrinkage=null or model.solver=eigen")
+        lda = LinearDiscriminantAnalysis(solver=solver, shrinkage=shrinkage).fit(x, classes)
         n = min(lda.scalings_.shape[1], len(np.unique(classes)) - 1)
-        self.mean, self.scalings = lda.xbar_.astype(np.float64), lda.scalings_[:, :n].astype(np.float64)
+        # svd centres on the data's mean (xbar_); eigen does not centre: centre on the same mean for the cosine
+        mean = lda.xbar_ if solver == "svd" else np.asarray(x, dtype=np.float64).mean(axis=0)
+        self.mean, self.scalings = mean.astype(np.float64), lda.scalings_[:, :n].astype(np.float64)
         return {}
 
     def transform(self, x):
