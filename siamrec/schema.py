@@ -149,11 +149,13 @@ COMBINE = list_of(Check(lambda v: isinstance(v, Mapping) and isinstance(v.get("b
                         and set(v) <= {"backbone", "parts"},
                         "{backbone: NAME, parts: [...]}"), what="a list of {backbone: NAME, parts: [...]}")
 
+SHRINKAGE = one_of(choice("auto"), number(0, 1, null=True), allowed="null, auto or a fraction in [0, 1]")
 _MODEL_COMMON = {"name": choice("identity", "lda", "baseline", "siamese"), "train_on": choice("songs", "windows")}
 MODELS = {
     "identity": {**_MODEL_COMMON},
-    "lda": {**_MODEL_COMMON, "use_valid": boolean(), "solver": choice("eigen", "svd"),
-            "shrinkage": one_of(choice("auto"), number(0, 1, null=True), allowed="auto, a fraction in [0, 1] or null")},
+    "lda": {**_MODEL_COMMON, "use_valid": boolean(),
+            "shrinkage": one_of(SHRINKAGE, list_of(SHRINKAGE, min_len=1),
+                                allowed="null, auto, a fraction in [0, 1], or a list of them (chosen on validation)")},
     "baseline": {
         **_MODEL_COMMON,
         "trainable": TRAINABLE, "lr": number(0, lo_open=True), "momentum": FRACTION, "epochs": integer(1),

@@ -48,7 +48,7 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     x, y, classes = separable(seed=1)
-    head = LDAHead(**{"use_valid": False, "solver": "svd", "shrinkage": None})
+    head = head_from_yaml("lda", use_valid=False, shrinkage=None)
     head.fit(x, y)
     reference = LinearDiscriminantAnalysis(solver="svd").fit(x, classes).transform(x)
     np.testing.assert_allclose(head.transform(x), reference, rtol=1e-4, atol=1e-4)
@@ -73,15 +73,16 @@ def test_lda_save_and_load_round_trip(tmp_path):
     head.save(tmp_path)
     assert json.loads((tmp_path / "head.json").read_text()) == {
         "kind": "lda", "target": "siamrec.models.heads.LDAHead",
-        "cfg": {"name": "lda", "use_valid": True, "train_on": "songs", "solver": "eigen", "shrinkage": "auto"}}
+        "cfg": {"name": "lda", "use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"],
+                "train_on": "songs"}}
     loaded = load_head(tmp_path)
     assert isinstance(loaded, LDAHead)
     np.testing.assert_array_equal(loaded.transform(x), head.transform(x))
 
 
-def test_lda_shrinkage_beats_the_plain_projection_with_few_songs_for_many_dimensions():
-    """A few hundred songs in as many dimensions (here 60 songs, 150 dims, as 236 songs in 200 dims on real audio):
-    the plain projection fits the training songs' noise; the default shrunk one generalises."""
+def test_lda_shrinkage_chosen_on_validation_beats_the_plain_projection_with_few_songs_for_many_dimensions():
+    """A few hundred songs in as many dimensions (here 60 training songs, 150 dims; 236 songs in 200 dims on real
+    audio): the plain projection fits the training songs' noise; the default chooses a shrinkage on validation."""
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=1.0, size=(4, 150))
     mixing = rng.normal(size=(150, 150)) / np.sqrt(150)  # correlated dimensions, like transfer features
@@ -91,19 +92,21 @@ def test_lda_shrinkage_beats_the_plain_projection_with_few_songs_for_many_dimens
         x = (centres[classes] + rng.normal(scale=3.0, size=(len(classes), 150))) @ mixing
         return x.astype(np.float32), np.eye(4, dtype=bool)[classes]
 
-    (x, y), (x_test, y_test) = songs(15), songs(50)
-    maps = {}
-    for name, cfg in {"plain": {"solver": "svd", "shrinkage": None}, "default": {}}.items():
-        head = head_from_yaml("lda", use_valid=False, **cfg)
-        head.fit(x, y)
-        maps[name] = retrieval_metrics(head.transform(x_test), y_test, ks=(10,))["map"]
-    assert maps["default"] > maps["plain"] + 0.15, maps
+    (x, y), (xv, yv), (x_test, y_test) = songs(15), songs(5), songs(50)
+    maps, heads = {}, {}
+    for name, cfg in {"plain": {"shrinkage": None}, "default": {}}.items():
+        heads[name] = head_from_yaml("lda", **cfg)
+        history = heads[name].fit(x, y, xv, yv)
+        maps[name] = retrieval_metrics(heads[name].transform(x_test), y_test, ks=(10,))["map"]
+    assert maps["default"] > maps["plain"] + 0.05, maps
+    scores = history["valid_map_by_shrinkage"]
+    assert history["shrinkage"] == max(scores, key=scores.get) != "None"
 
 
-def test_lda_rejects_shrinkage_with_the_svd_solver():
+def test_lda_refuses_a_shrinkage_outside_zero_one():
     x, y, _ = separable(seed=5)
-    with pytest.raises(SiamrecError, match="model.shrinkage needs model.solver=eigen"):
-        head_from_yaml("lda", solver="svd").fit(x, y)
+    with pytest.raises(SiamrecError, match="model.shrinkage: 2"):
+        head_from_yaml("lda", shrinkage=[None, 2]).fit(x, y)
 
 
 @pytest.mark.parametrize("labels, words", [
