@@ -218,6 +218,7 @@ SCHEMA: dict = {
     },
     "features": {
         "parts": list_of(string(), null=True, what="a list of part names"), "combine": COMBINE,
+        "normalise": choice("none", "centre", "standardise", "whiten"), "whiten_eps": number(0),
         "batch_size": integer(1), "workers": integer(0, null=True), "cache": boolean(),
     },
     "eval": {
