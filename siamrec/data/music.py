@@ -107,16 +107,23 @@ def from_library(data_cfg, paths_cfg) -> Library:
 
 
 # --- beets -------------------------------------------------------------------------------------------------------
-def beets_library_path(data_cfg) -> Path:
-    """data.library, or the library of the user's beets configuration."""
-    if data_cfg.get("library") not in (None, ""):
-        return Path(str(data_cfg.library)).expanduser()
+def _beets_setting(data_cfg, key: str) -> Path:
+    """data.<key>, or the <key> of the user's beets configuration (beets.config: $BEETSDIR/config.yaml, ...)."""
+    if data_cfg.get(key) not in (None, ""):
+        return Path(str(data_cfg.get(key))).expanduser()
     try:
         import beets
     except ImportError:
         raise SiamrecError("data=beets needs beets: pip install \"siamrec[beets]\"") from None
-    beets.config.read(user=True, defaults=True)
-    return Path(beets.config["library"].as_filename())
+    try:
+        return Path(beets.config[key].as_filename())
+    except Exception as exc:  # noqa: BLE001 - a broken beets configuration
+        raise SiamrecError(f"data.{key}: cannot read it from your beets configuration ({exc}); pass data.{key}=...") from None
+
+
+def beets_library_path(data_cfg) -> Path:
+    """data.library, or the library of the user's beets configuration."""
+    return _beets_setting(data_cfg, "library")
 
 
 def beets_tags(item) -> dict:
@@ -143,8 +150,9 @@ def beets_tags(item) -> dict:
 
 
 def from_beets(data_cfg, _paths_cfg=None) -> Library:
-    """data=beets: the items of a beets library (data.library; data.query in beets' query syntax), read through
-    beets' own API; paths from beets, keys are the absolute paths."""
+    """data=beets: the items of a beets library (data.library, its music folder data.directory; both default to the
+    user's beets configuration; data.query in beets' query syntax), read through beets' own API; paths from beets,
+    keys are the absolute paths."""
     _check(data_cfg)
     try:
         from beets.library import Library as BeetsLibrary
@@ -154,8 +162,9 @@ def from_beets(data_cfg, _paths_cfg=None) -> Library:
     if not db.is_file():
         raise SiamrecError(f"data.library={db}: no beets library there; give the library.db of your beets "
                            "(beet config shows its path)")
+    directory = _beets_setting(data_cfg, "directory")  # beets stores paths relative to the music folder
     try:
-        lib = BeetsLibrary(str(db))
+        lib = BeetsLibrary(str(db), str(directory))
         items = list(lib.items(str(data_cfg.query) if data_cfg.query else None))
     except Exception as exc:  # noqa: BLE001 - a damaged database, a bad query
         raise SiamrecError(f"data=beets: cannot read {db} (query {data_cfg.query!r}): {exc}") from None
