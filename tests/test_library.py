@@ -269,3 +269,20 @@ def test_evaluate_scores_only_the_labelled_songs(music, tmp_path):
     metrics = evaluate(cfg, tmp_path / "run")
     assert metrics["test"]["n_queries"] == 5        # the 5 songs with a genre; the 2 untagged are listed only
     assert len(items_of(tmp_path / "run")) == 7
+
+
+def test_serve_data_library_builds_the_index_then_serves_it(music, tmp_path, monkeypatch):
+    """The listener's one command: serve data=library indexes the folder (its default folder under the user data
+    directory), then serves that folder."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from siamrec.commands.serve import serve
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(self.config.app))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    cfg = library_cfg(tmp_path, music, "serve.port=0", command="serve")
+    serve(cfg, tmp_path / "run")
+    (folder,) = (tmp_path / "data" / "siamrec" / "libraries").iterdir()
+    assert folder.name.startswith("Music-") and len(items_of(folder)) == 7
+    (app,) = served
+    assert len(app.state.catalogue) == 7 and app.state.catalogue.run == folder

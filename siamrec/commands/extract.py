@@ -108,7 +108,7 @@ def _extract(cfg, out: Path, progress: Progress) -> Path:
                                f"(extract.out={out}) to finish")
             raise
         failures.sort()
-        final, missing = store.lookup(lib.keys, lib.paths)
+        final, missing = store.lookup(lib.keys, lib.paths) if todo else (found, [])  # nothing new: as found
         failed = {i for i, _ in failures}
         lost = [i for i in missing if i not in failed]
         if lost:  # a file changed while it was being embedded

@@ -44,8 +44,8 @@ def _group(key: str, tags: dict, how: str) -> str:
 
 
 def _labels(key: str, tags: dict, how: str) -> tuple[str, ...]:
-    if how == "genre":
-        return normalise_genres(tags.get("genre"))
+    if how == "genre":  # normalised when read (siamrec.data.tags.read_tags, beets_tags)
+        return tuple(tags.get("genre") or ())
     if how == "folder":
         parts = key.split("/")
         return (normalise_text(parts[0]).lower(),) if len(parts) > 1 else ()
@@ -59,10 +59,9 @@ def _library(keys, paths, tags_list, data_cfg, report) -> Library:
         m = dict(tags)
         m["title"] = tags.get("title") or Path(key).stem  # a song always has a title to show
         meta.append(m)
-    lib = Library(keys=keys, paths=paths,
-                  labels=[_labels(k, t, data_cfg.labels) for k, t in zip(keys, tags_list)],
-                  groups=[_group(k, t, data_cfg.group) for k, t in zip(keys, tags_list)],
-                  meta=meta, keep_unlabelled=True)
+    labels, group = str(data_cfg.labels), str(data_cfg.group)  # read once: a config lookup per song is slow
+    lib = Library(keys=keys, paths=paths, labels=[_labels(k, t, labels) for k, t in zip(keys, tags_list)],
+                  groups=[_group(k, t, group) for k, t in zip(keys, tags_list)], meta=meta, keep_unlabelled=True)
     lib.report.update(report)
     return lib
 
@@ -84,9 +83,10 @@ def from_library(data_cfg, paths_cfg) -> Library:
     keys = [printable(s.rel) for s in songs]
     renamed = [k for k, s in zip(keys, songs) if k != s.rel]
     tags_list = []
+    guess = bool(data_cfg.guess_from_path)
     for s in songs:
         tags = dict(s.tags)
-        if data_cfg.guess_from_path:  # Artist/Album/Song.ext: folder names where the tags say nothing
+        if guess:  # Artist/Album/Song.ext: folder names where the tags say nothing
             parts = s.rel.split("/")[:-1]
             if parts and not tags.get("album"):
                 tags["album"] = printable(parts[-1])
