@@ -286,3 +286,45 @@ def test_serve_data_library_builds_the_index_then_serves_it(music, tmp_path, mon
     assert folder.name.startswith("Music-") and len(items_of(folder)) == 7
     (app,) = served
     assert len(app.state.catalogue) == 7 and app.state.catalogue.run == folder
+
+
+@pytest.mark.parametrize("ext", [".flac", ".mp3", ".opus", ".ogg", ".wav", ".aiff", ".m4a"])
+def test_read_tags_of_every_format(tmp_path, ext):
+    """title, artists, genres (a ';' list), MusicBrainz id and duration from each tag format mutagen writes."""
+    from mutagen.id3 import TCON, TIT2, TPE1, UFID
+
+    from siamrec.data.tags import read_tags
+
+    path = tmp_path / f"song{ext}"
+    y = (0.1 * np.random.default_rng(0).normal(size=16000)).astype(np.float32)
+    if ext == ".m4a":
+        if not shutil.which("ffmpeg"):
+            pytest.skip("ffmpeg is not installed (it writes the M4A test file)")
+        sf.write(tmp_path / "src.wav", y, 16000)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", "aac", str(path)],
+                       check=True)
+        from mutagen.easymp4 import EasyMP4
+
+        f = EasyMP4(path)
+        f.update({"title": GURMUKHI, "artist": ["A", "B"], "genre": "Punjabi; Folk", "musicbrainz_trackid": MBID})
+        f.save()
+    else:
+        fmt = {".flac": ("FLAC", None), ".mp3": ("MP3", "MPEG_LAYER_III"), ".opus": ("OGG", "OPUS"),
+               ".ogg": ("OGG", "VORBIS"), ".wav": ("WAV", None), ".aiff": ("AIFF", None)}[ext]
+        sf.write(path, y, 16000, format=fmt[0], subtype=fmt[1])
+        if ext in (".wav", ".aiff"):
+            import mutagen
+
+            f = mutagen.File(path)
+            f.add_tags()
+            for frame in (TIT2(encoding=3, text=GURMUKHI), TPE1(encoding=3, text=["A", "B"]),
+                          TCON(encoding=3, text="Punjabi; Folk"), UFID(owner="http://musicbrainz.org", data=MBID.encode())):
+                f.tags.add(frame)
+            f.save()
+        elif ext == ".mp3":
+            tag_mp3(path, title=GURMUKHI, artist=["A", "B"], genre="Punjabi; Folk", musicbrainz_trackid=MBID)
+        else:
+            tag_vorbis(path, title=GURMUKHI, artist=["A", "B"], genre="Punjabi; Folk", musicbrainz_trackid=MBID)
+    tags = read_tags(str(path))
+    assert (tags["title"], tags["artist"], tags["genre"], tags["mbid"]) == (GURMUKHI, "A & B", ["punjabi", "folk"], MBID)
+    assert tags["duration"] == pytest.approx(1.0, abs=0.1)
