@@ -124,8 +124,11 @@ def _read_all(paths: list[str]):
         yield from map(_read_or_none, paths)
         return
     import multiprocessing as mp
+    import signal
 
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # workers ignore Ctrl-C: the main process handles it (and keeps the tags stored so far)
+    with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                      initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield from pool.imap(_read_or_none, paths, chunksize=64)
 
 
