@@ -202,7 +202,12 @@ class SongEncoder:
                                   workers=decode_workers(cfg.features), cache_root=cache)
             members.append(Member(extractor, m["parts"], m["backbone"]))
         scale = [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in spec.get("scale") or []]
-        return cls(members, scale or None, Normaliser(**spec["normalise"]) if "normalise" in spec else None)
+        try:  # runs made before features.normalise existed have none: their songs were not normalised
+            normaliser = Normaliser(**spec["normalise"]) if "normalise" in spec else None
+        except (TypeError, ValueError):
+            raise SiamrecError(f"run={run_dir}: extractor.json: its normalise entry is damaged; train the run again") \
+                from None
+        return cls(members, scale or None, normaliser)
 
 
 def make_encoder(cfg, data=None, all_parts: bool = False, normalise: bool = True) -> SongEncoder:
