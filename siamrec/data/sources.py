@@ -212,7 +212,7 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
                 continue
             n_entries += 1
             if entry.lower().startswith("file://"):
-                entry = unquote(urlparse(entry).path)
+                entry = unquote(urlparse(entry).path, errors="surrogateescape")  # a non-UTF-8 name: its bytes
             elif "://" in entry:
                 missing.append({"playlist": tag, "entry": entry, "reason": "not a local file"})
                 continue
