@@ -8,7 +8,7 @@ the run folder as its last line.
 Exit codes: 0 done; 2 a bad command line or setting (nothing was done); 1 a problem with an input or a file
 (SiamrecError, a full or read-only disk); 130 interrupted. Every one of them is one line on stderr, no traceback.
 A command never writes into a folder that already holds a run unless given `overwrite=true`, and a command that
-fails before writing any result removes the run folder it made. Positional arguments are seed songs (recommend)
+fails before writing any result, or writes nothing there (serve, recommend out=FILE), removes the run folder it made. Positional arguments are seed songs (recommend)
 or audio files (tag), passed to the command as they are, outside Hydra's override grammar.
 """
 
@@ -447,5 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             remove_if_empty(run_dir)
     if message:
         return fail(message, code)
+    if created and remove_if_empty(run_dir):  # serve, recommend out=FILE: nothing was written there
+        if isinstance(result, Path):
+            print(result)
+        return 0
     print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last
     return 0

@@ -93,3 +93,38 @@ def m3u8_text(tracks: Iterable[Mapping], name: str | None = None, relative_to=No
 def write_m3u8(path, tracks: Iterable[Mapping], name: str | None = None, relative_to=None) -> Path:
     """Write `tracks` as an M3U8 file at `path`, atomically (see m3u8_text)."""
     return atomic_write_text(path, m3u8_text(tracks, name, relative_to))
+
+
+def read_entries(path) -> list[tuple[str, str | None]]:
+    """The entries of an M3U/M3U8 file, in order: (the line, its absolute path), relative paths resolved against
+    the file's folder, file:// URIs decoded (a non-UTF-8 name's bytes kept); the path is None for a URL of
+    another scheme. #EXTM3U, #EXTINF and other # lines are skipped. .m3u8 must be UTF-8 (a SiamrecError naming the file
+    otherwise); .m3u falls back to latin-1."""
+    from urllib.parse import unquote, urlparse
+
+    from siamrec.errors import SiamrecError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SiamrecError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if path.suffix.lower() == ".m3u8":
+            raise SiamrecError(f"{path}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
+        text = raw.decode("latin-1")
+    out: list[tuple[str, str | None]] = []
+    for line in text.splitlines():
+        entry = line = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.lower().startswith("file://"):
+            entry = unquote(urlparse(entry).path, errors="surrogateescape")  # a non-UTF-8 name: its bytes
+        elif "://" in entry:
+            out.append((line, None))
+            continue
+        p = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
+        out.append((line, os.path.abspath(p if p.is_absolute() else path.parent / p)))
+    return out

@@ -186,7 +186,7 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
     URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries
     that are not existing files are counted and listed in the data report (data_report.json)."""
-    from urllib.parse import unquote, urlparse
+    from siamrec.m3u import read_entries
 
     folder = Path(str(_required(data_cfg, "playlists"))).expanduser()
     if not folder.is_dir():
@@ -199,29 +199,15 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     n_entries = 0
     for playlist in files:
         tag = playlist.relative_to(folder).with_suffix("").as_posix()
-        raw = playlist.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if playlist.suffix.lower() == ".m3u8":
-                raise SiamrecError(f"{playlist}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
-            text = raw.decode("latin-1")
-        for line in text.splitlines():
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
+        for line, path in read_entries(playlist):  # the reader of siamrec.m3u, the writer's counterpart
             n_entries += 1
-            if entry.lower().startswith("file://"):
-                entry = unquote(urlparse(entry).path, errors="surrogateescape")  # a non-UTF-8 name: its bytes
-            elif "://" in entry:
-                missing.append({"playlist": tag, "entry": entry, "reason": "not a local file"})
+            if path is None:
+                missing.append({"playlist": tag, "entry": line, "reason": "not a local file"})
                 continue
-            path = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
-            path = path if path.is_absolute() else playlist.parent / path
-            if not path.is_file():
-                missing.append({"playlist": tag, "entry": entry, "reason": "not found"})
+            if not os.path.isfile(path):
+                missing.append({"playlist": tag, "entry": line, "reason": "not found"})
                 continue
-            tags.setdefault(os.path.abspath(path), set()).add(tag)
+            tags.setdefault(path, set()).add(tag)
     if not tags:
         raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
                            "an existing file; entries are paths relative to their playlist file (or absolute)")
