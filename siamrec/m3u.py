@@ -95,10 +95,10 @@ def write_m3u8(path, tracks: Iterable[Mapping], name: str | None = None, relativ
     return atomic_write_text(path, m3u8_text(tracks, name, relative_to))
 
 
-def read_entries(path) -> list[tuple[str, str | None]]:
-    """The entries of an M3U/M3U8 file, in order: (the line, its absolute path), relative paths resolved against
-    the file's folder, file:// URIs decoded (a non-UTF-8 name's bytes kept); the path is None for a URL of
-    another scheme. #EXTM3U, #EXTINF and other # lines are skipped. .m3u8 must be UTF-8 (a SiamrecError naming the file
+def read_entries(path) -> list[tuple[str, str | None, dict]]:
+    """The entries of an M3U/M3U8 file, in order: (the line, its absolute path, the metadata of the #EXTINF line
+    before it: parse_extinf), relative paths resolved against the file's folder, file:// URIs decoded (a non-UTF-8
+    name's bytes kept); the path is None for a URL of another scheme. Other # lines are skipped. .m3u8 must be UTF-8 (a SiamrecError naming the file
     otherwise); .m3u falls back to latin-1."""
     from urllib.parse import unquote, urlparse
 
@@ -115,16 +115,40 @@ def read_entries(path) -> list[tuple[str, str | None]]:
         if path.suffix.lower() == ".m3u8":
             raise SiamrecError(f"{path}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
         text = raw.decode("latin-1")
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str | None, dict]] = []
+    extinf: dict = {}
     for line in text.splitlines():
         entry = line = line.strip()
+        if entry.upper().startswith("#EXTINF:"):
+            extinf = parse_extinf(entry)
+            continue
         if not entry or entry.startswith("#"):
             continue
+        info, extinf = extinf, {}
         if entry.lower().startswith("file://"):
             entry = unquote(urlparse(entry).path, errors="surrogateescape")  # a non-UTF-8 name: its bytes
         elif "://" in entry:
-            out.append((line, None))
+            out.append((line, None, info))
             continue
         p = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
-        out.append((line, os.path.abspath(p if p.is_absolute() else path.parent / p)))
+        out.append((line, os.path.abspath(p if p.is_absolute() else path.parent / p), info))
+    return out
+
+
+def parse_extinf(line: str) -> dict:
+    """The metadata of an M3U `#EXTINF:<seconds>,<artist> - <title>` line (duration -1 or absent: unknown; no
+    ' - ': the whole text is the title)."""
+    head, _, text = line.partition(":")[2].partition(",")
+    out: dict = {}
+    try:
+        seconds = float(head.split()[0]) if head.split() else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds > 0:
+        out["duration"] = seconds
+    artist, sep, title = text.strip().partition(" - ")
+    if sep and artist.strip() and title.strip():
+        out["artist"], out["title"] = artist.strip(), title.strip()
+    elif text.strip():
+        out["title"] = text.strip()
     return out

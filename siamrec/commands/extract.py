@@ -71,7 +71,7 @@ def extract(cfg, run_dir) -> Path:
         rows = sorted(final)
         emb = store.embeddings([final[i] for i in rows])
         kept = lib.subset(rows)
-        write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups)
+        write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups, kept.meta)
         for path in model_files(run):
             atomic_write_bytes(out / path.name, path.read_bytes())
     finally:

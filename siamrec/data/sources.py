@@ -195,11 +195,12 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     if not files:
         raise SiamrecError(f"data.playlists={folder}: no .m3u or .m3u8 playlists in it")
     tags: dict[str, set[str]] = {}  # song path -> playlists holding it
+    meta: dict[str, dict] = {}      # song path -> what the first #EXTINF line before it says
     missing: list[dict] = []
     n_entries = 0
     for playlist in files:
         tag = playlist.relative_to(folder).with_suffix("").as_posix()
-        for line, path in read_entries(playlist):  # the reader of siamrec.m3u, the writer's counterpart
+        for line, path, extinf in read_entries(playlist):  # the reader of siamrec.m3u, the writer's counterpart
             n_entries += 1
             if path is None:
                 missing.append({"playlist": tag, "entry": line, "reason": "not a local file"})
@@ -208,6 +209,8 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
                 missing.append({"playlist": tag, "entry": line, "reason": "not found"})
                 continue
             tags.setdefault(path, set()).add(tag)
+            if extinf:
+                meta.setdefault(path, extinf)
     if not tags:
         raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
                            "an existing file; entries are paths relative to their playlist file (or absolute)")
@@ -216,7 +219,8 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     keys = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
     if missing:
         print(f"data.playlists: {len(missing)} of {n_entries} playlist entries not found (listed in data_report.json)")
-    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys))
+    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys),
+                  meta=[meta.get(p, {}) for p in paths])
     lib.report.update({"source": "playlists", "playlists": len(files), "entries": n_entries,
                        "songs": len(paths), "missing_entries": len(missing), "missing": missing[:LISTED_MISSING]})
     return lib

@@ -294,7 +294,7 @@ class Catalogue:
                 entries = read_entries(path)
             except SiamrecError:
                 continue
-            rows = [self.finder.by_path.get(e, -1) if e else -1 for _, e in entries]
+            rows = [self.finder.by_path.get(e, -1) if e else -1 for _, e, _ in entries]
             out.append({"name": path.stem, "file": path.name, "ids": [r for r in rows if r >= 0],
                         "missing": sum(r < 0 for r in rows)})
         return out
