@@ -287,8 +287,11 @@ def test_exports_list_the_playlist(synth_client, synthetic, tmp_path):
     assert lines[0] == "#EXTM3U" and lines[1] == "#PLAYLIST:ਪੰਜਾਬੀ ਗੀਤ"
     extinf = [ln for ln in lines if ln.startswith("#EXTINF:")]
     paths = [ln for ln in lines if not ln.startswith("#")]
-    assert extinf == [f"#EXTINF:-1,{e['name']}" for e in playlist]
-    assert paths == [str((library / e["key"]).resolve()) for e in playlist]
+    # the seed first (a player starts with it), then the playlist; #EXTINF:<seconds>,<artist> - <title>
+    queue = [seed, *playlist]
+    assert extinf == [f"#EXTINF:{round(e['duration']) if e['duration'] else -1},{e['name']}" for e in queue]
+    assert any(e["artist"] for e in playlist) and any(" - " in ln for ln in extinf)
+    assert paths == [str((library / e["key"]).resolve()) for e in queue]
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
     # CSV: the columns of `recommend out=FILE.csv`
     rows = list(csv.DictReader(io.StringIO(synth_client.get(
@@ -298,8 +301,9 @@ def test_exports_list_the_playlist(synth_client, synthetic, tmp_path):
     data = json.loads(synth_client.get("/api/export", params={"seed": seed["id"], "k": 5, "format": "json"}).content)
     assert [e["key"] for e in data["ਪੰਜਾਬੀ ਗੀਤ"]["playlist"]] == [e["key"] for e in playlist]
     # POST: any list of ids (a new song's playlist), same M3U8 lines
-    posted = synth_client.post("/api/export", json={"format": "m3u8", "seed_name": "ਪੰਜਾਬੀ ਗੀਤ", "items": [
-        {"id": str(e["id"]), "similarity": e["similarity"]} for e in playlist]})
+    posted = synth_client.post("/api/export", json={"format": "m3u8", "seed_name": "ਪੰਜਾਬੀ ਗੀਤ", "seeds": [seed["id"]],
+                                                    "items": [{"id": str(e["id"]), "similarity": e["similarity"]}
+                                                              for e in playlist]})
     assert posted.content.decode("utf-8") == text
     bad = synth_client.post("/api/export", json={"format": "m3u8", "items": [{"id": "../x"}]})
     assert bad.status_code == 404
