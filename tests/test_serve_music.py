@@ -252,3 +252,48 @@ def test_fuzz_every_route_answers_4xx_never_5xx(client):
         if r.status_code >= 400:
             detail = r.json()["detail"]
             assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, (url[:80], detail)
+
+
+def test_serve_stopped_by_ctrl_c_exits_0_and_leaves_no_run_folder(synthetic, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run, _ = synthetic
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}",
+                             f"hydra.run.dir={out}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.3)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (stdout, stderr)
+    assert "stopped" in stdout and "interrupted" not in stdout + stderr
+    assert not out.exists()  # serve wrote nothing there: no run folder is left
+
+
+def test_recommend_out_file_leaves_no_run_folder(synthetic, tmp_path, capsys):
+    from siamrec.cli import main
+
+    run, _ = synthetic
+    out = tmp_path / "out"
+    code = main(["recommend", f"run={run}", "seed=0", "k=2", f"out={tmp_path / 'mine.csv'}", f"hydra.run.dir={out}"])
+    assert code == 0 and (tmp_path / "mine.csv").is_file() and not out.exists()
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"written to {tmp_path / 'mine.csv'}")
