@@ -247,9 +247,12 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         return {"total": total, "ids": ids}
 
     @app.get("/api/cover/{song_id}")
-    def cover(song_id: str):
+    def cover(song_id: str, missing: str = Query("404", description="404 | empty: answer 204 when there is none "
+                                                                    "(the page: no error logged for a song without)")):
         """The song's cover art: a picture embedded in its tags, else cover.jpg|folder.jpg|front.jpg beside it."""
         found = cat.cover(row_of(song_id))
+        if found is None and missing == "empty":
+            return Response(status_code=204)
         if found is None:
             raise HTTPException(404, f"song {short(song_id)!r} has no cover art")
         data, mime = found
