@@ -214,6 +214,20 @@ def remove_if_empty(run_dir: Path | None) -> bool:
     return not run_dir.exists()
 
 
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder); True if removed."""
+    import shutil
+
+    try:
+        unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
+    except OSError:
+        return False
+    if unused:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return unused and not run_dir.exists()
+
+
 class RunLog:
     """Library chatter goes to `run.log` in the run folder, not to the terminal: Python warnings (librosa's
     FutureWarnings, Keras', ...), logging records (TensorFlow's retracing warnings, absl) and, when stderr is
@@ -455,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             remove_if_empty(run_dir)
     if message:
         return fail(message, code)
-    if created and remove_if_empty(run_dir):  # serve, recommend out=FILE: nothing was written there
+    if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there
         if isinstance(result, Path):
             print(result)
         return 0

@@ -2,9 +2,10 @@
 null when unknown or when an older items.csv lacks the columns), text folding for search, and the one way a seed
 given as text is found (`recommend seed=` and the web app's `?seed=` both use SongFinder).
 
-A seed is, in this order: a key; a row number (id); with `paths=True` an existing file of the library (the command
-line); else text naming one song: its title, `artist - title`, or its file stem, compared folded (see fold). Text
-naming several songs raises Ambiguous with the candidates.
+A seed is, in this order: a key; a row number (id); with `paths=True` (the command line) a path of the library (an
+existing file elsewhere is a new song); else text naming one song: its title, `artist - title`, or its file stem,
+compared folded (see fold); the command line also matches the file stem of what it was given ("Title.mp3", a
+moved song's old path). Text naming several songs raises Ambiguous with the candidates.
 """
 
 from __future__ import annotations
@@ -121,11 +122,13 @@ class SongFinder:
             return row
         if paths:
             path = os.path.abspath(os.path.expanduser(text))
-            if os.path.isfile(path):
-                row = self.by_path.get(path)
-                return self.by_real_path.get(os.path.realpath(path), -1) if row is None else row
+            row = self.by_path.get(path, -1)
+            if row < 0 and os.path.isfile(path):
+                row = self.by_real_path.get(os.path.realpath(path), -1)
+            if row >= 0 or os.path.isfile(path):  # a file outside the library: a new song
+                return row
         rows = self.by_text.get(fold(text)) or []
-        if not rows and paths and "/" not in text and "\\" not in text:  # "Title.mp3" on the command line
+        if not rows and paths:  # the command line: "Title.mp3", or a moved song's old path, by its file stem
             rows = self.by_text.get(fold(stem(text))) or []
         if len(rows) > 1:
             raise Ambiguous(text, rows, [f"{self.items[r]['key']} (id {r})" for r in rows[:5]])

@@ -33,7 +33,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -97,8 +97,8 @@ class SaveRequest(BaseModel):
     overwrite: bool = False
 
 
-def _readable(exc: RequestValidationError) -> str:
-    """One sentence for FastAPI's list of validation errors."""
+def _readable(exc) -> str:
+    """One sentence for FastAPI's (or pydantic's) list of validation errors."""
     parts = []
     for err in exc.errors()[:3]:
         where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body", "path"))
@@ -296,9 +296,9 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
             return await _upload(request)
         try:
             body = SeedsRequest.model_validate_json(await request.body())
-        except ValueError as exc:
+        except ValidationError as exc:
             raise HTTPException(422, f"expected JSON {{\"seeds\": [...], \"k\": 10}} or a multipart upload: "
-                                     f"{str(exc).splitlines()[0]}") from None
+                                     f"{_readable(exc)}") from None
         return JSONResponse(_playlist([seed_row(s) for s in body.seeds], check_k(body.k), body.exclude_group))
 
     async def _upload(request: Request) -> dict:
