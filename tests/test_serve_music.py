@@ -297,3 +297,35 @@ def test_recommend_out_file_leaves_no_run_folder(synthetic, tmp_path, capsys):
     code = main(["recommend", f"run={run}", "seed=0", "k=2", f"out={tmp_path / 'mine.csv'}", f"hydra.run.dir={out}"])
     assert code == 0 and (tmp_path / "mine.csv").is_file() and not out.exists()
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"written to {tmp_path / 'mine.csv'}")
+
+
+def test_a_file_name_with_a_newline_exports_and_reads_back(tmp_path):
+    """Issue 21.4: a newline (legal on Linux) in a file name or a title injects no line into M3U8 or CSV."""
+    import csv
+
+    import soundfile as sf
+
+    from siamrec.m3u import read_entries
+
+    music = tmp_path / "music"
+    music.mkdir()
+    names = ["evil\n#EXTINF:1,injected\nother.wav", "plain.wav"]
+    for n in names:
+        sf.write(music / n, np.zeros(800, dtype=np.float32), 8000)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.save(run / "embeddings.npy", np.eye(2, dtype=np.float32))
+    with open(run / "items.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid"])
+        for i, n in enumerate(names):
+            w.writerow([n, str(music / n), "", "", "", f"t\r\n{i}", "a\nb", "", "1", ""])
+    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}"], tmp_path)))
+    m3u = c.get("/api/export", params={"seed": 1, "k": 1, "format": "m3u8"}).content.decode("utf-8")
+    assert "#EXTINF:1,injected" not in m3u.splitlines() and "other.wav" not in m3u.splitlines()
+    assert len(m3u.splitlines()) == 6  # #EXTM3U, #PLAYLIST, 2 × (#EXTINF, path)
+    (tmp_path / "x.m3u8").write_text(m3u, encoding="utf-8")
+    assert [p for _, p, _ in read_entries(tmp_path / "x.m3u8")] == [str(music / names[1]), str(music / names[0])]
+    text = c.get("/api/export", params={"seed": 1, "k": 1, "format": "csv"}).text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 1 and rows[0]["path"] == str(music / names[0]) and rows[0]["title"] == "t\r\n0"
