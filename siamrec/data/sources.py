@@ -26,7 +26,7 @@ def load_library(data_cfg, paths_cfg=None) -> Library:
         loader = get_method(data_cfg._target_)
     except Exception:  # noqa: BLE001 - a hand-written data config
         raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
-                           "not a data source; choose data=demo|folder|csv|features|playlists") from None
+                           "not a data source; choose data=library|beets|demo|folder|csv|features|playlists") from None
     lib = loader(data_cfg, paths_cfg)
     return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
 
