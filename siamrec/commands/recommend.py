@@ -1,26 +1,25 @@
 """`recommend run=RUN seed=SONG k=10`: playlists of the run's library for one seed song or many.
 
-A seed may be a song of the library (its stored embedding is used and it is left out of its own playlist),
+A seed may be a song of the library (its stored embedding is used and it is left out of its own playlist), named
+by key, id (row), path, title or `artist - title` (siamrec.songs.SongFinder: the web app finds seeds the same way),
 a new song (cold start: embedded with the run's model; many new songs are decoded in worker processes and
 embedded in batches), or a text file listing seeds, one per line. The library is searched with the configured
-index (`index=exact`, the default, or `index=faiss`; see siamrec.index). The playlists go to playlists.csv in
-the command's run folder and, with `out=FILE.csv|.json`, to that file.
+index (`index=exact`, the default, or `index=faiss`; see siamrec.index). The playlists go to `out=FILE.csv|.json`
+when given, else to playlists.csv in the command's run folder.
 """
 
 from __future__ import annotations
 
-import os
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from siamrec.data.audio import AUDIO_EXTENSIONS
-from siamrec.data.split import stem
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.playlists import playlists, print_playlist, write_playlists
 from siamrec.runs import existing_run, read_embeddings, read_text
+from siamrec.songs import SongFinder
 
 MAX_PRINTED = 10  # playlists printed in full; with more seeds only the files are named
 
@@ -50,41 +49,6 @@ def _seed_list(seed) -> list[str]:
     return seeds
 
 
-class _Catalogue:
-    """Finds a seed among the run's items: by key, by path (as given, then resolved), or, for a seed that is
-    not an existing file, by a file stem that names exactly one item. Lookups are dictionaries, built once."""
-
-    def __init__(self, items: list[dict]):
-        self.items = items
-        self.by_key = {it["key"]: i for i, it in enumerate(items)}
-
-    @cached_property
-    def by_path(self) -> dict[str, int]:
-        return {os.path.abspath(it["path"]): i for i, it in enumerate(self.items) if it["path"]}
-
-    @cached_property
-    def by_real_path(self) -> dict[str, int]:
-        return {os.path.realpath(it["path"]): i for i, it in enumerate(self.items) if it["path"]}
-
-    @cached_property
-    def by_stem(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, it in enumerate(self.items):
-            out.setdefault(stem(it["key"]), []).append(i)
-        return out
-
-    def find(self, seed: str) -> int:
-        """Row of `seed`, or −1."""
-        if seed in self.by_key:
-            return self.by_key[seed]
-        path = os.path.abspath(os.path.expanduser(seed))
-        if os.path.isfile(path):
-            row = self.by_path.get(path)
-            return self.by_real_path.get(os.path.realpath(path), -1) if row is None else row
-        matches = self.by_stem.get(stem(seed), [])
-        return matches[0] if len(matches) == 1 else -1
-
-
 def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
     embedded in batches); a song that cannot be decoded is an error naming it."""
@@ -104,8 +68,8 @@ def recommend(cfg, run_dir) -> list[tuple]:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SiamrecError(f"k={k!r}: must be an integer >= 1")
     seeds = _seed_list(cfg.recommend.get("seed"))
-    catalogue = _Catalogue(items)
-    self_index = np.array([catalogue.find(s) for s in seeds], dtype=np.int64)
+    finder = SongFinder(items)
+    self_index = np.array([finder.find(s, paths=True) for s in seeds], dtype=np.int64)
     new_songs = list(dict.fromkeys(s for s, row in zip(seeds, self_index) if row < 0))
     for s in new_songs:
         if not Path(s).expanduser().is_file():
@@ -126,8 +90,9 @@ def recommend(cfg, run_dir) -> list[tuple]:
     rows = playlists(queries, index, keys, labels, paths, names, k, self_index=self_index)
     if len(seeds) <= MAX_PRINTED:
         print_playlist(rows)
-    written = write_playlists(Path(run_dir) / "playlists.csv", rows)
-    if cfg.recommend.get("out"):
+    if cfg.recommend.get("out"):  # there only: no run folder is left behind for nothing
         written = write_playlists(Path(str(cfg.recommend.out)).expanduser(), rows)
+    else:
+        written = write_playlists(Path(run_dir) / "playlists.csv", rows)
     print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search) written to {written}")
     return rows
