@@ -14,6 +14,7 @@ import numpy as np
 from siamrec.errors import SiamrecError
 
 ITEM_COLUMNS = ("key", "path", "labels", "split", "group")
+METADATA_COLUMNS = ("title", "artist", "album", "duration", "mbid")  # a library's tags (optional: older runs lack them)
 
 
 def _umask() -> int:
@@ -179,7 +180,7 @@ def read_embeddings(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[dict[s
         raise SiamrecError(f"run={run_dir}: {items_path.name} is damaged or truncated ({_gist(exc)}); {redo}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     items = list(reader)
-    if tuple(reader.fieldnames or ()) != ITEM_COLUMNS:
+    if tuple(reader.fieldnames or ()) not in (ITEM_COLUMNS, ITEM_COLUMNS + METADATA_COLUMNS):
         raise SiamrecError(f"run={run_dir}: {items_path.name} has columns {list(reader.fieldnames or [])}, not "
                            f"{','.join(ITEM_COLUMNS)}; {redo}")
     if not text.endswith("\n") or any(None in it.values() or None in it for it in items):
