@@ -405,7 +405,8 @@ def _fill(state: _State, rows, sims, k: int, dropped: Counter) -> list[tuple[int
             else:
                 dropped[why] += 1
         if chosen is None:
-            dropped["album_gap"] += len(waiting)
+            if waiting:
+                dropped["album_gap"] += len(waiting)
             break
         row, sim = pending[chosen]
         state.take(row)

@@ -1,7 +1,10 @@
 """The FastAPI app of `serve run=RUN`: one page (static/index.html, plain HTML + JS) and a JSON API.
 
 GET  /api/songs                     the library (id, key, name, labels, group, playable)
-GET  /api/recommend?seed=ID&k=K     a playlist (seed repeatable: "more like these"; exclude_group=true)
+GET  /api/recommend?seed=ID&k=K     a playlist (seed repeatable: "more like these"; exclude_group=true; radio rules
+                                    as query parameters, rules=false for the plain list: siamrec.serve.radio)
+GET  /api/path?from=A&to=B&k=12     a song path from A's sound to B's
+/rest/...                           OpenSubsonic sonic similarity for Subsonic clients (siamrec.serve.subsonic)
 POST /api/recommend                 JSON {"seeds": [...], "k": K, "exclude_group": false}, or multipart
                                     (file=<audio>, k=K): the playlist of a new song, embedded with the run's model
 GET  /api/audio/{id}                a song's audio (HTTP range requests; .au/.aiff transcoded to WAV)
@@ -21,7 +24,7 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +32,10 @@ from starlette.concurrency import run_in_threadpool
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.errors import SiamrecError
 from siamrec.serve.catalogue import EXPORT_FORMATS, NATIVE, Catalogue, UnknownSong
+from siamrec.rules import Rules
 from siamrec.serve.map2d import MapCache
+from siamrec.serve.radio import path_router, rules_query
+from siamrec.serve.subsonic import subsonic_router
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -49,6 +55,7 @@ class SeedsRequest(BaseModel):
                              min_length=1)
     k: int = Field(10, ge=1)
     exclude_group: bool = Field(False, description="leave out songs of the seeds' groups (artists)")
+    rules: bool = Field(True, description="the server's radio rules (false: the plain nearest-neighbour list)")
 
 
 class ExportItem(BaseModel):
@@ -89,6 +96,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     if not max_upload_mb > 0:
         raise SiamrecError(f"serve.max_upload_mb={max_upload_mb:g}: must be positive")
     max_upload = int(max_upload_mb * 1024 * 1024)
+    server_rules = Rules.from_config(cfg.recommend.rules)
+    ruled = rules_query(server_rules)
     # new songs are decoded in this process (a worker pool per upload would cost more than the decoding)
     embed_cfg = OmegaConf.merge(cfg, {"features": {"workers": 0}})
     embed_lock = threading.Lock()
@@ -169,14 +178,20 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     # ------------------------------------------------------------------ playlists
     @app.get("/api/recommend")
     async def recommend_get(seed: list[str] = Query(..., description="song id (row) or key; repeat for several seeds"),
-                      k: int = 10, exclude_group: bool = False):
-        """The k songs most similar to the seed(s); one seed gives `recommend run=RUN seed=SEED k=K`'s playlist."""
+                            k: int = 10, exclude_group: bool = False, rules: Rules | None = Depends(ruled)):
+        """The k songs most similar to the seed(s), radio rules applied (`note` says when fewer than k pass);
+        one seed gives `recommend run=RUN seed=SEED k=K`'s playlist."""
         # answered on the event loop: one search at a time (threads would only contend for the cores)
-        return JSONResponse(_playlist([row_of(s) for s in seed], check_k(k), exclude_group))
+        return JSONResponse(_playlist([row_of(s) for s in seed], check_k(k), exclude_group, rules))
 
-    def _playlist(rows: list[int], k: int, exclude_group: bool) -> dict:
+    def _playlist(rows: list[int], k: int, exclude_group: bool, rules: Rules | None) -> dict:
+        if rules is None:
+            playlist, note = cat.recommend(rows, k, exclude_group), None
+        else:
+            playlist, note = cat.ruled(rows, k, rules, exclude_group)
         return {"seeds": [cat.song(r) for r in rows], "k": k, "exclude_group": exclude_group,
-                "search": cat.index.method, "playlist": cat.recommend(rows, k, exclude_group)}
+                "search": cat.index.method, "rules": rules.as_dict() if rules else None, "note": note,
+                "playlist": playlist}
 
     @app.post("/api/recommend", openapi_extra=_MULTIPART_DOC)
     async def recommend_post(request: Request):
@@ -190,7 +205,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(422, f"expected JSON {{\"seeds\": [...], \"k\": 10}} or a multipart upload: "
                                      f"{str(exc).splitlines()[0]}") from None
-        return JSONResponse(_playlist([row_of(s) for s in body.seeds], check_k(body.k), body.exclude_group))
+        return JSONResponse(_playlist([row_of(s) for s in body.seeds], check_k(body.k), body.exclude_group,
+                                      server_rules if body.rules else None))
 
     async def _upload(request: Request) -> dict:
         length = request.headers.get("content-length")
@@ -230,7 +246,13 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         return {"seeds": [{"id": None, "key": filename, "name": Path(filename).stem, "labels": [], "group": "",
                            "playable": "no"}],
                 "k": k, "exclude_group": False, "search": cat.index.method,
-                "playlist": cat.recommend_vector(emb, k)}
+                **_new_song_playlist(emb, k)}
+
+    def _new_song_playlist(emb, k: int) -> dict:
+        if server_rules is None:
+            return {"rules": None, "note": None, "playlist": cat.recommend_vector(emb, k)}
+        playlist, note = cat.ruled([], k, server_rules, query=emb)
+        return {"rules": server_rules.as_dict(), "note": note, "playlist": playlist}
 
     def _embed(path: Path):
         from siamrec.commands.recommend import embed_new_songs
@@ -256,9 +278,10 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ export
     @app.get("/api/export")
-    def export_get(seed: list[str] = Query(...), k: int = 10, exclude_group: bool = False, format: str = "m3u8"):
+    def export_get(seed: list[str] = Query(...), k: int = 10, exclude_group: bool = False, format: str = "m3u8",
+                   rules: Rules | None = Depends(ruled)):
         """The playlist of the seed(s) as a file: m3u8 (absolute paths, UTF-8), csv or json."""
-        result = _playlist([row_of(s) for s in seed], check_k(k), exclude_group)
+        result = _playlist([row_of(s) for s in seed], check_k(k), exclude_group, rules)
         name = " + ".join(s["name"] for s in result["seeds"])
         labels = result["seeds"][0]["labels"] if len(result["seeds"]) == 1 else []
         return _export(result["playlist"], format, name, labels)
@@ -278,6 +301,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         return Response(text.encode("utf-8"), media_type=EXPORT_FORMATS[fmt],
                         headers={"Content-Disposition": disposition})
 
+    app.include_router(path_router(cat, ruled, row_of, check_k))
+    app.include_router(subsonic_router(cat, serve_cfg, server_rules))  # /rest/: OpenSubsonic sonic similarity
     return app
 
 
