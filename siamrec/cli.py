@@ -37,13 +37,14 @@ COMMANDS = {
     "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
     "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
+    "mpd": ("mpd", "keep an MPD queue going with similar songs: mpd run=RUN [host=localhost port=6600 once=true]"),
 }
 
 # Settings a command uses unless the command line says otherwise.
 COMMAND_DEFAULTS = {"tag": ["backbone=choi2017_keras2"]}  # the Keras 2 release's tags are the plausible ones
 
 # Commands that read an earlier run (run=RUN) and take its model-defining settings from it.
-RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve")
+RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve", "mpd")
 
 # Short keys a command accepts, rewritten to their place in the config.
 ALIASES = {
@@ -51,6 +52,7 @@ ALIASES = {
                   "rules": "recommend.rules"},
     "tag": {"top": "tag.top"},
     "serve": {"host": "serve.host", "port": "serve.port"},
+    "mpd": {"host": "mpd.host", "port": "mpd.port", "once": "mpd.once", "k": "recommend.k"},
 }
 
 
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     message, code = None, 0
     try:
-        if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
+        if command not in ("serve", "mpd"):  # they train nothing; importing Keras to seed them would slow start-up
             seed_everything(job_cfg.seed)
         make_run_dir(run_dir, job_cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")

@@ -326,13 +326,16 @@ class Radio:
             ok &= ~np.isin(rows, np.fromiter(drop, dtype=np.int64, count=len(drop)))
         return rows[ok], sims[ok]
 
-    def playlist(self, query, k: int, rules: Rules, seeds=(), seed_vectors=()) -> Playlist:
+    def playlist(self, query, k: int, rules: Rules, seeds=(), seed_vectors=(), allowed=None) -> Playlist:
         """The k songs nearest to `query` (an embedding) that pass `rules`; `seeds` (rows) are left out and,
-        with their versions, never chosen; `seed_vectors` are songs outside the library to dedupe against."""
+        with their versions, never chosen; `seed_vectors` are songs outside the library to dedupe against;
+        `allowed` (a boolean row mask) limits the songs that may be chosen (e.g. those a player knows)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         drop = {int(r) for r in seeds}
         keep = self.songs.allowed_mask(rules)
+        if allowed is not None:
+            keep = allowed if keep is None else keep & allowed
         wanted = min(self.n, WIDEN * k + len(drop))
         while True:
             rows, sims = self._neighbours(query, wanted, drop, keep)

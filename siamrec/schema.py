@@ -246,6 +246,8 @@ SCHEMA: dict = {
         "max_upload_mb": number(0, lo_open=True),
         "k": integer(1), "max_k": integer(1), "map": choice("auto", "umap", "tsne", "pca"), "map_max_items": integer(1),
     },
+    "mpd": {"host": string(), "port": integer(1, 65535), "once": boolean(), "music_dir": path(null=True),
+            "refill_below": integer(0)},
     "hydra": Free(),
 }
 STUDY = {"name": choice("blocks"),
