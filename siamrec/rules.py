@@ -10,7 +10,9 @@ similar down:
   a song held back by this rule waits for a later place instead of being dropped;
 * `dedupe`: no second version of a chosen song or of the seed: same artist + title once case, accents,
   bracketed parts ("(Live)", "[Remastered 2011]"), " - Live" style suffixes and "feat. ..." are stripped, or the
-  same MusicBrainz recording id, or an embedding within `dup_distance` (cosine distance) of a chosen song;
+  same MusicBrainz recording id, or an embedding within `dup_distance` (cosine distance) of a chosen song, or
+  within the looser `dup_distance_artist` of a chosen song of the same artist (a live take, a remaster, the same
+  recording filed twice: measured on Emotify's duplicate recordings, scripts/radio_emotify.py);
 * `labels`: only songs carrying one of these labels (genres), `min_duration`/`max_duration` (seconds; a song
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
   "artist - title") and artists never played.
@@ -28,7 +30,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -46,6 +48,7 @@ class Rules:
     album_gap: int = 0
     dedupe: bool = False
     dup_distance: float = 0.0
+    dup_distance_artist: float = 0.0
     labels: tuple[str, ...] = ()
     min_duration: float | None = None
     max_duration: float | None = None
@@ -86,8 +89,9 @@ class Rules:
             bad("album_gap", "an integer >= 0 (0: off)")
         if not isinstance(self.dedupe, bool):
             bad("dedupe", "true or false")
-        if not _is_num(self.dup_distance) or not 0 <= self.dup_distance < 1:
-            bad("dup_distance", "a number in [0, 1) (0: off)")
+        for key in ("dup_distance", "dup_distance_artist"):
+            if not _is_num(getattr(self, key)) or not 0 <= getattr(self, key) < 1:
+                bad(key, "a number in [0, 1) (0: off)")
         for key in ("min_duration", "max_duration"):
             value = getattr(self, key)
             if value is not None and (not _is_num(value) or value < 0):
@@ -114,10 +118,16 @@ _SUFFIX = re.compile(r"\s+[-–—]\s+[^-–—]*\b(?:live|remaster(?:ed)?|versi
                      r"demo|unplugged|session)\b[^-–—]*$", re.IGNORECASE)
 
 
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
 def normal_text(text: str) -> str:
     """Text compared without case, Latin accents, punctuation or extra spaces (Gurmukhi and Devanagari vowel
     signs are kept: they are letters there, not accents)."""
-    text = unicodedata.normalize("NFKD", str(text))
+    text = str(text)
+    if text.isascii():  # the common case, 20× faster
+        return " ".join(_NOT_ALNUM.sub(" ", text).lower().split())
+    text = unicodedata.normalize("NFKD", text)
     out, prev = [], ""
     for c in text:
         cat = unicodedata.category(c)
@@ -135,6 +145,7 @@ def normal_title(title: str) -> str:
     return normal_text(stripped) or normal_text(title)
 
 
+@lru_cache(maxsize=65536)
 def normal_artist(artist: str) -> str:
     return normal_text(_FEAT.sub("", str(artist))) or normal_text(artist)
 
@@ -153,7 +164,8 @@ class Songs:
                         for it, g, k in zip(items, groups, self.keys)]
         self.artist_norm = [normal_artist(a) if a else "" for a in self.artists]
         self.albums = [(it.get("album") or "").strip() for it in items]
-        self.album_key = [(a, normal_text(al)) if al else None for a, al in zip(self.artist_norm, self.albums)]
+        album_norm = {al: normal_text(al) for al in set(self.albums) if al}
+        self.album_key = [(a, album_norm[al]) if al else None for a, al in zip(self.artist_norm, self.albums)]
         self.durations = np.array([_seconds(it.get("duration")) for it in items], dtype=np.float64)
         self.mbids = [(it.get("mbid") or "").strip().lower() for it in items]
         self.labels = [tuple(x.strip() for x in (it.get("labels") or "").split("|") if x.strip()) for it in items]
@@ -232,8 +244,19 @@ class _State:
         self.versions: set = set()
         self.mbids: set = set()
         self.vectors: list[np.ndarray] = []
+        self.artist_vectors: dict[str, list[np.ndarray]] = {}
         self.vectors_of = vectors  # row -> unit vector
         self.place = 0
+        self.cand_units = self.cand_max = None  # prepare(): candidates' unit vectors, their max similarity so far
+
+    def prepare(self, units: np.ndarray) -> None:
+        """Candidates given as a block of unit vectors (row i of `units` is candidate i): their similarity to
+        the songs chosen so far is kept up to date in one product per chosen song."""
+        if self.rules.dup_distance <= 0:
+            return
+        self.cand_units = units
+        self.cand_max = (np.max(np.stack(self.vectors) @ units.T, axis=0) if self.vectors
+                         else np.full(len(units), -np.inf, dtype=np.float32))
 
     def add_seed(self, row: int | None, vector: np.ndarray | None = None) -> None:
         if row is not None:
@@ -243,6 +266,8 @@ class _State:
 
     def _remember(self, row: int, counted: bool = True) -> None:
         s = self.songs
+        if self.cand_units is not None:
+            np.maximum(self.cand_max, self.cand_units @ self.vectors_of(row), out=self.cand_max)
         if counted and s.artist_norm[row]:
             self.per_artist[s.artist_norm[row]] += 1
         if s.album_key[row] is not None:
@@ -253,9 +278,12 @@ class _State:
             self.mbids.add(s.mbids[row])
         if self.rules.dup_distance > 0:
             self.vectors.append(self.vectors_of(row))
+        if self.rules.dup_distance_artist > 0 and s.artist_norm[row]:
+            self.artist_vectors.setdefault(s.artist_norm[row], []).append(self.vectors_of(row))
 
-    def refusal(self, row: int) -> str | None:
-        """Why `row` cannot take the next place: a rule's name, or None."""
+    def refusal(self, row: int, candidate: int | None = None) -> str | None:
+        """Why `row` (candidate number `candidate` of prepare()) cannot take the next place: a rule's name, or
+        None."""
         s, rules = self.songs, self.rules
         if rules.dedupe:
             if s.version[row] is not None and s.version[row] in self.versions:
@@ -265,9 +293,16 @@ class _State:
         if rules.max_per_artist is not None and s.artist_norm[row] \
                 and self.per_artist[s.artist_norm[row]] >= rules.max_per_artist:
             return "max_per_artist"
-        if rules.dup_distance > 0 and self.vectors:
-            if float(np.max(np.stack(self.vectors) @ self.vectors_of(row))) >= 1 - rules.dup_distance:
+        if rules.dup_distance > 0:
+            if candidate is not None and self.cand_max is not None:
+                if self.cand_max[candidate] >= 1 - rules.dup_distance:
+                    return "near-identical sound"
+            elif self.vectors and float(np.max(np.stack(self.vectors) @ self.vectors_of(row))) >= 1 - rules.dup_distance:
                 return "near-identical sound"
+        if rules.dup_distance_artist > 0 and s.artist_norm[row] in self.artist_vectors:
+            same = self.artist_vectors[s.artist_norm[row]]
+            if float(np.max(np.stack(same) @ self.vectors_of(row))) >= 1 - rules.dup_distance_artist:
+                return "near-identical sound, same artist"
         if rules.album_gap and s.album_key[row] is not None:
             last = self.album_at.get(s.album_key[row])
             if last is not None and self.place + 1 - last <= rules.album_gap:
@@ -311,13 +346,17 @@ class Radio:
     def unit(self, row: int) -> np.ndarray:
         return self.emb[row] * self.inv_norms[row]
 
-    def _neighbours(self, query: np.ndarray, wanted: int, drop: set[int], keep: np.ndarray | None):
+    def _neighbours(self, query: np.ndarray, wanted: int, drop: set[int], keep: np.ndarray | None, scan=None):
         """(rows, sims) of the `wanted` nearest rows to the unit `query`, best first, `drop` and rows outside
-        `keep` removed; an exact scan of the whole library when `wanted` is a large part of it."""
-        if wanted >= self.n * EXHAUSTIVE or wanted > self.n - len(drop) - 1:
-            sims = (self.emb @ query) * self.inv_norms
-            rows = np.argsort(-sims, kind="stable")
-            sims = sims[rows]
+        `keep` removed; from `scan` (the query's similarity to every row, for an exact index: one product,
+        reused while widening) or an exact scan when `wanted` is a large part of the library, else the index."""
+        if scan is None and (wanted >= self.n * EXHAUSTIVE or wanted > self.n - len(drop) - 1):
+            scan = self.scan(query)
+        if scan is not None:
+            wanted = min(wanted, self.n)
+            top = np.argpartition(-scan, wanted - 1)[:wanted] if wanted < self.n else np.arange(self.n)
+            rows = top[np.lexsort((top, -scan[top]))]  # most similar first, ties by row (as the exact index)
+            sims = scan[rows]
         else:
             idx, s = self.index.search(query[None], wanted)
             rows, sims = idx[0], s[0]
@@ -325,6 +364,10 @@ class Radio:
         if drop:
             ok &= ~np.isin(rows, np.fromiter(drop, dtype=np.int64, count=len(drop)))
         return rows[ok], sims[ok]
+
+    def scan(self, query: np.ndarray) -> np.ndarray:
+        """The unit `query`'s cosine similarity to every song."""
+        return (self.emb @ query) * self.inv_norms
 
     def playlist(self, query, k: int, rules: Rules, seeds=(), seed_vectors=(), allowed=None) -> Playlist:
         """The k songs nearest to `query` (an embedding) that pass `rules`; `seeds` (rows) are left out and,
@@ -336,9 +379,11 @@ class Radio:
         keep = self.songs.allowed_mask(rules)
         if allowed is not None:
             keep = allowed if keep is None else keep & allowed
-        wanted = min(self.n, WIDEN * k + len(drop))
+        scan = self.scan(query) if getattr(self.index, "method", "") == "exact" else None
+        # an exact scan costs the same for any number of neighbours taken from it: take more at once
+        wanted = min(self.n, (WIDEN if scan is None else WIDEN ** 2) * k + len(drop))
         while True:
-            rows, sims = self._neighbours(query, wanted, drop, keep)
+            rows, sims = self._neighbours(query, wanted, drop, keep, scan)
             state = _State(self.songs, rules, self.unit)
             for r in drop:
                 state.add_seed(r)
@@ -347,6 +392,7 @@ class Radio:
             dropped: Counter = Counter()
             if keep is not None:
                 dropped["labels/duration/exclude filters"] = int((~keep).sum())
+            state.prepare(self.emb[rows] * self.inv_norms[rows, None])
             picks = _fill(state, rows, sims, k, dropped)
             if len(picks) >= k or wanted >= self.n:
                 return Playlist(picks, k, dropped, len(rows), self.n)
@@ -392,14 +438,14 @@ class Radio:
 def _fill(state: _State, rows, sims, k: int, dropped: Counter) -> list[tuple[int, float]]:
     """Walk the neighbours best first, taking each place's first song the rules allow; a song held back only by
     album_gap waits for a later place, any other refusal drops it (counted in `dropped`)."""
-    pending = [(int(r), float(s)) for r, s in zip(rows, sims)]
+    pending = list(zip(np.asarray(rows).tolist(), np.asarray(sims, dtype=np.float64).tolist(), range(len(rows))))
     picks: list[tuple[int, float]] = []
     start = 0
     while len(picks) < k:
         chosen, waiting = None, []
         for i in range(start, len(pending)):
-            row, sim = pending[i]
-            why = state.refusal(row)
+            row, sim, c = pending[i]
+            why = state.refusal(row, c)
             if why is None:
                 chosen = i
                 break
@@ -411,7 +457,7 @@ def _fill(state: _State, rows, sims, k: int, dropped: Counter) -> list[tuple[int
             if waiting:
                 dropped["album_gap"] += len(waiting)
             break
-        row, sim = pending[chosen]
+        row, sim, _c = pending[chosen]
         state.take(row)
         picks.append((row, round(sim, 6)))
         # the songs held back wait ahead of the rest; the ones dropped are gone

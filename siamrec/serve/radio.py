@@ -26,6 +26,7 @@ def rules_query(base: Rules | None):
                                                               "apart (0: off)"),
         dedupe: bool | None = Query(None, description="no second version of a song or of the seed"),
         dup_distance: float | None = Query(None, ge=0, lt=1, description="near-identical sound: cosine distance"),
+        dup_distance_artist: float | None = Query(None, ge=0, lt=1, description="the same, for one artist's songs"),
         labels: list[str] | None = Query(None, description="only songs with one of these labels (repeatable)"),
         min_duration: float | None = Query(None, ge=0, description="seconds"),
         max_duration: float | None = Query(None, ge=0, description="seconds"),
@@ -37,6 +38,7 @@ def rules_query(base: Rules | None):
         try:
             return (base or Rules()).replace(
                 max_per_artist=max_per_artist, album_gap=album_gap, dedupe=dedupe, dup_distance=dup_distance,
+                dup_distance_artist=dup_distance_artist,
                 labels=labels, min_duration=min_duration, max_duration=max_duration, exclude=exclude)
         except SiamrecError as exc:
             raise HTTPException(422, str(exc).replace("recommend.rules.", "")) from None
