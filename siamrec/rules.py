@@ -247,16 +247,21 @@ class _State:
         self.artist_vectors: dict[str, list[np.ndarray]] = {}
         self.vectors_of = vectors  # row -> unit vector
         self.place = 0
-        self.cand_units = self.cand_max = None  # prepare(): candidates' unit vectors, their max similarity so far
+        self.cand_units = self.cand_max = None  # extend(): candidates' unit vectors, their max similarity so far
 
-    def prepare(self, units: np.ndarray) -> None:
-        """Candidates given as a block of unit vectors (row i of `units` is candidate i): their similarity to
-        the songs chosen so far is kept up to date in one product per chosen song."""
+    def extend(self, units: np.ndarray) -> None:
+        """More candidates, given as a block of unit vectors (candidate numbers continue from the last block):
+        their similarity to the songs chosen so far is kept up to date in one product per chosen song."""
         if self.rules.dup_distance <= 0:
             return
-        self.cand_units = units
-        self.cand_max = (np.max(np.stack(self.vectors) @ units.T, axis=0) if self.vectors
-                         else np.full(len(units), -np.inf, dtype=np.float32))
+        best = np.full(len(units), -np.inf, dtype=np.float32)
+        for v in self.vectors:  # matrix-vector products: a small matrix product would wake BLAS's threads
+            np.maximum(best, units @ v, out=best)
+        if self.cand_units is None:
+            self.cand_units, self.cand_max = units, best
+        else:
+            self.cand_units = np.concatenate([self.cand_units, units])
+            self.cand_max = np.concatenate([self.cand_max, best])
 
     def add_seed(self, row: int | None, vector: np.ndarray | None = None) -> None:
         if row is not None:
@@ -282,7 +287,7 @@ class _State:
             self.artist_vectors.setdefault(s.artist_norm[row], []).append(self.vectors_of(row))
 
     def refusal(self, row: int, candidate: int | None = None) -> str | None:
-        """Why `row` (candidate number `candidate` of prepare()) cannot take the next place: a rule's name, or
+        """Why `row` (candidate number `candidate` of extend()) cannot take the next place: a rule's name, or
         None."""
         s, rules = self.songs, self.rules
         if rules.dedupe:
@@ -382,20 +387,32 @@ class Radio:
         scan = self.scan(query) if getattr(self.index, "method", "") == "exact" else None
         # an exact scan costs the same for any number of neighbours taken from it: take more at once
         wanted = min(self.n, (WIDEN if scan is None else WIDEN ** 2) * k + len(drop))
+        state = _State(self.songs, rules, self.unit)
+        for r in drop:
+            state.add_seed(r)
+        for v in seed_vectors:
+            state.add_seed(None, np.asarray(v, np.float32) / max(float(np.linalg.norm(v)), 1e-12))
+        dropped: Counter = Counter()
+        if keep is not None:
+            dropped["labels/duration/exclude filters"] = int((~keep).sum())
+        picks: list[tuple[int, float]] = []
+        pending: list[tuple[int, float, int]] = []
+        seen: set[int] = set()
         while True:
             rows, sims = self._neighbours(query, wanted, drop, keep, scan)
-            state = _State(self.songs, rules, self.unit)
-            for r in drop:
-                state.add_seed(r)
-            for v in seed_vectors:
-                state.add_seed(None, np.asarray(v, np.float32) / max(float(np.linalg.norm(v)), 1e-12))
-            dropped: Counter = Counter()
-            if keep is not None:
-                dropped["labels/duration/exclude filters"] = int((~keep).sum())
-            state.prepare(self.emb[rows] * self.inv_norms[rows, None])
-            picks = _fill(state, rows, sims, k, dropped)
+            if seen:  # widening: only the songs not looked at yet join the ones still waiting
+                new = np.fromiter((r not in seen for r in rows.tolist()), dtype=bool, count=len(rows))
+                rows, sims = rows[new], sims[new]
+            start = len(seen)
+            seen.update(rows.tolist())
+            state.extend(self.emb[rows] * self.inv_norms[rows, None])
+            pending += zip(rows.tolist(), np.asarray(sims, dtype=np.float64).tolist(),
+                           range(start, start + len(rows)))
+            pending = _fill(state, pending, picks, k, dropped)
             if len(picks) >= k or wanted >= self.n:
-                return Playlist(picks, k, dropped, len(rows), self.n)
+                if pending and len(picks) < k:
+                    dropped["album_gap"] += len(pending)
+                return Playlist(picks, k, dropped, len(seen), self.n)
             wanted = min(self.n, wanted * WIDEN)
 
     def path(self, a: int, b: int, k: int, rules: Rules | None) -> tuple[list[dict], str | None]:
@@ -435,17 +452,14 @@ class Radio:
         return steps, note
 
 
-def _fill(state: _State, rows, sims, k: int, dropped: Counter) -> list[tuple[int, float]]:
-    """Walk the neighbours best first, taking each place's first song the rules allow; a song held back only by
-    album_gap waits for a later place, any other refusal drops it (counted in `dropped`)."""
-    pending = list(zip(np.asarray(rows).tolist(), np.asarray(sims, dtype=np.float64).tolist(), range(len(rows))))
-    picks: list[tuple[int, float]] = []
-    start = 0
+def _fill(state: _State, pending: list, picks: list, k: int, dropped: Counter) -> list:
+    """Walk the candidates (row, similarity, candidate number), best first, giving each place the first song
+    the rules allow, until `picks` holds k songs; a song held back only by album_gap waits for a later place,
+    any other refusal drops it (counted in `dropped`). Returns the candidates still waiting or not looked at."""
     while len(picks) < k:
         chosen, waiting = None, []
-        for i in range(start, len(pending)):
-            row, sim, c = pending[i]
-            why = state.refusal(row, c)
+        for i in range(len(pending)):
+            why = state.refusal(pending[i][0], pending[i][2])
             if why is None:
                 chosen = i
                 break
@@ -454,13 +468,10 @@ def _fill(state: _State, rows, sims, k: int, dropped: Counter) -> list[tuple[int
             else:
                 dropped[why] += 1
         if chosen is None:
-            if waiting:
-                dropped["album_gap"] += len(waiting)
-            break
+            return [pending[i] for i in waiting]
         row, sim, _c = pending[chosen]
         state.take(row)
         picks.append((row, round(sim, 6)))
         # the songs held back wait ahead of the rest; the ones dropped are gone
         pending = [pending[i] for i in waiting] + pending[chosen + 1:]
-        start = 0
-    return picks
+    return pending
