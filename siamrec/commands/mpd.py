@@ -2,7 +2,8 @@
 
 Connects to MPD (`mpd.host`, `mpd.port`; the password, if MPD wants one, from the environment variable
 MPD_PASSWORD) with python-mpd2 and maps MPD's songs onto the library of `run=DIR` (a trained run or an
-`extract` folder: its items.csv and embeddings.npy): by path (MPD's music folder, `mpd.music_dir`, or asked of
+`extract` folder: its items.csv and embeddings.npy; or `data=library data.root=~/Music` / `data=beets`, whose
+index is built or updated first, as `serve` does): by path (MPD's music folder, `mpd.music_dir`, or asked of
 MPD over a local socket, joined with the song's URI), then by the end of the path, then by tags (MusicBrainz
 recording id, artist + title). Whenever at most `mpd.refill_below` songs are left after the current one, it
 appends `recommend.k` songs similar to the current song, the radio rules (`recommend.rules`) applied, none of
@@ -120,7 +121,12 @@ def music_dir_of(client, cfg) -> str | None:
 
 
 def mpd(cfg, run_dir) -> Path:
-    run = existing_run(cfg.run)
+    if not cfg.get("run") and cfg.data.source in ("library", "beets"):  # your music: build or update its index
+        from siamrec.commands.extract import extract
+
+        run = extract(cfg, run_dir)
+    else:
+        run = existing_run(cfg.run)
     emb, items = read_embeddings(run)
     songs = Songs(items)
     rules = Rules.from_config(cfg.recommend.rules) or Rules()
