@@ -208,10 +208,13 @@ def main() -> None:
             if args.radio:
                 for case, (url, ok) in RADIO.items():
                     for clients in (1, 32):
+                        cpu = server.cpu_s()
                         f = load(server.port, args.n, clients, args.requests, url=url, ok=ok)
+                        f["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
                         row[f"{case}@{clients}"] = f
                         print(f"  {label}, {case}, {clients} clients: p50 {f['p50_ms']:.1f} ms p95 "
-                              f"{f['p95_ms']:.1f} ms ({f['rps']:.0f} req/s)", flush=True)
+                              f"{f['p95_ms']:.1f} ms ({f['rps']:.0f} req/s, server CPU {f['cpu_ms']:.2f} ms/request)",
+                              flush=True)
                 for clients in (1, 32):
                     plain, ruled = row[f"plain k=25@{clients}"]["p95_ms"], row[f"rules k=25@{clients}"]["p95_ms"]
                     print(f"  {label}, {clients} clients: the radio rules add {100 * (ruled / plain - 1):+.0f} % to "
