@@ -8,7 +8,7 @@ the run folder as its last line.
 Exit codes: 0 done; 2 a bad command line or setting (nothing was done); 1 a problem with an input or a file
 (SiamrecError, a full or read-only disk); 130 interrupted. Every one of them is one line on stderr, no traceback.
 A command never writes into a folder that already holds a run unless given `overwrite=true`, and a command that
-fails before writing any result removes the run folder it made. Positional arguments are seed songs (recommend)
+fails before writing any result, or writes nothing there (serve, recommend out=FILE), removes the run folder it made. Positional arguments are seed songs (recommend)
 or audio files (tag), passed to the command as they are, outside Hydra's override grammar.
 """
 
@@ -228,6 +228,20 @@ def remove_if_empty(run_dir: Path | None) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
+
+
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder); True if removed."""
+    import shutil
+
+    try:
+        unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
+    except OSError:
+        return False
+    if unused:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return unused and not run_dir.exists()
 
 
 class RunLog:
@@ -475,5 +489,9 @@ def main(argv: list[str] | None = None) -> int:
             remove_if_empty(run_dir)
     if message:
         return fail(message, code)
+    if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there
+        if isinstance(result, Path):
+            print(result)
+        return 0
     print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last
     return 0

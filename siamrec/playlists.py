@@ -3,14 +3,12 @@ a siamrec.index search (exact unless an approximate index is given)."""
 
 from __future__ import annotations
 
-import os
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 from siamrec.index import ExactIndex, Index
-from siamrec.runs import atomic_write_text, write_csv, write_json
+from siamrec.runs import write_csv, write_json
 
 COLUMNS = ("seed", "seed_labels", "rank", "key", "labels", "similarity", "path")
 
@@ -65,36 +63,3 @@ def print_playlist(rows: list[tuple]) -> None:
             print(f"\nplaylist for {seed} [{seed_labels}]")
             current = seed
         print(f"{rank:3d}. {sim:+.3f}  {key}  [{labels}]")
-
-
-def m3u8_text(entries, relative_to=None, name: str | None = None) -> str:
-    """An extended M3U playlist (UTF-8): `#EXTM3U`, then per song `#EXTINF:<seconds>,<artist> - <title>` (-1 when
-    the length is unknown; the title alone without an artist) and its path: absolute, or relative to the folder
-    `relative_to` (where the playlist file will live, as Navidrome and phones expect). `entries` are mappings with
-    path, title, artist, duration. Control characters in tags never start a new line; a song without a path, or
-    whose path holds a line break, is left out."""
-    base = None if relative_to in (None, "") else os.path.abspath(os.path.expanduser(str(relative_to)))
-    lines = ["#EXTM3U"] + ([f"#PLAYLIST:{_one_line(name)}"] if name else [])
-    for e in entries:
-        path = e.get("path") or ""
-        if not path or "\n" in path or "\r" in path:
-            continue
-        path = os.path.abspath(path)
-        if base is not None:
-            path = os.path.relpath(path, base).replace(os.sep, "/")
-        duration = e.get("duration")
-        seconds = int(round(float(duration))) if duration not in (None, "") and float(duration) == float(duration) else -1
-        title = _one_line(e.get("title") or "") or _one_line(Path(path).stem)
-        artist = _one_line(e.get("artist") or "")
-        lines += [f"#EXTINF:{seconds},{artist + ' - ' if artist else ''}{title}", path]
-    return "\n".join(lines) + "\n"
-
-
-def write_m3u8(path: str | Path, entries, relative_to=None, name: str | None = None) -> Path:
-    """m3u8_text written atomically to `path`."""
-    return atomic_write_text(path, m3u8_text(entries, relative_to, name))
-
-
-def _one_line(text) -> str:
-    """Text on one line: control characters (line breaks included) become spaces."""
-    return " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in str(text)).split())

@@ -253,6 +253,7 @@ SCHEMA: dict = {
         "host": string(), "port": integer(0, 65535), "allow_remote": boolean(),
         "max_upload_mb": number(0, lo_open=True),
         "k": integer(1), "max_k": integer(1), "map": choice("auto", "umap", "tsne", "pca"), "map_max_items": integer(1),
+        "playlists_dir": string(null=True),
     },
     "mpd": {"host": string(), "port": integer(1, 65535), "once": boolean(), "music_dir": path(null=True),
             "refill_below": integer(0)},

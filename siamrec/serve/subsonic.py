@@ -127,7 +127,7 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
     """The /rest/ endpoints over the app's catalogue `cat`, with the server's radio rules `rules` (or None)."""
     allow_remote = bool(serve_cfg.allow_remote)
     router = APIRouter(prefix="/rest", include_in_schema=False)
-    meta = cat.meta
+    meta = cat.radio_songs
 
     def row(params, name: str = "id") -> int:
         value = params.get(name)
