@@ -37,8 +37,11 @@ def synthetic(tmp_path_factory):
     return serve_lib.synthetic_run(base / "run", library), library
 
 
+PLAIN = "recommend.rules=none"  # these tests are of the plain nearest-neighbour list (radio rules: test_radio_api.py)
+
+
 def client_for(run, tmp, *overrides):
-    cfg = make_cfg("serve", [f"run={run}", *overrides], tmp)
+    cfg = make_cfg("serve", [f"run={run}", PLAIN, *overrides], tmp)
     return TestClient(create_app(run, cfg)), cfg
 
 
@@ -52,7 +55,8 @@ def synth_client(synthetic, tmp_path):
 def run_recommend(run, seed, k, tmp, *overrides):
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
-    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", *overrides],
+    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", PLAIN,
+                                            *overrides],
                               tmp), out)
 
 
@@ -193,7 +197,6 @@ def test_paths_in_requests_are_never_opened(synth_client, synthetic, attempt):
 # ---------------------------------------------------------------- uploads (a new song: cold start)
 def test_upload_of_a_new_song_equals_recommend_for_that_file(trained, tmp_path):
     run, library, overrides = trained
-    overrides = [*overrides, "recommend.rules=none"]  # the plain list: with the radio rules the copy is a duplicate
     client, _ = client_for(run, tmp_path, *overrides)
     source = library / "drone" / "drone_2.flac"
     new = tmp_path / "my new song.flac"
