@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
 
     created = not run_dir.exists()
     finished = False
+    from siamrec.runs import take_closing_notes
+
+    take_closing_notes()  # none left over from an earlier call in this process
     message, code = None, 0
     try:
         if command not in ("serve", "mpd"):  # they train nothing; importing Keras to seed them would slow start-up
@@ -487,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not finished and created:  # a failed command leaves no empty run folder behind
             remove_if_empty(run_dir)
+    for note in take_closing_notes():  # e.g. why many files were skipped, where it cannot scroll away
+        print(note)
     if message:
         return fail(message, code)
     if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there

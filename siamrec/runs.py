@@ -120,6 +120,21 @@ def printable(text):
         return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
+_CLOSING_NOTES: list[str] = []
+
+
+def closing_note(text: str) -> None:
+    """Text the command line prints at the end of the command, just before where its outputs are (e.g. why many files
+    were skipped: printed when extraction ends, it would scroll away behind a training's output)."""
+    _CLOSING_NOTES.append(text)
+
+
+def take_closing_notes() -> list[str]:
+    notes = list(_CLOSING_NOTES)
+    _CLOSING_NOTES.clear()
+    return notes
+
+
 def write_csv(path: str | os.PathLike, header, rows) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -329,3 +329,19 @@ def test_read_tags_of_every_format(tmp_path, ext):
     tags = read_tags(str(path))
     assert (tags["title"], tags["artist"], tags["genre"], tags["mbid"]) == (GURMUKHI, "A & B", ["punjabi", "folk"], MBID)
     assert tags["duration"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_large_scan_reads_tags_in_worker_processes_with_the_same_result(music, tmp_path, monkeypatch):
+    import siamrec.data.tags as tags
+
+    one = tags.scan(music, [".flac", ".mp3", ".opus", ".wav", ".ogg"], tmp_path / "a.sqlite", progress=False)[0]
+    monkeypatch.setattr(tags, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(tags.os, "sched_getaffinity", lambda _pid: {0, 1})
+    spawned = []
+    import multiprocessing.context as ctx
+
+    real = ctx.SpawnContext.Pool
+    monkeypatch.setattr(ctx.SpawnContext, "Pool", lambda self, *a, **k: spawned.append(a) or real(self, *a, **k))
+    many = tags.scan(music, [".flac", ".mp3", ".opus", ".wav", ".ogg"], tmp_path / "b.sqlite", progress=False)[0]
+    assert [a[0] for a in spawned] == [2]
+    assert [(s.rel, s.tags) for s in many] == [(s.rel, s.tags) for s in one] and any(s.tags for s in one)

@@ -30,8 +30,6 @@ from siamrec.progress import Progress
 from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
 from siamrec.store import FeatureStore, model_files, run_fingerprint
 
-SHOWN_FAILURES = 5
-
 
 LISTENER_SOURCES = ("library", "beets")  # a listener's library: its index folder lives in the user's data directory
 
@@ -129,7 +127,7 @@ def _extract(cfg, out: Path, progress: Progress) -> Path:
                **getattr(engine, "stats", {}),
                "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
     write_json(out / "extract.json", summary)
-    _print_summary(summary, failures, lib.keys)
+    _print_summary(summary)
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
     progress.finish("ready", f"{len(kept)} songs indexed")
@@ -173,11 +171,7 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
     return out
 
 
-def _print_summary(summary: dict, failures: list, keys: list[str]) -> None:
+def _print_summary(summary: dict) -> None:
     print(f"extract: {summary['embedded']} embedded, {summary['reused']} reused from the store, "
           f"{summary['failed']} failed; {summary['wall_s']:.1f} s ({summary['files_per_s']:.2f} files/s); "
           f"{summary['rows']} items in {Path(summary['out']) / 'embeddings.npy'}")
-    for i, reason in failures[:SHOWN_FAILURES]:
-        print(f"  failed: {keys[i]}: {reason}")
-    if len(failures) > SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - SHOWN_FAILURES} more (see failed.csv)")

@@ -62,7 +62,7 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
     if failures:
         i, reason = failures[0]
-        raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
+        raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
     return emb
 
 

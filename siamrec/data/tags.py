@@ -105,6 +105,33 @@ def read_tags(path: str) -> dict:
     return out
 
 
+CACHE_BATCH = 2000   # tags read are stored every this many files (an interrupted scan keeps its work)
+PARALLEL_FROM = 500  # this many files or more are read in one worker process per core
+
+
+def _read_or_none(path: str):
+    try:
+        return read_tags(path)
+    except Exception:  # noqa: BLE001 - any damage in a tag header
+        return None
+
+
+def _read_all(paths: list[str]):
+    """Yield read_tags of each path (None where it fails), in order: in worker processes (one per core) when there
+    are many, here otherwise."""
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers < 2 or len(paths) < PARALLEL_FROM:
+        yield from map(_read_or_none, paths)
+        return
+    import multiprocessing as mp
+    import signal
+
+    # workers ignore Ctrl-C: the main process handles it (and keeps the tags stored so far)
+    with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                      initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        yield from pool.imap(_read_or_none, paths, chunksize=64)
+
+
 class TagCache:
     """Tags by (path, size, mtime) in an SQLite file; paths are stored as bytes (any file name fits)."""
 
@@ -171,13 +198,18 @@ def scan(root, extensions, cache_file, progress: bool = True) -> tuple[list[Song
             else:
                 todo.append(s)
         unreadable, fresh = [], []
-        for s in tqdm(todo, desc="reading tags", unit="file", disable=not progress or len(todo) < 50):
-            try:
-                s.tags = read_tags(s.path)
-            except Exception:  # noqa: BLE001 - a damaged header: the song is kept, untagged; the decoder decides
-                s.tags = {}
+        read = _read_all([s.path for s in todo])
+        for s, tags in zip(todo, tqdm(read, total=len(todo), desc="reading tags", unit="file",
+                                      disable=not progress or len(todo) < 50)):
+            if tags is None:  # a damaged header: the song is kept, untagged; the decoder decides
+                tags = {}
                 unreadable.append(s.rel)
-            fresh.append((os.fsencode(s.path), s.size, s.mtime, json.dumps(s.tags, ensure_ascii=False)))
+            s.tags = tags
+            fresh.append((os.fsencode(s.path), s.size, s.mtime, json.dumps(tags, ensure_ascii=False)))
+            if len(fresh) >= CACHE_BATCH:
+                cache.put(fresh)
+                fresh.clear()
+        read.close()
         cache.put(fresh)
     finally:
         cache.close()
