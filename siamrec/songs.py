@@ -11,6 +11,7 @@ moved song's old path). Text naming several songs raises Ambiguous with the cand
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from functools import cached_property
 from siamrec.data.split import stem
@@ -20,8 +21,9 @@ META = ("title", "artist", "album", "duration")
 MAX_ID_DIGITS = 18  # a row number is shorter; longer digit strings are text, never int()-parsed
 
 
-def _latin(c: str) -> bool:
-    return c < "\u0250" or "\u1e00" <= c < "\u1f00"  # Basic Latin .. IPA, Latin Extended Additional
+# combining marks (the blocks of diacritics) right after a Latin letter: accents, dropped by fold
+_LATIN_ACCENTS = re.compile("([\x00-\u024f\u1e00-\u1eff])[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff"
+                            "\ufe20-\ufe2f]+")
 
 
 def fold(text) -> str:
@@ -29,13 +31,9 @@ def fold(text) -> str:
     Gurmukhi and Devanagari keep every sign (their vowel signs and nukta are combining marks that change the
     word), so they match as typed, in either composed or decomposed form."""
     text = unicodedata.normalize("NFKC", str(text or "")).casefold()
-    out, prev_latin = [], False
-    for c in unicodedata.normalize("NFD", text):
-        if unicodedata.combining(c) and prev_latin:
-            continue  # an accent on a Latin letter
-        out.append(c)
-        prev_latin = _latin(c) and not unicodedata.combining(c)
-    return " ".join(unicodedata.normalize("NFC", "".join(out)).split())
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", _LATIN_ACCENTS.sub(r"\1", unicodedata.normalize("NFD", text)))
+    return " ".join(text.split())
 
 
 def _text(value) -> str | None:

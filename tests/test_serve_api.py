@@ -456,7 +456,7 @@ def test_a_near_silent_or_very_short_upload_is_embedded_but_flagged(trained, tmp
     assert len(warnings) == 2 and warnings[0].startswith(f"very short: 0.5 s of audio, less than the model's {window:g}-s")
     assert __import__("re").match(r"near-silent: its level is -7[01] dBFS", warnings[1]), warnings
     loud = tmp_path / "loud.wav"
-    t = np.arange(int(16000 * (window + 1))) / 16000
+    t = np.arange(int(16000 * 0.95 * window)) / 16000  # a few percent padding is no reason to flag it
     sf.write(loud, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
     r = client.post("/api/recommend", files={"file": (loud.name, loud.read_bytes(), "audio/wav")}, data={"k": "3"})
     assert r.status_code == 200 and r.json()["warnings"] == []

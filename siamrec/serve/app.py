@@ -51,6 +51,7 @@ from siamrec.serve.subsonic import subsonic_router
 from siamrec.songs import Ambiguous
 
 SILENT_DBFS = -60.0  # an upload quieter than this (RMS) is embedded but flagged as near-silent
+SHORT_FRACTION = 0.9  # an upload shorter than this part of the model's window is embedded but flagged as short
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -378,7 +379,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
             raise SiamrecError(str(exc)) from None
         window = float(embed_cfg.clip.duration)
         warnings = []
-        if seconds < window:
+        if seconds < SHORT_FRACTION * window:  # a few ms of padding say nothing; a window half silence does
             warnings.append(f"very short: {seconds:.1f} s of audio, less than the model's {window:g}-s window "
                             "(padded with silence), so its playlist may say little about it")
         if dbfs < SILENT_DBFS:

@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import re
+from bisect import bisect_right
 from collections import OrderedDict
 from pathlib import Path
 import threading
@@ -71,7 +72,7 @@ class Catalogue:
         self.names = [display_name(it) for it in items]
         self.finder = SongFinder(items)
         self.by_key = self.finder.by_key
-        self._haystack: list[str] | None = None
+        self._haystack: tuple[str, list[int]] | None = None  # the folded catalogue, made on the first search
         self.radio_songs = Songs(items)  # what the radio rules read: title, artist, album, duration, mbid
         self._index_lock = Lock()
         self._open_index(index_cfg)
@@ -131,15 +132,26 @@ class Catalogue:
 
     def search(self, query: str, limit: int) -> tuple[int, list[int]]:
         """(number of hits, the first `limit` rows) of the songs whose title, artist, album, labels or file name
-        hold every word of `query`, compared folded (siamrec.songs.fold: case, accents, Unicode forms)."""
+        hold every word of `query`, compared folded (siamrec.songs.fold: case, accents, Unicode forms). The
+        folded catalogue is one string scanned by str.find (C speed), songs separated by NUL."""
         if self._haystack is None:
-            self._haystack = [fold(" \n ".join(filter(None, (m["title"], m["artist"], m["album"],
-                                                            " ".join(labs), key))))
-                              for m, labs, key in zip(self.meta, self.labels, self.keys)]
-        words = fold(query).split()
+            texts = [fold(" ".join(filter(None, (m["title"], m["artist"], m["album"], " ".join(labs), key))))
+                     .replace("\0", " ") for m, labs, key in zip(self.meta, self.labels, self.keys)]
+            starts = np.cumsum([0] + [len(t) + 1 for t in texts]).tolist()
+            self._haystack = ("\0".join(texts) + "\0", starts)
+        text, starts = self._haystack
+        words = fold(query.replace("\0", " ")).split()
         if not words:
             return len(self.keys), list(range(min(limit, len(self.keys))))
-        hits = [i for i, text in enumerate(self._haystack) if all(w in text for w in words)]
+        first = min(words, key=text.count)  # scan for the rarest word, check the others song by song
+        rest = [w for w in words if w != first]
+        hits, pos = [], text.find(first)
+        while pos >= 0:
+            row = bisect_right(starts, pos) - 1
+            end = starts[row + 1]
+            if not rest or all(w in text[starts[row]:end - 1] for w in rest):
+                hits.append(row)
+            pos = text.find(first, end)
         return len(hits), hits[:limit]
 
     def song(self, row: int) -> dict:
