@@ -37,8 +37,11 @@ def synthetic(tmp_path_factory):
     return serve_lib.synthetic_run(base / "run", library), library
 
 
+PLAIN = "recommend.rules=none"  # these tests are of the plain nearest-neighbour list (radio rules: test_radio_api.py)
+
+
 def client_for(run, tmp, *overrides):
-    cfg = make_cfg("serve", [f"run={run}", *overrides], tmp)
+    cfg = make_cfg("serve", [f"run={run}", PLAIN, *overrides], tmp)
     return TestClient(create_app(run, cfg)), cfg
 
 
@@ -52,7 +55,8 @@ def synth_client(synthetic, tmp_path):
 def run_recommend(run, seed, k, tmp, *overrides):
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
-    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", *overrides],
+    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", PLAIN,
+                                            *overrides],
                               tmp), out)
 
 

@@ -57,7 +57,8 @@ def grouped_server(tmp_path_factory):
 
 def serve_cli(run, overrides, base):
     port = free_port()
-    cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", *overrides,
+    # the plain nearest-neighbour list (the radio rules have their own tests: test_rules.py, test_radio_api.py)
+    cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", "recommend.rules=none", *overrides,
            f"paths.cache={base / 'cache'}", f"paths.shared={shared_root()}", f"hydra.run.dir={base / 'out'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "PYTHONUNBUFFERED": "1"}
@@ -131,7 +132,7 @@ def recommend_keys(trained, seed_key: str, k: int, tmp: Path) -> list[str]:
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
     rows = recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed_key}'", f"recommend.k={k}",
-                                            *overrides], tmp), out)
+                                            "recommend.rules=none", *overrides], tmp), out)
     return [r[3] for r in rows]
 
 

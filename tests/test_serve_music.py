@@ -19,6 +19,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 import serve_lib  # noqa: E402
 from conftest import make_cfg  # noqa: E402
+
+PLAIN = "recommend.rules=none"  # these tests are of the plain nearest-neighbour list (radio rules: test_radio_api.py)
 from siamrec.data.sources import from_playlists  # noqa: E402
 from siamrec.serve.app import create_app  # noqa: E402
 from siamrec.songs import fold  # noqa: E402
@@ -34,7 +36,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture
 def client(synthetic, tmp_path):
     run, _ = synthetic
-    cfg = make_cfg("serve", [f"run={run}", f"serve.playlists_dir={tmp_path / 'saved'}"], tmp_path)
+    cfg = make_cfg("serve", [f"run={run}", PLAIN, f"serve.playlists_dir={tmp_path / 'saved'}"], tmp_path)
     return TestClient(create_app(run, cfg), raise_server_exceptions=False)
 
 
@@ -55,7 +57,7 @@ def test_songs_and_playlists_carry_metadata(client):
 def test_an_older_items_csv_without_metadata_still_serves(tmp_path):
     library = serve_lib.make_library(tmp_path / "library")
     run = serve_lib.synthetic_run(tmp_path / "run", library, tags=False)
-    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}"], tmp_path)))
+    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}", PLAIN], tmp_path)))
     songs = c.get("/api/songs").json()
     assert len(songs) == 15 and all(s["title"] is None and s["duration"] is None for s in songs)
     assert c.get("/api/search", params={"q": "ਪੰਜਾਬੀ"}).json()["total"] == 1
@@ -110,13 +112,13 @@ def test_recommend_command_takes_the_same_seeds(synthetic, tmp_path, capsys):
     from siamrec.errors import SiamrecError
 
     run, _ = synthetic
-    rows = recommend(make_cfg("recommend", [f"run={run}", "recommend.seed='zoe keating - drone song 6'",
+    rows = recommend(make_cfg("recommend", [f"run={run}", PLAIN, "recommend.seed='zoe keating - drone song 6'",
                                             "recommend.k=2"], tmp_path), tmp_path)
     assert {r[0] for r in rows} == {"drone/drone_2.flac"}
-    rows = recommend(make_cfg("recommend", [f"run={run}", "recommend.seed=6", "recommend.k=2"], tmp_path), tmp_path)
+    rows = recommend(make_cfg("recommend", [f"run={run}", PLAIN, "recommend.seed=6", "recommend.k=2"], tmp_path), tmp_path)
     assert {r[0] for r in rows} == {"drone/drone_2.flac"}  # an id
     with pytest.raises(SiamrecError, match="names 2 songs"):
-        recommend(make_cfg("recommend", [f"run={run}", "recommend.seed='Same Song'", "recommend.k=2"], tmp_path),
+        recommend(make_cfg("recommend", [f"run={run}", PLAIN, "recommend.seed='Same Song'", "recommend.k=2"], tmp_path),
                   tmp_path)
 
 
@@ -145,13 +147,13 @@ def test_cover_art_embedded_else_beside_the_file(tmp_path):
     np.save(run / "embeddings.npy", np.eye(3, dtype=np.float32)[:2])
     (run / "items.csv").write_text("key,path,labels,split,group\n"
                                    f"a,{library / 'embedded.flac'},,,\nb,{library / 'beside.flac'},,,\n")
-    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}"], tmp_path)))
+    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}", PLAIN], tmp_path)))
     r = c.get("/api/cover/0")
     assert r.status_code == 200 and r.content.endswith(b"embedded") and r.headers["content-type"] == "image/png"
     r = c.get("/api/cover/1")
     assert r.status_code == 200 and r.content.endswith(b"beside")
     (library / "Folder.JPG").unlink()
-    c2 = TestClient(create_app(run, make_cfg("serve", [f"run={run}"], tmp_path)))
+    c2 = TestClient(create_app(run, make_cfg("serve", [f"run={run}", PLAIN], tmp_path)))
     assert c2.get("/api/cover/1").status_code == 404 and "no cover" in c2.get("/api/cover/1").json()["detail"]
 
 
@@ -320,7 +322,7 @@ def test_a_file_name_with_a_newline_exports_and_reads_back(tmp_path):
         w.writerow(["key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid"])
         for i, n in enumerate(names):
             w.writerow([n, str(music / n), "", "", "", f"t\r\n{i}", "a\nb", "", "1", ""])
-    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}"], tmp_path)))
+    c = TestClient(create_app(run, make_cfg("serve", [f"run={run}", PLAIN], tmp_path)))
     m3u = c.get("/api/export", params={"seed": 1, "k": 1, "format": "m3u8"}).content.decode("utf-8")
     assert "#EXTINF:1,injected" not in m3u.splitlines() and "other.wav" not in m3u.splitlines()
     assert len(m3u.splitlines()) == 6  # #EXTM3U, #PLAYLIST, 2 × (#EXTINF, path)

@@ -6,6 +6,10 @@ GET  /api/search?q=TEXT             ids of the songs whose title, artist, album,
                                     (case-, accent- and Unicode-form-insensitive)
 GET  /api/recommend?seed=S&k=K      a playlist; S: an id, a key, or text naming one song (title, `artist - title`;
                                     409 with the candidates when it names several); repeatable ("more like these")
+GET  /api/path?from=A&to=B&k=12     a song path from A's sound to B's
+                                    (radio rules as query parameters of /api/recommend, /api/path, /api/export:
+                                    siamrec.serve.radio; rules=false for the plain list)
+/rest/...                           OpenSubsonic sonic similarity for Subsonic clients (siamrec.serve.subsonic)
 POST /api/recommend                 JSON {"seeds": [...], "k": K, "exclude_group": false}, or multipart
                                     (file=<audio>, k=K): the playlist of a new song, embedded with the run's model
 GET  /api/audio/{id}                a song's audio (HTTP range requests; .au/.aiff transcoded to WAV)
@@ -30,7 +34,7 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -39,8 +43,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.errors import SiamrecError
+from siamrec.rules import Rules
 from siamrec.serve.catalogue import EXPORT_FORMATS, NATIVE, Catalogue, PlaylistExists, UnknownSong
 from siamrec.serve.map2d import MapCache
+from siamrec.serve.radio import path_router, rules_query
+from siamrec.serve.subsonic import subsonic_router
 from siamrec.songs import Ambiguous
 
 SILENT_DBFS = -60.0  # an upload quieter than this (RMS) is embedded but flagged as near-silent
@@ -77,6 +84,7 @@ class SeedsRequest(BaseModel):
                                                  "normalised mean", min_length=1, max_length=1000)
     k: int = 10
     exclude_group: bool = Field(False, description="leave out songs of the seeds' groups (artists)")
+    rules: bool = Field(True, description="the server's radio rules (false: the plain nearest-neighbour list)")
 
 
 class ExportItem(BaseModel):
@@ -136,6 +144,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     if not max_upload_mb > 0:
         raise SiamrecError(f"serve.max_upload_mb={max_upload_mb:g}: must be positive")
     max_upload = int(max_upload_mb * 1024 * 1024)
+    server_rules = Rules.from_config(cfg.recommend.rules)
+    ruled = rules_query(server_rules)
     # new songs are decoded in this process (a worker pool per upload would cost more than the decoding)
     embed_cfg = OmegaConf.merge(cfg, {"features": {"workers": 0}})
     embed_lock = threading.Lock()
@@ -277,16 +287,21 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     @app.get("/api/recommend")
     async def recommend_get(seed: list[str] = Query(..., description="song id (row), key, title or `artist - title`; "
                                                                       "repeat for several seeds", max_length=1000),
-                            k: int = 10, exclude_group: bool = False):
-        """The k songs most similar to the seed(s); one seed gives `recommend run=RUN seed=SEED k=K`'s playlist.
-        `k` in the answer is the length actually given (at most the number of other songs)."""
+                            k: int = 10, exclude_group: bool = False, rules: Rules | None = Depends(ruled)):
+        """The k songs most similar to the seed(s), radio rules applied (`note` says when fewer than k pass);
+        one seed gives `recommend run=RUN seed=SEED k=K`'s playlist. `k` in the answer is the length actually
+        given (at most the number of other songs)."""
         # answered on the event loop: one search at a time (threads would only contend for the cores)
-        return JSONResponse(_playlist([seed_row(s) for s in seed], check_k(k), exclude_group))
+        return JSONResponse(_playlist([seed_row(s) for s in seed], check_k(k), exclude_group, rules))
 
-    def _playlist(rows: list[int], k: int, exclude_group: bool) -> dict:
-        playlist = cat.recommend(rows, k, exclude_group)
+    def _playlist(rows: list[int], k: int, exclude_group: bool, rules: Rules | None) -> dict:
+        if rules is None:
+            playlist, note = cat.recommend(rows, k, exclude_group), None
+        else:
+            playlist, note = cat.ruled(rows, k, rules, exclude_group)
         return {"seeds": [cat.song(r) for r in rows], "k": len(playlist), "k_asked": k,
-                "exclude_group": exclude_group, "search": cat.index.method, "playlist": playlist}
+                "exclude_group": exclude_group, "search": cat.index.method,
+                "rules": rules.as_dict() if rules else None, "note": note, "playlist": playlist}
 
     @app.post("/api/recommend", openapi_extra=_MULTIPART_DOC)
     async def recommend_post(request: Request):
@@ -300,7 +315,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         except ValidationError as exc:
             raise HTTPException(422, f"expected JSON {{\"seeds\": [...], \"k\": 10}} or a multipart upload: "
                                      f"{_readable(exc)}") from None
-        return JSONResponse(_playlist([seed_row(s) for s in body.seeds], check_k(body.k), body.exclude_group))
+        return JSONResponse(_playlist([seed_row(s) for s in body.seeds], check_k(body.k), body.exclude_group,
+                                      server_rules if body.rules else None))
 
     async def _upload(request: Request) -> dict:
         length = request.headers.get("content-length")
@@ -337,11 +353,17 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         finally:
             await upload.close()
             shutil.rmtree(tmp, ignore_errors=True)
-        playlist = cat.recommend_vector(emb, k)
+        found = _new_song_playlist(emb, k)
         return {"seeds": [{"id": None, "key": filename, "name": Path(filename).stem, "title": None, "artist": None,
                            "album": None, "duration": None, "labels": [], "group": "", "playable": "no"}],
-                "k": len(playlist), "k_asked": k, "exclude_group": False, "search": cat.index.method,
-                "warnings": warnings, "playlist": playlist}
+                "k": len(found["playlist"]), "k_asked": k, "exclude_group": False, "search": cat.index.method,
+                "warnings": warnings, **found}
+
+    def _new_song_playlist(emb, k: int) -> dict:
+        if server_rules is None:
+            return {"rules": None, "note": None, "playlist": cat.recommend_vector(emb, k)}
+        playlist, note = cat.ruled([], k, server_rules, query=emb)
+        return {"rules": server_rules.as_dict(), "note": note, "playlist": playlist}
 
     def _embed(path: Path) -> tuple:
         """The upload's embedding and its warnings: a near-silent or very short song is embedded but flagged."""
@@ -382,11 +404,11 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     # ------------------------------------------------------------------ export
     @app.get("/api/export")
     def export_get(seed: list[str] = Query(..., max_length=1000), k: int = 10, exclude_group: bool = False,
-                   format: str = "m3u8"):
+                   format: str = "m3u8", rules: Rules | None = Depends(ruled)):
         """The playlist of the seed(s) as a file: m3u8 (the seeds first, then the playlist; absolute paths,
         #EXTINF seconds and `artist - title`, UTF-8), csv or json (with title, artist, album, duration)."""
         rows = [seed_row(s) for s in seed]
-        result = _playlist(rows, check_k(k), exclude_group)
+        result = _playlist(rows, check_k(k), exclude_group, rules)
         name = " + ".join(s["name"] for s in result["seeds"])
         labels = result["seeds"][0]["labels"] if len(result["seeds"]) == 1 else []
         return _export(result["playlist"], format, name, labels, rows)
@@ -426,6 +448,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
             raise HTTPException(409, str(exc)) from None
         return {"name": path.stem, "file": path.name, "path": str(path), "songs": len(rows)}
 
+    app.include_router(path_router(cat, ruled, seed_row, check_k))
+    app.include_router(subsonic_router(cat, serve_cfg, server_rules))  # /rest/: OpenSubsonic sonic similarity
     return app
 
 

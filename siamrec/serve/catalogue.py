@@ -26,6 +26,7 @@ from siamrec.errors import SiamrecError
 from siamrec.index import ExactIndex, choose_method, import_faiss, normalise, open_index
 from siamrec.m3u import m3u8_text, read_entries
 from siamrec.playlists import COLUMNS, playlists
+from siamrec.rules import Radio, Rules, Songs
 from siamrec.runs import atomic_write_text, read_embeddings, strict_json
 from siamrec.songs import META, SongFinder, display_name, fold, meta
 
@@ -72,6 +73,7 @@ class Catalogue:
         self.finder = SongFinder(items)
         self.by_key = self.finder.by_key
         self._haystack: tuple[str, list[int]] | None = None  # the folded catalogue, made on the first search
+        self.radio_songs = Songs(items)  # what the radio rules read: title, artist, album, duration, mbid
         self._index_lock = Lock()
         self._open_index(index_cfg)
         self._present: dict[int, bool] = {}
@@ -184,6 +186,37 @@ class Catalogue:
         query = normalise(normalise(self.emb[rows]).mean(axis=0, keepdims=True))
         groups = {self.groups[r] for r in rows} if exclude_group else set()
         return self._search(query, k, drop=set(rows), drop_groups=groups)
+
+    @property
+    def radio(self) -> Radio:
+        """Ruled playlists and paths over the current index (a faiss index may replace exact search)."""
+        if getattr(self, "_radio", None) is None:
+            self._radio = Radio(self.emb, self.radio_songs, self.index)
+        self._radio.index = self.index
+        return self._radio
+
+    def ruled(self, rows: list[int], k: int, rules: Rules, exclude_group: bool = False,
+              query: np.ndarray | None = None) -> tuple[list[dict], str | None]:
+        """(playlist, note): the radio rules' playlist of the seed rows (one: its embedding; several: their
+        normalised mean) or of `query` (a song outside the library); the note says when fewer than k songs
+        pass the rules."""
+        rows = list(dict.fromkeys(int(r) for r in rows))
+        drop = set(rows)
+        if exclude_group:
+            groups = {self.groups[r] for r in rows}
+            drop |= {i for i, g in enumerate(self.groups) if g in groups}
+        if query is None:
+            if not rows:
+                raise SiamrecError("no seed: give at least one song")
+            query = self.emb[rows[0]] if len(rows) == 1 else normalise(self.emb[rows]).mean(axis=0)
+            vectors = []
+        else:
+            vectors = [query]
+        k = min(k, len(self.keys) - len(drop))
+        if k < 1:
+            return [], "no other songs in the library"
+        found = self.radio.playlist(query, k, rules, seeds=sorted(drop), seed_vectors=vectors)
+        return [self._entry(j, rank, s) for rank, (j, s) in enumerate(found.picks, start=1)], found.note
 
     def recommend_vector(self, query: np.ndarray, k: int) -> list[dict]:
         """The playlist of a song outside the library (its embedding), as `recommend` gives it for a new song."""
