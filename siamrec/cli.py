@@ -8,7 +8,7 @@ the run folder as its last line.
 Exit codes: 0 done; 2 a bad command line or setting (nothing was done); 1 a problem with an input or a file
 (SiamrecError, a full or read-only disk); 130 interrupted. Every one of them is one line on stderr, no traceback.
 A command never writes into a folder that already holds a run unless given `overwrite=true`, and a command that
-fails before writing any result removes the run folder it made. Positional arguments are seed songs (recommend)
+fails before writing any result, or writes nothing there (serve, recommend out=FILE), removes the run folder it made. Positional arguments are seed songs (recommend)
 or audio files (tag), passed to the command as they are, outside Hydra's override grammar.
 """
 
@@ -40,19 +40,22 @@ COMMANDS = {
     "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
     "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
+    "mpd": ("mpd", "keep an MPD queue going with similar songs: mpd run=RUN [host=localhost port=6600 once=true]"),
 }
 
 # Settings a command uses unless the command line says otherwise.
 COMMAND_DEFAULTS = {"tag": ["backbone=choi2017_keras2"]}  # the Keras 2 release's tags are the plausible ones
 
 # Commands that read an earlier run (run=RUN) and take its model-defining settings from it.
-RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve")
+RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve", "mpd")
 
 # Short keys a command accepts, rewritten to their place in the config.
 ALIASES = {
-    "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
+    "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out", "to": "recommend.to",
+                  "rules": "recommend.rules"},
     "tag": {"top": "tag.top"},
     "serve": {"host": "serve.host", "port": "serve.port"},
+    "mpd": {"host": "mpd.host", "port": "mpd.port", "once": "mpd.once", "k": "recommend.k"},
 }
 
 
@@ -88,6 +91,16 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
     overrides, positional, flags = [], [], {}
     aliases = ALIASES.get(command, {})
     roots = {*SCHEMA, *aliases, "overwrite", "experiment", "study"}
+    args = list(args)
+    if command == "recommend":  # --relative-to DIR (or --relative-to=DIR): M3U8 paths relative to DIR
+        for i, arg in enumerate(args):
+            if arg == "--relative-to" or arg.startswith("--relative-to="):
+                value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+                if not value:
+                    raise SiamrecError("--relative-to needs a folder: --relative-to ~/Music")
+                flags["relative_to"] = value
+                del args[i:i + (1 if "=" in arg else 2)]
+                break
     for arg in args:
         if not _is_override(arg) or (command in ("recommend", "tag") and _key(arg).split(".")[0] not in roots):
             positional.append(arg)  # recommend, tag: 'E=mc2.mp3' names a song, not a setting
@@ -101,6 +114,9 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
         is_list = value.strip().startswith("[") and value.strip().endswith("]")
         if command == "recommend" and key == "seed" and not is_list:
             positional.append(value)
+            continue
+        if command == "recommend" and key in ("to", "recommend.to"):  # a song name, outside Hydra's grammar
+            flags["to"] = value
             continue
         overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
     return overrides, positional, flags
@@ -215,6 +231,20 @@ def remove_if_empty(run_dir: Path | None) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
+
+
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder); True if removed."""
+    import shutil
+
+    try:
+        unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
+    except OSError:
+        return False
+    if unused:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return unused and not run_dir.exists()
 
 
 class RunLog:
@@ -419,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         given = job_cfg.recommend.get("seed")
         given = [] if given in (None, "") else [given] if isinstance(given, (str, int, float)) else list(given)
         job_cfg.recommend.seed = given + [_escape(p) for p in positional]
+    if command == "recommend":
+        for key in ("to", "relative_to"):
+            if key in flags:
+                job_cfg.recommend[key] = _escape(flags[key])
     if show_cfg:
         from omegaconf import OmegaConf
 
@@ -439,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     take_closing_notes()  # none left over from an earlier call in this process
     message, code = None, 0
     try:
-        if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
+        if command not in ("serve", "mpd"):  # they train nothing; importing Keras to seed them would slow start-up
             seed_everything(job_cfg.seed)
         make_run_dir(run_dir, job_cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
@@ -463,5 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if message:
         return fail(message, code)
+    if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there
+        if isinstance(result, Path):
+            print(result)
+        return 0
     print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last
     return 0

@@ -4,6 +4,7 @@ siamrec.encoder) and its head turn songs into the run's embedding space, exactly
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +18,8 @@ class RunEmbedder:
     def __init__(self, run_dir):
         from siamrec.models.heads import load_head
 
-        self.run_dir = existing_run(run_dir)
+        # a run folder, or a library's index folder while its first extract makes it (its model, no items yet)
+        self.run_dir = Path(run_dir) if (Path(run_dir) / "head.json").is_file() else existing_run(run_dir)
         self.head = load_head(self.run_dir)
         spec = self.run_dir / "extractor.json"
         self.spec = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else None

@@ -7,6 +7,13 @@ concatenates each backbone's chosen parts, standardised per dimension over the l
 and scaled by 1/sqrt(width), so that every backbone weighs alike in a cosine whatever its width. The statistics
 are saved with the run, so new songs are encoded the same way.
 
+Then `features.normalise`, a label-free affine map fitted on the songs of the library (never on labels) and saved
+with the run, so that train, evaluate, recommend, extract and serve apply the same map to every song, new songs
+included: `none`; `centre` (subtract the library's mean song: the default, measured best for the label-free
+identity model, README "Backbones, windows and song vectors"); `standardise` (per dimension); `whiten` (PCA
+whitening of the standardised vectors, `features.whiten_eps` in units of the mean eigenvalue). A song's window
+rows (model.train_on=windows) go through the same map, so heads trained on windows see what they are scored on.
+
 A run folder holds `extractor.json` (per backbone: its bundle config, clip settings, parts and model file; the
 standardisation when combined) and the models (`backbone.keras`, `backbone_2.keras`, ...).
 """
@@ -33,11 +40,55 @@ class Member:
         return self.extractor.columns(self.parts)
 
 
+NORMALISE = ("none", "centre", "standardise", "whiten")
+
+
+class Normaliser:
+    """x → (x − mean) · T, fitted on the library's song vectors without labels (see the module docstring); the
+    identity until fitted."""
+
+    def __init__(self, kind: str = "none", whiten_eps: float = 1.0, mean=None, transform=None):
+        if kind not in NORMALISE:
+            raise SiamrecError(f"features.normalise={kind!r}: use one of {', '.join(NORMALISE)}")
+        self.kind, self.whiten_eps = kind, float(whiten_eps)
+        self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.transform = None if transform is None else np.asarray(transform, np.float32)
+
+    def fit(self, x: np.ndarray) -> None:
+        if self.kind == "none" or not len(x):
+            return
+        x = np.asarray(x, np.float64)
+        self.mean, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+        if self.kind == "standardise":
+            self.transform = 1.0 / sd
+        elif self.kind == "whiten":
+            from siamrec.models.siamese import whitening_matrix
+
+            self.transform = (whitening_matrix((x - self.mean) / sd, self.whiten_eps) / sd[:, None])
+        self.mean = self.mean.astype(np.float32)
+        self.transform = None if self.transform is None else self.transform.astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.mean is None:
+            return x
+        y = np.asarray(x, np.float32) - self.mean
+        if self.transform is not None:
+            y = y * self.transform if self.transform.ndim == 1 else y @ self.transform
+        return y.astype(np.float32)
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "whiten_eps": self.whiten_eps,
+                "mean": None if self.mean is None else self.mean.tolist(),
+                "transform": None if self.transform is None else self.transform.tolist()}
+
+
 class SongEncoder:
     """Encodes songs into the vectors the heads see (see the module docstring)."""
 
-    def __init__(self, members: list[Member], scale: list[tuple[np.ndarray, np.ndarray]] | None = None):
+    def __init__(self, members: list[Member], scale: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                 normaliser: Normaliser | None = None):
         self.members, self.scale = members, scale
+        self.normaliser = normaliser or Normaliser()
 
     @property
     def main(self):
@@ -67,7 +118,7 @@ class SongEncoder:
     def song_features(self, paths: list[str], keep_windows: bool = False, use_cache: bool = True,
                       desc: str = "features", fit: bool = False) -> SongFeatures:
         """Vectors of the songs (NaN rows for files any backbone failed on); with `fit`, the standardisation of
-        combined backbones is fitted on these songs first."""
+        combined backbones and the normaliser are fitted on these songs first."""
         if keep_windows and self.combined:
             raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
                                "in length; use model.train_on=songs with features.combine")
@@ -82,11 +133,14 @@ class SongEncoder:
         vectors = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         if ok.any():
             vectors[ok] = self._combine([b[ok] for b in blocks])
+            if fit:
+                self.normaliser.fit(vectors[ok])
+            vectors[ok] = self.normaliser(vectors[ok])
         windows = None
         if keep_windows:
             wcols = self.members[0].extractor.bundle.part_columns(self.members[0].parts) \
                 if self.members[0].parts else slice(None)
-            windows = [w[:, wcols] if w is not None else None for w in results[0].windows]
+            windows = [self.normaliser(w[:, wcols]) if w is not None else None for w in results[0].windows]
         return SongFeatures(vectors, windows, sorted(failures.items()), min(r.n_cached for r in results))
 
     def stream(self, items, want_digest: bool = False, desc: str = "extract"):
@@ -100,7 +154,7 @@ class SongEncoder:
                     yield i, None, errors[0], digest
                     continue
                 blocks = [m.extractor.pool_songs([r[1]])[:, m.columns] for r, m in zip(rows, self.members)]
-                yield i, self._combine(blocks)[0], None, digest
+                yield i, self.normaliser(self._combine(blocks))[0], None, digest
         finally:
             for s in streams:
                 s.close()
@@ -122,6 +176,7 @@ class SongEncoder:
         spec = {"members": members}
         if self.combined:
             spec["scale"] = [{"mean": mu.tolist(), "std": sd.tolist()} for mu, sd in self.scale]
+        spec["normalise"] = self.normaliser.spec()
         write_json(Path(run_dir) / "extractor.json", spec)
 
     @classmethod
@@ -147,12 +202,19 @@ class SongEncoder:
                                   workers=decode_workers(cfg.features), cache_root=cache, **runtime_of(cfg))
             members.append(Member(extractor, m["parts"], m["backbone"]))
         scale = [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in spec.get("scale") or []]
-        return cls(members, scale or None)
+        try:  # runs made before features.normalise existed have none: their songs were not normalised
+            normaliser = Normaliser(**spec["normalise"]) if "normalise" in spec else None
+        except (TypeError, ValueError):
+            raise SiamrecError(f"run={run_dir}: extractor.json: its normalise entry is damaged; train the run again") \
+                from None
+        return cls(members, scale or None, normaliser)
 
 
-def make_encoder(cfg, data=None, all_parts: bool = False) -> SongEncoder:
+def make_encoder(cfg, data=None, all_parts: bool = False, normalise: bool = True) -> SongEncoder:
     """The encoder of cfg.backbone (+ cfg.features.combine) and cfg.clip, with each bundle's label-free statistics
-    estimated (and cached) over the audio of the whole library of `data`."""
+    estimated (and cached) over the audio of the whole library of `data`; its normaliser (cfg.features.normalise,
+    fitted later on the library's songs) unless `normalise` is false: training through the backbone feeds it the
+    backbone's raw parts, so new songs must get them too."""
     from omegaconf import OmegaConf
 
     from siamrec.extractor import Extractor, check_clip, decode_workers, make_bundle, prepared_model
@@ -178,7 +240,8 @@ def make_encoder(cfg, data=None, all_parts: bool = False) -> SongEncoder:
         member = Member(extractor, list(parts) if parts else None, backbone_cfg)
         member.columns  # noqa: B018 - checks the part names now
         members.append(member)
-    return SongEncoder(members)
+    kind = str(cfg.features.normalise) if normalise and not all_parts else "none"
+    return SongEncoder(members, normaliser=Normaliser(kind, float(cfg.features.whiten_eps)))
 
 
 def runtime_of(cfg) -> dict:

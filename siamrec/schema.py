@@ -120,6 +120,10 @@ class Free(dict):
     """A node whose keys are not checked (bundle-specific, or free-form parameters)."""
 
 
+class Switch(dict):
+    """A group of settings that may also be switched off as a whole (`none`, null or false)."""
+
+
 class Group:
     """A config group: the schema of the option named by `selector` (e.g. model.name)."""
 
@@ -149,17 +153,20 @@ COMBINE = list_of(Check(lambda v: isinstance(v, Mapping) and isinstance(v.get("b
                         and set(v) <= {"backbone", "parts"},
                         "{backbone: NAME, parts: [...]}"), what="a list of {backbone: NAME, parts: [...]}")
 
+SHRINKAGE = one_of(choice("auto"), number(0, 1, null=True), allowed="null, auto or a fraction in [0, 1]")
 _MODEL_COMMON = {"name": choice("identity", "lda", "baseline", "siamese"), "train_on": choice("songs", "windows")}
 MODELS = {
     "identity": {**_MODEL_COMMON},
-    "lda": {**_MODEL_COMMON, "use_valid": boolean()},
+    "lda": {**_MODEL_COMMON, "use_valid": boolean(),
+            "shrinkage": one_of(SHRINKAGE, list_of(SHRINKAGE, min_len=1),
+                                allowed="null, auto, a fraction in [0, 1], or a list of them (chosen on validation)")},
     "baseline": {
         **_MODEL_COMMON,
         "trainable": TRAINABLE, "lr": number(0, lo_open=True), "momentum": FRACTION, "epochs": integer(1),
         "batch_size": integer(1), "patience": integer(0), "class_weight": boolean(),
         "threshold": number(0, 1, lo_open=True, hi_open=True), "hidden": integer(1), "dropout": FRACTION,
         "head_lr": number(0, lo_open=True), "head_epochs": integer(1), "head_batch_size": integer(1),
-        "head_patience": integer(0),
+        "head_patience": integer(0), "seed": integer(0),
     },
     "siamese": {
         **_MODEL_COMMON,
@@ -178,6 +185,13 @@ DATA = {
     "folder": {**_DATA_COMMON, "source": choice("folder"), "root": path(),
                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")},
     "csv": {**_DATA_COMMON, "source": choice("csv"), "manifest": path()},
+    "library": {**_DATA_COMMON, "source": choice("library"), "root": path(),
+                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions"),
+                "labels": choice("genre", "folder", "none"), "group": choice("artist", "album", "none"),
+                "guess_from_path": boolean()},
+    "beets": {**_DATA_COMMON, "source": choice("beets"), "library": path(null=True),
+              "directory": path(null=True), "query": string(null=True),
+              "labels": choice("genre", "folder", "none"), "group": choice("artist", "album", "none")},
     "playlists": {**_DATA_COMMON, "source": choice("playlists"), "playlists": path()},
     "features": {**_DATA_COMMON, "source": choice("features"),
                  "features": one_of(path(), list_of(path(), min_len=1), allowed="a .npy file or a list of them"),
@@ -215,6 +229,7 @@ SCHEMA: dict = {
     },
     "features": {
         "parts": list_of(string(), null=True, what="a list of part names"), "combine": COMBINE,
+        "normalise": choice("none", "centre", "standardise", "whiten"), "whiten_eps": number(0),
         "batch_size": integer(1), "workers": integer(0, null=True), "cache": boolean(),
         "threads": integer(1, null=True), "runtime": choice("onnxruntime", "tensorflow"),
     },
@@ -226,8 +241,13 @@ SCHEMA: dict = {
     "recommend": {
         "seed": one_of(path(null=True), list_of(path(), min_len=1), allowed="a song, a list of songs or a .txt list"),
         "k": integer(1),
-        "out": _or_null(Check(lambda v: isinstance(v, str) and v.lower().endswith((".csv", ".json")),
-                              "a file name ending in .csv or .json"), True),
+        "out": _or_null(Check(lambda v: isinstance(v, str) and v.lower().endswith((".csv", ".json", ".m3u8", ".m3u")),
+                              "a file name ending in .csv, .json, .m3u8 or .m3u"), True),
+        "to": path(null=True), "relative_to": path(null=True),
+        "rules": Switch(max_per_artist=integer(1, null=True), album_gap=integer(0), dedupe=boolean(),
+                        dup_distance=number(0, 1, hi_open=True),
+                        dup_distance_artist=number(0, 1, hi_open=True), labels=list_of(path()),
+                        min_duration=number(0, null=True), max_duration=number(0, null=True), exclude=list_of(path())),
     },
     "extract": {
         "out": path(null=True), "shard_size": integer(1), "engine": choice("local", "ray"),
@@ -238,7 +258,10 @@ SCHEMA: dict = {
         "host": string(), "port": integer(0, 65535), "allow_remote": boolean(),
         "max_upload_mb": number(0, lo_open=True),
         "k": integer(1), "max_k": integer(1), "map": choice("auto", "umap", "tsne", "pca"), "map_max_items": integer(1),
+        "playlists_dir": string(null=True),
     },
+    "mpd": {"host": string(), "port": integer(1, 65535), "once": boolean(), "music_dir": path(null=True),
+            "refill_below": integer(0)},
     "hydra": Free(),
 }
 STUDY = {"name": choice("blocks"),
@@ -269,6 +292,8 @@ def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, l
             errors.append(f"{prefix}.{spec.selector}={_show(option)}: choose one of {'|'.join(spec.options)}")
             return
         _walk(node, spec.options[option], prefix, errors, unknown)
+        return
+    if isinstance(spec, Switch) and (node is None or node is False or str(node).lower() in ("none", "off", "false")):
         return
     if isinstance(spec, dict):
         if not isinstance(node, Mapping):

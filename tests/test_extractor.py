@@ -281,3 +281,53 @@ def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_d
         row = [it["key"] for it in items].index("mid/mid_3.wav")
         again = embed_new_songs(run, [str(toy_library / "mid" / "mid_3.wav")], cfg)
         np.testing.assert_allclose(again[0], emb[row], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["centre", "whiten"])
+def test_the_label_free_normalisation_is_fitted_on_the_library_saved_and_applied_to_new_songs(
+        toy_library, tmp_path, cfg_factory, kind):
+    """features.normalise is fitted on the library's songs (no labels) and saved with the run: recommend (new songs)
+    and extract give every song the row the run gave it."""
+    from siamrec.commands.extract import extract
+    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.commands.train import train
+    from siamrec.runs import read_embeddings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    data = ["data=folder", f"data.root={toy_library}", *TOY, "split.test=0.34", "plots=false"]
+    cfg = cfg_factory("train", "+model=identity", f"features.normalise={kind}", *data)
+    train(cfg, run)
+    emb, items = read_embeddings(run)
+    np.testing.assert_allclose(emb.mean(axis=0), 0.0, atol=1e-4)  # centred on the library's mean song
+    eig = np.linalg.eigvalsh(np.cov(emb, rowvar=False))
+    if kind == "whiten":  # eigenvalue λ becomes λ / (λ + eps·mean λ) < 1: the dominant directions are flattened
+        assert eig[-1] < 1.0 and eig[-1] / eig[-3] < 3
+    assert json.loads((run / "extractor.json").read_text())["normalise"]["kind"] == kind
+    song = toy_library / "mid" / "mid_3.wav"
+    row = [it["key"] for it in items].index("mid/mid_3.wav")
+    np.testing.assert_allclose(embed_new_songs(run, [str(song)], cfg)[0], emb[row], rtol=1e-4, atol=1e-4)
+    out = tmp_path / "extracted"
+    extract(cfg_factory("extract", f"run={run}", f"data.root={toy_library}", "data=folder", f"extract.out={out}",
+                        *TOY), tmp_path)
+    ext, ext_items = read_embeddings(out)
+    by_key = {it["key"]: r for it, r in zip(items, emb)}
+    for it, r in zip(ext_items, ext):
+        np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-4)
+
+
+def test_normaliser_is_the_identity_until_fitted_and_round_trips_through_its_spec():
+    from siamrec.encoder import Normaliser
+
+    x = np.random.default_rng(0).normal(loc=3.0, scale=[1.0, 10.0, 0.1], size=(50, 3)).astype(np.float32)
+    for kind in ("none", "centre", "standardise", "whiten"):
+        norm = Normaliser(kind)
+        np.testing.assert_array_equal(norm(x), x)
+        norm.fit(x)
+        again = Normaliser(**json.loads(json.dumps(norm.spec())))
+        np.testing.assert_allclose(again(x), norm(x), rtol=1e-6)
+    std = Normaliser("standardise")
+    std.fit(x)
+    np.testing.assert_allclose(std(x).std(axis=0), 1.0, rtol=1e-3)
+    with pytest.raises(SiamrecError, match="features.normalise='pca'"):
+        Normaliser("pca")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from siamrec.errors import SiamrecError
+from conftest import head_from_yaml
+from siamrec.metrics import retrieval_metrics
 from siamrec.models.heads import LDAHead, load_head
 
 
@@ -33,7 +35,7 @@ def test_lda_projects_to_classes_minus_one_dims_and_separates_held_out_items():
     centres = rng.normal(scale=6.0, size=(3, 6))  # the same centres as separable(seed=0), fresh noise
     classes_test = np.repeat(np.arange(3), 10)
     x_test = (centres[classes_test] + np.random.default_rng(9).normal(size=(30, 6))).astype(np.float32)
-    head = LDAHead(**{"use_valid": False})
+    head = head_from_yaml("lda", use_valid=False)
     head.fit(x, y)
     z = head.transform(x_test)
     assert z.shape == (len(x_test), 2) and z.dtype == np.float32  # n_classes - 1 discriminant axes
@@ -46,7 +48,7 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     x, y, classes = separable(seed=1)
-    head = LDAHead(**{"use_valid": False})
+    head = head_from_yaml("lda", use_valid=False, shrinkage=None)
     head.fit(x, y)
     reference = LinearDiscriminantAnalysis(solver="svd").fit(x, classes).transform(x)
     np.testing.assert_allclose(head.transform(x), reference, rtol=1e-4, atol=1e-4)
@@ -55,9 +57,9 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
 def test_lda_uses_the_validation_items_only_when_asked():
     x, y, _ = separable(seed=2)
     xv, yv, _ = separable(seed=3, n_per_class=5)
-    with_valid = LDAHead(**{"use_valid": True})
+    with_valid = head_from_yaml("lda", use_valid=True)
     with_valid.fit(x, y, xv, yv)
-    without = LDAHead(**{"use_valid": False})
+    without = head_from_yaml("lda", use_valid=False)
     without.fit(x, y, xv, yv)
     np.testing.assert_allclose(without.mean, x.astype(np.float64).mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(with_valid.mean, np.concatenate([x, xv]).astype(np.float64).mean(axis=0), atol=1e-5)
@@ -66,14 +68,45 @@ def test_lda_uses_the_validation_items_only_when_asked():
 
 def test_lda_save_and_load_round_trip(tmp_path):
     x, y, _ = separable(seed=4)
-    head = LDAHead(**{"use_valid": True})
+    head = head_from_yaml("lda", use_valid=True)
     head.fit(x, y)
     head.save(tmp_path)
     assert json.loads((tmp_path / "head.json").read_text()) == {
-        "kind": "lda", "target": "siamrec.models.heads.LDAHead", "cfg": {"use_valid": True}}
+        "kind": "lda", "target": "siamrec.models.heads.LDAHead",
+        "cfg": {"name": "lda", "use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"],
+                "train_on": "songs"}}
     loaded = load_head(tmp_path)
     assert isinstance(loaded, LDAHead)
     np.testing.assert_array_equal(loaded.transform(x), head.transform(x))
+
+
+def test_lda_shrinkage_chosen_on_validation_beats_the_plain_projection_with_few_songs_for_many_dimensions():
+    """A few hundred songs in as many dimensions (here 60 training songs, 150 dims; 236 songs in 200 dims on real
+    audio): the plain projection fits the training songs' noise; the default chooses a shrinkage on validation."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=1.0, size=(4, 150))
+    mixing = rng.normal(size=(150, 150)) / np.sqrt(150)  # correlated dimensions, like transfer features
+
+    def songs(n_per_class):
+        classes = np.repeat(np.arange(4), n_per_class)
+        x = (centres[classes] + rng.normal(scale=3.0, size=(len(classes), 150))) @ mixing
+        return x.astype(np.float32), np.eye(4, dtype=bool)[classes]
+
+    (x, y), (xv, yv), (x_test, y_test) = songs(15), songs(5), songs(50)
+    maps, heads = {}, {}
+    for name, cfg in {"plain": {"shrinkage": None}, "default": {}}.items():
+        heads[name] = head_from_yaml("lda", **cfg)
+        history = heads[name].fit(x, y, xv, yv)
+        maps[name] = retrieval_metrics(heads[name].transform(x_test), y_test, ks=(10,))["map"]
+    assert maps["default"] > maps["plain"] + 0.05, maps
+    scores = history["valid_map_by_shrinkage"]
+    assert history["shrinkage"] == max(scores, key=scores.get) != "None"
+
+
+def test_lda_refuses_a_shrinkage_outside_zero_one():
+    x, y, _ = separable(seed=5)
+    with pytest.raises(SiamrecError, match="model.shrinkage: 2"):
+        head_from_yaml("lda", shrinkage=[None, 2]).fit(x, y)
 
 
 @pytest.mark.parametrize("labels, words", [
@@ -83,7 +116,7 @@ def test_lda_save_and_load_round_trip(tmp_path):
 def test_lda_refuses_multi_label_and_single_class_data(labels, words):
     x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
     with pytest.raises(SiamrecError, match=words):
-        LDAHead(**{"use_valid": False}).fit(x, labels)
+        head_from_yaml("lda", use_valid=False).fit(x, labels)
 
 
 # ------------------------------------------------------------------------------------------------ report_failures

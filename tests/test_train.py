@@ -84,14 +84,15 @@ def test_recommend_leaves_the_seed_out_and_embeds_a_new_song(baseline_run, cfg_f
     out = tmp_path / "rec"
     out.mkdir()
     seed = audio_folder / "drone" / "drone_1.flac"
-    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={seed}", "recommend.k=5"), out)
+    plain = "recommend.rules=none"  # the nearest songs as they are (a copy of a song is a duplicate to the radio rules)
+    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={seed}", "recommend.k=5", plain), out)
     assert len(rows) == 5 and all(r[3] != "drone/drone_1.flac" for r in rows)
     sims = [r[5] for r in rows]
     assert sims == sorted(sims, reverse=True)
     # a song outside the library (cold start): same audio under a new name gets its twin ranked first
     new = tmp_path / "new_song.flac"
     shutil.copy(seed, new)
-    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={new}", "recommend.k=3"), out)
+    rows = recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={new}", "recommend.k=3", plain), out)
     assert rows[0][3] == "drone/drone_1.flac" and rows[0][5] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(SiamrecError, match="seed="):
         recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={tmp_path / 'nope.mp3'}"), out)
@@ -219,3 +220,43 @@ def test_siamese_end_to_end_updates_the_backbone_and_reloads(tmp_path, cfg_facto
     clip_feats = RunEmbedder(run).from_features(song)
     assert clip_feats.shape == (1, emb.shape[1])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_same_song_vectors_and_seed_give_the_same_siamese_head_from_audio_or_from_features(
+        tmp_path, cfg_factory, audio_folder):
+    """Through audio a (random, unseeded) backbone is built before the head and consumes random state; through
+    data=features nothing is. The head must not depend on that: it is seeded from its own seed when built."""
+    import keras
+
+    from siamrec.cli import seed_everything
+    from siamrec.embedder import RunEmbedder
+
+    head = ["+model=siamese", "model.epochs=3", "model.hidden=[16]", "model.dim=8", "model.branches=2",
+            "model.m_per_class=2", "model.dropout=0.3", "plots=false", "backbone.bn_stats=per_clip"]
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    seed_everything(0)
+    cfg = cfg_factory("train", *head, *audio_args(audio_folder))
+    train(cfg, audio)
+    # the run's own pre-head song vectors, in the library's order, with its split, as precomputed features
+    _, items = read_embeddings(audio)
+    vectors = RunEmbedder(audio).encoder(cfg).song_features([it["path"] for it in items], use_cache=False).vectors
+    np.save(tmp_path / "x.npy", vectors)
+    (tmp_path / "labels.csv").write_text("key,label\n" + "".join(f"{it['key']},{it['labels']}\n" for it in items))
+    lists = {}
+    for name in ("train", "valid", "test"):
+        lists[name] = tmp_path / f"{name}.txt"
+        lists[name].write_text("".join(f"{it['key']}\n" for it in items if it["split"] == name))
+    feats = tmp_path / "features"
+    feats.mkdir()
+    seed_everything(0)
+    keras.random.uniform((3,))  # whatever consumed random state before the head must not matter
+    train(cfg_factory("train", *head, "data=features", f"data.features=[{tmp_path / 'x.npy'}]",
+                      f"data.labels={tmp_path / 'labels.csv'}", "data.key_column=key", "split=files",
+                      *(f"split.{n}={p}" for n, p in lists.items())), feats)
+    a = keras.saving.load_model(audio / "model.keras", safe_mode=True).get_weights()
+    b = keras.saving.load_model(feats / "model.keras", safe_mode=True).get_weights()
+    assert len(a) == len(b)
+    for wa, wb in zip(a, b):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_allclose(read_embeddings(audio)[0], read_embeddings(feats)[0], atol=1e-6)

@@ -37,7 +37,8 @@ def _fit_head(cfg, data: Data, run_dir) -> dict:
     from siamrec.encoder import make_encoder
 
     train_on = cfg.model.get("train_on", "songs") if data.is_audio else "songs"  # identity trains nothing
-    encoder = make_encoder(cfg, data) if data.is_audio else None
+    through_backbone = bool(cfg.model.get("finetune_backbone"))  # siamese only
+    encoder = make_encoder(cfg, data, normalise=not through_backbone) if data.is_audio else None
     feats = base_features(cfg, data, run_dir, encoder, keep_windows=train_on == "windows")
     data, y = feats.data, feats.data.y
     head = head_from_config(cfg.model)
@@ -46,7 +47,7 @@ def _fit_head(cfg, data: Data, run_dir) -> dict:
     print(f"fitting {head.kind} on {len(x_tr)} training {train_on} of {data.mask('train').sum()} songs "
           f"({feats.x.shape[1]}-d features)")
     history = head.fit(x_tr, y_tr, x_va, y_va)
-    if cfg.model.get("finetune_backbone"):  # siamese only
+    if through_backbone:
         if head.kind != "siamese" or encoder is None:
             raise SiamrecError("model.finetune_backbone=true needs +model=siamese on audio (data=demo|folder|csv)")
         feats, more = _train_through_backbone(cfg, data, one_backbone(encoder, "model.finetune_backbone"), head,
@@ -124,7 +125,7 @@ def _finetune_audio(cfg, data: Data, run_dir) -> dict:
     from siamrec.models.finetune import finetune
     from siamrec.models.heads import IdentityHead, save_keras
 
-    encoder = make_encoder(cfg, data)
+    encoder = make_encoder(cfg, data, normalise=False)  # the fine-tuned backbone's raw song vectors are the embedding
     member = one_backbone(encoder, "+model=baseline on audio (fine-tuning)")
     extractor = member.extractor
     data, windows = decode_all(extractor, data, cfg, run_dir)

@@ -26,7 +26,7 @@ def load_library(data_cfg, paths_cfg=None) -> Library:
         loader = get_method(data_cfg._target_)
     except Exception:  # noqa: BLE001 - a hand-written data config
         raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
-                           "not a data source; choose data=demo|folder|csv|features|playlists") from None
+                           "not a data source; choose data=library|beets|demo|folder|csv|features|playlists") from None
     lib = loader(data_cfg, paths_cfg)
     return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
 
@@ -186,7 +186,7 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
     URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries
     that are not existing files are counted and listed in the data report (data_report.json)."""
-    from urllib.parse import unquote, urlparse
+    from siamrec.m3u import read_entries
 
     folder = Path(str(_required(data_cfg, "playlists"))).expanduser()
     if not folder.is_dir():
@@ -195,33 +195,22 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     if not files:
         raise SiamrecError(f"data.playlists={folder}: no .m3u or .m3u8 playlists in it")
     tags: dict[str, set[str]] = {}  # song path -> playlists holding it
+    meta: dict[str, dict] = {}      # song path -> what the first #EXTINF line before it says
     missing: list[dict] = []
     n_entries = 0
     for playlist in files:
         tag = playlist.relative_to(folder).with_suffix("").as_posix()
-        raw = playlist.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if playlist.suffix.lower() == ".m3u8":
-                raise SiamrecError(f"{playlist}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
-            text = raw.decode("latin-1")
-        for line in text.splitlines():
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
+        for line, path, extinf in read_entries(playlist):  # the reader of siamrec.m3u, the writer's counterpart
             n_entries += 1
-            if entry.lower().startswith("file://"):
-                entry = unquote(urlparse(entry).path)
-            elif "://" in entry:
-                missing.append({"playlist": tag, "entry": entry, "reason": "not a local file"})
+            if path is None:
+                missing.append({"playlist": tag, "entry": line, "reason": "not a local file"})
                 continue
-            path = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
-            path = path if path.is_absolute() else playlist.parent / path
-            if not path.is_file():
-                missing.append({"playlist": tag, "entry": entry, "reason": "not found"})
+            if not os.path.isfile(path):
+                missing.append({"playlist": tag, "entry": line, "reason": "not found"})
                 continue
-            tags.setdefault(os.path.abspath(path), set()).add(tag)
+            tags.setdefault(path, set()).add(tag)
+            if extinf:
+                meta.setdefault(path, extinf)
     if not tags:
         raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
                            "an existing file; entries are paths relative to their playlist file (or absolute)")
@@ -230,7 +219,8 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     keys = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
     if missing:
         print(f"data.playlists: {len(missing)} of {n_entries} playlist entries not found (listed in data_report.json)")
-    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys))
+    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys),
+                  meta=[meta.get(p, {}) for p in paths])
     lib.report.update({"source": "playlists", "playlists": len(files), "entries": n_entries,
                        "songs": len(paths), "missing_entries": len(missing), "missing": missing[:LISTED_MISSING]})
     return lib

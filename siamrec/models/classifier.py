@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamrec.models.heads import KerasHead, epoch_progress
+from siamrec.models.heads import KerasHead, epoch_progress, seed_component
 
 
 def is_multilabel(y: np.ndarray) -> bool:
@@ -42,6 +42,7 @@ class ClassifierHead(KerasHead):
         y_train = y_train.astype(np.float32)
         self.multilabel = is_multilabel(y_train)
         self.standardiser(x_train)
+        seed_component(int(c["seed"]))
         inp = keras.Input((x_train.shape[1],), name="features")
         h = keras.layers.Dropout(float(c["dropout"]))(inp)
         h = keras.layers.Dense(int(c["hidden"]), activation="relu", name=self.embedding_layer)(h)

@@ -11,6 +11,7 @@ import numpy as np
 
 from siamrec.errors import SiamrecError
 from siamrec.models.classifier import class_weights, early_stopping, is_multilabel
+from siamrec.models.heads import seed_component
 
 
 def trainable_groups(bundle, spec) -> list[str]:
@@ -43,6 +44,7 @@ def finetune(bundle, backbone, clips_train, y_train, clips_valid, y_valid, model
 
     y_train = y_train.astype(np.float32)
     multilabel = is_multilabel(y_train)
+    seed_component(int(model_cfg.seed))  # the new last layer and the batch order: from the model's own seed
     classifier = build_classifier(bundle, backbone, y_train.shape[1], multilabel, model_cfg.trainable)
     optimizer = keras.optimizers.SGD(learning_rate=float(model_cfg.lr), momentum=float(model_cfg.momentum),
                                      nesterov=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.heads import KerasHead, epoch_progress
+from siamrec.models.heads import KerasHead, epoch_progress, seed_component
 
 
 def whitening_matrix(z: np.ndarray, eps: float) -> np.ndarray:
@@ -143,6 +143,7 @@ class SiameseHead(KerasHead):
         z = self.scale(x)
         eps = c["whiten_eps"]
         whitening = np.eye(z.shape[1], dtype=np.float32) if eps is None else whitening_matrix(z, float(eps))
+        seed_component(int(c["seed"]))
         self.model = self.embedder = build_projection(
             whitening, [int(h) for h in c["hidden"]], int(c["dim"]), float(c["dropout"]),
             int(c["branches"]))

@@ -1,0 +1,134 @@
+"""What should a listener without labels get? Test MAP of label-free song vectors of the default backbone
+(musicnn): its parts, their pooling, and a normalisation fitted on the listener's own library without labels.
+
+    python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR]
+
+Columns: Emotify genres and emotions (400 real one-minute excerpts; csv manifests with groups; group-aware
+stratified splits, seeds 0-2; test songs ranked against test songs, as `evaluate +model=identity`) and RagaVeda
+leave-one-out (69 real raga clips, every clip a query against the other 68: eval.protocol=cross). The
+normalisations are fitted on every song of the library (the listener's whole collection; no label is used).
+
+The normalisations are the project's `features.normalise` (siamrec.encoder.Normaliser): none, centre, standardise,
+whiten (PCA whitening of the standardised vectors, eps in units of the mean eigenvalue).
+
+Window features are extracted once through the project's extractor (every part, clip.windows=all, cached under
+--cache); every candidate is then computed from them, so one extraction serves the whole table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def window_features(overrides: list[str], shared: Path, cache: str):
+    """(library data with its split, per-song window features of every musicnn part, part layout)."""
+    from siamrec.cli import compose, strip_hydra
+    from siamrec.data.sources import load_library
+    from siamrec.data.split import make_split
+    from siamrec.encoder import make_encoder
+    from siamrec.pipeline import Data
+
+    cfg = strip_hydra(compose("evaluate", ["+model=identity", "backbone=musicnn_msd", "clip.windows=all",
+                                           "clip.pool=mean", f"paths.cache={cache}", f"paths.shared={shared}",
+                                           "plots=false", *overrides]))
+    lib = load_library(cfg.data, cfg.paths)
+    data = Data(lib, make_split(lib, cfg.split), lib.label_names)
+    encoder = make_encoder(cfg, data, all_parts=True)
+    sf = encoder.song_features(list(lib.paths), keep_windows=True, desc=Path(str(lib.paths[0])).parent.parent.name)
+    ok = sf.ok
+    return data.subset(ok), [w for w, k in zip(sf.windows, ok) if k], encoder.main.bundle.parts, cfg
+
+
+def part_vector(windows, layout: dict, part: str, pool: str) -> np.ndarray:
+    start = 0
+    for name, width in layout.items():
+        if name == part:
+            break
+        start += width
+    rows = [w[:, start:start + layout[part]] for w in windows]
+    mean = np.stack([r.mean(axis=0) for r in rows])
+    return mean if pool == "mean" else np.concatenate([mean, np.stack([r.std(axis=0) for r in rows])], axis=1)
+
+
+def normalised(x, kind: str, eps: float = 1.0) -> np.ndarray:
+    """The project's label-free normaliser (features.normalise), fitted on the whole library."""
+    from siamrec.encoder import Normaliser
+
+    norm = Normaliser(kind, eps)
+    norm.fit(x)
+    return norm(x)
+
+
+def candidates(windows, layout) -> dict[str, np.ndarray]:
+    """Every label-free song vector to compare, fitted on the whole library (no labels)."""
+    out = {}
+    for pool in ("mean", "mean_std"):
+        sfx = "" if pool == "mean" else ", mean_std"
+        vec = {p: part_vector(windows, layout, p, pool) for p in ("penultimate", "taggram", "max_pool")}
+        # both parts standardised and scaled by 1/sqrt(width), so each weighs alike in a cosine
+        vec["penultimate + taggram"] = np.concatenate(
+            [normalised(vec[p], "standardise") / np.sqrt(vec[p].shape[1]) for p in ("penultimate", "taggram")], axis=1)
+        for name, x in vec.items():
+            if name == "max_pool" and pool == "mean_std":
+                continue
+            out[f"{name}{sfx}"] = x
+            for kind in ("centre", "standardise"):
+                out[f"{name}{sfx}, {kind}"] = normalised(x, kind)
+            for eps in (0.1, 1.0):
+                out[f"{name}{sfx}, whiten (eps {eps})"] = normalised(x, "whiten", eps)
+    return out
+
+
+def main() -> int:
+    shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
+    args = p.parse_args()
+    emotify, raga = shared / "audio" / "emotify", shared / "audio" / "ragaveda"
+    if not (emotify / "genres.csv").is_file() or not raga.is_dir():
+        print(f"no Emotify / RagaVeda audio under {shared}: set SIAMREC_SHARED")
+        return 2
+    from omegaconf import OmegaConf
+
+    from siamrec.evaluation import score_embeddings
+
+    start = time.time()
+    scores: dict[str, dict[str, list[float]]] = {}
+    for labels in ("genres", "emotions"):
+        for seed in args.seeds:
+            data, windows, layout, cfg = window_features(
+                ["data=csv", f"data.manifest={emotify / (labels + '.csv')}", f"seed={seed}"], shared, args.cache)
+            for name, x in candidates(windows, layout).items():
+                m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names)["test"]["map"]
+                scores.setdefault(name, {}).setdefault(labels, []).append(m)
+    data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}"], shared, args.cache)
+    cross = OmegaConf.merge(cfg.eval, {"protocol": "cross"})
+    for name, x in candidates(windows, layout).items():
+        scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names)["test"]["map"]]
+
+    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: test MAP ({date.today()}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Emotify seeds {args.seeds}, {time.time() - start:.0f} s in all)")
+    print("| song vector | Emotify genres | Emotify emotions | RagaVeda (leave-one-out) | mean of the three |\n"
+          "|---|---|---|---|---|")
+    for name, cols in scores.items():
+        means = [float(np.mean(cols[c])) for c in ("genres", "emotions", "raga")]
+        cells = [f"{np.mean(cols[c]):.4f} ± {np.std(cols[c]):.4f}" for c in ("genres", "emotions")]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {means[2]:.4f} | {np.mean(means):.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
