@@ -1,6 +1,7 @@
 """Command line: `python -m siamrec COMMAND [hydra overrides] [songs or files]`.
 
-Thin by design: it composes the Hydra config from conf/, validates all of it against siamrec.schema (before
+Thin by design: it composes the Hydra config from the shipped configs (siamrec.configs; --config-dir adds the
+user's own), validates all of it against siamrec.schema (before
 anything heavy is imported or any folder made), makes the run folder (with its .hydra/ record), seeds everything,
 calls the pure command function `fn(cfg, run_dir)` with library chatter sent to the run's `run.log`, and prints
 the run folder as its last line.
@@ -24,9 +25,9 @@ from pathlib import Path
 # Keep TensorFlow's start-up chatter out of the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from siamrec.configs import compose, conf_dir, group_options  # noqa: E402
 from siamrec.errors import SiamrecError  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # command -> (module in siamrec.commands, one-line help)
 COMMANDS = {
@@ -62,6 +63,7 @@ def usage() -> str:
         "Songs may be named as they are: python -m siamrec recommend run=RUN \"ਮਿੱਟੀ ਦਾ ਬਾਵਾ (Live).mp3\"",
         "A command never writes into a folder that already holds a run unless given overwrite=true.",
         "Show the composed config of a command without running it: python -m siamrec COMMAND --cfg",
+        "Your own configs (e.g. backbone/mine.yaml): python -m siamrec COMMAND --config-dir DIR backbone=mine",
     ]
     return "\n".join(lines)
 
@@ -103,6 +105,37 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
     return overrides, positional, flags
 
 
+def _config_dirs(args: list[str]) -> tuple[list[str], list[str] | None]:
+    """Take `--config-dir DIR` / `--config-dir=DIR` (repeatable) out of args: folders of the user's own configs,
+    searched after the shipped ones. None when a --config-dir names no folder."""
+    rest, dirs = [], []
+    it = iter(args)
+    for arg in it:
+        if arg == "--config-dir":
+            arg = "--config-dir=" + next(it, "")
+        if arg.startswith("--config-dir="):
+            folder = arg.split("=", 1)[1]
+            if not folder:
+                return rest, None
+            dirs.append(folder)
+        else:
+            rest.append(arg)
+    return rest, dirs
+
+
+def _with_search_path(overrides: list[str], dirs: list[str]) -> list[str]:
+    """`--config-dir` folders as Hydra's search path (after any hydra.searchpath the command line gives)."""
+    if not dirs:
+        return overrides
+    for folder in dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise SiamrecError(f"--config-dir {folder}: no such folder; name a folder of your own config groups")
+    given = next((o for o in overrides if _key(o) == "hydra.searchpath"), None)
+    paths = [] if given is None else [p.strip() for p in given.split("=", 1)[1].strip().strip("[]").split(",") if p.strip()]
+    paths += [f"file://{Path(folder).expanduser().resolve()}" for folder in dirs]
+    return [o for o in overrides if o is not given] + [f"hydra.searchpath=[{','.join(paths)}]"]
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -134,19 +167,6 @@ def with_run_overrides(overrides: list[str]) -> list[str]:
     kept = [o for o in old if not any(_key(o) == k or _key(o).startswith(k + ".") for k in new_keys)
             and _key(o).split(".", 1)[0].split("@", 1)[0] in CARRIED]
     return kept + overrides
-
-
-def compose(command: str, overrides: list[str]):
-    """The composed config (hydra node included) for `command` with `overrides`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.utils import setup_globals
-
-    setup_globals()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 RECORD = (".hydra", "run.log")  # what a command writes into its run folder before any result
@@ -317,9 +337,9 @@ def _composition_error(exc: BaseException, overrides: list[str] = ()) -> str:
                     "put +model=baseline|siamese|lda|identity before it")
         return unknown_key_message(key)
     m = _re.search(r"Could not find '([^'/]+)/([^']+)'", text)
-    if m and (CONF_DIR / m.group(1)).is_dir():
+    if m and (conf_dir() / m.group(1)).is_dir():
         group, name = m.groups()
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = group_options(group)
         near = difflib.get_close_matches(name, options, n=1)
         hint = f"did you mean {group}={near[0]}? " if near else ""
         return (f"{group}={name}: no such option ({'|'.join(options)}); {hint}"
@@ -377,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: {COMMANDS[command][1]}\nSee its options with: python -m siamrec {command} --cfg")
         return 0
     show_cfg = "--cfg" in rest
+    if show_cfg:  # Hydra's spelling `--cfg job` is accepted too (the job's config is what --cfg shows)
+        at = rest.index("--cfg")
+        rest = rest[:at] + rest[at + 1:][rest[at + 1:at + 2] == ["job"]:]
     rest = [a for a in rest if a != "--cfg"]
+    rest, config_dirs = _config_dirs(rest)
 
     def fail(message: str, code: int) -> int:
         # a file name that is not UTF-8 (surrogate escapes) is shown with its odd bytes as \xNN, never a crash
@@ -385,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(line.split("\n")), file=sys.stderr)
         return code
 
+    if config_dirs is None:
+        return fail("error: --config-dir needs a folder: --config-dir DIR (a folder of your own config groups)", 2)
     try:
         overrides, positional, flags = _rewrite(command, rest)
+        overrides = _with_search_path(overrides, config_dirs)
         if positional and command not in ("tag", "recommend"):
             return fail(f"unexpected argument '{positional[0]}'; settings are key=value", 2)
         if command in RUN_COMMANDS:

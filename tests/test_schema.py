@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 
 from siamrec import schema
-from siamrec.cli import CONF_DIR, compose, strip_hydra
+from siamrec.cli import compose, strip_hydra
+from siamrec.configs import group_options
 from siamrec.errors import SiamrecError
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("overrides", [

@@ -1,0 +1,51 @@
+"""Where the shipped configs are and how a command's config is composed from them.
+
+The configs live in `conf/` at the top of the repository and travel inside the wheel as the package `siamrec.conf`
+(pyproject.toml maps the folder into it), so an installed siamrec (`pip install siamrec-*.whl`, `pipx install .`)
+finds them wherever it runs; they are read through importlib.resources in every install mode. A source checkout
+run in place (its folder on PYTHONPATH, nothing installed) reads its own conf/. Users' own configs are added with
+`--config-dir DIR` or `hydra.searchpath=[file://DIR]` (a group option there is chosen like a shipped one).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def conf_dir() -> Path:
+    """The folder of the shipped configs (config.yaml and its groups)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    try:
+        packaged = Path(str(resources.files("siamrec.conf")))
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH: siamrec.conf is not installed
+        return checkout
+    # a checkout on PYTHONPATH while another checkout is installed editable: this package's own configs
+    if (checkout / "config.yaml").is_file() and packaged.resolve() != checkout:
+        return checkout
+    return packaged
+
+
+def group_options(group: str) -> list[str]:
+    """The shipped options of a config group (conf/GROUP/*.yaml), sorted."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def compose(job_name: str, overrides: list[str], return_hydra_config: bool = True):
+    """The composed config of the shipped configs with `overrides` (the hydra node included unless told)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    was = GlobalHydra.instance().is_initialized()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
+    finally:
+        if not was:
+            GlobalHydra.instance().clear()
