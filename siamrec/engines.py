@@ -8,45 +8,10 @@ process; a distributed engine implements the same `run` (see README, "Many machi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from siamrec.embedder import ExtractJob, SongEmbedder
 from siamrec.extractor import file_stat
-
-
-@dataclass(frozen=True)
-class ExtractJob:
-    """What an engine needs to rebuild the embedder anywhere (plain values, picklable)."""
-
-    run: str
-    batch_size: int = 8
-    workers: int = 0
-    shard_size: int = 256
-    cache: str | None = None
-
-
-class SongEmbedder:
-    """A run's model, loaded once: `stream(items)` yields (index, song vector or None, error or None, digest) and
-    `embed(vectors)` applies the run's head to a batch of them."""
-
-    def __init__(self, job: ExtractJob, progress: bool = True):
-        from omegaconf import OmegaConf
-
-        from siamrec.embedder import RunEmbedder
-
-        self.embedder = RunEmbedder(job.run)
-        cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False},
-                                "paths": {"cache": job.cache or ""}})
-        self.encoder = self.embedder.encoder(cfg)
-        for member in self.encoder.members:
-            member.extractor.progress = progress
-
-    def stream(self, items, desc: str = "extract"):
-        return self.encoder.stream(items, want_digest=True, desc=desc)
-
-    def embed(self, vectors: np.ndarray) -> np.ndarray:
-        return self.embedder.from_features(np.asarray(vectors, dtype=np.float32))
 
 
 class LocalEngine:

@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from siamrec.engines import ExtractJob, SongEmbedder
+from siamrec.embedder import ExtractJob, SongEmbedder
 from siamrec.errors import SiamrecError
 from siamrec.extractor import file_stat
 

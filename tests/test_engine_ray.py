@@ -141,7 +141,7 @@ def test_an_actor_applies_the_runs_head(tmp_path_factory, library):
     checked on a run whose head (LDA) changes them, without a cluster."""
     from conftest import identity_run
 
-    from siamrec.engines import ExtractJob, SongEmbedder
+    from siamrec.embedder import ExtractJob, SongEmbedder
     from siamrec.engines_ray import EmbedSongs
     from siamrec.runs import read_embeddings
 

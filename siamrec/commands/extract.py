@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.embedder import embed_with_run
-from siamrec.engines import ExtractJob, make_engine
+from siamrec.embedder import ExtractJob
+from siamrec.engines import make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings

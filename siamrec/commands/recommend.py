@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.split import stem
+from siamrec.embedder import embed_new_songs
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.playlists import playlists, print_playlist, write_playlists
@@ -83,18 +83,6 @@ class _Catalogue:
             return self.by_real_path.get(os.path.realpath(path), -1) if row is None else row
         matches = self.by_stem.get(stem(seed), [])
         return matches[0] if len(matches) == 1 else -1
-
-
-def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
-    """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
-    embedded in batches); a song that cannot be decoded is an error naming it."""
-    from siamrec.embedder import RunEmbedder
-
-    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
-    if failures:
-        i, reason = failures[0]
-        raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
-    return emb
 
 
 def recommend(cfg, run_dir) -> list[tuple]:

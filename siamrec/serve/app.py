@@ -233,7 +233,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
                 "playlist": cat.recommend_vector(emb, k)}
 
     def _embed(path: Path):
-        from siamrec.commands.recommend import embed_new_songs
+        from siamrec.embedder import embed_new_songs
 
         if not (cat.run / "backbone.keras").is_file():
             raise HTTPException(422, f"run {cat.run} holds no audio model (backbone.keras), so it cannot embed "
