@@ -129,7 +129,7 @@ def siamrec(args: list[str], env: dict, log: Path) -> tuple[float, float]:
 
 
 def extract(engine: str, run: Path, library: Path, out: Path, env: dict, args) -> dict:
-    extra = [f"extract.ray.actors={args.actors}"] if engine == "ray" and args.actors else []
+    extra = [f"extract.engine.actors={args.actors}"] if engine == "ray" and args.actors else []
     wall, cpu = siamrec(["extract", f"run={run}", "data=folder", f"data.root={library}", f"extract.out={out}",
                          f"extract.engine={engine}", f"features.batch_size={args.batch_size}",
                          f"hydra.run.dir={out}-hydra", *extra], env, out.with_suffix(".log"))

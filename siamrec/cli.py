@@ -40,9 +40,6 @@ COMMANDS = {
     "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
 }
 
-# Settings a command uses unless the command line says otherwise.
-COMMAND_DEFAULTS = {"tag": ["backbone=choi2017_keras2"]}  # the Keras 2 release's tags are the plausible ones
-
 # Commands that read an earlier run (run=RUN) and take its model-defining settings from it.
 RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve")
 
@@ -101,19 +98,8 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
         if command == "recommend" and key == "seed" and not is_list:
             positional.append(value)
             continue
-        key = aliases.get(key, key)
-        overrides.append(f"{_component_group(key, value)}{key}={value}" if "=" in arg else arg)
+        overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
     return overrides, positional, flags
-
-
-def _component_group(key: str, value: str) -> str:
-    """'GROUP@' when `key=value` chooses a component by name at a nested key whose last part names a config group
-    (model.loss=multi_similarity is Hydra's loss@model.loss=multi_similarity: conf/loss/multi_similarity.yaml)."""
-    node, _, last = key.rpartition(".")
-    if not key[:1].isalpha() or "@" in key:
-        return ""
-    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", value.strip())
-    return f"{last}@" if node and plain and not node.startswith("hydra") and (conf_dir() / last).is_dir() else ""
 
 
 def _config_dirs(args: list[str]) -> tuple[list[str], list[str] | None]:
@@ -176,7 +162,7 @@ def with_run_overrides(overrides: list[str]) -> list[str]:
         raise SiamrecError(f"run={run}: {saved} is not a list of settings; restore it or delete it")
     new_keys = {_key(o) for o in overrides}
     kept = [o for o in old if not any(_key(o) == k or _key(o).startswith(k + ".") for k in new_keys)
-            and {_key(o).split(".", 1)[0].split("@", 1)[0], _key(o).split("@")[-1].split(".", 1)[0]} & set(CARRIED)]
+            and _key(o).split(".", 1)[0].split("@", 1)[0] in CARRIED]
     return kept + overrides
 
 
@@ -431,8 +417,6 @@ def main(argv: list[str] | None = None) -> int:
             overrides = with_run_overrides(overrides)
     except SiamrecError as exc:
         return fail(f"error: {exc}", 2)
-    given = {_key(o) for o in overrides}
-    overrides = [o for o in COMMAND_DEFAULTS.get(command, []) if _key(o) not in given] + overrides
     try:
         cfg = compose(command, overrides)
         job_cfg = strip_hydra(cfg)

@@ -9,6 +9,7 @@ run in place (its folder on PYTHONPATH, nothing installed) reads its own conf/. 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -33,8 +34,23 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def component_choices(overrides: list[str]) -> list[str]:
+    """Overrides with a component chosen by name at a nested key whose last part names a config group written as
+    Hydra's group override: model.loss=multi_similarity is loss@model.loss=multi_similarity (conf/loss/...yaml),
+    extract.engine=ray is engine@extract.engine=ray. Anything else is left as it is."""
+    out = []
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        node, _, last = key.rpartition(".")
+        chosen = (eq and node and key[:1].isalpha() and "@" not in key and not key.startswith("hydra.")
+                  and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", value.strip()) and (conf_dir() / last).is_dir())
+        out.append(f"{last}@{override}" if chosen else override)
+    return out
+
+
 def compose(job_name: str, overrides: list[str], return_hydra_config: bool = True):
-    """The composed config of the shipped configs with `overrides` (the hydra node included unless told)."""
+    """The composed config of the shipped configs with `overrides` (the hydra node included unless told; a
+    component may be chosen by name, see component_choices)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -45,7 +61,27 @@ def compose(job_name: str, overrides: list[str], return_hydra_config: bool = Tru
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
-            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
+            return hydra_compose(config_name="config", overrides=component_choices(overrides),
+                                 return_hydra_config=return_hydra_config)
     finally:
         if not was:
             GlobalHydra.instance().clear()
+
+
+def build(node, key: str):
+    """The component a config node describes (its `_target_` built with its settings by hydra.utils.instantiate);
+    a failure is one SiamrecError line naming `key` (the constructor's own SiamrecError passes as it is)."""
+    from hydra.utils import instantiate
+
+    from siamrec.errors import SiamrecError
+
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if target is None:
+        raise SiamrecError(f"{key}={node!r}: not a component (no _target_); choose one of {group_options(key.split('.')[-1])}")
+    try:
+        return instantiate(node, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - hydra wraps whatever the constructor raised
+        cause = exc.__cause__ or exc
+        if isinstance(cause, SiamrecError):
+            raise cause from None
+        raise SiamrecError(f"{key}: cannot build {target} ({' '.join(str(cause).split())})") from None

@@ -15,9 +15,13 @@ from siamrec.extractor import file_stat
 
 
 class LocalEngine:
-    """Decoding in worker processes overlapped with inference here; rows stored every `shard_size` songs."""
+    """`extract.engine=local` (conf/engine/local.yaml): decoding in worker processes overlapped with inference
+    here; rows stored every `shard_size` songs."""
 
     name = "local"
+
+    def __init__(self):
+        pass
 
     def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store) -> list[tuple[int, str]]:
         embedder = SongEmbedder(job)
@@ -49,14 +53,9 @@ class LocalEngine:
         return failures
 
 
-def make_engine(name: str, ray_cfg=None):
-    """The engine `name`; `ray_cfg` is the `extract.ray` node (address, actors, num_gpus) for the ray engine."""
-    from siamrec.errors import SiamrecError
+def make_engine(engine_cfg):
+    """The engine `extract.engine` describes (its YAML's `_target_`: LocalEngine, siamrec.engines_ray.RayEngine or a
+    user's own, with its settings)."""
+    from siamrec.configs import build
 
-    if name == "local":
-        return LocalEngine()
-    if name == "ray":
-        from siamrec.engines_ray import RayEngine  # optional: pip install -e ".[ray]"
-
-        return RayEngine(ray_cfg)
-    raise SiamrecError(f"extract.engine={name!r}: use local or ray")
+    return build(engine_cfg, "extract.engine")

@@ -252,6 +252,7 @@ MODELS = {
 _DATA_COMMON = {"min_label_count": integer(1), "max_failed_fraction": FAILED_FRACTION, "label_sep": string()}
 DATA = {
     "demo": {**_DATA_COMMON, "source": choice("demo"), "n_per_style": integer(1), "duration": number(0, lo_open=True),
+             "sample_rate": integer(8000),
              "labels": choice("genre", "tags")},
     "folder": {**_DATA_COMMON, "source": choice("folder"), "root": path(),
                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")},
@@ -265,13 +266,6 @@ SPLITS = {
     "stratified": {"kind": choice("stratified"), "valid": FRACTION, "test": FRACTION, "seed": integer(0)},
     "files": {"kind": choice("files"), "train": path(null=True), "valid": path(null=True), "test": path(null=True)},
 }
-INDEXES = {
-    "exact": {"kind": choice("exact")},
-    "faiss": {"kind": choice("faiss"), "method": choice("auto", "hnsw", "ivf"), "exact_below": integer(0),
-              "ivf_above": integer(1), "hnsw_m": integer(1), "ef_construction": integer(1), "ef_search": integer(1),
-              "ivf_nlist": integer(1, null=True), "ivf_nprobe": integer(1)},
-}
-
 SCHEMA: dict = {
     "seed": integer(0),
     "plots": boolean(),
@@ -283,7 +277,7 @@ SCHEMA: dict = {
     "data": Group("source", DATA),
     "split": Group("kind", SPLITS),
     "model": Group("name", MODELS),
-    "index": Group("kind", INDEXES),
+    "index": Component("index"),
     "backbone": Free(),
     "clip": {
         "sr": number(0, lo_open=True), "duration": number(0, lo_open=True),
@@ -307,8 +301,7 @@ SCHEMA: dict = {
                               "a file name ending in .csv or .json"), True),
     },
     "extract": {
-        "out": path(null=True), "shard_size": integer(1), "engine": choice("local", "ray"),
-        "ray": {"address": string(null=True), "actors": integer(1, null=True), "num_gpus": number(0)},
+        "out": path(null=True), "shard_size": integer(1), "engine": Component("engine"),
     },
     "tag": {"files": list_of(path(), what="a list of audio files"), "top": integer(1)},
     "serve": {  # the serve branch's group (conf/serve/default.yaml)

@@ -75,9 +75,10 @@ def head_from_yaml(name: str, loss: str | None = None, **overrides):
     from siamrec.configs import compose
     from siamrec.models.heads import head_from_config
 
-    chosen = [f"loss@model.loss={loss}"] if isinstance(loss, str) else []
+    chosen = [f"model.loss={loss}"] if isinstance(loss, str) else []
     overrides = {**overrides, "loss": loss} if isinstance(loss, dict) else overrides
     cfg = compose("test", [f"+model={name}", "seed=0", *chosen], return_hydra_config=False).model
+    OmegaConf.set_struct(cfg, False)
     return head_from_config(OmegaConf.merge(cfg, overrides))
 
 

@@ -41,7 +41,7 @@ def extract(cfg, run_dir) -> Path:
     shard_size = int(cfg.extract.shard_size)
     if shard_size < 1:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
-    engine = make_engine(str(cfg.extract.engine), cfg.extract.ray)
+    engine = make_engine(cfg.extract.engine)
     lib = load_library(cfg.data, cfg.paths)
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
         data, emb = embed_with_run(run, cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
