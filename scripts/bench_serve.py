@@ -16,11 +16,9 @@ items.csv of fake paths and labels (no audio, no model), then for each index:
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,31 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from benchkit import REPO, clustered, free_port, table, write_run
+
 DIM, CENTRES = 128, 1000
 
 
 def make_run(folder: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
-    c = rng.integers(0, CENTRES, n)
-    emb = centres[c] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "embeddings.npy", emb.astype(np.float32))
-    genres = [f"genre{g:02d}" for g in range(50)]
-    with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["key", "path", "labels", "split"])
-        for i in range(n):
-            key = f"artist{i // 10:05d}/song{i:06d}.flac"
-            w.writerow([key, f"/nonexistent/music/{key}", genres[c[i] % 50], ""])
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """n clustered 128-d songs, one of 50 genres each (by centre), 10 songs per artist."""
+    emb, centre = clustered(n, DIM, CENTRES, np.random.default_rng(seed))
+    return write_run(folder, emb, [f"genre{c % 50:02d}" for c in centre])
 
 
 def get(conn: http.client.HTTPConnection, url: str) -> bytes:
@@ -197,12 +179,11 @@ def main() -> None:
               f"{row['p95_ms@32']:.1f} ms ({row['rps@32']:.0f} req/s) | server CPU {row['cpu_ms@32']:.2f} ms/request | RSS {row['rss_mib']:.0f} MiB | "
               f"{row['search'].strip()}", flush=True)
     print()
-    print("| index | start-up | p50 / p95, 1 client | p50 / p95, 32 clients | req/s at 32 | server CPU per request | server RSS |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['index']} | {r['startup_s']:.1f} s | {r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms | "
-              f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms | {r['rps@32']:.0f} | {r['cpu_ms@32']:.2f} ms | "
-              f"{r['rss_mib']:.0f} MiB |")
+    print(table(["index", "start-up", "p50 / p95, 1 client", "p50 / p95, 32 clients", "req/s at 32",
+                 "server CPU per request", "server RSS"],
+                [[r["index"], f"{r['startup_s']:.1f} s", f"{r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms",
+                  f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms", f"{r['rps@32']:.0f}", f"{r['cpu_ms@32']:.2f} ms",
+                  f"{r['rss_mib']:.0f} MiB"] for r in results]))
     last = results[-1]
     print(f"\n{last['index']}: p95_32_ms={last['p95_ms@32']:.1f} startup_s={last['startup_s']:.1f} "
           f"(targets with faiss: p95 <= 50 ms at 32 clients, start-up <= 10 s); load average now "

@@ -3,7 +3,6 @@ line naming the key, and the schema stays in step with the code it describes."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
