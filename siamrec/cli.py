@@ -160,6 +160,10 @@ def with_run_overrides(overrides: list[str]) -> list[str]:
                            "restore it or delete it to use the command line's settings only") from None
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise SiamrecError(f"run={run}: {saved} is not a list of settings; restore it or delete it")
+    from siamrec.trust import check_carried_override
+
+    for o in old:
+        check_carried_override(o, f"run={run}: {saved}")
     new_keys = {_key(o) for o in overrides}
     kept = [o for o in old if not any(_key(o) == k or _key(o).startswith(k + ".") for k in new_keys)
             and _key(o).split(".", 1)[0].split("@", 1)[0] in CARRIED]

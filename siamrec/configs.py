@@ -29,6 +29,26 @@ def conf_dir() -> Path:
     return packaged
 
 
+_user_dirs: list[Path] = []  # config folders named on this command line (hydra.searchpath, --config-dir)
+
+
+def add_config_dirs(dirs) -> None:
+    """Note the user's own config folders (`file://DIR` entries of hydra.searchpath): their components are the
+    user's own, which siamrec.trust lets a run folder name too."""
+    for d in dirs:
+        text = str(d)
+        if text.startswith("pkg://"):
+            continue  # a Python package's configs: siamrec trusts only folders the user named
+        path = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+        if path.is_dir() and path not in _user_dirs:
+            _user_dirs.append(path)
+
+
+def config_dirs() -> list[Path]:
+    """The shipped configs' folder and the user's own config folders named so far."""
+    return [conf_dir(), *_user_dirs]
+
+
 def group_options(group: str) -> list[str]:
     """The shipped options of a config group (conf/GROUP/*.yaml), sorted."""
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
@@ -61,8 +81,13 @@ def compose(job_name: str, overrides: list[str], return_hydra_config: bool = Tru
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=job_name):
-            return hydra_compose(config_name="config", overrides=component_choices(overrides),
-                                 return_hydra_config=return_hydra_config)
+            cfg = hydra_compose(config_name="config", overrides=component_choices(overrides), return_hydra_config=True)
+        add_config_dirs(cfg.hydra.searchpath or [])  # the user's own config folders: their components are trusted
+        if return_hydra_config:
+            return cfg
+        from omegaconf import OmegaConf
+
+        return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     finally:
         if not was:
             GlobalHydra.instance().clear()
