@@ -110,3 +110,11 @@ def build(node, key: str):
         if isinstance(cause, SiamrecError):
             raise cause from None
         raise SiamrecError(f"{key}: cannot build {target} ({' '.join(str(cause).split())})") from None
+
+
+def strip_hydra(cfg):
+    """The job's config without the hydra node, interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.create(OmegaConf.to_container(job, resolve=True))

@@ -12,12 +12,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "siamrec"
 # and the layers below. A module no layer names sits just above the foundation (it may import only that).
 LAYERS = [
     ("entry points", ["siamrec.cli", "siamrec.__main__", "siamrec.commands"]),
+    ("the command line's parts", ["siamrec.overrides", "siamrec.run_folder", "siamrec.runlog", "siamrec.messages"]),
     ("applications", ["siamrec.serve", "siamrec.engines", "siamrec.engines_ray", "siamrec.report"]),
     ("a run's model", ["siamrec.embedder"]),
     ("shared steps of the commands", ["siamrec.pipeline"]),
     ("songs to vectors", ["siamrec.encoder", "siamrec.store", "siamrec.playlists"]),
     ("components", ["siamrec.extractor", "siamrec.models", "siamrec.backbones", "siamrec.data", "siamrec.index",
-                    "siamrec.plots", "siamrec.evaluation"]),
+                    "siamrec.plots", "siamrec.evaluation", "siamrec.trust"]),
     ("foundation", ["siamrec.losses", "siamrec.samplers", "siamrec.metrics", "siamrec.runs", "siamrec.schema",
                     "siamrec.configs", "siamrec.errors"]),
 ]
