@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,8 @@ class RunEmbedder:
     def __init__(self, run_dir):
         from siamrec.models.heads import load_head
 
-        self.run_dir = existing_run(run_dir)
+        # a run folder, or a library's index folder while its first extract makes it (its model, no items yet)
+        self.run_dir = Path(run_dir) if (Path(run_dir) / "head.json").is_file() else existing_run(run_dir)
         self.head = load_head(self.run_dir)
         spec = self.run_dir / "extractor.json"
         self.spec = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else None
@@ -64,7 +66,7 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
     if failures:
         i, reason = failures[0]
-        raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
+        raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
     return emb
 
 

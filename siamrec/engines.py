@@ -23,7 +23,9 @@ class LocalEngine:
     def __init__(self):
         pass
 
-    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store) -> list[tuple[int, str]]:
+    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store,
+            progress=None) -> list[tuple[int, str]]:
+        """Embed `todo` into `store`; `progress(failed=...)` (siamrec.progress.Progress.song) is told of each song."""
         embedder = SongEmbedder(job)
         failures, pending = [], []
 
@@ -38,6 +40,8 @@ class LocalEngine:
         stream = embedder.stream(todo)
         try:
             for i, vector, error, digest in stream:
+                if progress is not None:
+                    progress(failed=error is not None)
                 if error is not None:
                     failures.append((i, error))
                     continue

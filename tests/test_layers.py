@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "siamrec"
 # From the top down. A module belongs to the first layer with a prefix of its name; it may import its own layer
 # and the layers below. A module no layer names sits just above the foundation (it may import only that).
 LAYERS = [
-    ("entry points", ["siamrec.cli", "siamrec.__main__", "siamrec.commands"]),
+    ("entry points", ["siamrec.cli", "siamrec.__main__", "siamrec.commands", "siamrec.beetsplug"]),
     ("the command line's parts", ["siamrec.overrides", "siamrec.run_folder", "siamrec.runlog", "siamrec.messages"]),
     ("applications", ["siamrec.serve", "siamrec.engines", "siamrec.engines_ray", "siamrec.report"]),
     ("a run's model", ["siamrec.embedder"]),

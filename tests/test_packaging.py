@@ -39,11 +39,24 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+def installed_name(path: Path) -> str:
+    """Where a source file of the repository lands in the wheel: under its package, or under the package
+    pyproject.toml's package-dir maps its folder to (conf/ -> siamrec/conf/, siamrec/beetsplug/ -> beetsplug/)."""
+    import tomllib
+
+    mapping = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    rel = path.relative_to(REPO).as_posix()
+    for package, folder in sorted(mapping.items(), key=lambda kv: -len(kv[1])):
+        if folder not in ("", ".") and rel.startswith(folder.rstrip("/") + "/"):
+            return package.replace(".", "/") + "/" + rel[len(folder.rstrip("/")) + 1:]
+    return rel
+
+
 def test_the_wheel_holds_every_module_and_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "siamrec").rglob("*.py")}
-    configs = {"siamrec/" + p.relative_to(REPO).as_posix() for p in (REPO / "conf").rglob("*.yaml")}
-    assert configs and "siamrec/conf/config.yaml" in configs
+    modules = {installed_name(p) for p in (REPO / "siamrec").rglob("*.py")}
+    configs = {installed_name(p) for p in (REPO / "conf").rglob("*.yaml")}
+    assert "siamrec/conf/config.yaml" in configs and "beetsplug/siamrec.py" in modules
     assert modules - names == set(), "modules missing from the wheel: list their package in pyproject.toml"
     assert configs - names == set(), "configs missing from the wheel: see [tool.setuptools.package-data]"
 

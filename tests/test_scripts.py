@@ -69,6 +69,18 @@ def test_benchkit_table_and_figures(capsys):
     assert t.wall_s >= 0 and t.cpu_s >= 0
 
 
+def test_bench_decode(tmp_path):
+    out = run_script("bench_decode.py", "--n", 1, "--seconds", 3, "--repeat", 1, cwd=tmp_path)
+    assert "ms" in out
+
+
+@needs("fastapi")
+@needs("mutagen")
+def test_bench_library(tmp_path):
+    out = run_script("bench_library.py", "--n", 40, "--dir", tmp_path / "library", cwd=tmp_path)
+    assert "cold tag scan:" in out and "serve run=INDEX start-up" in out
+
+
 @needs("fastapi")
 def test_bench_serve(tmp_path):
     out = run_script("bench_serve.py", "--n", 300, "--requests", 64, "--only", "exact", "--keep", tmp_path / "k",
