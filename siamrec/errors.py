@@ -16,3 +16,13 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             lines.append(line.strip())
     return (" ".join(lines)[:400] if lines else type(exc).__name__).replace(":;", ":")
+
+
+DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EFBIG"}  # a full, read-only or forbidden disk
+
+
+def disk_errno_codes() -> set[int]:
+    """The errno numbers of DISK_ERRNOS on this system."""
+    import errno
+
+    return {getattr(errno, name) for name in DISK_ERRNOS if hasattr(errno, name)}

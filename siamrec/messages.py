@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from siamrec.configs import conf_dir, group_options
-from siamrec.errors import first_line
+from siamrec.errors import DISK_ERRNOS, first_line
 from siamrec.overrides import key_of
 from siamrec.run_folder import contents
-from siamrec.runs import DISK_ERRNOS
 
 
 def composition_error(exc: BaseException, overrides: list[str] = ()) -> str:

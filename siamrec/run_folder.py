@@ -44,7 +44,8 @@ def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
     """Create the run folder and record the config there (.hydra/)."""
     from omegaconf import OmegaConf
 
-    from siamrec.runs import atomic_write_text, disk_errno_codes, disk_reason
+    from siamrec.errors import disk_errno_codes
+    from siamrec.runs import atomic_write_text, disk_reason
 
     try:
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)

@@ -57,16 +57,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EFBIG"}  # a full, read-only or forbidden disk
-
-
-def disk_errno_codes() -> set[int]:
-    """The errno numbers of DISK_ERRNOS on this system."""
-    import errno
-
-    return {getattr(errno, name) for name in DISK_ERRNOS if hasattr(errno, name)}
-
-
 def disk_reason(exc: OSError) -> str:
     """Why a write failed, and what to do, in a few words."""
     import errno

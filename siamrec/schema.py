@@ -2,9 +2,14 @@
 
 `validate(cfg)` checks the whole composed (resolved, hydra-free) job config once, before any work: a wrong value
 gives one line naming the key, the value and what is allowed; a key the schema does not know (a typo, or one
-added with `+`) is rejected with the closest valid keys. The `model`, `data`, `split` and `index` groups are
-checked against the schema of the chosen option (model.name, data.source, split.kind, index.kind). The
-`backbone` node is free-form (each bundle has its own keys) and is not checked here.
+added with `+`) is rejected with the closest valid keys.
+
+A component built by `_target_` (a loss, an index kind, an engine, a head or data source of the user's own) is
+checked against its class's constructor: its typed keyword parameters are its keys, their annotations its types,
+ranges and choices (`Annotated[float, number(0, 1)]`, `Literal[...]`), read from the source without importing it
+(constructor_spec). So a new component is one class and one YAML, with nothing to add here. The `model`, `data`
+and `split` groups of siamrec's own options are still described by the tables below (selected by model.name,
+data.source, split.kind). The `backbone` node is free-form (each bundle has its own keys) and is not checked here.
 
 Pure Python (no NumPy, no TensorFlow), so the CLI can validate before importing anything heavy.
 """

