@@ -8,14 +8,18 @@ items.csv of fake paths and labels (no audio, no model), then for each index:
   loading the index.faiss that `recommend ... index=faiss` saves in the run folder);
 * sends --requests GET /api/recommend?seed=ID&k=10 from 1 client, then 32 concurrent clients (keep-alive
   connections to 127.0.0.1 only; a bounded number of requests), random seeds, and prints p50 / p95 / throughput;
-* reads the server's resident memory (VmRSS) after the requests.
+* reads the server's resident memory (VmRSS) after the requests;
+* with --radio, also a plain playlist (k=25, rules=false), the same playlist with the radio rules (k=25, the
+  default rules; the synthetic songs have artists, albums, titles, durations) and the OpenSubsonic
+  getSonicSimilarTracks (count=25), each at 1 and 32 clients, and the p95 the rules add to the plain playlist.
 
-    python scripts/bench_serve.py [--n 100000] [--requests 400] [--keep DIR]
+    python scripts/bench_serve.py [--n 100000] [--requests 400] [--keep DIR] [--radio] [--only exact|cold|warm]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import http.client
 import json
 import os
@@ -28,15 +32,30 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import REPO, clustered, free_port, table, write_run
+from benchkit import REPO, free_port, table
 
 DIM, CENTRES = 128, 1000
 
 
 def make_run(folder: Path, n: int, seed: int = 0) -> Path:
-    """n clustered 128-d songs, one of 50 genres each (by centre), 10 songs per artist."""
-    emb, centre = clustered(n, DIM, CENTRES, np.random.default_rng(seed))
-    return write_run(folder, emb, [f"genre{c % 50:02d}" for c in centre])
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
+    c = rng.integers(0, CENTRES, n)
+    emb = centres[c] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "embeddings.npy", emb.astype(np.float32))
+    genres = [f"genre{g:02d}" for g in range(50)]
+    with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid"])
+        for i in range(n):
+            # 10 songs per artist (two albums of 5), drawn from the same sound cluster: the rules have work to do
+            artist = f"artist{c[i] * 7 + i % 7:05d}"
+            key = f"{artist}/song{i:06d}.flac"
+            w.writerow([key, f"/nonexistent/music/{key}", genres[c[i] % 50], "", artist, f"song {i}", artist,
+                        f"album {i % 2}", 180 + i % 120, ""])
+    return folder
+
 
 
 def get(conn: http.client.HTTPConnection, url: str) -> bytes:
@@ -95,8 +114,18 @@ class Server:
         self.log.close()
 
 
-def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1) -> dict:
-    """`requests` GETs of /api/recommend split over `clients` threads, each with its own keep-alive connection."""
+RADIO = {  # --radio: name -> (URL of a seed, what a good answer holds)
+    "plain k=25": ("/api/recommend?seed={}&k=25&rules=false", lambda b: len(json.loads(b)["playlist"]) == 25),
+    "rules k=25": ("/api/recommend?seed={}&k=25", lambda b: len(json.loads(b)["playlist"]) >= 1),
+    "getSonicSimilarTracks count=25": ("/rest/getSonicSimilarTracks?id={}&count=25&f=json",
+                                       lambda b: json.loads(b)["subsonic-response"]["status"] == "ok"),
+}
+
+
+def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1,
+         url: str = "/api/recommend?seed={}&k=10", ok=lambda b: len(json.loads(b)["playlist"]) == 10) -> dict:
+    """`requests` GETs of `url` (random seeds) split over `clients` threads, each with its own keep-alive
+    connection."""
     seeds = np.random.default_rng(seed).integers(0, n_items, requests)
     per_client = np.array_split(seeds, clients)
     latencies: list[float] = []
@@ -105,14 +134,14 @@ def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1) ->
 
     def client(mine):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        get(conn, f"/api/recommend?seed={int(mine[0])}&k=10")  # warm the connection
+        get(conn, url.format(int(mine[0])))  # warm the connection
         barrier.wait()
         mine_lat = []
         for s in mine:
             t = time.perf_counter()
-            body = get(conn, f"/api/recommend?seed={int(s)}&k=10")
+            body = get(conn, url.format(int(s)))
             mine_lat.append(time.perf_counter() - t)
-            assert len(json.loads(body)["playlist"]) == 10
+            assert ok(body), body[:300]
         conn.close()
         with lock:
             latencies.extend(mine_lat)
@@ -136,6 +165,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write the synthetic run here (default: a temp folder)")
     ap.add_argument("--only", choices=("exact", "cold", "warm"), action="append",
                     help="measure only these (repeatable; default: all three)")
+    ap.add_argument("--radio", action="store_true",
+                    help="also measure plain vs ruled playlists (k=25) and getSonicSimilarTracks")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="siamrec-bench-serve-"))
     run = base / "run"
@@ -169,6 +200,20 @@ def main() -> None:
                 figures = load(server.port, args.n, clients, args.requests)
                 figures["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
                 row.update({f"{k}@{clients}": v for k, v in figures.items()})
+            if args.radio:
+                for case, (url, ok) in RADIO.items():
+                    for clients in (1, 32):
+                        cpu = server.cpu_s()
+                        f = load(server.port, args.n, clients, args.requests, url=url, ok=ok)
+                        f["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
+                        row[f"{case}@{clients}"] = f
+                        print(f"  {label}, {case}, {clients} clients: p50 {f['p50_ms']:.1f} ms p95 "
+                              f"{f['p95_ms']:.1f} ms ({f['rps']:.0f} req/s, server CPU {f['cpu_ms']:.2f} ms/request)",
+                              flush=True)
+                for clients in (1, 32):
+                    plain, ruled = row[f"plain k=25@{clients}"]["p95_ms"], row[f"rules k=25@{clients}"]["p95_ms"]
+                    print(f"  {label}, {clients} clients: the radio rules add {100 * (ruled / plain - 1):+.0f} % to "
+                          f"the plain playlist's p95 ({plain:.1f} -> {ruled:.1f} ms; target <= +20 %)", flush=True)
             row["rss_mib"] = server.rss_mib()
             row["search"] = next((ln for ln in server.output().splitlines() if "search), ready" in ln), "")
         finally:

@@ -9,7 +9,7 @@ everything, calls the pure command function `fn(cfg, run_dir)` with library chat
 Exit codes: 0 done; 2 a bad command line or setting (nothing was done); 1 a problem with an input or a file
 (SiamrecError, a full or read-only disk); 130 interrupted. Every one of them is one line on stderr, no traceback.
 A command never writes into a folder that already holds a run unless given `overwrite=true`, and a command that
-fails before writing any result removes the run folder it made. Positional arguments are seed songs (recommend)
+fails before writing any result, or writes nothing there (serve, recommend out=FILE), removes the run folder it made. Positional arguments are seed songs (recommend)
 or audio files (tag), passed to the command as they are, outside Hydra's override grammar.
 """
 
@@ -27,7 +27,7 @@ from siamrec.configs import compose, strip_hydra  # noqa: E402
 from siamrec.errors import SiamrecError  # noqa: E402
 from siamrec.messages import composition_error, disk_error, interrupted  # noqa: E402
 from siamrec.overrides import escape, split_args, take_config_dirs, with_run_overrides, with_search_path  # noqa: E402
-from siamrec.run_folder import make_run_dir, plan_run_dir, remove_if_empty  # noqa: E402
+from siamrec.run_folder import make_run_dir, plan_run_dir, remove_if_empty, remove_if_unused  # noqa: E402
 from siamrec.runlog import RunLog  # noqa: E402
 
 # command -> (module in siamrec.commands, one-line help)
@@ -39,16 +39,19 @@ COMMANDS = {
     "plot": ("plot", "t-SNE/PCA pictures and training curves of a run: plot run=RUN"),
     "tag": ("tag", "tag FILE...: the pretrained MSD tagger's top tags for each song"),
     "serve": ("serve", "a local web app to browse, hear and export playlists: serve run=RUN [port=8000]"),
+    "mpd": ("mpd", "keep an MPD queue going with similar songs: mpd run=RUN [host=localhost port=6600 once=true]"),
 }
 
 # Commands that read an earlier run (run=RUN) and take its model-defining settings from it.
-RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve")
+RUN_COMMANDS = ("evaluate", "recommend", "plot", "extract", "serve", "mpd")
 
 # Short keys a command accepts, rewritten to their place in the config.
 ALIASES = {
-    "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out"},
+    "recommend": {"seed": "recommend.seed", "k": "recommend.k", "out": "recommend.out", "to": "recommend.to",
+                  "rules": "recommend.rules"},
     "tag": {"top": "tag.top"},
     "serve": {"host": "serve.host", "port": "serve.port"},
+    "mpd": {"host": "mpd.host", "port": "mpd.port", "once": "mpd.once", "k": "recommend.k"},
 }
 
 
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         given = job_cfg.recommend.get("seed")
         given = [] if given in (None, "") else [given] if isinstance(given, (str, int, float)) else list(given)
         job_cfg.recommend.seed = given + [escape(p) for p in positional]
+    if command == "recommend":
+        for key in ("to", "relative_to"):
+            if key in flags:
+                job_cfg.recommend[key] = escape(flags[key])
     if show_cfg:
         from omegaconf import OmegaConf
 
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     take_closing_notes()  # none left over from an earlier call in this process
     message, code = None, 0
     try:
-        if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
+        if command not in ("serve", "mpd"):  # they train nothing; importing Keras to seed them would slow start-up
             seed_everything(job_cfg.seed)
         make_run_dir(run_dir, job_cfg, overrides)
         module = importlib.import_module(f"siamrec.commands.{COMMANDS[command][0]}")
@@ -168,5 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     if message:
         return fail(message, code)
+    if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there
+        if isinstance(result, Path):
+            print(result)
+        return 0
     print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last
     return 0

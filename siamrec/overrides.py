@@ -26,6 +26,16 @@ def split_args(command: str, args: list[str], aliases: dict) -> tuple[list[str],
 
     overrides, positional, flags = [], [], {}
     roots = {*SCHEMA, *aliases, "overwrite", "experiment", "study"}
+    args = list(args)
+    if command == "recommend":  # --relative-to DIR (or --relative-to=DIR): M3U8 paths relative to DIR
+        for i, arg in enumerate(args):
+            if arg == "--relative-to" or arg.startswith("--relative-to="):
+                value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+                if not value:
+                    raise SiamrecError("--relative-to needs a folder: --relative-to ~/Music")
+                flags["relative_to"] = value
+                del args[i:i + (1 if "=" in arg else 2)]
+                break
     for arg in args:
         if not is_override(arg) or (command in ("recommend", "tag") and key_of(arg).split(".")[0] not in roots):
             positional.append(arg)  # recommend, tag: 'E=mc2.mp3' names a song, not a setting
@@ -39,6 +49,9 @@ def split_args(command: str, args: list[str], aliases: dict) -> tuple[list[str],
         is_list = value.strip().startswith("[") and value.strip().endswith("]")
         if command == "recommend" and key == "seed" and not is_list:
             positional.append(value)
+            continue
+        if command == "recommend" and key in ("to", "recommend.to"):  # a song name, outside Hydra's grammar
+            flags["to"] = value
             continue
         overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
     return overrides, positional, flags

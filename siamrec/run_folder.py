@@ -66,3 +66,17 @@ def remove_if_empty(run_dir: Path | None) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
+
+
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder); True if removed."""
+    import shutil
+
+    try:
+        unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
+    except OSError:
+        return False
+    if unused:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return unused and not run_dir.exists()

@@ -72,9 +72,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj, ensure_ascii: bool = True) -> str:
+    """Strict JSON text, indented (NaN and infinities, e.g. a metric with no scorable query, become null)."""
+    return json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False, ensure_ascii=ensure_ascii) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Strict JSON (NaN, e.g. a metric with no scorable query, becomes null)."""
-    return atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+    """Strict JSON (see strict_json), written atomically."""
+    return atomic_write_text(path, strict_json(obj))
 
 
 def _finite(obj):

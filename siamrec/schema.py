@@ -209,6 +209,10 @@ def _constructor_spec(target: str) -> dict | None:
     return spec
 
 
+class Switch(dict):
+    """A group of settings that may also be switched off as a whole (`none`, null or false)."""
+
+
 class Group:
     """A config group: the schema of the option named by `selector` (e.g. model.name)."""
 
@@ -309,8 +313,13 @@ SCHEMA: dict = {
     "recommend": {
         "seed": one_of(path(null=True), list_of(path(), min_len=1), allowed="a song, a list of songs or a .txt list"),
         "k": integer(1),
-        "out": _or_null(Check(lambda v: isinstance(v, str) and v.lower().endswith((".csv", ".json")),
-                              "a file name ending in .csv or .json"), True),
+        "out": _or_null(Check(lambda v: isinstance(v, str) and v.lower().endswith((".csv", ".json", ".m3u8", ".m3u")),
+                              "a file name ending in .csv, .json, .m3u8 or .m3u"), True),
+        "to": path(null=True), "relative_to": path(null=True),
+        "rules": Switch(max_per_artist=integer(1, null=True), album_gap=integer(0), dedupe=boolean(),
+                        dup_distance=number(0, 1, hi_open=True),
+                        dup_distance_artist=number(0, 1, hi_open=True), labels=list_of(path()),
+                        min_duration=number(0, null=True), max_duration=number(0, null=True), exclude=list_of(path())),
     },
     "extract": {
         "out": path(null=True), "shard_size": integer(1), "engine": Component("engine"),
@@ -320,7 +329,10 @@ SCHEMA: dict = {
         "host": string(), "port": integer(0, 65535), "allow_remote": boolean(),
         "max_upload_mb": number(0, lo_open=True),
         "k": integer(1), "max_k": integer(1), "map": choice("auto", "umap", "tsne", "pca"), "map_max_items": integer(1),
+        "playlists_dir": string(null=True),
     },
+    "mpd": {"host": string(), "port": integer(1, 65535), "once": boolean(), "music_dir": path(null=True),
+            "refill_below": integer(0)},
     "hydra": Free(),
 }
 STUDY = {"name": choice("blocks"),
@@ -364,6 +376,8 @@ def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, l
             errors.append(f"{prefix}.{spec.selector}={_show(option)}: choose one of {'|'.join(spec.options)}")
             return
         _walk(node, spec.options[option], prefix, errors, unknown)
+        return
+    if isinstance(spec, Switch) and (node is None or node is False or str(node).lower() in ("none", "off", "false")):
         return
     if isinstance(spec, dict):
         if not isinstance(node, Mapping):

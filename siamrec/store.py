@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from siamrec.data.audio import DECODER_VERSION
 from siamrec.errors import SiamrecError
 from siamrec.extractor import file_digest, file_stat
 from siamrec.runs import write_json
@@ -43,9 +44,9 @@ FIELDS = ("keys", "sizes", "mtimes", "digests", "embeddings")
 
 
 def run_fingerprint(run_dir) -> str:
-    """Hash of the run's model files (its bundle, clip settings, weights and head): equal fingerprints give equal
-    embeddings."""
-    h = hashlib.sha256()
+    """Hash of the decoder's version and the run's model files (its bundle, clip settings, weights and head): equal
+    fingerprints give equal embeddings."""
+    h = hashlib.sha256(f"decoder {DECODER_VERSION}".encode())
     for path in model_files(run_dir):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -71,8 +72,9 @@ class FeatureStore:
         if meta.is_file():
             stored = json.loads(meta.read_text()).get("fingerprint")
             if stored != fingerprint:
-                raise SiamrecError(f"extract.out={self.dir.parent}: its store holds embeddings of another model or "
-                                   "clip settings; choose a new extract.out")
+                raise SiamrecError(f"extract.out={self.dir.parent}: its store holds embeddings of another model, "
+                                   "clip settings or decoder version; choose a new extract.out (or delete "
+                                   f"{self.dir} to embed the library again)")
         else:
             write_json(meta, {"fingerprint": fingerprint})
         self._lock = None

@@ -32,8 +32,23 @@ def make_library(root: Path, per_label: int = 5, seconds: float = 3.0) -> Path:
     return root
 
 
-def synthetic_run(folder: Path, library: Path, dim: int = 8, seed: int = 0) -> Path:
-    """A run folder with random embeddings (clustered by label) and a group column: no model, no training."""
+# tags of the synthetic run's songs (items.csv's metadata columns): artists with accents and in Gurmukhi, a title
+# shared by two songs (an ambiguous seed), and untagged songs (the SPECIAL names) shown by their file stem
+ARTISTS = ["Béla Fleck", "Béla Fleck", "ਗੁਰਦਾਸ ਮਾਨ", "ਗੁਰਦਾਸ ਮਾਨ", "Lata Mangeshkar", "Lata Mangeshkar", "Zoë Keating"]
+
+
+def song_tags(i: int, path: Path) -> tuple[str, str, str, str]:
+    """(title, artist, album, duration) of the i-th file of the synthetic run: empty for the SPECIAL names."""
+    if path.stem in SPECIAL.values():
+        return "", "", "", ""
+    artist = ARTISTS[i % len(ARTISTS)]
+    title = "Same Song" if i in (3, 12) else f"{path.parent.name.title()} Song {i}"
+    return title, artist, f"Album {i % 3}", f"{3.0 + i:.3f}"
+
+
+def synthetic_run(folder: Path, library: Path, dim: int = 8, seed: int = 0, tags: bool = True) -> Path:
+    """A run folder with random embeddings (clustered by label), a group column and (`tags`) the metadata
+    columns (title, artist, album, duration, mbid; tags=False: an older five-column items.csv): no model."""
     rng = np.random.default_rng(seed)
     files = sorted(p for p in library.rglob("*") if p.is_file())
     centres = {label: rng.normal(size=dim) * 3 for label in STYLES}
@@ -42,10 +57,12 @@ def synthetic_run(folder: Path, library: Path, dim: int = 8, seed: int = 0) -> P
     np.save(folder / "embeddings.npy", emb)
     with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["key", "path", "labels", "split", "group"])
+        w.writerow(["key", "path", "labels", "split", "group"] + (["title", "artist", "album", "duration", "mbid"]
+                                                                  if tags else []))
         for i, p in enumerate(files):
             # artists: two songs per group, so "exclude same group" has something to exclude
-            w.writerow([p.relative_to(library).as_posix(), str(p), p.parent.name, "test", f"artist{i // 2}"])
+            row = [p.relative_to(library).as_posix(), str(p), p.parent.name, "test", f"artist{i // 2}"]
+            w.writerow(row + ([*song_tags(i, p), ""] if tags else []))
     return folder
 
 

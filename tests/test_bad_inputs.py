@@ -108,7 +108,7 @@ CASES = [
     ("group_option_typo", ["train", "data=foldr"], 2, ["data=foldr", "data=folder"], False),
     ("split_fraction", ["train", "+model=lda", "split.test=1.5"], 2, ["split.test=1.5", "[0, 1)"], False),
     ("playlist_file_kind", ["recommend", "run={run}", "seed=rock/a.wav", "out={tmp}/list.txt"], 2,
-     ["recommend.out", ".csv or .json"], False),
+     ["recommend.out", ".csv, .json, .m3u8 or .m3u"], False),
     ("overwrite_value", ["evaluate", "+model=identity", "overwrite=maybe"], 2, ["overwrite", "true or false"], False),
     ("clip_offset", ["evaluate", "+model=identity", "clip.offset=-3"], 2, ["clip.offset=-3", ">= 0"], False),
     ("run_folder_empty", ["plot", "run={run}", "hydra.run.dir="], 2, ["hydra.run.dir is empty"], False),

@@ -216,7 +216,7 @@ def test_failed_files_are_listed_and_the_rest_embedded(run, library, tmp_path, c
     assert len(by_key(out)) == 12 and json.loads((out / "extract.json").read_text())["failed"] == 2
 
 
-def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory):
+def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory, monkeypatch):
     out = tmp_path / "out"
     extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
     other = tmp_path / "other_run"
@@ -228,6 +228,12 @@ def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory
         extract(extract_cfg(cfg_factory, other, library, out), tmp_path)
     with pytest.raises(SiamrecError, match="run folder itself"):
         extract(extract_cfg(cfg_factory, run, library, run), tmp_path)
+    # a store filled by an earlier decoder (one that read MP3s wrongly) is not reused either
+    import siamrec.store
+
+    monkeypatch.setattr(siamrec.store, "DECODER_VERSION", siamrec.store.DECODER_VERSION - 1)
+    with pytest.raises(SiamrecError, match="decoder version"):
+        extract(extract_cfg(cfg_factory, run, library, out), tmp_path)
 
 
 def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, library, tmp_path, cfg_factory):
@@ -241,7 +247,8 @@ def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, li
     seeds = tmp_path / "seeds.txt"
     seeds.write_text(f"high/high_0.wav\n{new}\n{library / 'beats' / 'beats_3.mp3'}\n")
     rows = recommend(cfg_factory("recommend", f"run={out}", f"recommend.seed={seeds}", "recommend.k=4",
-                                 f"recommend.out={tmp_path / 'p.json'}", "index=faiss", "index.method=hnsw"),
+                                 f"recommend.out={tmp_path / 'p.json'}", "index=faiss", "index.method=hnsw",
+                                 "recommend.rules=none"),  # the plain list: a copy's twin is a duplicate to the rules
                      tmp_path)
     assert (out / "index.faiss").is_file()
     assert [r[0] for r in rows[::4]] == ["high/high_0.wav", str(new), "beats/beats_3.mp3"]

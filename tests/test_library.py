@@ -208,7 +208,8 @@ def test_extract_without_a_run_then_only_what_changed(music, tmp_path, monkeypat
     assert (progress["total"], progress["reused"], progress["embedded"]) == (7, 5, 2)
 
     # the folder is a run for recommend: a seed by key, its playlist from the library
-    rows = recommend(make_cfg("recommend", [f"run={out}", f"recommend.seed=New/new.flac", "recommend.k=3"], tmp_path),
+    rows = recommend(make_cfg("recommend", [f"run={out}", f"recommend.seed=New/new.flac", "recommend.k=3",
+                                            "recommend.rules=none"], tmp_path),
                      tmp_path / "rec")
     assert len(rows) == 3 and all(r[3] in items and r[3] != "New/new.flac" for r in rows)
 

@@ -37,8 +37,11 @@ def synthetic(tmp_path_factory):
     return serve_lib.synthetic_run(base / "run", library), library
 
 
+PLAIN = "recommend.rules=none"  # these tests are of the plain nearest-neighbour list (radio rules: test_radio_api.py)
+
+
 def client_for(run, tmp, *overrides):
-    cfg = make_cfg("serve", [f"run={run}", *overrides], tmp)
+    cfg = make_cfg("serve", [f"run={run}", PLAIN, *overrides], tmp)
     return TestClient(create_app(run, cfg)), cfg
 
 
@@ -52,7 +55,8 @@ def synth_client(synthetic, tmp_path):
 def run_recommend(run, seed, k, tmp, *overrides):
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
-    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", *overrides],
+    return recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed}'", f"recommend.k={k}", PLAIN,
+                                            *overrides],
                               tmp), out)
 
 
@@ -287,8 +291,11 @@ def test_exports_list_the_playlist(synth_client, synthetic, tmp_path):
     assert lines[0] == "#EXTM3U" and lines[1] == "#PLAYLIST:ਪੰਜਾਬੀ ਗੀਤ"
     extinf = [ln for ln in lines if ln.startswith("#EXTINF:")]
     paths = [ln for ln in lines if not ln.startswith("#")]
-    assert extinf == [f"#EXTINF:-1,{e['name']}" for e in playlist]
-    assert paths == [str((library / e["key"]).resolve()) for e in playlist]
+    # the seed first (a player starts with it), then the playlist; #EXTINF:<seconds>,<artist> - <title>
+    queue = [seed, *playlist]
+    assert extinf == [f"#EXTINF:{round(e['duration']) if e['duration'] else -1},{e['name']}" for e in queue]
+    assert any(e["artist"] for e in playlist) and any(" - " in ln for ln in extinf)
+    assert paths == [str((library / e["key"]).resolve()) for e in queue]
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
     # CSV: the columns of `recommend out=FILE.csv`
     rows = list(csv.DictReader(io.StringIO(synth_client.get(
@@ -298,8 +305,9 @@ def test_exports_list_the_playlist(synth_client, synthetic, tmp_path):
     data = json.loads(synth_client.get("/api/export", params={"seed": seed["id"], "k": 5, "format": "json"}).content)
     assert [e["key"] for e in data["ਪੰਜਾਬੀ ਗੀਤ"]["playlist"]] == [e["key"] for e in playlist]
     # POST: any list of ids (a new song's playlist), same M3U8 lines
-    posted = synth_client.post("/api/export", json={"format": "m3u8", "seed_name": "ਪੰਜਾਬੀ ਗੀਤ", "items": [
-        {"id": str(e["id"]), "similarity": e["similarity"]} for e in playlist]})
+    posted = synth_client.post("/api/export", json={"format": "m3u8", "seed_name": "ਪੰਜਾਬੀ ਗੀਤ", "seeds": [seed["id"]],
+                                                    "items": [{"id": str(e["id"]), "similarity": e["similarity"]}
+                                                              for e in playlist]})
     assert posted.content.decode("utf-8") == text
     bad = synth_client.post("/api/export", json={"format": "m3u8", "items": [{"id": "../x"}]})
     assert bad.status_code == 404
@@ -432,3 +440,36 @@ def test_map_method_umap_when_installed_else_tsne_and_pca_for_large(monkeypatch)
     assert xy.shape == (40, 2) and calls["metric"] == "cosine" and np.abs(xy).max() == pytest.approx(1.0)
     with pytest.raises(SiamrecError, match="serve.map"):
         map2d.choose_method(10, "mds")
+
+
+def test_a_near_silent_or_very_short_upload_is_embedded_but_flagged(trained, tmp_path):
+    import soundfile as sf
+
+    run, library, overrides = trained
+    client, cfg = client_for(run, tmp_path, *overrides)
+    window = float(cfg.clip.duration)
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.full(8000, 3e-4, dtype=np.float32), 16000)  # 0.5 s at -70 dBFS (16-bit: 10/32768)
+    r = client.post("/api/recommend", files={"file": (quiet.name, quiet.read_bytes(), "audio/wav")}, data={"k": "3"})
+    assert r.status_code == 200 and len(r.json()["playlist"]) == 3  # embedded anyway
+    warnings = r.json()["warnings"]
+    assert len(warnings) == 2 and warnings[0].startswith(f"very short: 0.5 s of audio, less than the model's {window:g}-s")
+    assert __import__("re").match(r"near-silent: its level is -7[01] dBFS", warnings[1]), warnings
+    loud = tmp_path / "loud.wav"
+    t = np.arange(int(16000 * 0.95 * window)) / 16000  # a few percent padding is no reason to flag it
+    sf.write(loud, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    r = client.post("/api/recommend", files={"file": (loud.name, loud.read_bytes(), "audio/wav")}, data={"k": "3"})
+    assert r.status_code == 200 and r.json()["warnings"] == []
+
+
+def test_docs_work_offline(synth_client):
+    pytest.importorskip("swagger_ui", reason="/docs needs swagger-ui-py")
+    page = synth_client.get("/docs")
+    assert page.status_code == 200
+    srcs = __import__("re").findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert srcs and all(s.startswith(("/static/", "data:")) for s in srcs), srcs  # no CDN
+    for s in srcs:
+        if s.startswith("/static/"):
+            r = synth_client.get(s)
+            assert r.status_code == 200 and len(r.content) > 10_000, s
+    assert synth_client.get("/redoc").status_code == 404  # ReDoc ships in no installed package: dropped

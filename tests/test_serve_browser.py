@@ -57,7 +57,8 @@ def grouped_server(tmp_path_factory):
 
 def serve_cli(run, overrides, base):
     port = free_port()
-    cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", *overrides,
+    # the plain nearest-neighbour list (the radio rules have their own tests: test_rules.py, test_radio_api.py)
+    cmd = [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}", "recommend.rules=none", *overrides,
            f"paths.cache={base / 'cache'}", f"paths.shared={shared_root()}", f"hydra.run.dir={base / 'out'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "PYTHONUNBUFFERED": "1"}
@@ -131,7 +132,7 @@ def recommend_keys(trained, seed_key: str, k: int, tmp: Path) -> list[str]:
     out = tmp / f"rec-{k}"
     out.mkdir(exist_ok=True)
     rows = recommend(make_cfg("recommend", [f"run={run}", f"recommend.seed='{seed_key}'", f"recommend.k={k}",
-                                            *overrides], tmp), out)
+                                            "recommend.rules=none", *overrides], tmp), out)
     return [r[3] for r in rows]
 
 
@@ -155,7 +156,7 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     # Library: every song, names as they are (Gurmukhi, Devanagari), searchable by name and label
     page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {n}")
     names = page.eval_on_selector_all("#library-list .play", "els => els.map(e => e.textContent)")
-    assert sorted(names) == sorted(s["name"] for s in songs)
+    assert sorted(names) == sorted(s["title"] or s["name"] for s in songs)
     assert "ਪੰਜਾਬੀ ਗੀਤ" in names and "हिंदी गाना" in names
     page.fill("#search", "हिंदी")
     page.wait_for_function("document.querySelectorAll('#library-list tr').length === 1")
@@ -195,14 +196,47 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     assert wait_playing(page) > 0.3
     page.eval_on_selector("#player", "a => a.pause()")
 
-    # Export: the M3U8 lists the same songs, absolute paths
+    # Export: the M3U8 lists the seed, then the same songs, absolute paths
     with page.expect_download() as dl:
         page.click("#export-m3u8")
     text = Path(dl.value.path()).read_text(encoding="utf-8")
     lines = text.splitlines()
     assert lines[0] == "#EXTM3U"
     paths = [ln for ln in lines if ln and not ln.startswith("#")]
-    assert paths == [str((library / key).resolve()) for key in playlist_keys(page)]
+    assert paths == [str((library / key).resolve()) for key in [seed["key"], *playlist_keys(page)]]
+
+    # Play all: the seed, then the playlist in order, each song's end starting the next (3-s clips)
+    queue = [seed["id"], *(int(i) for i in page.eval_on_selector_all("#playlist tbody tr",
+                                                                     "rows => rows.map(r => r.dataset.id)"))]
+    page.click("#play-all")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{queue[0]}')")
+    assert page.inner_text("#queue-pos") == f"1 / {len(queue)}"
+    assert "playing" in page.get_attribute("#seed", "class")
+    # no click: the `ended` event of the seed moves on to the playlist's first song, highlighted
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{queue[1]}')",
+                           timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#playlist tr[data-id=\"{queue[1]}\"]')"
+                           ".classList.contains('playing')")
+    assert page.eval_on_selector_all("#playlist tbody tr.playing", "rows => rows.map(r => r.dataset.id)") == [
+        str(queue[1])]
+    page.click("#next")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{queue[2]}')")
+    assert page.inner_text("#queue-pos") == f"3 / {len(queue)}"
+    page.click("#prev")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{queue[1]}')")
+    page.eval_on_selector("#player", "a => a.pause()")
+
+    # Save: the queue (seed first) becomes an M3U8 in serve.playlists_dir, listed on the page
+    page.fill("#save-name", "ਸ਼ਾਮ mix")
+    page.click("#save")
+    page.wait_for_function("document.querySelector('#save-status').textContent.startsWith('saved: ')")
+    saved = Path(page.inner_text("#save-status").removeprefix("saved: "))
+    assert saved == run / "playlists" / "ਸ਼ਾਮ mix.m3u8"  # default: the served folder's playlists/
+    entries = [ln for ln in saved.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
+    assert entries == [str((library / songs[i]["key"]).resolve()) for i in queue]
+    page.wait_for_function("document.querySelectorAll('#saved-list li').length === 1")
+    assert "ਸ਼ਾਮ mix" in page.inner_text("#saved-list")
+    saved.unlink()  # the module's run folder is shared with other tests
 
     # "more like these": several seeds
     picks = [s["id"] for s in songs[:2]]
@@ -218,13 +252,23 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
                            f"m.data.reduce((t, d) => t + (d.customdata || []).length, 0) === {n}; }}",
                            timeout=60_000)
     assert page.locator("#map .scatterlayer .point").count() >= n  # drawn (+ the seed marker)
+    # the click must not hang on sub-pixel layout (Plotly's "closest" rule ties markers a few px apart): zoom
+    # the axes onto the target point first, so no neighbour is near it, click, then reset the view
+    target, x, y = page.evaluate("() => { const t = document.querySelector('#map').data[0]; "
+                                 "return [t.customdata[1], t.x[1], t.y[1]]; }")
+    span = page.evaluate("() => { const d = document.querySelector('#map').data.flatMap(t => t.x); "
+                         "return (Math.max(...d) - Math.min(...d)) || 1; }") * 1e-4
+    page.evaluate(f"() => Plotly.relayout('map', {{'xaxis.range': [{x - span}, {x + span}], "
+                  f"'yaxis.range': [{y - span}, {y + span}]}})")
     point = page.locator("#map .scatterlayer .trace:first-child .point").nth(1)
-    target = point.evaluate("p => { const d = p.__data__; const tr = p.closest('.trace').__data__[0].trace; "
-                            "return tr.customdata[d.i]; }")
-    box = point.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert point.evaluate("p => { const tr = p.closest('.trace').__data__[0].trace; "
+                          "return tr.customdata[p.__data__.i]; }") == target
+    box = page.locator("#map .nsewdrag").first.bounding_box()  # the plot area: the point is at its centre now
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.click(cx, cy)
     page.wait_for_function(f"document.querySelector('#seed').dataset.ids === '{target}'")
+    page.evaluate("() => Plotly.relayout('map', {'xaxis.autorange': true, 'yaxis.autorange': true})")
     assert playlist_keys(page) == recommend_keys(trained, songs[target]["key"], 4, tmp_path)
 
     # New song: upload a copy of a library song; its twin comes first
@@ -281,4 +325,32 @@ def test_groups_are_shown_and_can_be_excluded(browser, grouped_server):
         expected = page.request.get(grouped_server + "api/recommend?seed=0&k=10&exclude_group=true").json()
         assert ids == [e["id"] for e in expected["playlist"]]
         assert "1" in plain  # artist0's other song (same style) is near without the option
+
+        # search by artist, as typed without the accent; the rows show title, artist · album and duration
+        page.fill("#search", "bela fleck")
+        want = sorted(str(s["id"]) for s in songs if s["artist"] == "Béla Fleck")
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(want)}")
+        assert sorted(page.eval_on_selector_all("#library-list tr", "rows => rows.map(r => r.dataset.id)")) == want
+        first = songs[int(want[0])]
+        row = page.inner_text(f"#library-list tr[data-id='{want[0]}']")
+        assert first["title"] in row and f"Béla Fleck · {first['album']}" in row and "0:0" in row
+        page.fill("#search", "ਗੁਰਦਾਸ")
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === "
+                               f"{sum(s['artist'] == 'ਗੁਰਦਾਸ ਮਾਨ' for s in songs)}")
+        page.fill("#search", "")
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(songs)}")
+
+        # the k box shows the k actually used: 200 asked, the 14 other songs given
+        page.uncheck("#exclude-group")
+        page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 10")
+        page.fill("#k", "200")
+        page.dispatch_event("#k", "change")
+        page.wait_for_function(f"document.querySelectorAll('#playlist tbody tr').length === {len(songs) - 1}")
+        assert page.input_value("#k") == str(len(songs) - 1)
+
+        # a 390-px phone: everything fits, no horizontal scrolling
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(400)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert page.evaluate("document.querySelector('#playlist').getBoundingClientRect().right") <= 390
         assert page.errors == [] and page.outside == []

@@ -60,7 +60,12 @@ class SiamrecPlugin(BeetsPlugin):
         except SiamrecError as exc:
             raise ui.UserError(str(exc)) from None
         if opts.m3u:
-            Path(opts.m3u).expanduser().write_text(m3u8(rows), encoding="utf-8")
+            from siamrec.m3u import write_m3u8  # siamrec's one M3U8 writer: atomic, no line injected by a name
+
+            try:
+                write_m3u8(Path(opts.m3u).expanduser(), rows)
+            except SiamrecError as exc:  # a full or read-only disk: one line
+                raise ui.UserError(str(exc)) from None
             ui.print_(f"{len(rows) - 1} songs like {rows[0]['artist']} - {rows[0]['title']} written to {opts.m3u}")
             return
         for rank, row in enumerate(rows):
@@ -89,13 +94,3 @@ def similar_rows(folder: Path, seed_path: str, n: int) -> list[dict]:
     k = min(n, len(items) - 1)
     idx, sims = ExactIndex(emb).search(emb[[row]], k, exclude=np.array([row]))
     return [dict(items[row], similarity=1.0)] + [dict(items[j], similarity=float(s)) for j, s in zip(idx[0], sims[0])]
-
-
-def m3u8(rows: list[dict]) -> str:
-    """An extended M3U (UTF-8): #EXTINF:<seconds>,<artist> - <title>, then the absolute path."""
-    lines = ["#EXTM3U"]
-    for row in rows:
-        seconds = round(float(row["duration"])) if row.get("duration") else -1
-        name = " - ".join(x for x in (row.get("artist"), row.get("title") or Path(row["key"]).stem) if x)
-        lines += [f"#EXTINF:{seconds},{' '.join(name.split())}", row["path"]]
-    return "\n".join(lines) + "\n"

@@ -1,26 +1,30 @@
 """`recommend run=RUN seed=SONG k=10`: playlists of the run's library for one seed song or many.
 
-A seed may be a song of the library (its stored embedding is used and it is left out of its own playlist),
+A seed may be a song of the library (its stored embedding is used and it is left out of its own playlist), named
+by key, id (row), path, title or `artist - title` (siamrec.songs.SongFinder: the web app finds seeds the same way),
 a new song (cold start: embedded with the run's model; many new songs are decoded in worker processes and
 embedded in batches), or a text file listing seeds, one per line. The library is searched with the configured
-index (`index=exact`, the default, or `index=faiss`; see siamrec.index). The playlists go to playlists.csv in
-the command's run folder and, with `out=FILE.csv|.json`, to that file.
+index (`index=exact`, the default, or `index=faiss`; see siamrec.index) and the radio rules applied
+(`recommend.rules`, siamrec.rules; `recommend.rules=none` for the plain list). The playlists go to
+`out=FILE.csv|.json|.m3u8` when given (M3U8 paths relative to `recommend.relative_to` when set), else to
+playlists.csv in the command's run folder. `to=B` makes a path of k songs from the seed's sound to B's
+(path.csv, or `out=`).
 """
 
 from __future__ import annotations
 
-import os
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.split import stem
 from siamrec.embedder import embed_new_songs
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
+from siamrec.m3u import write_m3u8
 from siamrec.playlists import playlists, print_playlist, write_playlists
-from siamrec.runs import existing_run, read_embeddings, read_text
+from siamrec.rules import Radio, Rules, Songs
+from siamrec.runs import existing_run, read_embeddings, read_text, write_csv, write_json
+from siamrec.songs import SongFinder
 
 MAX_PRINTED = 10  # playlists printed in full; with more seeds only the files are named
 
@@ -50,41 +54,6 @@ def _seed_list(seed) -> list[str]:
     return seeds
 
 
-class _Catalogue:
-    """Finds a seed among the run's items: by key, by path (as given, then resolved), or, for a seed that is
-    not an existing file, by a file stem that names exactly one item. Lookups are dictionaries, built once."""
-
-    def __init__(self, items: list[dict]):
-        self.items = items
-        self.by_key = {it["key"]: i for i, it in enumerate(items)}
-
-    @cached_property
-    def by_path(self) -> dict[str, int]:
-        return {os.path.abspath(it["path"]): i for i, it in enumerate(self.items) if it["path"]}
-
-    @cached_property
-    def by_real_path(self) -> dict[str, int]:
-        return {os.path.realpath(it["path"]): i for i, it in enumerate(self.items) if it["path"]}
-
-    @cached_property
-    def by_stem(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, it in enumerate(self.items):
-            out.setdefault(stem(it["key"]), []).append(i)
-        return out
-
-    def find(self, seed: str) -> int:
-        """Row of `seed`, or −1."""
-        if seed in self.by_key:
-            return self.by_key[seed]
-        path = os.path.abspath(os.path.expanduser(seed))
-        if os.path.isfile(path):
-            row = self.by_path.get(path)
-            return self.by_real_path.get(os.path.realpath(path), -1) if row is None else row
-        matches = self.by_stem.get(stem(seed), [])
-        return matches[0] if len(matches) == 1 else -1
-
-
 def recommend(cfg, run_dir) -> list[tuple]:
     run = existing_run(cfg.run)
     emb, items = read_embeddings(run)
@@ -92,8 +61,8 @@ def recommend(cfg, run_dir) -> list[tuple]:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SiamrecError(f"k={k!r}: must be an integer >= 1")
     seeds = _seed_list(cfg.recommend.get("seed"))
-    catalogue = _Catalogue(items)
-    self_index = np.array([catalogue.find(s) for s in seeds], dtype=np.int64)
+    finder = SongFinder(items)
+    self_index = np.array([finder.find(s, paths=True) for s in seeds], dtype=np.int64)
     new_songs = list(dict.fromkeys(s for s, row in zip(seeds, self_index) if row < 0))
     for s in new_songs:
         if not Path(s).expanduser().is_file():
@@ -108,14 +77,108 @@ def recommend(cfg, run_dir) -> list[tuple]:
     labels = [tuple(filter(None, it["labels"].split("|"))) for it in items]
     paths = [it["path"] for it in items]
     index = open_index(run, emb, cfg.index)
+    rules = Rules.from_config(cfg.recommend.rules)
+    songs = Songs(items)
+    if cfg.recommend.get("to") not in (None, ""):
+        return _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, index)
     if k > len(items) - 1:
         print(f"k={k} is more than the {len(items) - 1} other songs of the library: k clamped, playlists hold "
               f"{max(len(items) - 1, 0)} songs")
-    rows = playlists(queries, index, keys, labels, paths, names, k, self_index=self_index)
+    notes = []
+    if rules is None:  # the plain nearest-neighbour list
+        rows = playlists(queries, index, keys, labels, paths, names, k, self_index=self_index)
+    else:
+        radio, rows = Radio(emb, songs, index), []
+        for (name, seed_labels), query, row in zip(names, queries, self_index):
+            found = radio.playlist(query, min(k, len(items) - int(row >= 0)), rules,
+                                   seeds=[int(row)] if row >= 0 else [], seed_vectors=[] if row >= 0 else [query])
+            rows += [(name, "|".join(seed_labels), rank, keys[j], "|".join(labels[j]), s, paths[j] or "")
+                     for rank, (j, s) in enumerate(found.picks, start=1)]
+            if found.note:
+                notes.append(f"{name}: {found.note}")
     if len(seeds) <= MAX_PRINTED:
         print_playlist(rows)
-    written = write_playlists(Path(run_dir) / "playlists.csv", rows)
-    if cfg.recommend.get("out"):
-        written = write_playlists(Path(str(cfg.recommend.out)).expanduser(), rows)
-    print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search) written to {written}")
+    for note in notes:
+        print(note)
+    if cfg.recommend.get("out"):  # there only: no run folder is left behind for nothing
+        written = _write_out(cfg, rows, songs, finder, seeds, self_index)
+    else:
+        written = write_playlists(Path(run_dir) / "playlists.csv", rows)
+    how = "radio rules" if rules is not None else "no rules"
+    print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search, {how}) "
+          f"written to {written}")
     return rows
+
+
+def _entry(songs: Songs, row: int, path: str) -> dict:
+    duration = songs.durations[row]
+    return {"path": path, "title": songs.titles[row], "artist": songs.artists[row] if songs.titles[row] else "",
+            "duration": None if duration != duration else float(duration)}
+
+
+def _write_out(cfg, rows, songs: Songs, finder: SongFinder, seeds, self_index) -> Path:
+    """recommend.out: playlists as CSV/JSON, or M3U8 (each seed first, then its playlist; paths absolute or
+    relative to recommend.relative_to)."""
+    out = Path(str(cfg.recommend.out)).expanduser()
+    if out.suffix.lower() not in (".m3u8", ".m3u"):
+        return write_playlists(out, rows)
+    entries = []
+    seed_rows = dict(zip(seeds, self_index))
+    current = None
+    for seed, _labels, _rank, key, _l, _s, _path in rows:
+        if seed != current:
+            current = seed
+            row = seed_rows.get(seed, -1)
+            if row >= 0:
+                entries.append(_entry(songs, int(row), finder.items[int(row)]["path"]))
+            elif Path(str(seed)).expanduser().is_file():
+                entries.append({"path": str(Path(str(seed)).expanduser()), "title": Path(str(seed)).stem})
+        j = finder.by_key[key]
+        entries.append(_entry(songs, j, finder.items[j]["path"]))
+    return write_m3u8(out, entries, relative_to=cfg.recommend.get("relative_to"))
+
+
+PATH_COLUMNS = ("step", "key", "labels", "similarity", "similarity_a", "similarity_b", "path")
+
+
+def _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, index) -> list[tuple]:
+    """recommend seed=A to=B k=K: A, then K songs moving from A's sound to B's, then B."""
+    to = str(cfg.recommend.to)
+    if len(seeds) != 1 or self_index[0] < 0:
+        raise SiamrecError("to=B makes a path from one song of the library: give exactly one seed=A of the library")
+    a, b = int(self_index[0]), finder.find(to, paths=True)
+    if b < 0:
+        raise SiamrecError(f"to={to}: not a song of the library (give its key, path or file name)")
+    if a == b:
+        raise SiamrecError(f"to={to}: is the seed itself; choose another song to go to")
+    k = min(k, len(items) - 2)
+    if k < 1:
+        raise SiamrecError("the library has no songs between A and B")
+    steps, note = Radio(emb, songs, index).path(a, b, k, rules)
+    ua, ub = emb[a] / max(np.linalg.norm(emb[a]), 1e-12), emb[b] / max(np.linalg.norm(emb[b]), 1e-12)
+    ab = round(float(ua @ ub), 6)
+    table = [(0, items[a]["key"], items[a]["labels"], 1.0, 1.0, ab, items[a]["path"])]
+    table += [(i, items[s["row"]]["key"], items[s["row"]]["labels"], s["similarity"], s["similarity_a"],
+               s["similarity_b"], items[s["row"]]["path"]) for i, s in enumerate(steps, start=1)]
+    table.append((len(steps) + 1, items[b]["key"], items[b]["labels"], 1.0, ab, 1.0, items[b]["path"]))
+    print(f"\npath from {items[a]['key']} to {items[b]['key']} ({len(steps)} songs between; similarity to A, to B)")
+    for step, key, _labels, _sim, sa, sb, _p in table:
+        print(f"{step:3d}. A {sa:+.3f}  B {sb:+.3f}  {key}")
+    if note:
+        print(note)
+    out = cfg.recommend.get("out")
+    if not out:
+        written = write_csv(Path(run_dir) / "path.csv", PATH_COLUMNS, table)
+    else:
+        out = Path(str(out)).expanduser()
+        if out.suffix.lower() in (".m3u8", ".m3u"):
+            rows = [a] + [s["row"] for s in steps] + [b]
+            written = write_m3u8(out, [_entry(songs, r, items[r]["path"]) for r in rows],
+                                 relative_to=cfg.recommend.get("relative_to"))
+        elif out.suffix.lower() == ".json":
+            written = write_json(out, [dict(zip(PATH_COLUMNS, r)) for r in table])
+        else:
+            written = write_csv(out, PATH_COLUMNS, table)
+    print(f"path of {len(table)} songs ({index.method} search, {'radio rules' if rules else 'no rules'}) "
+          f"written to {written}")
+    return table

@@ -6,11 +6,14 @@ progress in the terminal and in the folder's progress.json), then serves it.
 
 Binds 127.0.0.1:8000 by default (`serve.host`, `serve.port`); another address needs `serve.allow_remote=true`
 (the app has no authentication) and prints a warning. The app never writes into the run folder except its map
-cache (map2d.npz, atomically); a faiss index is built in memory, never saved there.
+cache (map2d.npz, atomically) and the playlists saved from the page (serve.playlists_dir, default RUN/playlists/);
+a faiss index is built in memory, never saved there. Ctrl-C (or SIGTERM) stops it: "stopped", exit 0; it leaves
+no outputs/DATE/TIME/ folder behind (the CLI removes a run folder a command wrote nothing into).
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 
@@ -62,9 +65,31 @@ def serve(cfg, run_dir) -> None:
     if plotly_js() is None:
         print("the map needs plotly: pip install plotly (the other panels work without it)")
     print(f"{len(cat)} songs of {run} ({cat.index.method} search), ready in {time.perf_counter() - started:.1f} s")
-    print(f"siamrec serve: open {url_of(host, port)} (API: {url_of(host, port)}docs); Ctrl-C stops", flush=True)
+    api = f"{url_of(host, port)}docs" if app.state.has_docs else f"{url_of(host, port)}openapi.json"
+    print(f"siamrec serve: open {url_of(host, port)} (API: {api}); Ctrl-C stops", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    stopped_by_user(lambda: server.run(sockets=[sock]))
+    print("siamrec serve: stopped", flush=True)
+
+
+def _stop(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def stopped_by_user(run) -> None:
+    """Call `run` (the server); Ctrl-C or SIGTERM, which uvicorn re-raises after its graceful shutdown, is the
+    user stopping it: not an interruption of unfinished work."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers are the main thread's
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
+    try:
+        run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -281,3 +281,19 @@ def load_clip(path: str | os.PathLike, sr: int = 12000, duration: float = 29.0, 
     window_start(duration, duration, offset)  # reject a bad offset as a setting error, not a file error
     plan = WindowPlan(sr=int(sr), window=int(round(sr * duration)), offset=offset)
     return decode_windows(path, plan)[0]
+
+
+def loudness(path: str | os.PathLike) -> tuple[float, float]:
+    """(seconds, RMS level in dBFS) of a whole file, mono, at its own rate; AudioError when it cannot be decoded.
+    Used to flag a near-silent or very short song that is embedded anyway."""
+    reader = _open(os.fspath(path))
+    try:
+        seconds = reader.frames / reader.native_sr if reader.native_sr else 0.0
+        total, count, step = 0.0, 0, reader.native_sr * 60 or 1
+        for lo in range(0, reader.frames, step):  # a minute at a time: long songs need no whole-file buffer
+            y = np.asarray(reader.read(lo, min(lo + step, reader.frames)), dtype=np.float64)
+            total, count = total + float(np.sum(y * y)), count + len(y)
+    finally:
+        reader.close()
+    rms = math.sqrt(total / count) if count else 0.0
+    return seconds, 20 * math.log10(rms) if rms > 0 else -math.inf

@@ -181,31 +181,12 @@ PLAYLIST_SUFFIXES = (".m3u", ".m3u8")
 LISTED_MISSING = 1000  # missing entries listed in data_report.json (all are counted)
 
 
-def parse_extinf(line: str) -> dict:
-    """The metadata of an M3U `#EXTINF:<seconds>,<artist> - <title>` line (duration -1 or absent: unknown; no
-    ' - ': the whole text is the title)."""
-    head, _, text = line.partition(":")[2].partition(",")
-    out: dict = {}
-    try:
-        seconds = float(head.split()[0]) if head.split() else -1.0
-    except ValueError:
-        seconds = -1.0
-    if seconds > 0:
-        out["duration"] = seconds
-    artist, sep, title = text.strip().partition(" - ")
-    if sep and artist.strip() and title.strip():
-        out["artist"], out["title"] = artist.strip(), title.strip()
-    elif text.strip():
-        out["title"] = text.strip()
-    return out
-
-
 def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     """A folder of M3U/M3U8 playlists as multi-label data: each playlist is a tag, so two songs are positives
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
     URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries
     that are not existing files are counted and listed in the data report (data_report.json)."""
-    from urllib.parse import unquote, urlparse
+    from siamrec.m3u import read_entries
 
     folder = Path(str(_required(data_cfg, "playlists"))).expanduser()
     if not folder.is_dir():
@@ -219,36 +200,17 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     n_entries = 0
     for playlist in files:
         tag = playlist.relative_to(folder).with_suffix("").as_posix()
-        raw = playlist.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if playlist.suffix.lower() == ".m3u8":
-                raise SiamrecError(f"{playlist}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
-            text = raw.decode("latin-1")
-        extinf = None
-        for line in text.splitlines():
-            entry = line.strip()
-            if entry.upper().startswith("#EXTINF:"):
-                extinf = parse_extinf(entry)
-                continue
-            if not entry or entry.startswith("#"):
-                continue
+        for line, path, extinf in read_entries(playlist):  # the reader of siamrec.m3u, the writer's counterpart
             n_entries += 1
-            if entry.lower().startswith("file://"):
-                entry = unquote(urlparse(entry).path)
-            elif "://" in entry:
-                missing.append({"playlist": tag, "entry": entry, "reason": "not a local file"})
+            if path is None:
+                missing.append({"playlist": tag, "entry": line, "reason": "not a local file"})
                 continue
-            path = Path(entry.replace("\\", "/") if "/" not in entry else entry).expanduser()
-            path = path if path.is_absolute() else playlist.parent / path
-            if not path.is_file():
-                missing.append({"playlist": tag, "entry": entry, "reason": "not found"})
+            if not os.path.isfile(path):
+                missing.append({"playlist": tag, "entry": line, "reason": "not found"})
                 continue
-            tags.setdefault(os.path.abspath(path), set()).add(tag)
+            tags.setdefault(path, set()).add(tag)
             if extinf:
-                meta.setdefault(os.path.abspath(path), extinf)
-            extinf = None
+                meta.setdefault(path, extinf)
     if not tags:
         raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
                            "an existing file; entries are paths relative to their playlist file (or absolute)")

@@ -1,6 +1,8 @@
-"""What the web app serves, without the web: a run's songs, their playlists, audio and exports.
+"""What the web app serves, without the web: a run's songs (with their title, artist, album, duration), search,
+their playlists, audio, cover art, exports and saved playlists.
 
-Songs are addressed by id only (their row in items.csv, or their key); a path never comes from a request.
+Songs are addressed by id (their row in items.csv) or key; a seed may also be text naming one song (title or
+`artist - title`, siamrec.songs.SongFinder, as `recommend seed=`); a path never comes from a request.
 Playlists of one library seed are computed by siamrec.playlists.playlists exactly as `recommend` computes them,
 so the app and the command agree; several seeds are searched with the normalised mean of their embeddings, and
 "exclude same group" widens the search until k songs of other groups are found.
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
+import re
+from bisect import bisect_right
 from collections import OrderedDict
 from pathlib import Path
 import threading
@@ -21,8 +24,11 @@ import numpy as np
 
 from siamrec.errors import SiamrecError
 from siamrec.index import ExactIndex, choose_method, import_faiss, normalise, open_index
+from siamrec.m3u import m3u8_text, read_entries
 from siamrec.playlists import COLUMNS, playlists
-from siamrec.runs import read_embeddings
+from siamrec.rules import Radio, Rules, Songs
+from siamrec.runs import atomic_write_text, read_embeddings, strict_json
+from siamrec.songs import META, SongFinder, display_name, fold, meta
 
 # formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads them)
 NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
@@ -30,10 +36,17 @@ NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga
 TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc"}
 EXPORT_FORMATS = {"m3u8": "audio/x-mpegurl; charset=utf-8", "csv": "text/csv; charset=utf-8",
                   "json": "application/json"}
+EXPORT_COLUMNS = COLUMNS + META  # recommend out=FILE's columns, then the song's metadata
+COVER_FILES = ("cover", "folder", "front")  # cover art beside a file: cover.jpg, folder.jpg, front.jpg (.jpeg, .png)
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 class UnknownSong(KeyError):
     """No song of the library has this id."""
+
+
+class PlaylistExists(SiamrecError):
+    """A saved playlist of that name is there already."""
 
 
 def _labels(text: str) -> tuple[str, ...]:
@@ -55,8 +68,12 @@ class Catalogue:
         # the optional group column (artist, recording); absent or empty: every song is its own group
         self.groups = [(it.get("group") or "").strip() or it["key"] for it in items]
         self.has_groups = len(set(self.groups)) < len(self.groups)
-        self.names = [_name(k) for k in self.keys]
-        self.by_key = {k: i for i, k in enumerate(self.keys)}
+        self.meta = [meta(it) for it in items]
+        self.names = [display_name(it) for it in items]
+        self.finder = SongFinder(items)
+        self.by_key = self.finder.by_key
+        self._haystack: tuple[str, list[int]] | None = None  # the folded catalogue, made on the first search
+        self.radio_songs = Songs(items)  # what the radio rules read: title, artist, album, duration, mbid
         self._index_lock = Lock()
         self._open_index(index_cfg)
         self._present: dict[int, bool] = {}
@@ -99,21 +116,51 @@ class Catalogue:
 
     # ---------------------------------------------------------------- lookup
     def row(self, song_id) -> int:
-        """The row of a song given by its row number or its key; UnknownSong otherwise (paths are not ids)."""
-        text = str(song_id)
-        if text.isascii() and text.isdigit() and int(text) < len(self.keys):
-            return int(text)
-        if text in self.by_key:
-            return self.by_key[text]
-        raise UnknownSong(text)
+        """The row of a song given by its id (row number) or its key; UnknownSong otherwise (paths are not ids)."""
+        row = self.finder.row_of_id(str(song_id))
+        if row < 0:
+            raise UnknownSong(str(song_id))
+        return row
+
+    def resolve(self, seed) -> int:
+        """The row of a seed: an id, a key, or text naming one song (title, `artist - title`); UnknownSong when
+        it names none, siamrec.songs.Ambiguous (with .candidates) when several."""
+        row = self.finder.find(str(seed))
+        if row < 0:
+            raise UnknownSong(str(seed))
+        return row
+
+    def search(self, query: str, limit: int) -> tuple[int, list[int]]:
+        """(number of hits, the first `limit` rows) of the songs whose title, artist, album, labels or file name
+        hold every word of `query`, compared folded (siamrec.songs.fold: case, accents, Unicode forms). The
+        folded catalogue is one string scanned by str.find (C speed), songs separated by NUL."""
+        if self._haystack is None:
+            texts = [fold(" ".join(filter(None, (m["title"], m["artist"], m["album"], " ".join(labs), key))))
+                     .replace("\0", " ") for m, labs, key in zip(self.meta, self.labels, self.keys)]
+            starts = np.cumsum([0] + [len(t) + 1 for t in texts]).tolist()
+            self._haystack = ("\0".join(texts) + "\0", starts)
+        text, starts = self._haystack
+        words = fold(query.replace("\0", " ")).split()
+        if not words:
+            return len(self.keys), list(range(min(limit, len(self.keys))))
+        first = min(words, key=text.count)  # scan for the rarest word, check the others song by song
+        rest = [w for w in words if w != first]
+        hits, pos = [], text.find(first)
+        while pos >= 0:
+            row = bisect_right(starts, pos) - 1
+            end = starts[row + 1]
+            if not rest or all(w in text[starts[row]:end - 1] for w in rest):
+                hits.append(row)
+            pos = text.find(first, end)
+        return len(hits), hits[:limit]
 
     def song(self, row: int) -> dict:
         ext = Path(self.paths[row]).suffix.lower()
         playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
         if playable != "no" and not self._exists(row):
             playable = "no"
-        return {"id": row, "key": self.keys[row], "name": self.names[row], "labels": list(self.labels[row]),
-                "group": self.groups[row], "playable": playable}
+        return {"id": row, "key": self.keys[row], "name": self.names[row], **self.meta[row],
+                "labels": list(self.labels[row]), "group": self.groups[row], "playable": playable}
 
     def _exists(self, row: int) -> bool:
         """Whether the song's file is there (checked once per song)."""
@@ -139,6 +186,37 @@ class Catalogue:
         query = normalise(normalise(self.emb[rows]).mean(axis=0, keepdims=True))
         groups = {self.groups[r] for r in rows} if exclude_group else set()
         return self._search(query, k, drop=set(rows), drop_groups=groups)
+
+    @property
+    def radio(self) -> Radio:
+        """Ruled playlists and paths over the current index (a faiss index may replace exact search)."""
+        if getattr(self, "_radio", None) is None:
+            self._radio = Radio(self.emb, self.radio_songs, self.index)
+        self._radio.index = self.index
+        return self._radio
+
+    def ruled(self, rows: list[int], k: int, rules: Rules, exclude_group: bool = False,
+              query: np.ndarray | None = None) -> tuple[list[dict], str | None]:
+        """(playlist, note): the radio rules' playlist of the seed rows (one: its embedding; several: their
+        normalised mean) or of `query` (a song outside the library); the note says when fewer than k songs
+        pass the rules."""
+        rows = list(dict.fromkeys(int(r) for r in rows))
+        drop = set(rows)
+        if exclude_group:
+            groups = {self.groups[r] for r in rows}
+            drop |= {i for i, g in enumerate(self.groups) if g in groups}
+        if query is None:
+            if not rows:
+                raise SiamrecError("no seed: give at least one song")
+            query = self.emb[rows[0]] if len(rows) == 1 else normalise(self.emb[rows]).mean(axis=0)
+            vectors = []
+        else:
+            vectors = [query]
+        k = min(k, len(self.keys) - len(drop))
+        if k < 1:
+            return [], "no other songs in the library"
+        found = self.radio.playlist(query, k, rules, seeds=sorted(drop), seed_vectors=vectors)
+        return [self._entry(j, rank, s) for rank, (j, s) in enumerate(found.picks, start=1)], found.note
 
     def recommend_vector(self, query: np.ndarray, k: int) -> list[dict]:
         """The playlist of a song outside the library (its embedding), as `recommend` gives it for a new song."""
@@ -189,38 +267,136 @@ class Catalogue:
                 self._wav_cache.popitem(last=False)
         return "wav", data
 
+    def cover(self, row: int) -> tuple[bytes, str] | tuple[str, str] | None:
+        """The song's cover art: (bytes, mime) of a picture embedded in the file (read with mutagen), else
+        ("file", path) of cover.jpg|folder.jpg|front.jpg beside it; None when there is none."""
+        path = self.paths[row]
+        if not path or not self._exists(row):
+            return None
+        embedded = _embedded_picture(path)
+        if embedded is not None:
+            return embedded
+        folder = Path(path).parent
+        try:
+            beside = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+        except OSError:
+            return None
+        for name in COVER_FILES:
+            for ext, mime in IMAGE_TYPES.items():
+                if name + ext in beside:
+                    return "file", str(beside[name + ext])
+        return None
+
     # ---------------------------------------------------------------- export
-    def export(self, entries: list[dict], fmt: str, seed_name: str, seed_labels=()) -> str:
-        """A playlist (entries with id and similarity) as M3U8 (absolute paths), CSV or JSON (the columns of
-        `recommend out=...`)."""
-        rows = []
-        for rank, e in enumerate(entries, start=1):
-            r = self.row(e["id"])
-            path = os.path.abspath(self.paths[r]) if self.paths[r] else ""
-            rows.append((seed_name, "|".join(seed_labels), rank, self.keys[r], "|".join(self.labels[r]),
-                         float(e.get("similarity", 0.0)), path, self.names[r]))
+    def tracks(self, rows) -> list[dict]:
+        """The siamrec.m3u tracks (path, title, artist, duration) of library rows."""
+        return [{"path": self.paths[r], "title": self.meta[r]["title"] or Path(self.keys[r]).stem,
+                 "artist": self.meta[r]["artist"], "duration": self.meta[r]["duration"]} for r in rows]
+
+    def export(self, entries: list[dict], fmt: str, seed_name: str, seed_labels=(), seeds=()) -> str:
+        """A playlist (entries with id and similarity) as M3U8 (absolute paths; the seed rows `seeds` first, so a
+        player starts with the seed), CSV or JSON (the columns of `recommend out=...`, then title, artist, album,
+        duration; strict JSON: a NaN similarity is null)."""
+        rows = [self.row(e["id"]) for e in entries]
         if fmt == "m3u8":
-            lines = ["#EXTM3U", f"#PLAYLIST:{_one_line(seed_name)}"]
-            for *_, path, name in rows:
-                if path:
-                    lines += [f"#EXTINF:-1,{_one_line(name)}", path]
-            return "\n".join(lines) + "\n"
+            return m3u8_text(self.tracks([*seeds, *rows]), name=seed_name)
+        table = []
+        for rank, (r, e) in enumerate(zip(rows, entries), start=1):
+            path = os.path.abspath(self.paths[r]) if self.paths[r] else ""
+            sim = _finite(e.get("similarity", 0.0))
+            table.append((seed_name, "|".join(seed_labels), rank, self.keys[r], "|".join(self.labels[r]), sim, path,
+                          *(self.meta[r][c] for c in META)))
         if fmt == "csv":
             buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            writer.writerows(r[:7] for r in rows)
+            writer = csv.writer(buf, lineterminator="\n")  # quotes fields holding commas, quotes, line breaks
+            writer.writerow(EXPORT_COLUMNS)
+            writer.writerows(["" if v is None else v for v in row] for row in table)
             return buf.getvalue()
         if fmt == "json":
-            playlist = [dict(zip(COLUMNS[2:], r[2:7])) for r in rows]
-            return json.dumps({seed_name: {"labels": "|".join(seed_labels), "playlist": playlist}},
-                              ensure_ascii=False, indent=2) + "\n"
+            playlist = [dict(zip(EXPORT_COLUMNS[2:], r[2:])) for r in table]
+            return strict_json({seed_name: {"labels": "|".join(seed_labels), "playlist": playlist}}, ensure_ascii=False)
         raise SiamrecError(f"format={fmt!r}: choose m3u8, csv or json")
 
+    # ---------------------------------------------------------------- saved playlists
+    def save_playlist(self, folder: Path, name: str, rows: list[int], overwrite: bool = False) -> Path:
+        """Write rows (the seed first) as FOLDER/<name>.m3u8 (siamrec.m3u: absolute paths), the folder
+        `train data=playlists data.playlists=FOLDER` learns from. PlaylistExists when the file is there."""
+        path = Path(folder) / f"{playlist_file_name(name)}.m3u8"
+        if path.exists() and not overwrite:
+            raise PlaylistExists(f"a playlist named {path.stem!r} is saved already; choose another name or replace it")
+        atomic_write_text(path, m3u8_text(self.tracks(rows), name=name))
+        return path
 
-def _name(key: str) -> str:
-    return Path(key).stem or key
+    def saved_playlists(self, folder: Path) -> list[dict]:
+        """The .m3u8/.m3u files of `folder`: name, file, the library rows of their entries (entries of no song
+        of this library are counted as `missing`)."""
+        out = []
+        folder = Path(folder)
+        if not folder.is_dir():
+            return out
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".m3u8", ".m3u") and p.is_file()):
+            try:
+                entries = read_entries(path)
+            except SiamrecError:
+                continue
+            rows = [self.finder.by_path.get(e, -1) if e else -1 for _, e, _ in entries]
+            out.append({"name": path.stem, "file": path.name, "ids": [r for r in rows if r >= 0],
+                        "missing": sum(r < 0 for r in rows)})
+        return out
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def playlist_file_name(name: str) -> str:
+    """A saved playlist's file name (without .m3u8) for the name a listener typed: any script kept; path
+    separators, control characters and characters Windows forbids replaced; no leading dot."""
+    from siamrec.m3u import one_line
+
+    text = re.sub(r'[\\/:*?"<>|]+', "_", one_line(name)).strip(" .")
+    if not text:
+        raise SiamrecError("the playlist needs a name")
+    return text[:120]
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _embedded_picture(path: str) -> tuple[bytes, str] | None:
+    """The first picture embedded in an audio file's tags (ID3 APIC, FLAC/Vorbis pictures, MP4 covr), via mutagen."""
+    try:
+        import mutagen
+        from mutagen.flac import Picture
+    except ImportError:
+        return None
+    try:
+        audio = mutagen.File(path)
+    except Exception:  # noqa: BLE001 - unreadable tags: no embedded picture
+        return None
+    if audio is None:
+        return None
+    for pic in getattr(audio, "pictures", None) or []:  # FLAC
+        return pic.data, pic.mime or "image/jpeg"
+    tags = audio.tags
+    if tags is None:
+        return None
+    try:
+        for key in list(tags.keys()):
+            if str(key).startswith("APIC"):  # ID3 (MP3, WAV, AIFF)
+                frame = tags[key]
+                return frame.data, frame.mime or "image/jpeg"
+        if "covr" in tags and tags["covr"]:  # MP4
+            cover = tags["covr"][0]
+            return bytes(cover), "image/png" if getattr(cover, "imageformat", 0) == 14 else "image/jpeg"
+        for b64 in tags.get("metadata_block_picture", []) if hasattr(tags, "get") else []:  # Ogg Vorbis/Opus
+            import base64
+
+            pic = Picture(base64.b64decode(b64))
+            return pic.data, pic.mime or "image/jpeg"
+    except Exception:  # noqa: BLE001 - a damaged tag: no embedded picture
+        return None
+    return None
+
+

@@ -1,7 +1,8 @@
 "use strict";
 // siamrec serve: the page's logic (plain JS, no build step). Songs are addressed by id (their row).
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, songs: [], seeds: [], upload: null, result: null, selected: new Set(), playing: null };
+const state = { info: null, songs: [], seeds: [], upload: null, result: null, selected: new Set(), playing: null,
+  queue: [], pos: -1, hits: null };
 const SHOWN = 500;  // library rows drawn at once (search narrows the rest)
 
 function el(tag, attrs = {}, ...children) {
@@ -18,6 +19,14 @@ function el(tag, attrs = {}, ...children) {
 function esc(text) { return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
 
 function message(text) { $("#message").textContent = text || ""; }
+function notice(text) { $("#notice").textContent = text || ""; }
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.round(seconds);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+function title(song) { return song.title || song.name; }
 
 async function api(url, options) {
   const response = await fetch(url, options);
@@ -30,44 +39,102 @@ async function api(url, options) {
 }
 
 // ------------------------------------------------------------------ playing
-function play(id) {
+// The queue: "Play all" plays the seed, then its playlist, in order; each song's end starts the next.
+function play(id, queuePos) {
   const song = state.songs[id];
   const player = $("#player");
-  if (song.playable === "no") { message(`${song.name}: its audio is not available`); return; }
+  if (queuePos === undefined) {  // a song clicked: inside the queue it moves there, else the queue is left
+    const at = state.queue.indexOf(id);
+    if (at >= 0) state.pos = at; else { state.queue = []; state.pos = -1; }
+  } else state.pos = queuePos;
+  updateTransport();
+  if (song.playable === "no") { message(`${song.name}: its audio is not available`); return false; }
   player.src = `/api/audio/${id}`;
   state.playing = id;
   $("#now-playing").textContent = song.name + (song.playable === "wav" ? " (converted to WAV)" : "");
-  document.querySelectorAll("tr.playing").forEach((r) => r.classList.remove("playing"));
-  document.querySelectorAll(`tr[data-id="${id}"]`).forEach((r) => r.classList.add("playing"));
+  const cover = $("#cover");
+  cover.hidden = true;
+  cover.src = `/api/cover/${id}?missing=empty`;
+  highlightPlaying();
   player.play().catch((e) => { if (e.name !== "AbortError") message(`cannot play ${song.name}: ${e.message}`); });
+  return true;
+}
+
+function highlightPlaying() {
+  document.querySelectorAll(".playing").forEach((r) => r.classList.remove("playing"));
+  if (state.playing === null) return;
+  document.querySelectorAll(`tr[data-id="${state.playing}"]`).forEach((r) => r.classList.add("playing"));
+  if (($("#seed").dataset.ids || "").split(",").includes(String(state.playing))) $("#seed").classList.add("playing");
+}
+
+function playQueue(ids, pos = 0) {
+  state.queue = ids;
+  for (let p = pos; p < ids.length; p++) if (play(ids[p], p)) return;  // skip songs without audio
+}
+
+function step(delta) {
+  for (let p = state.pos + delta; p >= 0 && p < state.queue.length; p += delta) if (play(state.queue[p], p)) return;
+}
+
+function updateTransport() {
+  const inQueue = state.pos >= 0 && state.queue.length > 0;
+  $("#prev").disabled = !inQueue || state.pos === 0;
+  $("#next").disabled = !inQueue || state.pos >= state.queue.length - 1;
+  $("#queue-pos").textContent = inQueue ? `${state.pos + 1} / ${state.queue.length}` : "";
+}
+
+function resultQueue() {
+  const r = state.result;
+  if (!r) return [];
+  const seeds = r.seeds.filter((s) => s.id !== null && s.id !== undefined).map((s) => s.id);
+  return [...seeds, ...r.playlist.map((s) => s.id)];
 }
 
 function songCells(song) {
-  const name = el("span", { class: "play", title: `play ${song.key}`, onclick: () => play(song.id) }, song.name);
+  const name = el("span", { class: "play", title: `play ${song.key}`, onclick: () => play(song.id) }, title(song));
   const marks = song.playable === "wav" ? el("span", { class: "mark", title: "played as WAV (transcoded)" }, " wav")
     : song.playable === "no" ? el("span", { class: "mark" }, " (no audio)") : "";
-  return [name, marks];
+  const about = [song.artist, song.album].filter(Boolean).join(" · ");
+  return [name, marks, about ? el("div", { class: "meta" }, about) : ""];
 }
 
 // ------------------------------------------------------------------ library
+let searchTimer = null, searchSeq = 0;
+
+function searchLater() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(search, 120);
+}
+
+async function search() {
+  // the server folds case, accents and Unicode forms (Gurmukhi and Devanagari match as typed)
+  const q = $("#search").value.trim();
+  const seq = ++searchSeq;
+  if (!q) { state.hits = null; renderLibrary(); return; }
+  try {
+    const found = await (await api(`/api/search?${new URLSearchParams({ q, limit: SHOWN })}`)).json();
+    if (seq === searchSeq) { state.hits = found; renderLibrary(); }
+  } catch (e) { message(e.message); }
+}
+
 function renderLibrary() {
-  const q = $("#search").value.trim().toLowerCase();
-  const hits = state.songs.filter((s) => !q || s.name.toLowerCase().includes(q) || s.key.toLowerCase().includes(q)
-    || s.labels.some((l) => l.toLowerCase().includes(q)));
+  const ids = state.hits ? state.hits.ids : state.songs.slice(0, SHOWN).map((s) => s.id);
+  const total = state.hits ? state.hits.total : state.songs.length;
   const body = $("#library-list");
-  body.replaceChildren(...hits.slice(0, SHOWN).map((s) => {
+  body.replaceChildren(...ids.map((id) => {
+    const s = state.songs[id];
     const box = el("input", { type: "checkbox", title: "add to “more like these”", class: "pick" });
     box.checked = state.selected.has(s.id);
     box.addEventListener("change", () => { box.checked ? state.selected.add(s.id) : state.selected.delete(s.id); updateMore(); });
-    const row = el("tr", { "data-id": s.id, "data-key": s.key, class: s.id === state.playing ? "playing" : "" },
+    return el("tr", { "data-id": s.id, "data-key": s.key, class: s.id === state.playing ? "playing" : "" },
       el("td", {}, box),
       el("td", {}, el("button", { class: "seed-btn", title: "make it the seed", onclick: () => setSeeds([s.id]) }, "★")),
-      el("td", {}, ...songCells(s), " ", el("span", { class: "labels" }, s.labels.join(", ")),
-        state.info.has_groups ? el("span", { class: "group" }, ` · ${s.group}`) : ""));
-    return row;
+      el("td", { class: "song" }, ...songCells(s), el("span", { class: "labels" }, s.labels.join(", ")),
+        state.info.has_groups ? el("span", { class: "group" }, ` · ${s.group}`) : ""),
+      el("td", { class: "col-time" }, duration(s.duration)));
   }));
-  $("#library-count").textContent = `${hits.length} of ${state.songs.length} songs`;
-  $("#library-more").textContent = hits.length > SHOWN ? `showing ${SHOWN} of ${hits.length}: refine the search` : "";
+  $("#library-count").textContent = `${total} of ${state.songs.length} songs`;
+  $("#library-more").textContent = total > ids.length ? `showing ${ids.length} of ${total}: refine the search` : "";
 }
 
 function updateMore() {
@@ -100,24 +167,67 @@ function showPlaylist(result) {
   const names = result.seeds.map((s) => s.name).join(" + ");
   const labels = result.seeds.length === 1 && result.seeds[0].labels.length ? ` [${result.seeds[0].labels.join(", ")}]` : "";
   const isNew = result.seeds.length === 1 && result.seeds[0].id === null;
-  $("#seed").textContent = `${isNew ? "new song" : result.seeds.length > 1 ? "seeds" : "seed"}: ${names}${labels}`;
+  const what = result.saved ? "saved playlist" : isNew ? "new song" : result.seeds.length > 1 ? "seeds" : "seed";
+  $("#seed").textContent = `${what}: ${result.saved || names}${result.saved ? "" : labels}`;
   $("#seed").dataset.ids = isNew ? "" : result.seeds.map((s) => s.id).join(",");
+  if (!result.saved && result.k) $("#k").value = result.k;  // the k actually used (at most the other songs)
   $("#playlist tbody").replaceChildren(...result.playlist.map((s) => el("tr", { "data-id": s.id, "data-key": s.key },
     el("td", {}, s.rank),
     el("td", {}, el("button", { class: "play-btn", title: "play", onclick: () => play(s.id) }, "▶")),
-    el("td", {}, ...songCells(s), state.info.has_groups ? el("span", { class: "group" }, ` · ${s.group}`) : ""),
-    el("td", { class: "labels" }, s.labels.join(", ")),
-    el("td", {}, s.similarity.toFixed(3)),
+    el("td", { class: "song" }, ...songCells(s), state.info.has_groups ? el("span", { class: "group" }, ` · ${s.group}`) : ""),
+    el("td", { class: "col-time" }, duration(s.duration)),
+    el("td", { class: "labels col-labels" }, s.labels.join(", ")),
+    el("td", { class: "col-sim" }, typeof s.similarity === "number" ? s.similarity.toFixed(3) : ""),
     el("td", {}, el("button", { class: "seed-btn", title: "make it the seed", onclick: () => setSeeds([s.id]) }, "★")))));
   for (const f of ["m3u8", "csv", "json"]) $(`#export-${f}`).disabled = !result.playlist.length;
+  $("#play-all").disabled = resultQueue().length === 0;
+  $("#save").disabled = resultQueue().length === 0;
+  if (!result.saved) $("#save-name").value = names.slice(0, 200);
+  notice((result.warnings || []).map((w) => `${names}: ${w}`).join(" · "));
   highlightSeeds();
+  highlightPlaying();
+}
+
+// ------------------------------------------------------------------ saved playlists
+async function savePlaylist(overwrite = false) {
+  const name = $("#save-name").value.trim();
+  if (!name) { message("give the playlist a name"); return; }
+  const body = { name, ids: resultQueue(), overwrite };
+  const response = await fetch("/api/playlists", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  const answer = await response.json();
+  if (response.status === 409 && !overwrite) {
+    if (window.confirm(`${answer.detail}. Replace it?`)) return savePlaylist(true);
+    return;
+  }
+  if (!response.ok) { message(answer.detail); return; }
+  $("#save-status").textContent = `saved: ${answer.path}`;
+  await loadSaved();
+}
+
+async function loadSaved() {
+  const saved = await (await api("/api/playlists")).json();
+  $("#saved-folder").textContent = `(${saved.folder})`;
+  $("#saved-list").replaceChildren(...saved.playlists.map((p) => el("li", { "data-file": p.file },
+    el("button", { class: "open-saved", onclick: () => openSaved(p) }, p.name),
+    ` ${p.ids.length} songs` + (p.missing ? ` (${p.missing} not in this library)` : ""))));
+}
+
+function openSaved(p) {
+  if (!p.ids.length) { message(`${p.name}: none of its songs is in this library`); return; }
+  const [first, ...rest] = p.ids;
+  state.seeds = []; state.upload = null;
+  showPlaylist({ saved: p.name, seeds: [state.songs[first]],
+    playlist: rest.map((id, i) => ({ ...state.songs[id], rank: i + 1, similarity: null })) });
+  $("#save-name").value = p.name;
 }
 
 async function exportAs(format) {
   const r = state.result;
   if (!r) return;
   const seedName = r.seeds.map((s) => s.name).join(" + ");
-  const body = { format, seed_name: seedName, seed_labels: r.seeds.length === 1 ? r.seeds[0].labels : [],
+  const body = { format, seed_name: r.saved || seedName, seed_labels: r.seeds.length === 1 ? r.seeds[0].labels : [],
+    seeds: r.seeds.filter((s) => s.id !== null && s.id !== undefined).map((s) => s.id),
     items: r.playlist.map((s) => ({ id: String(s.id), similarity: s.similarity })) };
   try {
     const response = await api("/api/export", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -198,13 +308,21 @@ function highlightSeeds() {
 async function main() {
   state.info = await (await api("/api/info")).json();
   state.songs = await (await api("/api/songs")).json();
+  const player = $("#player");
+  player.addEventListener("ended", () => step(1));  // auto-advance through the queue
+  $("#prev").addEventListener("click", () => step(-1));
+  $("#next").addEventListener("click", () => step(1));
+  $("#play-all").addEventListener("click", () => playQueue(resultQueue()));
+  $("#cover").addEventListener("load", () => { $("#cover").hidden = false; });
+  $("#cover").addEventListener("error", () => { $("#cover").hidden = true; });
+  $("#save-form").addEventListener("submit", (ev) => { ev.preventDefault(); savePlaylist().catch((e) => message(e.message)); });
   $("#info").textContent = `${state.info.songs} songs · ${state.info.search} search · ${state.info.run}`;
   $("#k").value = state.info.k;
   $("#k").max = state.info.max_k;
   $("#group-option").hidden = !state.info.has_groups;
   if (!state.info.can_embed) { $("#upload-form").hidden = true; $("#upload-title").hidden = true; }
   renderLibrary();
-  $("#search").addEventListener("input", renderLibrary);
+  $("#search").addEventListener("input", searchLater);
   $("#k").addEventListener("change", refresh);
   $("#exclude-group").addEventListener("change", refresh);
   $("#more-like").addEventListener("click", () => setSeeds([...state.selected]));
@@ -218,6 +336,7 @@ async function main() {
     refresh();
   });
   $("#player").addEventListener("error", () => { if ($("#player").src) message("the browser cannot play this file"); });
+  loadSaved().catch((e) => message(e.message));
   loadMap();
 }
 

@@ -1,0 +1,161 @@
+"""The radio rules and song paths in the web API, and the OpenSubsonic endpoints used by a real Subsonic client
+library (py-opensonic) against the app served by uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from xml.etree import ElementTree as ET
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import make_cfg  # noqa: E402
+from radio_lib import EXPECTED_DEFAULT, radio_run  # noqa: E402
+from siamrec.serve.app import create_app  # noqa: E402
+
+USER, PASSWORD = "listener", "sécret pass"
+
+
+@pytest.fixture
+def run(tmp_path):
+    import soundfile as sf
+
+    run = radio_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for line in (run / "items.csv").read_text(encoding="utf-8").splitlines()[1:]:
+        path = run / "music" / line.split(",")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, 0.1 * rng.normal(size=800), 8000, format="FLAC")
+    return run
+
+
+def app_for(run, tmp_path, *overrides):
+    return create_app(run, make_cfg("serve", [f"run={run}", *overrides], tmp_path))
+
+
+def test_api_playlists_follow_the_rules_and_their_query_parameters(run, tmp_path):
+    client = TestClient(app_for(run, tmp_path))
+    got = client.get("/api/recommend", params={"seed": 0, "k": 10}).json()
+    assert [e["id"] for e in got["playlist"]] == EXPECTED_DEFAULT and got["note"] is None
+    assert got["rules"]["max_per_artist"] == 2
+    plain = client.get("/api/recommend", params={"seed": 0, "k": 10, "rules": "false"}).json()
+    assert [e["id"] for e in plain["playlist"]] == list(range(1, 11)) and plain["rules"] is None
+    one = client.get("/api/recommend", params={"seed": 0, "k": 3, "max_per_artist": 1}).json()
+    assert [e["id"] for e in one["playlist"]] == [3, 6, 8]
+    rock = client.get("/api/recommend", params={"seed": 0, "k": 5, "labels": "rock"}).json()
+    assert [e["id"] for e in rock["playlist"]] == [15] and "only 1 of k=5" in rock["note"]
+    bad = client.get("/api/recommend", params={"seed": 0, "max_per_artist": 0})
+    assert bad.status_code == 422
+    # the server's own setting: none gives the plain list
+    plain_server = TestClient(app_for(run, tmp_path, "recommend.rules=none"))
+    assert [e["id"] for e in plain_server.get("/api/recommend", params={"seed": 0, "k": 10}).json()["playlist"]] \
+        == list(range(1, 11))
+    path = client.get("/api/path", params={"from": 0, "to": 25, "k": 4}).json()
+    ids = [e["id"] for e in path["path"]]
+    assert ids[0] == 0 and ids[-1] == 25 and len(ids) == 6 and len(set(ids)) == 6
+    assert all("similarity_a" in e and "similarity_b" in e for e in path["path"])
+    assert client.get("/api/path", params={"from": 0, "to": 0}).status_code == 422
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(run, tmp_path, monkeypatch):
+    """The app on a free 127.0.0.1 port (uvicorn in a thread); yields (port, set_overrides)."""
+    import uvicorn
+
+    servers = []
+
+    def start(*overrides):
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app_for(run, tmp_path, *overrides), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        servers.append((server, thread))
+        return port
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_subsonic_client_gets_sonic_similarity_and_plays_it(run, served, monkeypatch):
+    libopensonic = pytest.importorskip("libopensonic")
+    monkeypatch.setenv("SIAMREC_SUBSONIC_USER", USER)
+    monkeypatch.setenv("SIAMREC_SUBSONIC_PASSWORD", PASSWORD)
+    port = served()
+    conn = libopensonic.Connection("http://127.0.0.1", USER, PASSWORD, port=port)
+    try:
+        assert conn.ping()
+        assert any(e.name == "sonicSimilarity" and 1 in e.versions for e in conn.get_open_subsonic_extensions())
+        matches = conn.get_sonic_similar_tracks("0", count=10)
+        assert [m.entry.id for m in matches] == [str(i) for i in EXPECTED_DEFAULT]
+        assert all(0 <= m.similarity <= 1 for m in matches)
+        assert matches[0].similarity == pytest.approx(1 / np.sqrt(1 + 0.9 ** 2), abs=1e-5)
+        assert matches[0].entry.artist == "A feat. Z" and matches[0].entry.title == "A3"
+        assert matches[0].entry.duration == 190 and matches[0].entry.album == "Alb2"
+        path = conn.find_sonic_path("0", "25", count=6)
+        assert [m.entry.id for m in path][0] == "0" and path[-1].entry.id == "25" and len(path) == 6
+        similar = conn.get_similar_songs("0", count=10)
+        assert [s.id for s in similar] == [str(i) for i in EXPECTED_DEFAULT]
+        song = conn.get_song("3")
+        assert song.title == "A3" and song.suffix == "flac"
+        body = _read(conn, conn.stream("3"))  # the sync wrapper hands back aiohttp's response
+        assert body == (run / "music" / "A feat. Z/Alb2/03 A3.flac").read_bytes()
+    finally:
+        conn.cleanup()
+    bad = libopensonic.Connection("http://127.0.0.1", USER, "wrong", port=port)
+    try:
+        with pytest.raises(Exception, match="(?i)wrong username or password"):
+            bad.get_sonic_similar_tracks("0")
+    finally:
+        bad.cleanup()
+    # XML (the Subsonic default), GET without .view, token authentication by hand
+    salt = "c19b2d"
+    token = hashlib.md5((PASSWORD + salt).encode()).hexdigest()
+    r = httpx.get(f"http://127.0.0.1:{port}/rest/getSonicSimilarTracks",
+                  params={"id": 0, "count": 3, "u": USER, "t": token, "s": salt, "v": "1.16.1", "c": "test"})
+    root = ET.fromstring(r.content)
+    ns = {"s": "http://subsonic.org/restapi"}
+    assert root.get("status") == "ok"
+    assert [m.find("s:entry", ns).get("id") for m in root.findall("s:sonicMatch", ns)] == ["3", "4", "6"]
+    assert 0 <= float(root.find("s:sonicMatch", ns).get("similarity")) <= 1
+
+
+def _read(conn, response) -> bytes:
+    import asyncio
+
+    return asyncio.run_coroutine_threadsafe(response.read(), conn._loop).result(timeout=10)
+
+
+def test_subsonic_credentials_when_unset(run, served, tmp_path, monkeypatch):
+    monkeypatch.delenv("SIAMREC_SUBSONIC_USER", raising=False)
+    monkeypatch.delenv("SIAMREC_SUBSONIC_PASSWORD", raising=False)
+    port = served()
+    # on this machine: no credentials needed
+    r = httpx.get(f"http://127.0.0.1:{port}/rest/getSonicSimilarTracks.view", params={"id": 0, "f": "json"})
+    assert r.json()["subsonic-response"]["status"] == "ok"
+    # from another address (the test client's host is not a loopback address): error 40
+    remote = TestClient(app_for(run, tmp_path)).get("/rest/ping", params={"f": "json"}).json()["subsonic-response"]
+    assert remote["status"] == "failed" and remote["error"]["code"] == 40
+    # allow_remote=true: credentials are required, even here
+    port = served("serve.allow_remote=true")
+    r = httpx.get(f"http://127.0.0.1:{port}/rest/ping", params={"f": "json"}).json()["subsonic-response"]
+    assert r["status"] == "failed" and r["error"]["code"] == 40
