@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import synth_song  # noqa: E402
+from benchkit import synth_song
 
 
 def id3_tag(picture_bytes: int = 30000) -> bytes:

@@ -42,69 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out of the figures
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
-FORMATS = (("wav", 44100), ("flac", 48000), ("mp3", 44100), ("ogg", 22050))
-
-
-def figure(name: str, value: float, unit: str = "", digits: int = 2) -> None:
-    print(f"{name}: {value:.{digits}f}{' ' + unit if unit else ''}", flush=True)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS (the decoding workers are separate processes of constant size)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kib / 2**20 if sys.platform == "darwin" else kib / 2**10
-
-
-def cpu_s(who=resource.RUSAGE_SELF) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-# --- the synthetic library ---------------------------------------------------------------------------------------
-def synth_song(seconds: float, sr: int, rng) -> np.ndarray:
-    """Stereo 'music': a bass line and chords that change every 2 s, noise-burst drums, a little hiss."""
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    notes = 110.0 * 2 ** (rng.integers(0, 24, int(seconds // 2) + 1) / 12)
-    f = notes[(t // 2).astype(int)]
-    y = 0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr) + 0.1 * np.sin(2 * np.pi * np.cumsum(1.5 * f) / sr)
-    beat = (t * 2) % 1 < 0.05
-    y = y + 0.3 * beat * rng.normal(size=n) + 0.01 * rng.normal(size=n)
-    left, right = y, np.roll(y, 64)
-    return (0.8 * np.stack([left, right], axis=1) / np.abs(y).max()).astype(np.float32)
-
-
-def write_song(path: Path, y: np.ndarray, sr: int) -> None:
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sf.SoundFile(path, "w", sr, y.shape[1]) as f:  # in 1-s pieces: libsndfile's ogg writer crashes on long calls
-        for start in range(0, len(y), sr):
-            f.write(y[start:start + sr])
-
-
-def make_library(root: Path, n: int, seconds: float, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        fmt, sr = FORMATS[i % len(FORMATS)]
-        path = root / f"style{i % 4}" / f"song{i:04d}.{fmt}"
-        write_song(path, synth_song(seconds, sr, rng), sr)
-        paths.append(str(path))
-    return paths
-
-
-def link_library(paths: list[str], root: Path, copies: int) -> None:
-    """`copies` hard links of every song under root (same label folders), so 10×N costs no extra disk."""
-    for c in range(copies):
-        for p in map(Path, paths):
-            target = root / p.parent.name / f"{p.stem}_copy{c}{p.suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(p, target)
+from benchkit import FORMATS, REPO, SHARED, cpu_s, figure, link_library, make_library, peak_rss_mib
 
 
 # --- decode only -------------------------------------------------------------------------------------------------
@@ -344,8 +282,8 @@ def main() -> None:
             lengths = {"songs": long}
             print(f"{args.n} songs from {args.songs}", flush=True)
         else:
-            long = make_library(tmp / "long", args.n, 60 * args.minutes, seed=0)
-            short = make_library(tmp / "short", args.n, 30.0, seed=1)
+            long = [str(p) for p in make_library(tmp / "long", args.n, 60 * args.minutes, seed=0)]
+            short = [str(p) for p in make_library(tmp / "short", args.n, 30.0, seed=1)]
             print(f"generated {args.n} songs of {args.minutes:g} min and {args.n} of 30 s "
                   f"({', '.join(f for f, _ in FORMATS)}) in {time.perf_counter() - start:.0f} s", flush=True)
             lengths = {"3min" if args.minutes == 3 else f"{args.minutes:g}min": long, "30s": short}

@@ -27,17 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-REPO = Path(__file__).resolve().parent.parent
+from benchkit import SHARED
 FEATURES = "features/gtzan-choi2017"
-LOSSES = ("triplet_semihard", "triplet_hard", "contrastive", "multi_similarity")
 COLUMNS = (("MAP", "map"), ("MAP@10", "map@10"), ("P@10", "p@10"), ("R-prec", "r_precision"))
 BAR = 0.86  # the acceptance bar of the siamese head (default loss): mean test MAP over seeds 0, 1, 2
-
-
-def shared_root() -> Path:
-    return Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
 
 
 def data_overrides(root: Path) -> list[str]:
@@ -66,22 +59,30 @@ def run_one(command: str, overrides: list[str], seed: int, run_dir: Path) -> dic
 
 
 def main() -> int:
+    from siamrec.configs import compose, group_options
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    losses = group_options("loss")
+    parser.add_argument("--losses", nargs="+", default=losses, choices=losses)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train every model this many epochs (default: each model's YAML)")
     parser.add_argument("--tsne", action="store_true", help="let each run draw its t-SNE pictures (slow)")
     args = parser.parse_args()
 
-    root = shared_root()
+    root = SHARED
     if not (root / FEATURES / "gtzan_genre.csv").is_file():
         print(f"bench_gtzan_features: GTZAN features not found under {root / FEATURES}; "
               "set SIAMREC_SHARED to the shared data folder", file=sys.stderr)
         return 2
     data = data_overrides(root) + ([] if args.tsne else ["plots=false"])
+    epochs = {"baseline": [f"model.head_epochs={args.epochs}"], "siamese": [f"model.epochs={args.epochs}"]} \
+        if args.epochs else {}
     setups = [("identity", "", "evaluate", ["+model=identity"]),
               ("lda", "", "train", ["+model=lda"]),
-              ("baseline", "", "train", ["+model=baseline"])]
-    setups += [("siamese", loss, "train", ["+model=siamese", f"model.loss={loss}"]) for loss in args.losses]
+              ("baseline", "", "train", ["+model=baseline", *epochs.get("baseline", [])])]
+    setups += [("siamese", loss, "train", ["+model=siamese", f"model.loss={loss}", *epochs.get("siamese", [])])
+               for loss in args.losses]
 
     print(f"GTZAN transfer features ({root / FEATURES}), artist-filtered split, seeds {args.seeds}")
     print(f"date {datetime.now():%Y-%m-%d %H:%M}; machine {platform.platform()}, {os.cpu_count()} CPUs; "
@@ -110,10 +111,8 @@ def main() -> int:
         print(f"{model:<9} {loss or '-':<17}" + "".join(f"{c:>16}" for c in cells) + f" {seconds:6.1f}")
     print(f"total time {total:.0f} s")
 
-    from omegaconf import OmegaConf
-
     maps = {(m, l): np.mean([s["map"] for s in scores]) for m, l, scores, _ in rows}
-    default = ("siamese", OmegaConf.load(REPO / "conf" / "model" / "siamese.yaml").loss)
+    default = ("siamese", compose("train", ["+model=siamese"]).hydra.runtime.choices["loss@model.loss"])
     if default in maps:
         verdict = "meets" if maps[default] >= BAR else "misses"
         print(f"summary: siamese ({default[1]}, the default loss) test MAP {maps[default]:.4f} {verdict} the bar {BAR} "

@@ -22,7 +22,6 @@ import argparse
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchkit import REPO, free_port
 GENRES = ["Punjabi", "Bhangra", "Folk", "Hindustani Classical", "Ghazal", "Sufi", "Pop", "Rock", "Electronic", "Jazz"]
 TITLES = ["ਮਿੱਟੀ ਦਾ ਬਾਵਾ", "दिल से", "Long Road", "ਪੰਜਾਬੀ ਗੀਤ", "हिंदी गाना", "Night Drive"]
 FORMATS = (".mp3", ".flac", ".opus", ".wav")
@@ -132,12 +130,6 @@ def build_index(folder: Path, lib, cfg) -> None:
         store.write(lib.keys[start:end], [s for s, _ in stats[start:end]], [m for _, m in stats[start:end]],
                     [f"{i:064x}" for i in range(start, end)], emb[start:end])
     write_embeddings(folder, emb, lib.keys, lib.paths, lib.labels, [""] * len(lib), lib.groups, lib.meta)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_startup(args: list[str], log: Path, env: dict) -> float:

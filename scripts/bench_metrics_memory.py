@@ -8,20 +8,14 @@ metrics; the last line reads ``time_s=<x> peak_rss_mib=<y>``.
 """
 
 import argparse
-import resource
-import sys
 import time
 
 import numpy as np
 
+from benchkit import clustered, peak_rss_mib
 from siamrec.metrics import retrieval_metrics
 
 N_CENTRES = 100
-
-
-def peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kib / 2**20 if sys.platform == "darwin" else kib / 2**10
 
 
 def main() -> None:
@@ -33,10 +27,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
-    centres = rng.normal(size=(N_CENTRES, args.dim)).astype(np.float32)
-    centre = rng.integers(0, N_CENTRES, args.n)
-    emb = centres[centre] + rng.normal(scale=args.noise, size=(args.n, args.dim)).astype(np.float32)
+    emb, centre = clustered(args.n, args.dim, N_CENTRES, np.random.default_rng(args.seed), args.noise)
     labels = np.zeros((args.n, N_CENTRES), dtype=bool)
     labels[np.arange(args.n), centre] = True
     print(f"n={args.n} dim={args.dim} labels={N_CENTRES} noise={args.noise} "

@@ -18,14 +18,11 @@ import argparse
 import csv
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchkit import SHARED, table
 
 
 def song_windows(y, bundle):
@@ -41,7 +38,7 @@ def song_windows(y, bundle):
 
 
 def main() -> int:
-    shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+    shared = SHARED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(shared / "audio" / "ragaveda"), help="audio folder with labels.csv")
     parser.add_argument("--skip-map", action="store_true", help="only the speed measurement")
@@ -101,10 +98,10 @@ def main() -> int:
     y_true = np.array([[lab == n for n in names] for lab in labels])
     print(f"\n{root}: {len(rows)} clips, {n_patches} patches, {time.perf_counter() - start:.0f} s "
           "(decoding included); leave-one-out cosine retrieval, relevance = same label")
-    print("| part | dim | MAP | MAP@10 | P@10 | queries |\n|---|---|---|---|---|---|")
-    for part, width in bundle.parts.items():
-        m = retrieval_metrics(np.stack(vectors[part]), y_true)
-        print(f"| {part} | {width} | {m['map']:.3f} | {m['map@10']:.3f} | {m['p@10']:.3f} | {m['n_queries']} |")
+    found = {part: retrieval_metrics(np.stack(vectors[part]), y_true) for part in bundle.parts}
+    print(table(["part", "dim", "MAP", "MAP@10", "P@10", "queries"],
+                [[part, width, f"{m['map']:.3f}", f"{m['map@10']:.3f}", f"{m['p@10']:.3f}", m["n_queries"]]
+                 for (part, width), m in zip(bundle.parts.items(), found.values())]))
     return 0
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchkit import REPO
 
 ARTISTS = ["Béla Fleck", "ਗੁਰਦਾਸ ਮਾਨ", "लता मंगेशकर", "Zoë Keating", "Sidhu Moose Wala", "Björk", "Arijit Singh"]
 

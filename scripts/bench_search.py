@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+import benchkit
+from benchkit import REPO
 from siamrec.index import ExactIndex, build_index
 
-REPO = Path(__file__).resolve().parent.parent
 K = 10
 N_CENTRES = 1000
 SUBSPACE = 32
@@ -44,12 +44,9 @@ def clustered(n: int, dim: int, rng, centres, bases, chunk: int = 10_000) -> np.
 
 
 def median_ms(index, queries, k: int) -> float:
-    times = []
-    for q in queries:
-        start = time.perf_counter()
-        index.search(q[None], k)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    """The median milliseconds of a single query (one query at a time, in order)."""
+    it = iter(queries)
+    return benchkit.median_ms(lambda: index.search(next(it)[None], k), len(queries))
 
 
 def batched_ms(index, queries, k: int) -> tuple[float, np.ndarray]:

@@ -23,7 +23,6 @@ import csv
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from benchkit import REPO, free_port, table
+
 DIM, CENTRES = 128, 1000
 
 
@@ -56,11 +56,6 @@ def make_run(folder: Path, n: int, seed: int = 0) -> Path:
                         f"album {i % 2}", 180 + i % 120, ""])
     return folder
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(conn: http.client.HTTPConnection, url: str) -> bytes:
@@ -229,12 +224,11 @@ def main() -> None:
               f"{row['p95_ms@32']:.1f} ms ({row['rps@32']:.0f} req/s) | server CPU {row['cpu_ms@32']:.2f} ms/request | RSS {row['rss_mib']:.0f} MiB | "
               f"{row['search'].strip()}", flush=True)
     print()
-    print("| index | start-up | p50 / p95, 1 client | p50 / p95, 32 clients | req/s at 32 | server CPU per request | server RSS |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['index']} | {r['startup_s']:.1f} s | {r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms | "
-              f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms | {r['rps@32']:.0f} | {r['cpu_ms@32']:.2f} ms | "
-              f"{r['rss_mib']:.0f} MiB |")
+    print(table(["index", "start-up", "p50 / p95, 1 client", "p50 / p95, 32 clients", "req/s at 32",
+                 "server CPU per request", "server RSS"],
+                [[r["index"], f"{r['startup_s']:.1f} s", f"{r['p50_ms@1']:.1f} / {r['p95_ms@1']:.1f} ms",
+                  f"{r['p50_ms@32']:.1f} / {r['p95_ms@32']:.1f} ms", f"{r['rps@32']:.0f}", f"{r['cpu_ms@32']:.2f} ms",
+                  f"{r['rss_mib']:.0f} MiB"] for r in results]))
     last = results[-1]
     print(f"\n{last['index']}: p95_32_ms={last['p95_ms@32']:.1f} startup_s={last['startup_s']:.1f} "
           f"(targets with faiss: p95 <= 50 ms at 32 clients, start-up <= 10 s); load average now "

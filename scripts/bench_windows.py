@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchkit import SHARED, table
 
 
 def main() -> int:
-    shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+    shared = SHARED
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(shared / "audio" / "emotify"), help="folder with genres.csv, emotions.csv")
     p.add_argument("--windows", nargs="+", default=["first", "spread:2", "spread:4", "all"])
@@ -69,12 +68,13 @@ def main() -> int:
                                   f"({time.time() - t0:.0f} s)", flush=True)
     print(f"\nEmotify test MAP ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, pool={args.pool}, "
           f"seeds {args.seeds}, {time.time() - start:.0f} s in all)")
-    print("| backbone | clip.windows | labels | model | MAP | MAP@10 | P@10 |\n|---|---|---|---|---|---|---|")
-    for (backbone, windows, labels, model), tests in results.items():
-        def ms(key):
-            v = np.array([t[key] for t in tests])
-            return f"{v.mean():.4f} ± {v.std():.4f}"
-        print(f"| {backbone} | {windows} | {labels} | {model} | {ms('map')} | {ms('map@10')} | {ms('p@10')} |")
+    def ms(tests, key):
+        v = np.array([t[key] for t in tests])
+        return f"{v.mean():.4f} ± {v.std():.4f}"
+
+    print(table(["backbone", "clip.windows", "labels", "model", "MAP", "MAP@10", "P@10"],
+                [[backbone, windows, labels, model, ms(tests, "map"), ms(tests, "map@10"), ms(tests, "p@10")]
+                 for (backbone, windows, labels, model), tests in results.items()]))
     return 0
 
 

@@ -19,8 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchkit import SHARED, cpu_s, table
 
 MUSICNN = "{backbone:musicnn_msd,parts:[penultimate]}"
 SETTINGS = {
@@ -33,13 +32,13 @@ SETTINGS = {
 }
 
 
-def cpu_s() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+def cpu_all_s() -> float:
+    """CPU seconds of this process and its finished children (the decoding workers)."""
+    return cpu_s() + cpu_s(resource.RUSAGE_CHILDREN)
 
 
 def main() -> int:
-    shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+    shared = SHARED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(shared / "audio" / "ragaveda"), help="GTZAN-style audio folder")
     parser.add_argument("--windows", default="all", help="clip.windows for every setting (default all)")
@@ -65,18 +64,17 @@ def main() -> int:
             seed_everything(0)
             run = Path(tmp) / f"run_{slug}"
             run.mkdir()
-            t0, c0 = time.perf_counter(), cpu_s()
+            t0, c0 = time.perf_counter(), cpu_all_s()
             metrics = evaluate(cfg, run)
-            wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+            wall, cpu = time.perf_counter() - t0, cpu_all_s() - c0
             test, n = metrics["test"], metrics["test"]["n_queries"] + metrics["test"]["n_skipped"]
             rows.append((name, test["map"], test["map@10"], test["p@10"], n / wall, 1000 * cpu / n))
             print(f"## {name}: map={test['map']:.4f} ({wall:.0f} s)", flush=True)
     print(f"\nLeave-one-out cosine retrieval on {args.root}, clip.windows={args.windows} ({date.today()}, "
           f"{platform.machine()}, {os.cpu_count()} cores, {time.time() - start:.0f} s; extraction from a cold "
           "cache, statistics included)")
-    print("| backbone | MAP | MAP@10 | P@10 | files/s | CPU ms per song |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.4f} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.1f} | {r[5]:.0f} |")
+    print(table(["backbone", "MAP", "MAP@10", "P@10", "files/s", "CPU ms per song"],
+                [[r[0], f"{r[1]:.4f}", f"{r[2]:.4f}", f"{r[3]:.4f}", f"{r[4]:.1f}", f"{r[5]:.0f}"] for r in rows]))
     best = max(rows, key=lambda r: r[1])
     print(f"best: {best[0]} map={best[1]:.4f}")
     return 0

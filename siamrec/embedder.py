@@ -4,10 +4,12 @@ siamrec.encoder) and its head turn songs into the run's embedding space, exactly
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.errors import SiamrecError
 from siamrec.runs import existing_run
 
@@ -56,6 +58,54 @@ class RunEmbedder:
         if ok.any():
             out[ok] = emb
         return out, sf.failures
+
+
+def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
+    """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
+    embedded in batches); a song that cannot be decoded is an error naming it."""
+    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
+    if failures:
+        i, reason = failures[0]
+        raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
+    return emb
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """What an engine needs to rebuild the embedder anywhere (plain values, picklable)."""
+
+    run: str
+    batch_size: int = 8
+    workers: int = 0
+    threads: int | None = None         # inference threads (None: every core)
+    runtime: str = "tensorflow"        # features.runtime
+    shard_size: int = 256
+    cache: str | None = None
+
+
+class SongEmbedder:
+    """A run's model, loaded once: `stream(items)` yields (index, song vector or None, error or None, digest) and
+    `embed(vectors)` applies the run's head to a batch of them."""
+
+    def __init__(self, job: ExtractJob, progress: bool = True):
+        from omegaconf import OmegaConf
+
+        from siamrec.inference import tensorflow_threads
+
+        tensorflow_threads(job.threads)  # before the model loads (TensorFlow fixes its pools at its first op)
+        self.embedder = RunEmbedder(job.run)
+        cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False,
+                                             "threads": job.threads, "runtime": job.runtime},
+                                "paths": {"cache": job.cache or ""}})
+        self.encoder = self.embedder.encoder(cfg)
+        for member in self.encoder.members:
+            member.extractor.progress = progress
+
+    def stream(self, items, desc: str = "extract"):
+        return self.encoder.stream(items, want_digest=True, desc=desc)
+
+    def embed(self, vectors: np.ndarray) -> np.ndarray:
+        return self.embedder.from_features(np.asarray(vectors, dtype=np.float32))
 
 
 def embed_with_run(run, cfg, data, out_dir):

@@ -253,21 +253,11 @@ def runtime_of(cfg) -> dict:
 
 def backbone_config(name: str) -> dict:
     """The resolved config of `backbone=NAME` (conf/backbone/NAME.yaml, its defaults list applied)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from siamrec.configs import CONF_DIR
+    from siamrec.configs import compose, group_options
 
-    if not (CONF_DIR / "backbone" / f"{name}.yaml").is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
-        raise SiamrecError(f"features.combine: no backbone {name!r}; choose from {known}")
-    was = GlobalHydra.instance().is_initialized()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"backbone={name}"])
-        return OmegaConf.to_container(cfg.backbone, resolve=True)
-    finally:
-        if not was:
-            GlobalHydra.instance().clear()
+    if name not in group_options("backbone"):
+        raise SiamrecError(f"features.combine: no backbone {name!r}; choose from {group_options('backbone')}")
+    cfg = compose("backbone", [f"backbone={name}"], return_hydra_config=False)
+    return OmegaConf.to_container(cfg.backbone, resolve=True)

@@ -8,56 +8,20 @@ process; a distributed engine implements the same `run` (see README, "Many machi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from siamrec.embedder import ExtractJob, SongEmbedder
 from siamrec.extractor import file_stat
 
 
-@dataclass(frozen=True)
-class ExtractJob:
-    """What an engine needs to rebuild the embedder anywhere (plain values, picklable)."""
-
-    run: str
-    batch_size: int = 8
-    workers: int = 0
-    threads: int | None = None         # inference threads (None: every core)
-    runtime: str = "onnxruntime"       # features.runtime
-    shard_size: int = 256
-    cache: str | None = None
-
-
-class SongEmbedder:
-    """A run's model, loaded once: `stream(items)` yields (index, song vector or None, error or None, digest) and
-    `embed(vectors)` applies the run's head to a batch of them."""
-
-    def __init__(self, job: ExtractJob, progress: bool = True):
-        from omegaconf import OmegaConf
-
-        from siamrec.embedder import RunEmbedder
-        from siamrec.inference import tensorflow_threads
-
-        tensorflow_threads(job.threads)  # before the model loads (TensorFlow fixes its pools at its first op)
-        self.embedder = RunEmbedder(job.run)
-        cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False,
-                                             "threads": job.threads, "runtime": job.runtime},
-                                "paths": {"cache": job.cache or ""}})
-        self.encoder = self.embedder.encoder(cfg)
-        for member in self.encoder.members:
-            member.extractor.progress = progress
-
-    def stream(self, items, desc: str = "extract"):
-        return self.encoder.stream(items, want_digest=True, desc=desc)
-
-    def embed(self, vectors: np.ndarray) -> np.ndarray:
-        return self.embedder.from_features(np.asarray(vectors, dtype=np.float32))
-
-
 class LocalEngine:
-    """Decoding in worker processes overlapped with inference here; rows stored every `shard_size` songs."""
+    """`extract.engine=local` (conf/engine/local.yaml): decoding in worker processes overlapped with inference
+    here; rows stored every `shard_size` songs."""
 
     name = "local"
+
+    def __init__(self):
+        pass
 
     def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store,
             progress=None) -> list[tuple[int, str]]:
@@ -93,14 +57,9 @@ class LocalEngine:
         return failures
 
 
-def make_engine(name: str, ray_cfg=None):
-    """The engine `name`; `ray_cfg` is the `extract.ray` node (address, actors, num_gpus) for the ray engine."""
-    from siamrec.errors import SiamrecError
+def make_engine(engine_cfg):
+    """The engine `extract.engine` describes (its YAML's `_target_`: LocalEngine, siamrec.engines_ray.RayEngine or a
+    user's own, with its settings)."""
+    from siamrec.configs import build
 
-    if name == "local":
-        return LocalEngine()
-    if name == "ray":
-        from siamrec.engines_ray import RayEngine  # optional: pip install -e ".[ray]"
-
-        return RayEngine(ray_cfg)
-    raise SiamrecError(f"extract.engine={name!r}: use local or ray")
+    return build(engine_cfg, "extract.engine")

@@ -1,7 +1,7 @@
 """The Ray engine: extraction spread over a Ray cluster with Ray Data (`extract.engine=ray`; README, "Many machines").
 
     driver: the songs still to do → ray.data.from_items({index, path, key})
-      → actor pool (`extract.ray.actors`, one per CPU of the cluster by default; `extract.ray.num_gpus` each):
+      → actor pool (`extract.engine.actors`, one per CPU of the cluster by default; `extract.engine.num_gpus` each):
         every actor loads the run's model once (SongEmbedder) and decodes + embeds its batches of songs, returning
         one row per song (index, key, size, mtime, digest, embedding, error, and where and how long it ran)
       → driver: streams the rows back (iter_batches) and writes them into the same store as the local engine,
@@ -20,12 +20,14 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Annotated
 
 import numpy as np
 
-from siamrec.engines import ExtractJob, SongEmbedder
+from siamrec.embedder import ExtractJob, SongEmbedder
 from siamrec.errors import SiamrecError
 from siamrec.extractor import file_stat
+from siamrec.schema import integer, number
 
 INSTALL = 'extract.engine=ray needs Ray, which is not installed: pip install -e ".[ray]"'
 MAX_BLOCKS = 20_000  # one block per actor call: rows come back call by call (a block is returned whole)
@@ -41,7 +43,7 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
-        raise SiamrecError(f"extract.ray.address={address}: no Ray cluster answers there ({exc}); start one with "
+        raise SiamrecError(f"extract.engine.address={address}: no Ray cluster answers there ({exc}); start one with "
                            "`ray start --head` and give its address (HOST:PORT), or use null for a local one") from None
 
 
@@ -53,7 +55,7 @@ def _loopback(address: str) -> bool:
 @contextmanager
 def _loopback_only():
     """Loopback stays loopback: a cluster this engine starts for itself serves this machine only and listens on
-    127.0.0.1 (not on the machine's network address), and `extract.ray.address=127.0.0.1:PORT` reaches a cluster
+    127.0.0.1 (not on the machine's network address), and `extract.engine.address=127.0.0.1:PORT` reaches a cluster
     listening there (Ray resolves 127.0.0.1 to the network address unless its cluster mode is off, as on macOS)."""
     try:
         from ray._private import ray_constants
@@ -139,25 +141,24 @@ class EmbedSongs:
 
 
 class RayEngine:
-    """`extract.engine=ray`: the `extract.ray` settings (address, actors, num_gpus); see the module docstring."""
+    """`extract.engine=ray` (conf/engine/ray.yaml): where the cluster is, how many model actors, GPUs per actor;
+    see the module docstring."""
 
     name = "ray"
 
-    def __init__(self, ray_cfg=None):
+    def __init__(self, *, address: str | None, actors: Annotated[int, integer(1)] | None,
+                 num_gpus: Annotated[float, number(0)]):
         try:
             import ray  # noqa: F401
             import ray.data  # noqa: F401
         except ImportError:
             raise SiamrecError(INSTALL) from None
-        cfg = dict(ray_cfg or {})
-        self.address = cfg.get("address")
-        self.address = None if self.address in (None, "", "null") else str(self.address)
-        actors, gpus = cfg.get("actors"), cfg.get("num_gpus") or 0
+        self.address = None if address in (None, "", "null") else str(address)
         if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
-            raise SiamrecError(f"extract.ray.actors={actors!r}: an integer >= 1, or null (one per CPU of the cluster)")
-        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
-            raise SiamrecError(f"extract.ray.num_gpus={gpus!r}: a number >= 0 (GPUs per actor)")
-        self.actors, self.num_gpus = actors, float(gpus)
+            raise SiamrecError(f"extract.engine.actors={actors!r}: an integer >= 1, or null (one per CPU of the cluster)")
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or num_gpus < 0:
+            raise SiamrecError(f"extract.engine.num_gpus={num_gpus!r}: a number >= 0 (GPUs per actor)")
+        self.actors, self.num_gpus = actors, float(num_gpus)
         self.stats: dict = {}
 
     # --- the cluster ------------------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ class RayEngine:
                 ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # e.g. a wrong token
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SiamrecError(f"extract.ray.address={self.address}: cannot start or reach Ray at {where}: "
+            raise SiamrecError(f"extract.engine.address={self.address}: cannot start or reach Ray at {where}: "
                                f"{first}") from None
 
     def _pool_size(self, n_songs: int) -> int:
@@ -189,7 +190,7 @@ class RayEngine:
         elif self.num_gpus > 0:
             size = int(resources.get("GPU", 0) // self.num_gpus)
             if size < 1:
-                raise SiamrecError(f"extract.ray.num_gpus={self.num_gpus:g}: the cluster has "
+                raise SiamrecError(f"extract.engine.num_gpus={self.num_gpus:g}: the cluster has "
                                    f"{resources.get('GPU', 0):g} GPUs")
         else:
             size = int(resources.get("CPU", 1))

@@ -20,8 +20,8 @@ def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg) -> di
     position[gallery] = np.arange(len(gallery))
     return retrieval_metrics(
         emb[queries], y[queries], emb[gallery], y[gallery], self_index=position[queries],
-        ks=tuple(int(k) for k in eval_cfg.get("ks", (1, 5, 10))), relevance=eval_cfg.get("relevance", "shared"),
-        jaccard_threshold=float(eval_cfg.get("jaccard_threshold", 0.5)),
+        ks=tuple(int(k) for k in eval_cfg["ks"]), relevance=eval_cfg["relevance"],
+        jaccard_threshold=float(eval_cfg["jaccard_threshold"]),
     )
 
 
@@ -51,8 +51,8 @@ def p_at_k_ceiling(emb_len: int, y, queries, gallery, eval_cfg, k: int = 10) -> 
     gallery cannot fill k places with them (a small test split caps P@10 well below 1)."""
     position = np.full(emb_len, -1)
     position[gallery] = np.arange(len(gallery))
-    counts = relevant_counts(y[queries], y[gallery], position[queries], eval_cfg.get("relevance", "shared"),
-                             float(eval_cfg.get("jaccard_threshold", 0.5)))
+    counts = relevant_counts(y[queries], y[gallery], position[queries], eval_cfg["relevance"],
+                             float(eval_cfg["jaccard_threshold"]))
     scorable = counts[counts > 0]
     return float(np.mean(np.minimum(scorable, k) / k)) if len(scorable) else float("nan")
 
@@ -79,11 +79,11 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     Labels that make the score meaningless (one label, or one every song carries) and a test split without a
     single scorable query are errors, not a MAP of 1.0 or NaN. 'p@10_ceiling' is the best P@10 any embedding
     could reach on the test queries (below 1 when they have fewer than 10 relevant songs each)."""
-    protocol = eval_cfg.get("protocol", "test")
+    protocol = eval_cfg["protocol"]
     if protocol not in PROTOCOLS:
         raise SiamrecError(f"eval.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     emb = np.asarray(emb)
-    _check_labels(np.asarray(y, dtype=bool), eval_cfg.get("relevance", "shared"), label_names)
+    _check_labels(np.asarray(y, dtype=bool), eval_cfg["relevance"], label_names)
     everything = np.flatnonzero(np.asarray(y, dtype=bool).any(axis=1))  # songs without a label are not scored
     out: dict = {"protocol": protocol}
     if protocol == "cross":

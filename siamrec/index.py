@@ -8,8 +8,8 @@ cosine-similar rows of each query (most similar first, the row `exclude[i]` of q
 * `hnsw` / `ivf`: a faiss inner-product index over the normalised rows (faiss is optional and imported only
   here, when asked for). `save(path)` / `load_index(path)` store it.
 
-`open_index(run_dir, emb, index_cfg)` is what the commands use: `index=exact`, or `index=faiss`, which picks the
-method by catalogue size (conf/index/faiss.yaml: exact below `exact_below` items, HNSW up to `ivf_above`, IVF
+`open_index(run_dir, emb, index_cfg)` is what the commands use: the kind its YAML's `_target_` names, `index=exact`
+(ExactSearch), or `index=faiss` (FaissSearch), which picks the method by catalogue size (conf/index/faiss.yaml: exact below `exact_below` items, HNSW up to `ivf_above`, IVF
 above) and keeps the built index in `index.faiss` next to the embeddings, rebuilt when they or the build
 settings change.
 """
@@ -20,14 +20,15 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 
 from siamrec.errors import SiamrecError
 from siamrec.metrics import DEFAULT_MAX_BLOCK_BYTES, top_k
 from siamrec.runs import atomic_write_bytes, write_json
+from siamrec.schema import integer
 
-KINDS = ("exact", "faiss")
 METHODS = ("exact", "hnsw", "ivf")
 INDEX_FILE, META_FILE = "index.faiss", "index.json"
 _CELL_BYTES = 16  # per (query, gallery) cell of a block: sims, their negation, the top-k masks and counts
@@ -155,48 +156,79 @@ def load_index(path, ef_search: int = 128, ivf_nprobe: int = 32) -> FaissIndex:
     return FaissIndex(import_faiss().read_index(str(path)), ef_search, ivf_nprobe)
 
 
-def choose_method(n: int, index_cfg) -> str:
-    """The method `index_cfg` asks for over a catalogue of n items (see the module docstring)."""
-    kind = index_cfg.get("kind", "exact")
-    if kind not in KINDS:
-        raise SiamrecError(f"index.kind={kind!r}: choose index=exact or index=faiss")
-    if kind == "exact":
+class ExactSearch:
+    """index=exact (conf/index/exact.yaml): every query against every row, in memory-bounded blocks."""
+
+    def __init__(self):
+        pass
+
+    def method_for(self, n: int) -> str:
         return "exact"
-    method = index_cfg.get("method", "auto")
-    if method == "auto":
-        if n < int(index_cfg.exact_below):
+
+    def open(self, run_dir, emb, save: bool = True) -> Index:
+        return ExactIndex(emb)
+
+
+class FaissSearch:
+    """index=faiss (conf/index/faiss.yaml): a faiss index chosen by catalogue size, kept in run_dir/index.faiss."""
+
+    def __init__(self, *, method: Literal["auto", "hnsw", "ivf"], exact_below: Annotated[int, integer(0)],
+                 ivf_above: Annotated[int, integer(1)], hnsw_m: Annotated[int, integer(1)],
+                 ef_construction: Annotated[int, integer(1)], ef_search: Annotated[int, integer(1)],
+                 ivf_nlist: Annotated[int, integer(1)] | None, ivf_nprobe: Annotated[int, integer(1)]):
+        if method not in ("auto", "hnsw", "ivf"):
+            raise SiamrecError(f"index.method={method!r}: choose auto, hnsw or ivf")
+        self.method, self.exact_below, self.ivf_above = method, int(exact_below), int(ivf_above)
+        self.build = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ivf_nlist": ivf_nlist}
+        self.search = {"ef_search": int(ef_search), "ivf_nprobe": int(ivf_nprobe)}
+
+    def method_for(self, n: int) -> str:
+        if self.method != "auto":
+            return self.method
+        if n < self.exact_below:
             return "exact"
-        return "hnsw" if n < int(index_cfg.ivf_above) else "ivf"
-    if method not in ("hnsw", "ivf"):
-        raise SiamrecError(f"index.method={method!r}: choose auto, hnsw or ivf")
-    return method
+        return "hnsw" if n < self.ivf_above else "ivf"
+
+    def open(self, run_dir, emb, save: bool = True) -> Index:
+        """Loaded from run_dir/index.faiss when it was built from these embeddings with these settings, else built
+        and saved there (only kept in memory with save=False, as the web app does: it never writes the run's
+        index)."""
+        method = self.method_for(len(emb))
+        if method == "exact":
+            return ExactIndex(emb)
+        import_faiss()
+        build = {"method": method, **self.build}
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        h = hashlib.sha256(json.dumps({**build, "shape": emb.shape}, sort_keys=True).encode())
+        h.update(memoryview(emb).cast("B"))
+        fingerprint = h.hexdigest()[:20]
+        path, meta = Path(run_dir) / INDEX_FILE, Path(run_dir) / META_FILE
+        if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
+            return load_index(path, **self.search)
+        started = time.perf_counter()
+        index = build_index(emb, **build, **self.search)
+        if not save:
+            print(f"built a faiss {method} index of {len(emb)} items in memory in {time.perf_counter() - started:.1f} s")
+            return index
+        index.save(path)
+        write_json(meta, {"fingerprint": fingerprint, "n": len(emb), **build,
+                          "build_s": round(time.perf_counter() - started, 1)})
+        print(f"built a faiss {method} index of {len(emb)} items in {time.perf_counter() - started:.1f} s: {path}")
+        return index
+
+
+def index_kind(index_cfg):
+    """The search the `index` config asks for (its YAML's `_target_`: ExactSearch, FaissSearch, or a user's own)."""
+    from siamrec.configs import build
+
+    return build(index_cfg, "index")
+
+
+def choose_method(n: int, index_cfg) -> str:
+    """The method (exact | hnsw | ivf) the `index` config uses over a catalogue of n items."""
+    return index_kind(index_cfg).method_for(n)
 
 
 def open_index(run_dir, emb, index_cfg, save: bool = True) -> Index:
-    """The configured index over a run's embeddings `emb`: a faiss index is loaded from run_dir/index.faiss
-    when it was built from these embeddings with these settings, else built and saved there (only kept in
-    memory with save=False, as the web app does: it never writes the run's index)."""
-    method = choose_method(len(emb), index_cfg)
-    if method == "exact":
-        return ExactIndex(emb)
-    import_faiss()
-    build = {"method": method, "hnsw_m": int(index_cfg.hnsw_m), "ef_construction": int(index_cfg.ef_construction),
-             "ivf_nlist": index_cfg.get("ivf_nlist")}
-    search = {"ef_search": int(index_cfg.ef_search), "ivf_nprobe": int(index_cfg.ivf_nprobe)}
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    h = hashlib.sha256(json.dumps({**build, "shape": emb.shape}, sort_keys=True).encode())
-    h.update(memoryview(emb).cast("B"))
-    fingerprint = h.hexdigest()[:20]
-    path, meta = Path(run_dir) / INDEX_FILE, Path(run_dir) / META_FILE
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
-        return load_index(path, **search)
-    started = time.perf_counter()
-    index = build_index(emb, **build, **search)
-    if not save:
-        print(f"built a faiss {method} index of {len(emb)} items in memory in {time.perf_counter() - started:.1f} s")
-        return index
-    index.save(path)
-    write_json(meta, {"fingerprint": fingerprint, "n": len(emb), **build,
-                      "build_s": round(time.perf_counter() - started, 1)})
-    print(f"built a faiss {method} index of {len(emb)} items in {time.perf_counter() - started:.1f} s: {path}")
-    return index
+    """The configured index over a run's embeddings `emb` (see FaissSearch.open for what is kept in run_dir)."""
+    return index_kind(index_cfg).open(run_dir, emb, save)

@@ -16,14 +16,17 @@ Jaccard rule) are ignored. The triplet and multi-similarity losses return
 exactly 0 (with finite gradients) on a batch without a positive pair; the
 contrastive loss still averages its negative pairs there.
 
-For ``model.compile`` use :class:`MetricLoss` (or :func:`get_loss`), with
-``y_true`` = multi-hot labels and ``y_pred`` = embeddings.
+For ``model.compile`` use one of the :class:`MetricLoss` classes (``TripletSemihard``, ``TripletHard``,
+``Contrastive``, ``MultiSimilarity``; conf/loss/*.yaml holds their settings), with ``y_true`` = multi-hot labels
+and ``y_pred`` = embeddings.
 """
 
-import inspect
+from typing import Annotated, Literal
 
 import keras
 from keras import ops
+
+from siamrec.schema import number
 
 _NORM_EPS = 1e-12
 
@@ -259,58 +262,97 @@ def multi_similarity(
     return ops.mean(pos_term + neg_term)
 
 
-LOSSES = {
-    "triplet_semihard": triplet_semihard,
-    "triplet_hard": triplet_hard,
-    "contrastive": contrastive,
-    "multi_similarity": multi_similarity,
-}
+class MetricLoss(keras.losses.Loss):
+    """Base of the losses a Siamese head trains with: ``y_true`` are the multi-hot labels, ``y_pred`` the
+    embeddings, the result one scalar per batch (``sample_weight`` is not meaningful).
+
+    A loss is a component like any other: a subclass whose constructor's typed keyword parameters are its settings
+    (siamrec.schema checks them from the signature) and a YAML ``conf/loss/NAME.yaml`` naming it by ``_target_``
+    with their values; ``model.loss=NAME`` chooses it, ``model.loss.PARAM=...`` sets one. A subclass implements
+    ``compute(labels, embeddings)``; its parameters are kept in ``self.params`` (its Keras config).
+    """
+
+    def __init__(self, **params):
+        self.params = params
+        name = "".join(f"_{c.lower()}" if c.isupper() else c for c in type(self).__name__).lstrip("_")
+        super().__init__(name=name, reduction="sum", dtype="float32")
+
+    def compute(self, labels, embeddings):
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        return self.compute(y_true, y_pred)
+
+    def get_config(self):
+        return dict(self.params)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
-def _check(name, params):
-    """Validate a loss name and its parameters; return the loss function."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    fn = LOSSES[name]
-    allowed = list(inspect.signature(fn).parameters)[2:]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown parameter(s) {unknown} for loss {name!r}; valid: {', '.join(allowed)}"
-        )
-    return fn
+def build_loss(loss_cfg) -> MetricLoss:
+    """The loss of `model.loss` (its YAML: `_target_` and settings); a bad one is a ValueError naming it."""
+    from hydra.utils import instantiate
+
+    try:
+        loss = instantiate(loss_cfg)
+    except Exception as exc:  # noqa: BLE001 - hydra wraps the constructor's TypeError
+        reason = " ".join(str(exc.__cause__ or exc).split())
+        raise ValueError(f"model.loss: cannot build {dict(loss_cfg).get('_target_')} ({reason})") from None
+    if not isinstance(loss, keras.losses.Loss):
+        raise ValueError(f"model.loss: {dict(loss_cfg).get('_target_')} is not a Keras loss")
+    return loss
+
+
+Positive = Literal["shared", "jaccard"]
+Threshold = Annotated[float, number(0, 1, lo_open=True)]
+Margin = Annotated[float, number(0)]
 
 
 @keras.saving.register_keras_serializable(package="siamrec")
-class MetricLoss(keras.losses.Loss):
-    """Keras loss wrapping one of :data:`LOSSES` by name.
+class TripletSemihard(MetricLoss):
+    """Triplet loss with semi-hard negative mining (:func:`triplet_semihard`)."""
 
-    ``y_true`` are the multi-hot labels, ``y_pred`` the embeddings; the result
-    is one scalar per batch, so ``sample_weight`` is not meaningful.
+    def __init__(self, *, margin: Margin, distance: Literal["squared_l2", "l2"], positive: Positive,
+                 jaccard_threshold: Threshold):
+        super().__init__(margin=margin, distance=distance, positive=positive, jaccard_threshold=jaccard_threshold)
 
-    Example: ``model.compile(loss=MetricLoss("triplet_semihard", margin=0.5))``.
-
-    Args:
-        name: one of ``LOSSES`` (also used as the Keras loss name).
-        **params: keyword parameters of that loss function.
-    """
-
-    def __init__(self, name, **params):
-        self._fn = _check(name, params)
-        self.params = params
-        super().__init__(name=name, reduction="sum", dtype="float32")
-
-    def call(self, y_true, y_pred):
-        return self._fn(y_true, y_pred, **self.params)
-
-    def get_config(self):
-        return {"name": self.name, **self.params}
+    def compute(self, labels, embeddings):
+        return triplet_semihard(labels, embeddings, **self.params)
 
 
-def get_loss(name, **params):
-    """Return a :class:`MetricLoss` for ``name``; ValueError for unknown names or params.
+@keras.saving.register_keras_serializable(package="siamrec")
+class TripletHard(MetricLoss):
+    """Batch-hard triplet loss (:func:`triplet_hard`)."""
 
-    The result is callable as ``loss(labels, embeddings)`` and can be passed
-    to ``model.compile``.
-    """
-    return MetricLoss(name, **params)
+    def __init__(self, *, margin: Margin, soft: bool, positive: Positive, jaccard_threshold: Threshold):
+        super().__init__(margin=margin, soft=soft, positive=positive, jaccard_threshold=jaccard_threshold)
+
+    def compute(self, labels, embeddings):
+        return triplet_hard(labels, embeddings, **self.params)
+
+
+@keras.saving.register_keras_serializable(package="siamrec")
+class Contrastive(MetricLoss):
+    """Contrastive loss over all pairs (:func:`contrastive`)."""
+
+    def __init__(self, *, margin: Margin, positive: Positive, jaccard_threshold: Threshold):
+        super().__init__(margin=margin, positive=positive, jaccard_threshold=jaccard_threshold)
+
+    def compute(self, labels, embeddings):
+        return contrastive(labels, embeddings, **self.params)
+
+
+@keras.saving.register_keras_serializable(package="siamrec")
+class MultiSimilarity(MetricLoss):
+    """Multi-similarity loss with its pair mining (:func:`multi_similarity`)."""
+
+    def __init__(self, *, alpha: Annotated[float, number(0, lo_open=True)],
+                 beta: Annotated[float, number(0, lo_open=True)], base: float,
+                 epsilon: Annotated[float, number(0)], positive: Positive, jaccard_threshold: Threshold):
+        super().__init__(alpha=alpha, beta=beta, base=base, epsilon=epsilon, positive=positive,
+                         jaccard_threshold=jaccard_threshold)
+
+    def compute(self, labels, embeddings):
+        return multi_similarity(labels, embeddings, **self.params)

@@ -13,8 +13,6 @@ from siamrec.data.split import make_split, write_split
 from siamrec.errors import SiamrecError
 from siamrec.runs import write_embeddings, write_json
 
-MODELS = ("identity", "lda", "baseline", "siamese")
-
 
 @dataclass
 class Data:
@@ -40,13 +38,13 @@ class Data:
         return Data(self.lib.subset(idx), self.split[idx], self.label_names)
 
 
-def require_model(cfg, command: str) -> str:
-    name = cfg.get("model", {}).get("name") if cfg.get("model") else None
-    if name is None:
+def require_head(cfg, command: str):
+    """The head of the chosen model (built from its `_target_`), or a clear error when no model is chosen."""
+    from siamrec.models.heads import head_from_config
+
+    if not cfg.get("model") or "_target_" not in cfg.model:
         raise SiamrecError(f"no model chosen: run python -m siamrec {command} +model=baseline (or siamese, lda, identity)")
-    if name not in MODELS:
-        raise SiamrecError(f"model.name={name!r}: choose +model= one of {', '.join(MODELS)}")
-    return name
+    return head_from_config(cfg.model)
 
 
 def load_data(cfg, run_dir) -> Data:

@@ -6,6 +6,7 @@ Each writes report.md + report.csv (one row per run or block set) and map_at_k.p
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,24 @@ def _describe(run: Path) -> dict:
     return {
         "run": run.name,
         "model": model.get("name", head.get("kind", "?")),
-        "loss": model.get("loss", "") if model.get("name") == "siamese" else "",
+        "loss": _loss_name(model.get("loss")),
         "backbone": (cfg.get("backbone") or {}).get("name", "") if source != "features" else "",
         "parts": "+".join(map(str, parts)) if parts and source != "features" else "",
     }
 
 
+def _loss_name(loss) -> str:
+    """The loss a run trained with, by its config name: multi_similarity for siamrec.losses.MultiSimilarity
+    (older runs stored the name itself)."""
+    if isinstance(loss, dict):
+        loss = str(loss.get("_target_", "")).rsplit(".", 1)[-1]
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", loss).lower()
+    return str(loss) if loss else ""
+
+
 def _eval_cfg(cfg, n_gallery: int | None = None) -> dict:
     curve = curve_ks(n_gallery) if n_gallery else CURVE_KS
-    ks = sorted({*map(int, cfg.eval.get("ks", (1, 5, 10))), *curve})
+    ks = sorted({*map(int, cfg.eval.ks), *curve})
     return {**dict(cfg.eval), "ks": ks}
 
 
@@ -128,7 +138,7 @@ def compare_runs(cfg, run_dir) -> dict:
         elif (keys, list(split)) != reference:
             raise SiamrecError(f"runs={run} embeds other items or another split than {runs[0]}; "
                                "compare runs made on the same data and split")
-        n_gallery = gallery_size(split, cfg.eval.get("protocol", "test"))
+        n_gallery = gallery_size(split, cfg.eval.protocol)
         metrics = score_embeddings(emb, y, split, _eval_cfg(cfg, n_gallery))
         desc = _describe(run)
         name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"

@@ -2,9 +2,14 @@
 
 `validate(cfg)` checks the whole composed (resolved, hydra-free) job config once, before any work: a wrong value
 gives one line naming the key, the value and what is allowed; a key the schema does not know (a typo, or one
-added with `+`) is rejected with the closest valid keys. The `model`, `data`, `split` and `index` groups are
-checked against the schema of the chosen option (model.name, data.source, split.kind, index.kind). The
-`backbone` node is free-form (each bundle has its own keys) and is not checked here.
+added with `+`) is rejected with the closest valid keys.
+
+A component built by `_target_` (a loss, an index kind, an engine, a head or data source of the user's own) is
+checked against its class's constructor: its typed keyword parameters are its keys, their annotations its types,
+ranges and choices (`Annotated[float, number(0, 1)]`, `Literal[...]`), read from the source without importing it
+(constructor_spec). So a new component is one class and one YAML, with nothing to add here. The `model`, `data`
+and `split` groups of siamrec's own options are still described by the tables below (selected by model.name,
+data.source, split.kind). The `backbone` node is free-form (each bundle has its own keys) and is not checked here.
 
 Pure Python (no NumPy, no TensorFlow), so the CLI can validate before importing anything heavy.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 
 from siamrec.errors import SiamrecError
@@ -120,6 +126,89 @@ class Free(dict):
     """A node whose keys are not checked (bundle-specific, or free-form parameters)."""
 
 
+class Component:
+    """A node built by `_target_` (hydra.utils.instantiate): its keys and their checks are the typed keyword
+    parameters of the target class's constructor (see constructor_spec)."""
+
+    def __init__(self, group: str):
+        self.group = group  # the config group its options come from (conf/GROUP/*.yaml), for messages
+
+
+# Names an annotation of a component's constructor may use (its source is read, not imported: see constructor_spec).
+def _annotation_names() -> dict:
+    import typing
+
+    return {"Annotated": typing.Annotated, "Literal": typing.Literal, "Optional": typing.Optional,
+            "Union": typing.Union, "Any": typing.Any, "int": int, "float": float, "bool": bool, "str": str,
+            "list": list, "dict": dict, "tuple": tuple, "None": None, "integer": integer, "number": number,
+            "boolean": boolean, "string": string, "path": path, "choice": choice, "list_of": list_of,
+            "one_of": one_of, "anything": anything, "Check": Check}
+
+
+def _check_of(annotation) -> Check:
+    """The Check of a constructor parameter's type: Annotated[T, check] is that check; int, float, bool, str,
+    Literal[...], list[T], T | None are checked as such; anything else is not checked."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        given = [m for m in annotation.__metadata__ if isinstance(m, Check)]
+        return given[0] if given else _check_of(args[0])
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = _check_of(rest[0]) if len(rest) == 1 else anything()
+        return _or_null(inner, len(rest) < len(args))
+    if origin is typing.Literal:
+        return choice(*[str(a) for a in args]) if all(isinstance(a, str) for a in args) else \
+            Check(lambda v: v in args, "one of " + "|".join(map(str, args)))
+    if origin is list:
+        return list_of(_check_of(args[0]) if args else anything())
+    return {int: integer(), float: number(), bool: boolean(), str: string()}.get(annotation, anything())
+
+
+def constructor_spec(target: str) -> dict | None:
+    """{parameter: Check} of the constructor of the class `target` ('module.Class'), read from the module's source
+    with ast, so validating imports no heavy library (the module is found, not run). None when the class or its
+    typed constructor cannot be read, or it takes **kwargs: its keys are then not checked here."""
+    return _constructor_spec(str(target))
+
+
+@lru_cache(maxsize=None)
+def _constructor_spec(target: str) -> dict | None:
+    import ast
+    import importlib.util
+
+    module, _, name = target.rpartition(".")
+    try:
+        found = importlib.util.find_spec(module)
+        tree = ast.parse(open(found.origin, encoding="utf-8").read())
+    except Exception:  # noqa: BLE001 - not a module we can read: left to instantiate to report
+        return None
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    cls, init = classes.get(name), None
+    while cls is not None and init is None:  # the constructor, from the class or a base of the same module
+        init = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+        bases = [b.id for b in cls.bases if isinstance(b, ast.Name)]
+        cls = classes.get(bases[0]) if init is None and bases else None
+    if init is None or init.args.kwarg is not None:
+        return None
+    names = _annotation_names()
+    for node in tree.body:  # the module's type aliases (Margin = Annotated[float, number(0)])
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                names[node.targets[0].id] = eval(ast.unparse(node.value), dict(names))
+            except Exception:  # noqa: BLE001 - not a type alias
+                pass
+    spec = {}
+    for arg in init.args.args[1:] + init.args.kwonlyargs:
+        try:
+            spec[arg.arg] = _check_of(eval(ast.unparse(arg.annotation), names)) if arg.annotation else anything()
+        except Exception:  # noqa: BLE001 - an annotation we cannot evaluate: not checked
+            spec[arg.arg] = anything()
+    return spec
+
+
 class Switch(dict):
     """A group of settings that may also be switched off as a whole (`none`, null or false)."""
 
@@ -133,12 +222,6 @@ class Group:
 
 FRACTION = number(0, 1, hi_open=True)
 FAILED_FRACTION = number(0, 1)
-LOSS_PARAMS = {  # the keyword parameters of each loss of siamrec.losses (tests/test_schema.py keeps them in step)
-    "triplet_semihard": ("margin", "distance", "positive", "jaccard_threshold"),
-    "triplet_hard": ("margin", "soft", "positive", "jaccard_threshold"),
-    "contrastive": ("margin", "positive", "jaccard_threshold"),
-    "multi_similarity": ("alpha", "beta", "base", "epsilon", "positive", "jaccard_threshold"),
-}
 PART_NAMES = list_of(string(), what="a list of the backbone's part names")
 
 
@@ -170,7 +253,7 @@ MODELS = {
     },
     "siamese": {
         **_MODEL_COMMON,
-        "loss": choice(*LOSS_PARAMS), "loss_params": Free(), "whiten_eps": number(0, null=True),
+        "loss": Component("loss"), "whiten_eps": number(0, null=True),
         "hidden": list_of(integer(1), what="a list of layer widths (integers >= 1)"), "dim": integer(1),
         "branches": integer(1), "dropout": FRACTION, "lr": number(0, lo_open=True), "epochs": integer(1),
         "refit": boolean(), "classes_per_batch": integer(2), "m_per_class": integer(2), "seed": integer(0),
@@ -181,6 +264,7 @@ MODELS = {
 _DATA_COMMON = {"min_label_count": integer(1), "max_failed_fraction": FAILED_FRACTION, "label_sep": string()}
 DATA = {
     "demo": {**_DATA_COMMON, "source": choice("demo"), "n_per_style": integer(1), "duration": number(0, lo_open=True),
+             "sample_rate": integer(8000),
              "labels": choice("genre", "tags")},
     "folder": {**_DATA_COMMON, "source": choice("folder"), "root": path(),
                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")},
@@ -201,13 +285,6 @@ SPLITS = {
     "stratified": {"kind": choice("stratified"), "valid": FRACTION, "test": FRACTION, "seed": integer(0)},
     "files": {"kind": choice("files"), "train": path(null=True), "valid": path(null=True), "test": path(null=True)},
 }
-INDEXES = {
-    "exact": {"kind": choice("exact")},
-    "faiss": {"kind": choice("faiss"), "method": choice("auto", "hnsw", "ivf"), "exact_below": integer(0),
-              "ivf_above": integer(1), "hnsw_m": integer(1), "ef_construction": integer(1), "ef_search": integer(1),
-              "ivf_nlist": integer(1, null=True), "ivf_nprobe": integer(1)},
-}
-
 SCHEMA: dict = {
     "seed": integer(0),
     "plots": boolean(),
@@ -219,7 +296,7 @@ SCHEMA: dict = {
     "data": Group("source", DATA),
     "split": Group("kind", SPLITS),
     "model": Group("name", MODELS),
-    "index": Group("kind", INDEXES),
+    "index": Component("index"),
     "backbone": Free(),
     "clip": {
         "sr": number(0, lo_open=True), "duration": number(0, lo_open=True),
@@ -250,8 +327,7 @@ SCHEMA: dict = {
                         min_duration=number(0, null=True), max_duration=number(0, null=True), exclude=list_of(path())),
     },
     "extract": {
-        "out": path(null=True), "shard_size": integer(1), "engine": choice("local", "ray"),
-        "ray": {"address": string(null=True), "actors": integer(1, null=True), "num_gpus": number(0)},
+        "out": path(null=True), "shard_size": integer(1), "engine": Component("engine"),
     },
     "tag": {"files": list_of(path(), what="a list of audio files"), "top": integer(1)},
     "serve": {  # the serve branch's group (conf/serve/default.yaml)
@@ -283,11 +359,24 @@ def _plain(value) -> str:
 def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, list[str]]]) -> None:
     if isinstance(spec, Free):
         return
+    if isinstance(spec, Component):
+        fields = constructor_spec(node["_target_"]) if isinstance(node, Mapping) and "_target_" in node else None
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            from siamrec.configs import group_options
+
+            errors.append(f"{prefix}={_show(node)}: choose one of {'|'.join(group_options(spec.group))}")
+        elif fields is not None:
+            _walk(node, fields, prefix, errors, unknown)
+        return
     if isinstance(spec, Group):
         if not isinstance(node, Mapping):
             errors.append(f"{prefix}={_show(node)}: must be a group of settings")
             return
         option = node.get(spec.selector)
+        fields = constructor_spec(node["_target_"]) if option not in spec.options and "_target_" in node else None
+        if fields is not None:  # an option of the user's own (--config-dir): its class's constructor is its schema
+            _walk(node, fields, prefix, errors, unknown)
+            return
         if option not in spec.options:
             errors.append(f"{prefix}.{spec.selector}={_show(option)}: choose one of {'|'.join(spec.options)}")
             return
@@ -317,6 +406,13 @@ def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, l
 def all_keys(spec=SCHEMA, prefix: str = "") -> list[str]:
     """Every dotted key the schema knows (over every option of every group)."""
     out = []
+    if isinstance(spec, Component):  # the settings of every shipped option of its group
+        from siamrec.configs import conf_dir
+
+        for option in sorted((conf_dir() / spec.group).glob("*.yaml")):
+            target = re.search(r"^_target_:\s*(\S+)", option.read_text(encoding="utf-8"), re.M)
+            out += all_keys(constructor_spec(target.group(1)) or {} if target else {}, prefix)
+        return sorted(set(out))
     if isinstance(spec, Group):
         for option in spec.options.values():
             out += all_keys(option, prefix)

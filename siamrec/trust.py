@@ -10,35 +10,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from siamrec.configs import CONF_DIR
+from siamrec.configs import config_dirs
 from siamrec.errors import SiamrecError
 
 # Hydra's instantiation keys: a config node holding one of them makes instantiate() import or call something.
 INSTANTIATION_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
 _TARGET_LINE = re.compile(r"^\s*_target_\s*:\s*['\"]?([A-Za-z_][\w.]*)['\"]?\s*(#.*)?$", re.M)
 
-_user_dirs: list[Path] = []  # config folders named on this command line (hydra.searchpath)
-
-
-def add_config_dirs(dirs) -> None:
-    """Trust the components declared by the YAML of these config folders too (the user's own plugins)."""
-    for d in dirs:
-        text = str(d)
-        for prefix in ("file://", "pkg://"):
-            if text.startswith(prefix):
-                if prefix == "pkg://":
-                    break  # a Python package's configs: siamrec trusts only folders the user named
-                text = text[len(prefix):]
-        else:
-            path = Path(text).expanduser()
-            if path.is_dir() and path not in _user_dirs:
-                _user_dirs.append(path)
-
-
 def declared_targets() -> frozenset[str]:
     """Every class named by a `_target_` in siamrec's configs and the user's config folders."""
     found = set()
-    for root in (CONF_DIR, *_user_dirs):
+    for root in config_dirs():
         for yaml in Path(root).rglob("*.yaml"):
             try:
                 found.update(m.group(1) for m in _TARGET_LINE.finditer(yaml.read_text(encoding="utf-8")))
@@ -71,9 +53,13 @@ def check_target(target, where: str) -> str:
 
 
 def check_plain(value, where: str) -> None:
-    """Refuse settings read from a run folder that name a class or a call anywhere inside them."""
+    """Refuse settings read from a run folder that name a class or a call anywhere inside them, except a component
+    of siamrec's configs (a Siamese head's `loss`: a declared `_target_` and plain settings, see check_component)."""
     if isinstance(value, dict):
         bad = INSTANTIATION_KEYS.intersection(value)
+        if bad == {"_target_"}:
+            check_component(value, where)
+            return
         if bad:
             raise SiamrecError(f"{where}: holds {sorted(bad)[0]}, which siamrec never writes there; refused (the run "
                                "folder is not siamrec's own: use only run folders from people you trust)")

@@ -67,15 +67,18 @@ def audio_folder(tmp_path) -> Path:
     return root
 
 
-def head_from_yaml(name: str, **overrides):
-    """A head built the way the commands build it: conf/model/NAME.yaml (its defaults) with `overrides`."""
+def head_from_yaml(name: str, loss: str | None = None, **overrides):
+    """A head built the way the commands build it: +model=NAME composed (its YAML, defaults list included; `loss`
+    chooses model.loss=LOSS) with `overrides` over it."""
     from omegaconf import OmegaConf
 
+    from siamrec.configs import compose
     from siamrec.models.heads import head_from_config
 
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
-    if "seed" in cfg:
-        cfg.seed = 0
+    chosen = [f"model.loss={loss}"] if isinstance(loss, str) else []
+    overrides = {**overrides, "loss": loss} if isinstance(loss, dict) else overrides
+    cfg = compose("test", [f"+model={name}", "seed=0", *chosen], return_hydra_config=False).model
+    OmegaConf.set_struct(cfg, False)
     return head_from_config(OmegaConf.merge(cfg, overrides))
 
 

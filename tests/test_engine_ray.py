@@ -39,13 +39,19 @@ except ImportError:
 needs_ray = pytest.mark.skipif(ray is None, reason='Ray is not installed (pip install -e ".[ray]")')
 
 
-def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+def ray_engine(**settings):
+    """The engine extract.engine=ray builds: conf/engine/ray.yaml with `settings` over it."""
     from siamrec.engines import make_engine
 
+    return make_engine({"_target_": "siamrec.engines_ray.RayEngine", "address": None, "actors": None, "num_gpus": 0,
+                        **settings})
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is not installed
     monkeypatch.delitem(sys.modules, "siamrec.engines_ray", raising=False)
     with pytest.raises(SiamrecError, match=r'pip install -e "\.\[ray\]"') as info:
-        make_engine("ray", {"address": None, "actors": None, "num_gpus": 0})
+        ray_engine()
     assert "\n" not in str(info.value)
 
 
@@ -53,14 +59,12 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
 
 @needs_ray
 def test_bad_ray_settings_are_refused_in_one_line():
-    from siamrec.engines import make_engine
-
-    for cfg, match in (({"actors": 0}, "extract.ray.actors=0"), ({"num_gpus": -1}, "extract.ray.num_gpus=-1")):
+    for cfg, match in (({"actors": 0}, "extract.engine.actors=0"), ({"num_gpus": -1}, "extract.engine.num_gpus=-1")):
         with pytest.raises(SiamrecError, match=match):
-            make_engine("ray", cfg)
-    assert make_engine("ray", {"address": "auto", "actors": 3, "num_gpus": 0.5}).actors == 3
-    with pytest.raises(SiamrecError, match=r"extract.ray.address=127.0.0.1:\d+: no Ray cluster answers there"):
-        make_engine("ray", {"address": f"127.0.0.1:{free_port()}"})._connect()
+            ray_engine(**cfg)
+    assert ray_engine(address="auto", actors=3, num_gpus=0.5).actors == 3
+    with pytest.raises(SiamrecError, match=r"extract.engine.address=127.0.0.1:\d+: no Ray cluster answers there"):
+        ray_engine(address=f"127.0.0.1:{free_port()}")._connect()
 
 
 # --- clusters of these tests only ---------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def test_an_actor_applies_the_runs_head(tmp_path_factory, library):
     checked on a run whose head (LDA) changes them, without a cluster."""
     from conftest import identity_run
 
-    from siamrec.engines import ExtractJob, SongEmbedder
+    from siamrec.embedder import ExtractJob, SongEmbedder
     from siamrec.engines_ray import EmbedSongs
     from siamrec.runs import read_embeddings
 
@@ -186,7 +190,7 @@ def assert_same_rows(out: Path, reference: Path) -> None:
 # --- the tests ----------------------------------------------------------------------------------------------------
 def test_ray_rows_equal_the_local_engines(ray_env, run, library, local, tmp_path, cfg_factory):
     out = tmp_path / "ray"
-    extract(extract_cfg(cfg_factory, run, library, out, "extract.engine=ray", "extract.ray.actors=1"), tmp_path)
+    extract(extract_cfg(cfg_factory, run, library, out, "extract.engine=ray", "extract.engine.actors=1"), tmp_path)
     summary = json.loads((out / "extract.json").read_text())
     assert (summary["engine"], summary["embedded"], summary["failed"]) == ("ray", 12, 1)
     assert summary["ray_actors"] == 1 and sum(summary["ray_nodes"].values()) == 13
@@ -199,7 +203,7 @@ def test_a_killed_ray_driver_restarted_finishes_with_the_same_rows(ray_env, run,
     tmp, env = ray_env
     out = tmp_path / "out"
     args = [sys.executable, "-m", "siamrec", "extract", f"run={run}", "data=folder", f"data.root={library}",
-            f"extract.out={out}", "extract.engine=ray", "extract.ray.actors=1", "extract.shard_size=1",
+            f"extract.out={out}", "extract.engine=ray", "extract.engine.actors=1", "extract.shard_size=1",
             "features.batch_size=1", f"paths.cache={tmp_path / 'cache'}"]
     env = {**os.environ, **env}
     with open(tmp_path / "first.log", "w") as log:
@@ -281,7 +285,7 @@ def _start(args: list[str], env: dict, log: Path, timeout: float = 120) -> subpr
 def test_a_two_node_cluster_gives_the_same_rows_with_actors_on_both_nodes(two_nodes, run, library, local, tmp_path,
                                                                           cfg_factory):
     out = tmp_path / "ray2"
-    extract(extract_cfg(cfg_factory, run, library, out, "extract.engine=ray", f"extract.ray.address={two_nodes}",
+    extract(extract_cfg(cfg_factory, run, library, out, "extract.engine=ray", f"extract.engine.address={two_nodes}",
                         "features.batch_size=1"), tmp_path)
     summary = json.loads((out / "extract.json").read_text())
     assert summary["ray_actors"] == 2           # one per CPU of the cluster

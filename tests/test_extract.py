@@ -258,7 +258,7 @@ def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, li
 
 
 def test_ctrl_c_keeps_every_finished_song_and_says_how_to_finish(run, library, tmp_path, cfg_factory, monkeypatch):
-    from siamrec.engines import SongEmbedder
+    from siamrec.embedder import SongEmbedder
 
     stream = SongEmbedder.stream
 

@@ -221,7 +221,7 @@ def test_a_third_backbone_trains_evaluates_extracts_and_recommends(toy_library, 
 def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tmp_path, cfg_factory, shared):
     """features.combine appends another backbone's parts, each backbone standardised and scaled by 1/sqrt(width);
     a run re-encodes new songs with the saved statistics."""
-    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.embedder import embed_new_songs
     from siamrec.commands.train import train
     from siamrec.runs import read_embeddings
 
@@ -262,7 +262,7 @@ def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_d
     parts — the parts the run saves — so a song embedded again as a new song gets its library row back."""
     import toy_bundle
 
-    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.embedder import embed_new_songs
     from siamrec.commands.train import train
     from siamrec.runs import read_embeddings
 

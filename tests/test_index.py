@@ -66,14 +66,35 @@ def test_faiss_recall_on_clustered_data(method):
     assert not (own == np.arange(50)[:, None]).any()
 
 
-def test_auto_method_follows_the_catalogue_size():
+def test_auto_method_follows_the_catalogue_size(cfg_factory):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"kind": "faiss", "method": "auto", "exact_below": 100, "ivf_above": 1000})
+    cfg = OmegaConf.merge(cfg_factory("recommend", "index=faiss").index, {"exact_below": 100, "ivf_above": 1000})
     assert [choose_method(n, cfg) for n in (99, 100, 999, 1000)] == ["exact", "hnsw", "hnsw", "ivf"]
-    assert choose_method(10**7, OmegaConf.create({"kind": "exact"})) == "exact"
-    with pytest.raises(SiamrecError, match="index.kind"):
+    assert choose_method(10**7, cfg_factory("recommend", "index=exact").index) == "exact"
+    with pytest.raises(SiamrecError, match=r"index=.*not a component \(no _target_\); choose one of \['exact', 'faiss'\]"):
         choose_method(10, OmegaConf.create({"kind": "annoy"}))
+
+
+def test_an_index_kind_is_its_class_and_its_settings_are_the_constructors(cfg_factory):
+    from siamrec import schema
+    from siamrec.index import ExactSearch, FaissSearch, index_kind
+
+    assert isinstance(index_kind(cfg_factory("recommend").index), ExactSearch)  # the default
+    assert isinstance(index_kind(cfg_factory("recommend", "index=faiss").index), FaissSearch)
+    spec = schema.constructor_spec("siamrec.index.FaissSearch")
+    assert set(spec) == {"method", "exact_below", "ivf_above", "hnsw_m", "ef_construction", "ef_search",
+                         "ivf_nlist", "ivf_nprobe"}
+    assert spec["ivf_nlist"].ok(None) and spec["ivf_nlist"].ok(8) and not spec["ivf_nlist"].ok(0)
+    assert schema.problems({**_job(cfg_factory, "index=faiss"), "index": {
+        "_target_": "siamrec.index.FaissSearch", "method": "annoy"}}) == [
+        "index.method='annoy': must be one of auto|hnsw|ivf"]
+
+
+def _job(cfg_factory, *overrides):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg_factory("recommend", *overrides), resolve=True)
 
 
 def test_faiss_index_is_saved_reused_and_rebuilt_when_the_embeddings_change(tmp_path, cfg_factory, monkeypatch):

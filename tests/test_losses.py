@@ -9,6 +9,20 @@ import tensorflow as tf
 
 from siamrec import losses
 
+# the loss functions by their config names (conf/loss/NAME.yaml builds the class wrapping each)
+FUNCTIONS = {"triplet_semihard": losses.triplet_semihard, "triplet_hard": losses.triplet_hard,
+             "contrastive": losses.contrastive, "multi_similarity": losses.multi_similarity}
+
+
+def loss_from_yaml(name, **params):
+    """The loss `model.loss=NAME` builds: conf/loss/NAME.yaml with `params` over it."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "loss" / f"{name}.yaml")
+    return losses.build_loss(OmegaConf.merge(cfg, params))
+
 # ---------------------------------------------------------------------------
 # Brute-force references: explicit loops, float64, no code shared with siamrec.
 # ---------------------------------------------------------------------------
@@ -172,7 +186,7 @@ CASES = [
 def value_and_grad(name, labels, embeddings, **params):
     x = tf.Variable(embeddings)
     with tf.GradientTape() as tape:
-        value = losses.LOSSES[name](labels, x, **params)
+        value = FUNCTIONS[name](labels, x, **params)
     grad = tape.gradient(value, x)
     return float(value), (np.zeros_like(embeddings) if grad is None else grad.numpy())
 
@@ -186,7 +200,7 @@ def test_matches_reference_with_finite_gradient(name, params, labels, embeddings
     assert np.all(np.isfinite(grad))
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_jaccard_positives_match_reference(name):
     labels, embeddings = multi_label_batch(7, batch=14)
     params = {"positive": "jaccard", "jaccard_threshold": 0.5}
@@ -212,7 +226,7 @@ def test_jaccard_pairs_in_neither_mask_are_ignored():
     assert neg[1, 3] and not pos[1, 3]
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_no_positive_pair(name):
     labels = np.eye(6, dtype="float32")
     embeddings = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
@@ -221,13 +235,13 @@ def test_no_positive_pair(name):
     assert value == 0.0
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_single_item_batch_gives_zero(name):
     value, grad = value_and_grad(name, np.ones((1, 2), "float32"), np.ones((1, 3), "float32"))
     assert value == 0.0 and np.all(np.isfinite(grad))
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_batch_without_negatives(name):
     labels = np.ones((5, 2), dtype="float32")
     embeddings = np.random.default_rng(1).normal(size=(5, 3)).astype("float32")
@@ -319,9 +333,9 @@ def test_contrastive_pair_loss_is_tfa_formula():
 
 def test_loss_scales_invariantly():
     labels, embeddings = multi_label_batch(3)
-    for name in losses.LOSSES:
-        a = float(losses.LOSSES[name](labels, embeddings))
-        b = float(losses.LOSSES[name](labels, 7.0 * embeddings))
+    for name in FUNCTIONS:
+        a = float(FUNCTIONS[name](labels, embeddings))
+        b = float(FUNCTIONS[name](labels, 7.0 * embeddings))
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
@@ -333,28 +347,29 @@ def clustered_data(n=64, n_classes=4, dim=8, seed=0):
     return x, np.eye(n_classes, dtype="float32")[ints]
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_metric_loss_trains_in_model_fit(name):
     keras.utils.set_random_seed(0)
     x, y = clustered_data()
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=losses.MetricLoss(name))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss_from_yaml(name))
     history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     first, second = history.history["loss"]
     assert np.isfinite(first) and second < first
 
 
 def test_metric_loss_config_round_trip(tmp_path):
-    loss = losses.MetricLoss("triplet_hard", margin=0.3, soft=True)
+    loss = loss_from_yaml("triplet_hard", margin=0.3, soft=True)
     config = loss.get_config()
-    assert config == {"name": "triplet_hard", "margin": 0.3, "soft": True}
+    assert config == {"margin": 0.3, "soft": True, "positive": "shared", "jaccard_threshold": 0.5}
+    assert loss.name == "triplet_hard"
     labels, embeddings = multi_label_batch(0)
     expected = float(loss(labels, embeddings))
     for clone in (
-        losses.MetricLoss.from_config(config),
+        losses.TripletHard.from_config(config),
         keras.losses.deserialize(keras.losses.serialize(loss)),
     ):
-        assert isinstance(clone, losses.MetricLoss)
+        assert isinstance(clone, losses.TripletHard)
         assert float(clone(labels, embeddings)) == pytest.approx(expected)
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
@@ -364,23 +379,33 @@ def test_metric_loss_config_round_trip(tmp_path):
     assert restored.loss.get_config() == config
 
 
-def test_get_loss():
-    loss = losses.get_loss("multi_similarity", beta=20.0)
-    assert isinstance(loss, losses.MetricLoss) and loss.params == {"beta": 20.0}
+def test_each_loss_class_computes_its_function_with_its_yaml_settings():
     labels, embeddings = single_label_batch(0)
+    for name, fn in FUNCTIONS.items():
+        loss = loss_from_yaml(name)
+        assert float(loss(labels, embeddings)) == pytest.approx(float(fn(labels, embeddings, **loss.params)))
+    loss = loss_from_yaml("multi_similarity", beta=20.0)
     assert float(loss(labels, embeddings)) == pytest.approx(
         ref_multi_similarity(labels, embeddings, beta=20.0), rel=1e-5
     )
 
 
-def test_unknown_name_or_parameter():
-    valid = "valid names: triplet_semihard, triplet_hard, contrastive, multi_similarity"
-    with pytest.raises(ValueError, match=valid):
-        losses.get_loss("npair")
-    with pytest.raises(ValueError, match="Unknown loss 'npair'"):
-        losses.MetricLoss("npair")
-    with pytest.raises(ValueError, match="Unknown parameter.*'soft'"):
-        losses.get_loss("contrastive", soft=True)
+def test_a_loss_yaml_states_every_constructor_setting():
+    """The YAML is where a loss's defaults live: it sets every parameter of its class's constructor."""
+    import inspect
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "conf" / "loss").glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        cls = getattr(losses, cfg.pop("_target_").rsplit(".", 1)[1])
+        assert set(cfg) == set(inspect.signature(cls.__init__).parameters) - {"self"}, path.name
+
+
+def test_unknown_parameter_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"model.loss: cannot build siamrec.losses.Contrastive.*soft"):
+        loss_from_yaml("contrastive", soft=True)
 
 
 def test_bad_options():

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from siamrec.losses import MetricLoss
+from siamrec.losses import TripletHard
 from siamrec.samplers import ClassBalancedSampler, SampledDataset, as_keras_dataset
 
 
@@ -156,7 +156,7 @@ def test_model_fit_on_dataset():
     x = np.random.default_rng(0).normal(size=(48, 5)).astype("float32")
     sampler = ClassBalancedSampler(labels, classes_per_batch=2, m_per_class=4, seed=0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
-    model.compile(optimizer="adam", loss=MetricLoss("triplet_hard"))
+    model.compile(optimizer="adam", loss=TripletHard(margin=0.2, soft=False, positive="shared", jaccard_threshold=0.5))
     ds = as_keras_dataset(x, labels, sampler)
     before = [ds[i][1] for i in range(len(ds))]
     history = model.fit(ds, epochs=2, verbose=0)

@@ -3,18 +3,14 @@ line naming the key, and the schema stays in step with the code it describes."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
 
 from siamrec import schema
-from siamrec.cli import CONF_DIR, compose, strip_hydra
+from siamrec.cli import compose, strip_hydra
+from siamrec.configs import group_options
 from siamrec.errors import SiamrecError
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -33,7 +29,9 @@ def test_every_shipped_option_validates(overrides):
     ("model.epochs=abc", ["model.epochs='abc'", "an integer >= 1"]),
     ("model.epochs=-5", ["model.epochs=-5"]),
     ("model.lr=fast", ["model.lr='fast'", "a positive number"]),
-    ("model.loss=npair", ["model.loss='npair'", "triplet_semihard|triplet_hard|contrastive|multi_similarity"]),
+    ("model.loss.margin=-1", ["model.loss.margin=-1", "a number >= 0"]),
+    ("model.loss.positive=any", ["model.loss.positive='any'", "shared|jaccard"]),
+    ("+model.loss.margn=1", ["unknown setting model.loss.margn", "model.loss.margin"]),
     ("model.dropout=1.0", ["model.dropout=1.0", "[0, 1)"]),
     ("model.hidden=[0]", ["model.hidden=[0]", "layer widths"]),
     ("+model.lrr=0.1", ["unknown setting model.lrr", "model.lr"]),
@@ -76,7 +74,7 @@ def test_the_lead_s_new_keys_validate():
         "+model=siamese", "model.train_on=windows", "clip.windows=spread:4", "clip.hop=2.5",
         "clip.max_windows=64", "clip.pool=mean_std", "features.parts=[block1,block2]", "extract.engine=ray",
         "features.combine=[{backbone:musicnn_msd,parts:[penultimate]}]", "model.trainable=last:2",
-        "extract.ray={address:null,actors:2,num_gpus:0.5}", "seed=1"]))
+        "extract.engine.actors=2", "extract.engine.num_gpus=0.5", "seed=1"]))
     assert schema.problems(cfg) == []
 
 
@@ -91,11 +89,13 @@ def test_closest_keys():
     assert schema.closest("eval.kss")[0] == "eval.ks"
 
 
-def test_loss_parameters_match_the_losses():
-    from siamrec import losses
-
-    for name, fn in losses.LOSSES.items():
-        assert schema.LOSS_PARAMS[name] == tuple(inspect.signature(fn).parameters)[2:], name
+def test_a_components_settings_are_its_constructors_typed_parameters():
+    spec = schema.constructor_spec("siamrec.losses.MultiSimilarity")
+    assert set(spec) == {"alpha", "beta", "base", "epsilon", "positive", "jaccard_threshold"}
+    assert spec["alpha"].ok(2.0) and not spec["alpha"].ok(0) and not spec["alpha"].ok("2")
+    assert spec["positive"].ok("jaccard") and not spec["positive"].ok("any")
+    assert spec["jaccard_threshold"].ok(1.0) and not spec["jaccard_threshold"].ok(0.0)
+    assert schema.constructor_spec("siamrec.models.heads.IdentityHead") is None  # **params: not typed
 
 
 def test_schema_module_imports_nothing_heavy():
@@ -113,3 +113,13 @@ def test_fractions_that_leave_no_training_songs_are_refused():
     cfg = strip_hydra(compose("train", ["+model=lda", "split.valid=0.5", "split.test=0.5"]))
     assert schema.problems(cfg) == ["split.valid=0.5 and split.test=0.5: together they must leave songs for "
                                     "training (< 1)"]
+
+
+def test_a_loss_is_chosen_by_name_on_the_command_line(capsys):
+    from siamrec.cli import main
+
+    assert main(["train", "+model=siamese", "model.loss=multi_similarity", "model.loss.beta=20", "--cfg"]) == 0
+    shown = capsys.readouterr().out
+    assert "_target_: siamrec.losses.MultiSimilarity" in shown and "beta: 20" in shown
+    assert main(["train", "+model=siamese", "model.loss=npair", "--cfg"]) == 2
+    assert "npair: no such option (contrastive|multi_similarity|triplet_hard|triplet_semihard)" in capsys.readouterr().err

@@ -106,16 +106,27 @@ def test_a_foreign_head_through_the_cli_is_one_line_exit_1(tmp_path, probe, caps
 
 
 def test_components_of_a_config_folder_the_user_names_are_trusted(tmp_path):
-    from siamrec import trust
+    from siamrec import configs, trust
 
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "mine.yaml").write_text("_target_: my_plugin.MyHead\n")
     with pytest.raises(SiamrecError):
         trust.check_target("my_plugin.MyHead", "head.json")
-    before = list(trust._user_dirs)
+    before = list(configs._user_dirs)
     try:
-        trust.add_config_dirs([f"file://{tmp_path / 'conf'}"])
+        configs.add_config_dirs([f"file://{tmp_path / 'conf'}"])
         assert trust.check_target("my_plugin.MyHead", "head.json") == "my_plugin.MyHead"
     finally:
-        trust._user_dirs[:] = before
+        configs._user_dirs[:] = before
     assert "siamrec.models.siamese.SiameseHead" in trust.declared_targets()
+
+
+def test_a_head_may_carry_a_component_of_siamrecs_configs_but_nothing_else():
+    from siamrec import trust
+
+    trust.check_plain({"name": "siamese", "loss": {"_target_": "siamrec.losses.TripletHard", "margin": 0.2}}, "cfg")
+    for bad in ({"_target_": "os.system", "command": "true"},
+                {"_target_": "siamrec.losses.TripletHard", "margin": {"_target_": "os.system"}},
+                {"_target_": "siamrec.losses.TripletHard", "_args_": ["x"]}):
+        with pytest.raises(SiamrecError, match="refused"):
+            trust.check_plain({"loss": bad}, "head.json: cfg")

@@ -4,7 +4,7 @@ run on its own or another dataset (run=RUN), or of several runs side by side (ru
 from __future__ import annotations
 
 from siamrec.errors import SiamrecError
-from siamrec.pipeline import base_features, finish_run, load_data, require_model
+from siamrec.pipeline import base_features, finish_run, load_data, require_head
 
 
 def evaluate(cfg, run_dir) -> dict:
@@ -32,8 +32,8 @@ def evaluate(cfg, run_dir) -> dict:
         data = load_data(cfg, run_dir)
         data, emb = embed_with_run(cfg.run, cfg, data, run_dir)
         return finish_run(cfg, run_dir, data, emb, plots=False)
-    name = require_model(cfg, "evaluate")
-    if name != "identity":
+    if require_head(cfg, "evaluate").trains:
+        name = cfg.model.name
         raise SiamrecError(
             f"+model={name} must be trained first: python -m siamrec train +model={name} ..., "
             "then python -m siamrec evaluate run=THAT_RUN_FOLDER"

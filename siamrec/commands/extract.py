@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.embedder import embed_with_run
-from siamrec.engines import ExtractJob, make_engine
+from siamrec.embedder import ExtractJob
+from siamrec.engines import make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings
@@ -75,7 +76,7 @@ def _extract(cfg, out: Path, progress: Progress) -> Path:
     shard_size = int(cfg.extract.shard_size)
     if shard_size < 1:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
-    engine = make_engine(str(cfg.extract.engine), cfg.extract.ray)
+    engine = make_engine(cfg.extract.engine)
     lib = load_library(cfg.data, cfg.paths)
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
         if run is None:

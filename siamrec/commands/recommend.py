@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.audio import AUDIO_EXTENSIONS
+from siamrec.embedder import embed_new_songs
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.m3u import write_m3u8
@@ -52,18 +52,6 @@ def _seed_list(seed) -> list[str]:
         else:
             seeds.append(s)
     return seeds
-
-
-def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
-    """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
-    embedded in batches); a song that cannot be decoded is an error naming it."""
-    from siamrec.embedder import RunEmbedder
-
-    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
-    if failures:
-        i, reason = failures[0]
-        raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
-    return emb
 
 
 def recommend(cfg, run_dir) -> list[tuple]:

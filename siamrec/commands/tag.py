@@ -23,8 +23,8 @@ def tag(cfg, run_dir) -> list[tuple[str, list[tuple[str, float]]]]:
     if not bundle.pretrained:
         raise SiamrecError("backbone.pretrained=false has no trained tagger; drop that setting")
     if bundle.needs_preparation:
-        raise SiamrecError(f"backbone {bundle.name} estimates statistics over a library first; tag uses "
-                           "backbone=choi2017_keras2 (the default of tag) or backbone.bn_stats=per_clip")
+        raise SiamrecError(f"backbone {bundle.name} estimates statistics over a library first; tag with the default "
+                           "backbone, backbone=choi2017_keras2 or backbone.bn_stats=per_clip")
     model = bundle.build(cfg.paths)
     top = int(cfg.tag.top)
     results, rows = [], []

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.pipeline import Data, base_features, finish_run, load_data, require_model
+from siamrec.pipeline import Data, base_features, finish_run, load_data, require_head
 
 TRAIN_ON = ("songs", "windows")
 
 
 def train(cfg, run_dir) -> dict:
-    name = require_model(cfg, "train")
+    head = require_head(cfg, "train")
     train_on = cfg.model.get("train_on", "songs")  # identity has none: it trains nothing
     if train_on not in TRAIN_ON:
         raise SiamrecError(f"model.train_on={train_on!r}: use songs (one row per song) or windows (one per window)")
@@ -23,32 +23,29 @@ def train(cfg, run_dir) -> dict:
     data = load_data(cfg, run_dir)
     if not data.mask("train").any():
         raise SiamrecError("the train split is empty: give split.train=FILE (split=files) or use split=stratified")
-    if name == "baseline" and data.is_audio:
+    if head.fine_tunes_backbone and data.is_audio:
         return _finetune_audio(cfg, data, run_dir)
-    return _fit_head(cfg, data, run_dir)
+    return _fit_head(cfg, data, run_dir, head)
 
 
-def _fit_head(cfg, data: Data, run_dir) -> dict:
+def _fit_head(cfg, data: Data, run_dir, head) -> dict:
     """Heads on fixed features (the backbone's song vectors, or the given feature rows); with
     model.finetune_backbone=true the Siamese head then trains on through the backbone."""
-    from siamrec.evaluation import classification_metrics
-    from siamrec.models.heads import head_from_config
-
     from siamrec.encoder import make_encoder
+    from siamrec.evaluation import classification_metrics
 
     train_on = cfg.model.get("train_on", "songs") if data.is_audio else "songs"  # identity trains nothing
     through_backbone = bool(cfg.model.get("finetune_backbone"))  # siamese only
     encoder = make_encoder(cfg, data, normalise=not through_backbone) if data.is_audio else None
     feats = base_features(cfg, data, run_dir, encoder, keep_windows=train_on == "windows")
     data, y = feats.data, feats.data.y
-    head = head_from_config(cfg.model)
     x_tr, y_tr = feats.rows("train", train_on=train_on)
     x_va, y_va = feats.rows("valid")
     print(f"fitting {head.kind} on {len(x_tr)} training {train_on} of {data.mask('train').sum()} songs "
           f"({feats.x.shape[1]}-d features)")
     history = head.fit(x_tr, y_tr, x_va, y_va)
     if through_backbone:
-        if head.kind != "siamese" or encoder is None:
+        if not head.trains_through_backbone or encoder is None:
             raise SiamrecError("model.finetune_backbone=true needs +model=siamese on audio (data=demo|folder|csv)")
         feats, more = _train_through_backbone(cfg, data, one_backbone(encoder, "model.finetune_backbone"), head,
                                               run_dir)

@@ -28,7 +28,7 @@ def load_library(data_cfg, paths_cfg=None) -> Library:
         raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
                            "not a data source; choose data=library|beets|demo|folder|csv|features|playlists") from None
     lib = loader(data_cfg, paths_cfg)
-    return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
+    return apply_label_hygiene(lib, data_cfg.min_label_count)
 
 
 def _required(data_cfg, key: str) -> str:
@@ -111,19 +111,19 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
 
 def from_csv(data_cfg, _paths_cfg=None) -> Library:
     manifest = Path(str(_required(data_cfg, "manifest"))).expanduser()
-    return read_manifest(manifest, label_sep=data_cfg.get("label_sep", "|"))
+    return read_manifest(manifest, label_sep=data_cfg.label_sep)
 
 
 def demo(data_cfg, paths_cfg) -> Library:
     from siamrec.data.demo import ensure_demo
 
-    label_kind = data_cfg.get("labels", "genre")
+    label_kind = data_cfg.labels
     columns = {"genre": "labels", "tags": "tags"}
     if label_kind not in columns:
         raise SiamrecError(f"data.labels={label_kind!r}: use genre (single-label) or tags (multi-label)")
     cache = Path(str(paths_cfg.cache)).expanduser() / "demo"
-    folder = ensure_demo(cache, n_per_style=int(data_cfg.get("n_per_style", 24)),
-                         duration=float(data_cfg.get("duration", 30.0)))
+    folder = ensure_demo(cache, n_per_style=int(data_cfg.n_per_style), duration=float(data_cfg.duration),
+                         sr=int(data_cfg.sample_rate))
     return read_manifest(folder / "manifest.csv", label_column=columns[label_kind],
                          allowed_columns=("path", "labels", "tags", "group"))
 
@@ -163,13 +163,13 @@ def from_features(data_cfg, _paths_cfg=None) -> Library:
         rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
     except csv.Error as exc:
         raise SiamrecError(f"data.labels: {labels_path}, line {reader.line_num}: not a valid CSV row ({exc})") from None
-    label_column, key_column = data_cfg.get("label_column", "label"), data_cfg.get("key_column")
+    label_column, key_column = data_cfg.label_column, data_cfg.key_column
     for setting, col in (("label_column", label_column), ("key_column", key_column)):
         if col is not None and col not in columns:
             raise SiamrecError(f"data.{setting}={col!r}: not a column of {labels_path} (columns: {columns})")
     if len(rows) != len(x):
         raise SiamrecError(f"data.labels: {labels_path} has {len(rows)} rows but the features {len(x)}; they must align")
-    sep = data_cfg.get("label_sep", "|")
+    sep = data_cfg.label_sep
     labels = [tuple(t.strip() for t in str(r[label_column]).split(sep) if t.strip()) for r in rows]
     keys = [str(r[key_column]) for r in rows] if key_column else [str(i) for i in range(len(rows))]
     if len(set(keys)) != len(keys):

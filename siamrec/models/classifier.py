@@ -34,6 +34,7 @@ def early_stopping(monitor_valid: bool, patience: int):
 
 class ClassifierHead(KerasHead):
     kind = "classifier"
+    fine_tunes_backbone = True  # the paper's baseline on audio: siamrec.models.finetune (train's _finetune_audio)
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None):
         import keras

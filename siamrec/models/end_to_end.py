@@ -18,7 +18,7 @@ def finetune_end_to_end(bundle, backbone, head, clips: np.ndarray, y: np.ndarray
     """Train the groups `model.trainable` of the backbone and `head` jointly on `clips`; returns the history."""
     import keras
 
-    from siamrec.losses import MetricLoss
+    from siamrec.losses import build_loss
     from siamrec.samplers import ClassBalancedSampler, as_keras_dataset
 
     bundle.set_trainable(backbone, trainable_groups(bundle, model_cfg.trainable))
@@ -29,12 +29,12 @@ def finetune_end_to_end(bundle, backbone, head, clips: np.ndarray, y: np.ndarray
     scaled = keras.layers.Normalization(mean=head.mu, variance=np.square(head.sigma), name="standardise")(feats)
     chain = keras.Model(backbone.input, head.model(scaled), name="siamese_end_to_end")
     try:
-        loss = MetricLoss(str(model_cfg.loss), **dict(model_cfg.loss_params or {}))
+        loss = build_loss(model_cfg.loss)
         usable_labels = int((y.sum(axis=0) >= 2).sum())
         sampler = ClassBalancedSampler(y, min(int(model_cfg.classes_per_batch), max(usable_labels, 2)),
                                        int(model_cfg.m_per_class), seed=int(model_cfg.seed))
     except ValueError as exc:
-        raise SiamrecError(f"model ({model_cfg.loss}): {exc}") from None
+        raise SiamrecError(f"model=siamese: {exc}") from None
     chain.compile(optimizer=keras.optimizers.Adam(float(model_cfg.backbone_lr)), loss=loss)
     history = chain.fit(as_keras_dataset(clips, y.astype(np.float32), sampler),
                         epochs=int(model_cfg.backbone_epochs), verbose=2)

@@ -26,6 +26,9 @@ class Head:
     """Base: fit(x_train, y_train, x_valid, y_valid) → history dict; transform(x) → embeddings."""
 
     kind = "base"
+    trains = True               # False: nothing to fit (evaluate scores such a head without a train run)
+    fine_tunes_backbone = False  # True: on audio, train fine-tunes the backbone itself and embeds with it
+    trains_through_backbone = False  # True: model.finetune_backbone=true trains it end to end with the backbone
 
     def __init__(self, **params):
         self.cfg = dict(params)
@@ -46,6 +49,7 @@ class Head:
 
 class IdentityHead(Head):
     kind = "identity"
+    trains = False
 
     def transform(self, x):
         return np.asarray(x, dtype=np.float32)
@@ -198,7 +202,7 @@ def head_from_config(model_cfg) -> Head:
     """The head of `model` (built from its YAML's `_target_`; the other keys are its settings)."""
     from hydra.utils import instantiate
 
-    return instantiate(model_cfg, _convert_="all")
+    return instantiate(model_cfg, _convert_="all", _recursive_=False)  # its components (model.loss) stay settings
 
 
 def load_head(run_dir) -> Head:

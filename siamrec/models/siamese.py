@@ -111,6 +111,7 @@ def validation_map_callback(x_valid: np.ndarray, y_valid: np.ndarray, batch_size
 
 class SiameseHead(KerasHead):
     kind = "siamese"
+    trains_through_backbone = True  # model.finetune_backbone=true: siamrec.models.end_to_end
 
     def fit(self, x_train, y_train, x_valid=None, y_valid=None):
         c = self.cfg
@@ -134,7 +135,7 @@ class SiameseHead(KerasHead):
         validation_map_callback). Returns the history and the epoch kept (1-based)."""
         import keras
 
-        from siamrec.losses import MetricLoss
+        from siamrec.losses import build_loss
         from siamrec.samplers import ClassBalancedSampler, as_keras_dataset
 
         c = self.cfg
@@ -149,7 +150,7 @@ class SiameseHead(KerasHead):
             int(c["branches"]))
         usable_labels = int(((y != 0).sum(axis=0) >= 2).sum())
         try:
-            loss = MetricLoss(str(c["loss"]), **dict(c.get("loss_params") or {}))
+            loss = build_loss(c["loss"])
             sampler = ClassBalancedSampler(y, min(int(c["classes_per_batch"]), max(usable_labels, 2)),
                                            int(c["m_per_class"]), seed=int(c["seed"]))
         except ValueError as exc:

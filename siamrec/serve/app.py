@@ -367,7 +367,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
 
     def _embed(path: Path) -> tuple:
         """The upload's embedding and its warnings: a near-silent or very short song is embedded but flagged."""
-        from siamrec.commands.recommend import embed_new_songs
+        from siamrec.embedder import embed_new_songs
         from siamrec.data.audio import AudioError, loudness
 
         if not (cat.run / "backbone.keras").is_file():

@@ -450,7 +450,7 @@ def test_demo_source_reads_genre_or_tags_from_the_demo_manifest(tmp_path, monkey
 
     monkeypatch.setattr("siamrec.data.demo.ensure_demo", fake_ensure_demo)
     paths = OmegaConf.create({"cache": str(tmp_path / "cache")})
-    cfg = {"source": "demo", "n_per_style": 3, "duration": 2.5, "min_label_count": 1}
+    cfg = {"source": "demo", "n_per_style": 3, "duration": 2.5, "min_label_count": 1, "sample_rate": 16000}
 
     genre = load_library(data_yaml({**cfg, "labels": "genre"}), paths)
     assert calls[-1] == (tmp_path / "cache" / "demo", 3, 2.5)

@@ -1,0 +1,1 @@
+"""The shipped configs, installed as the package siamrec.conf (see pyproject.toml and siamrec/configs.py)."""

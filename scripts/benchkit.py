@@ -1,0 +1,146 @@
+"""What the benchmarks of scripts/ share, so none repeats it: where the repository and the shared data are,
+synthetic songs and libraries, a synthetic run folder (embeddings + items.csv, written by siamrec's own
+writer), timing and memory figures, and Markdown tables.
+
+Each script imports it by name (`python scripts/NAME.py` puts scripts/ on the path), and every script runs in
+the test suite at a tiny size (tests/test_scripts.py), so none rots unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out of the figures
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
+
+# The synthetic library's formats and rates: every decoder path and resampling ratio the extractor meets.
+FORMATS = (("wav", 44100), ("flac", 48000), ("mp3", 44100), ("ogg", 22050))
+
+
+# --- songs and libraries -----------------------------------------------------------------------------------------
+def synth_song(seconds: float, sr: int, rng) -> np.ndarray:
+    """Stereo 'music': a bass line and chords that change every 2 s, noise-burst drums, a little hiss."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    notes = 110.0 * 2 ** (rng.integers(0, 24, int(seconds // 2) + 1) / 12)
+    f = notes[(t // 2).astype(int)]
+    y = 0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr) + 0.1 * np.sin(2 * np.pi * np.cumsum(1.5 * f) / sr)
+    beat = (t * 2) % 1 < 0.05
+    y = y + 0.3 * beat * rng.normal(size=n) + 0.01 * rng.normal(size=n)
+    left, right = y, np.roll(y, 64)
+    return (0.8 * np.stack([left, right], axis=1) / np.abs(y).max()).astype(np.float32)
+
+
+def write_song(path: Path, y: np.ndarray, sr: int) -> None:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(path, "w", sr, y.shape[1]) as f:  # in 1-s pieces: libsndfile's ogg writer crashes on long calls
+        for start in range(0, len(y), sr):
+            f.write(y[start:start + sr])
+
+
+def make_library(root: Path, n: int, seconds: float, seed: int = 0) -> list[Path]:
+    """n synthetic songs under root/style{0..3}/, cycling through FORMATS."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        fmt, sr = FORMATS[i % len(FORMATS)]
+        path = Path(root) / f"style{i % 4}" / f"song{i:04d}.{fmt}"
+        write_song(path, synth_song(seconds, sr, rng), sr)
+        paths.append(path)
+    return paths
+
+
+def link_library(paths, root: Path, copies: int) -> None:
+    """`copies` hard links of every song under root (same label folders), so 10×N costs no extra disk."""
+    for c in range(copies):
+        for p in map(Path, paths):
+            target = Path(root) / p.parent.name / f"{p.stem}_copy{c}{p.suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(p, target)
+
+
+# --- embeddings and runs -------------------------------------------------------------------------------------------
+def clustered(n: int, dim: int, centres: int, rng, noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """(n × dim float32 rows around `centres` random N(0, 1) centres with N(0, noise²) scatter, each row's centre)."""
+    points = rng.normal(size=(centres, dim)).astype(np.float32)
+    centre = rng.integers(0, centres, n)
+    return points[centre] + rng.normal(scale=noise, size=(n, dim)).astype(np.float32), centre
+
+
+def write_run(folder: Path, emb: np.ndarray, labels: list[str], per_artist: int = 10) -> Path:
+    """A run folder as `serve` and `recommend` read it (embeddings.npy + items.csv, by siamrec's own writer):
+    fake paths, one label per song, `per_artist` songs per artist (the group)."""
+    from siamrec.runs import write_embeddings
+
+    n = len(emb)
+    keys = [f"artist{i // per_artist:05d}/song{i:06d}.flac" for i in range(n)]
+    write_embeddings(folder, emb, keys, [f"/nonexistent/music/{k}" for k in keys], [(lab,) for lab in labels],
+                     [""] * n, [k.split("/")[0] for k in keys])
+    return Path(folder)
+
+
+# --- figures -------------------------------------------------------------------------------------------------------
+def figure(name: str, value: float, unit: str = "", digits: int = 2) -> None:
+    """One measured figure on its own line: `name: value unit`."""
+    print(f"{name}: {value:.{digits}f}{' ' + unit if unit else ''}", flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (separate worker processes are not counted)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / 2**20 if sys.platform == "darwin" else kib / 2**10
+
+
+def cpu_s(who=resource.RUSAGE_SELF) -> float:
+    """User + system CPU seconds of this process (or of its waited-for children with RUSAGE_CHILDREN)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def timed():
+    """`with timed() as t: ...` then t.wall_s and t.cpu_s: the block's wall-clock and CPU seconds."""
+    class Times:
+        wall_s = cpu_s = float("nan")
+
+    times, wall, cpu = Times(), time.perf_counter(), cpu_s()
+    try:
+        yield times
+    finally:
+        times.wall_s, times.cpu_s = time.perf_counter() - wall, cpu_s() - cpu
+
+
+def median_ms(fn, repeat: int) -> float:
+    """The median wall-clock milliseconds of `repeat` calls of fn()."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def table(header, rows) -> str:
+    """A Markdown table (each row a sequence of cells, already formatted as text)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,82 @@
+"""A command's run folder: where it goes (hydra.run.dir; never into a folder that already holds a run unless
+overwrite=true), its record (.hydra/config.yaml and overrides.yaml) made before any result, and its removal when a
+command fails before writing anything."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from siamrec.errors import SiamrecError
+from siamrec.overrides import key_of
+
+RECORD = (".hydra", "run.log")  # what a command writes into its run folder before any result
+
+
+def contents(folder: Path) -> list[str]:
+    """Names in `folder` other than the run's own record (.hydra/, run.log)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name not in RECORD)
+    except OSError:
+        return []
+
+
+def plan_run_dir(cfg, overrides: list[str], overwrite: bool) -> Path:
+    """The run folder for this command: hydra.run.dir, refused when it already holds files (unless `overwrite`);
+    a dated default folder taken in the same second gets a suffix instead."""
+    if str(cfg.hydra.run.dir).strip() in ("", "None"):
+        raise SiamrecError("hydra.run.dir is empty: name the folder for this run, e.g. hydra.run.dir=outputs/my-run")
+    run_dir = Path(str(cfg.hydra.run.dir)).expanduser()
+    explicit = any(key_of(o) == "hydra.run.dir" for o in overrides)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SiamrecError(f"hydra.run.dir={run_dir}: is a file, not a folder; choose a new folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not explicit:  # two runs in the same second: keep both
+            return run_dir.with_name(f"{run_dir.name}-{datetime.now():%f}")
+        if not overwrite:
+            shown = ", ".join(contents(run_dir)[:4]) or ".hydra/"
+            raise SiamrecError(f"hydra.run.dir={run_dir} already holds a run ({shown}); nothing was changed. "
+                               "Choose a new folder, or add overwrite=true to write into it")
+    return run_dir
+
+
+def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
+    """Create the run folder and record the config there (.hydra/)."""
+    from omegaconf import OmegaConf
+
+    from siamrec.errors import disk_errno_codes
+    from siamrec.runs import atomic_write_text, disk_reason
+
+    try:
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = disk_reason(exc) if exc.errno in disk_errno_codes() else (exc.strerror or str(exc))
+        raise SiamrecError(f"hydra.run.dir={run_dir}: cannot make the run folder ({reason}); "
+                           "choose a folder you can write to") from None
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(job_cfg))
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    return run_dir
+
+
+def remove_if_empty(run_dir: Path | None) -> bool:
+    """Remove a run folder this command created when it holds nothing but its record; True if removed."""
+    import shutil
+
+    if run_dir is None or not run_dir.is_dir() or contents(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
+
+
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder); True if removed."""
+    import shutil
+
+    try:
+        unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
+    except OSError:
+        return False
+    if unused:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return unused and not run_dir.exists()

@@ -1,0 +1,76 @@
+"""ClassifierHead: the paper's baseline on precomputed features (data=features), a dense classifier whose
+penultimate layer is the embedding; single-label (softmax) and multi-label (sigmoid), saved and loaded."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import head_from_yaml
+
+from siamrec.metrics import retrieval_metrics
+from siamrec.models.classifier import ClassifierHead, class_weights, is_multilabel
+from siamrec.models.heads import load_head
+
+FAST = {"hidden": 16, "head_epochs": 40, "head_batch_size": 16, "head_lr": 0.01, "dropout": 0.0, "head_patience": 40}
+
+
+def clusters(n_per=20, labels=3, dim=12, seed=0, spread=4.0):
+    """Labelled clusters hidden among noise dimensions: the classifier must find the few that matter."""
+    rng = np.random.default_rng(seed)
+    classes = np.repeat(np.arange(labels), n_per)
+    x = rng.normal(size=(len(classes), dim))
+    x[:, :3] += spread * rng.normal(size=(labels, 3))[classes]
+    return x.astype(np.float32), np.eye(labels, dtype=bool)[classes]
+
+
+def test_the_baseline_yaml_builds_a_classifier_head():
+    head = head_from_yaml("baseline")
+    assert isinstance(head, ClassifierHead) and head.fine_tunes_backbone and head.trains
+
+
+def test_single_label_embedding_is_the_penultimate_layer_and_separates_held_out_items():
+    keras.utils.set_random_seed(0)
+    x, y = clusters()
+    tr, te = np.arange(len(x)) % 4 != 0, np.arange(len(x)) % 4 == 0
+    head = head_from_yaml("baseline", **FAST)
+    history = head.fit(x[tr], y[tr], x[te], y[te])
+    assert "loss" in history and "val_loss" in history
+    emb = head.transform(x[te])
+    assert emb.shape == (te.sum(), FAST["hidden"]) and np.isfinite(emb).all()
+    proba = head.predict_proba(x[te])
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)  # softmax over the labels
+    assert (proba.argmax(axis=1) == y[te].argmax(axis=1)).mean() > 0.8
+    assert retrieval_metrics(emb, y[te])["map"] > 0.8  # held-out songs of a label lie close in the embedding
+
+
+def test_multi_label_data_gets_independent_sigmoid_outputs():
+    keras.utils.set_random_seed(1)
+    x, y = clusters(seed=1)
+    y[::3, (y[::3].argmax(axis=1) + 1) % y.shape[1]] = True  # a second tag on every third item
+    assert is_multilabel(y) and class_weights(y) is None
+    head = head_from_yaml("baseline", **FAST)
+    head.fit(x, y)
+    proba = head.predict_proba(x)
+    assert proba.shape == y.shape and ((proba >= 0) & (proba <= 1)).all()
+    assert not np.allclose(proba.sum(axis=1), 1, atol=1e-3)  # not a softmax
+
+
+def test_class_weights_balance_unequal_labels():
+    y = np.eye(2, dtype=bool)[[0, 0, 0, 1]]
+    assert class_weights(y) == pytest.approx({0: 4 / 6, 1: 2.0})
+
+
+def test_save_and_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = clusters(seed=2)
+    head = head_from_yaml("baseline", **FAST)
+    head.fit(x, y)
+    head.save(tmp_path)
+    saved = json.loads((tmp_path / "head.json").read_text())
+    assert saved["target"] == "siamrec.models.classifier.ClassifierHead" and saved["cfg"]["hidden"] == FAST["hidden"]
+    again = load_head(tmp_path)
+    assert isinstance(again, ClassifierHead)
+    np.testing.assert_allclose(again.transform(x), head.transform(x), rtol=1e-5, atol=1e-5)
