@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.runs import existing_run
+from siamrec.runs import existing_run, read_run_file
 
 
 class RunEmbedder:
@@ -20,7 +20,7 @@ class RunEmbedder:
         self.run_dir = existing_run(run_dir)
         self.head = load_head(self.run_dir)
         spec = self.run_dir / "extractor.json"
-        self.spec = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else None
+        self.spec = read_run_file(self.run_dir, spec.name, _encoder_spec) if spec.is_file() else None
         if self.spec is None and (self.run_dir / "backbone.keras").is_file() or self.spec and "members" not in self.spec:
             raise SiamrecError(f"run={self.run_dir} was made by an older siamrec; train it again")
         self._encoder = None
@@ -56,11 +56,22 @@ class RunEmbedder:
         return out, sf.failures
 
 
-def embed_with_run(run, cfg, data, out_dir):
+def _encoder_spec(path) -> dict:
+    """extractor.json, checked for its shape (each member: backbone, clip, parts, model)."""
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    members = spec.get("members") if isinstance(spec, dict) else None
+    if members is not None and not (isinstance(members, list) and members and all(
+            isinstance(m, dict) and isinstance(m.get("backbone"), dict) and isinstance(m.get("clip"), dict)
+            and isinstance(m.get("model"), str) and isinstance(m.get("parts"), (list, type(None))) for m in members)):
+        raise ValueError("its members are not {backbone, clip, parts, model} entries")
+    return spec
+
+
+def embed_with_run(embedder: RunEmbedder, cfg, data, out_dir):
     """Embed the items of `data` with the run's model; returns (kept items, embeddings)."""
     from siamrec.pipeline import audio_features
 
-    embedder = RunEmbedder(run)
+    run = embedder.run_dir
     if data.is_audio:
         feats = audio_features(embedder.encoder(cfg), data, cfg, out_dir)
         return feats.data, embedder.from_features(feats.x)

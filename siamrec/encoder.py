@@ -128,15 +128,14 @@ class SongEncoder:
     def load(cls, run_dir, spec: dict, cfg) -> "SongEncoder":
         """The encoder a run saved (its bundles, models and clip settings); batch size, workers and the cache come
         from `cfg.features` and `cfg.paths`."""
-        import keras
-
         from siamrec.extractor import Extractor, decode_workers, make_bundle
+        from siamrec.runs import load_keras
 
         cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
         members = []
         for m in spec["members"]:
             bundle = make_bundle(m["backbone"])  # imports the bundle's module: registers its layers
-            model = keras.saving.load_model(Path(run_dir) / m["model"], compile=False, safe_mode=True)
+            model = load_keras(run_dir, m["model"])
             extractor = Extractor(bundle, model, m["clip"], batch_size=int(cfg.features.batch_size),
                                   workers=decode_workers(cfg.features), cache_root=cache)
             members.append(Member(extractor, m["parts"], m["backbone"]))

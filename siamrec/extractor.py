@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from siamrec.data.audio import AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
-from siamrec.runs import atomic_write_bytes, write_csv
+from siamrec.runs import atomic_write_bytes, sha256_file, write_csv
 
 POOLS = ("mean", "mean_std")
 
@@ -113,14 +113,6 @@ def fingerprint(bundle, model, clip_cfg) -> str:
 
 
 # --- file identity and the feature cache ------------------------------------------------------------------------
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
@@ -140,7 +132,7 @@ class FileDigests:
         row = self.db.execute("SELECT size, mtime, sha256 FROM files WHERE path = ?", (path,)).fetchone()
         if row and row[0] == size and row[1] == mtime:
             return row[2]
-        digest = file_digest(path)
+        digest = sha256_file(path)
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, size, mtime, digest))
         return digest
@@ -187,7 +179,7 @@ def _decode(job):
     i, path, plan, want_digest = job
     try:
         windows = decode_windows(path, plan)
-        return i, windows, None, file_digest(path) if want_digest else None
+        return i, windows, None, sha256_file(path) if want_digest else None
     except AudioError as exc:
         return i, None, exc.reason, None
     except OSError as exc:

@@ -193,11 +193,130 @@ def _gist(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
+# The completion marker: written last (atomically) by the commands whose output folder is a run for `run=`
+# (train and evaluate at the end of finish_run, extract at its end). It records every file of the run that a
+# later command reads, with its size and sha256; a folder without it is unfinished (its command failed or was
+# interrupted, or a siamrec older than the marker made it) and is refused.
+FINISHED = "finished.json"
+# The files of a run folder that make up its model (those present are recorded, hashed and copied by extract).
+MODEL_FILES = ("extractor.json", "head.json", "model.keras", "lda.npz", "scaler.npz")
+DATA_FILES = ("embeddings.npy", "items.csv")  # large; checked by size here and by their content when read
+
+
+def model_files(run_dir) -> list[Path]:
+    """The run's model files that exist: its head and encoder files and every backbone model (backbone*.keras)."""
+    run_dir = Path(run_dir)
+    return [run_dir / n for n in MODEL_FILES if (run_dir / n).is_file()] + sorted(run_dir.glob("backbone*.keras"))
+
+
+def sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def mark_finished(run_dir) -> Path:
+    """Write the run's completion marker, last: its data and model files with their size and sha256."""
+    run_dir = Path(run_dir)
+    files = [run_dir / n for n in DATA_FILES if (run_dir / n).is_file()] + model_files(run_dir)
+    return write_json(run_dir / FINISHED, {"files": {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                                                     for p in files}})
+
+
+def unmark_finished(folder) -> None:
+    """A command about to write into `folder` makes it unfinished until it writes the marker again."""
+    try:
+        (Path(folder) / FINISHED).unlink(missing_ok=True)
+    except OSError as exc:
+        raise SiamrecError(f"cannot write {folder}: {disk_reason(exc)}") from None
+
+
+def read_run_file(run_dir, name: str, read):
+    """`read(path)` of the run's file `name`; a missing, damaged or foreign file is a SiamrecError naming it (one
+    line), whatever the reader raised."""
+    path = Path(run_dir) / name
+    redo = "restore it, or train the run again"
+    if not isinstance(name, str) or Path(name).name != name:
+        raise SiamrecError(f"run={run_dir}: names the model file {name!r}, which is not a file of the run folder")
+    if not path.is_file():
+        raise SiamrecError(f"run={run_dir}: {name} is missing; {redo}")
+    try:
+        return read(path)
+    except SiamrecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage, another format, another shape
+        raise SiamrecError(f"run={run_dir}: {name} is damaged or not a siamrec model file ({_gist(exc)}); "
+                           f"{redo}") from None
+
+
+def read_arrays(path, shapes: dict[str, int]) -> dict[str, np.ndarray]:
+    """The named finite float arrays of an .npz (no pickles), each of the given number of dimensions."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: np.asarray(z[k]) for k in shapes}
+    for k, ndim in shapes.items():
+        a = arrays[k]
+        if a.ndim != ndim or not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+            raise ValueError(f"{k} is not a finite {ndim}-D float array ({a.dtype}, shape {a.shape})")
+    return arrays
+
+
+def load_keras(run_dir, name: str):
+    """A Keras model file of a run, loaded with safe_mode (no code in it runs): a damaged file or one holding
+    code (a Lambda layer) is a SiamrecError naming it."""
+    def read(path):
+        import keras
+
+        try:
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001
+            text = str(exc)
+            if "arbitrary code" in text or "Lambda" in text or "safe_mode" in text:
+                raise SiamrecError(f"run={run_dir}: {name} holds code (a Lambda layer or a Python function), "
+                                   "which siamrec never runs; it is not a siamrec model: use a run you trained, "
+                                   "or train it again") from None
+            if "File not found" in text or "zip" in text.lower():
+                raise ValueError("not a Keras .keras archive") from None
+            raise
+
+    return read_run_file(run_dir, name, read)
+
+
 def existing_run(path) -> Path:
-    """The folder of an earlier run given as `run=PATH`, checked to exist."""
+    """The folder of an earlier run given as `run=PATH`, checked to be finished: its completion marker is there
+    and every file it records is present with the recorded size (and, for the model files, the recorded
+    sha256), so a half-written, damaged or tampered run is one line naming the file, never a later traceback."""
     if path in (None, ""):
         raise SiamrecError("run is not set: pass run=PATH/TO/RUN_FOLDER (a folder under outputs/ printed by train)")
     run = Path(str(path)).expanduser()
-    if not (run / "items.csv").is_file():
-        raise SiamrecError(f"run={run}: not a finished siamrec run (no items.csv); pass a folder printed by train")
+    if not run.is_dir():
+        raise SiamrecError(f"run={run}: no such folder; pass a folder printed by train")
+    marker = run / FINISHED
+    redo = "run the command that made it (train, evaluate or extract) again"
+    if not marker.is_file():
+        if not (run / "items.csv").is_file() and not (run / ".hydra").is_dir():
+            raise SiamrecError(f"run={run}: not a siamrec run folder (no {FINISHED}, no items.csv); "
+                               "pass a folder printed by train")
+        raise SiamrecError(f"run={run}: not a finished run: {FINISHED}, written last when train, evaluate or "
+                           "extract completes, is missing (the command failed or was interrupted, or a siamrec "
+                           f"older than this marker made the folder); {redo}")
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        recorded = {str(name): (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
+    except Exception as exc:  # noqa: BLE001 - truncated, not JSON, another shape
+        raise SiamrecError(f"run={run}: {FINISHED} is damaged ({_gist(exc)}); {redo}") from None
+    for name, (size, digest) in recorded.items():
+        p = run / name
+        if Path(name).name != name or not p.is_file():
+            raise SiamrecError(f"run={run}: {name} is missing ({FINISHED} records it); copy the run folder whole, "
+                               f"or {redo}")
+        if p.stat().st_size != size:
+            raise SiamrecError(f"run={run}: {name} is damaged or truncated ({p.stat().st_size} bytes; the finished "
+                               f"run wrote {size}); restore it, or {redo}")
+        if name not in DATA_FILES and sha256_file(p) != digest:
+            raise SiamrecError(f"run={run}: {name} was damaged or replaced after the run finished (its sha256 "
+                               f"differs from the one in {FINISHED}); restore it, or {redo}")
     return run

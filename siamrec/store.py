@@ -28,17 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.extractor import file_digest, file_stat
-from siamrec.runs import write_json
+from siamrec.extractor import file_stat
+from siamrec.runs import model_files, sha256_file, write_json
 
-# The files of a run folder that make up its model (those present are hashed and copied).
-MODEL_FILES = ("extractor.json", "head.json", "model.keras", "lda.npz", "scaler.npz")
-
-
-def model_files(run_dir) -> list[Path]:
-    """The run's model files that exist: its head and encoder files and every backbone model (backbone*.keras)."""
-    run_dir = Path(run_dir)
-    return [run_dir / n for n in MODEL_FILES if (run_dir / n).is_file()] + sorted(run_dir.glob("backbone*.keras"))
 FIELDS = ("keys", "sizes", "mtimes", "digests", "embeddings")
 
 
@@ -144,7 +136,7 @@ class FeatureStore:
                 found[i] = same[-1]
                 continue
             if recs:                     # changed size or mtime: compare the content
-                digest = file_digest(path)
+                digest = sha256_file(path)
                 match = by_digest.get(digest)
                 if match is not None:
                     found[i] = match

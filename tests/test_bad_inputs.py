@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from siamrec import cli
-from siamrec.runs import write_embeddings
+from siamrec.runs import mark_finished, write_embeddings
 
 NAMES = {  # one seed song per character class people use in names
     "gurmukhi": "ਮਿੱਟੀ ਦਾ ਬਾਵਾ.mp3",
@@ -40,6 +40,7 @@ def make_run(folder: Path, keys, labels, splits, seed=0) -> Path:
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(len(keys), 6)).astype(np.float32)
     write_embeddings(folder, emb, keys, [""] * len(keys), labels, splits)
+    mark_finished(folder)
     return folder
 
 
@@ -345,3 +346,158 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(env, capsys):
     got, out, err = call(["recommend", f"run={env['run']}", odd, f"hydra.run.dir={env['out']}"], capsys)
     assert got == 1 and err.count("\n") == 1
     assert "caf\\xe9 (live).mp3" in err and "neither a song" in err
+
+
+# --- issue 21: a run is finished only when its completion marker is written last; its model files are checked ---
+FEATURE_RUN = ["data=features", "data.features=[{feat}]", "data.key_column=key", "plots=false"]
+
+
+def test_a_train_that_fails_after_writing_its_model_leaves_no_usable_run(env, capsys):
+    """No scorable test query: train stops after writing embeddings and its head; the folder is no run for run=."""
+    out = env["out"]
+    (env["tmp"] / "train21.txt").write_text("".join(f"song{i:02d}\n" for i in range(3, 24)))
+    got, _, err = call(["train", "+model=lda", *[a.format(**env) for a in FEATURE_RUN],
+                        f"data.labels={env['unique_in_test']}", "split=files", f"split.test={env['test3']}",
+                        f"split.train={env['tmp'] / 'train21.txt'}",
+                        f"hydra.run.dir={out}", f"paths.cache={env['cache']}"], capsys)
+    assert got == 1 and "no test query can be scored" in err, err
+    assert (out / "head.json").is_file() and (out / "embeddings.npy").is_file()  # what was written stays...
+    assert not (out / "finished.json").exists()
+    for command in (["recommend", f"run={out}", "song05"], ["extract", f"run={out}",
+                                                            *[a.format(**env) for a in FEATURE_RUN]],
+                    ["serve", f"run={out}", "port=0"], ["plot", f"run={out}"]):
+        got, _, err = call([*command, f"hydra.run.dir={env['tmp'] / 'next'}"], capsys)
+        assert got == 1 and err.count("\n") == 1, (command, err)
+        assert "not a finished run" in err and "finished.json" in err and str(out) in err, err  # ...but is refused
+        assert not (env["tmp"] / "next").exists()
+
+
+def test_overwrite_makes_a_finished_run_unfinished_until_the_command_finishes(env, capsys, monkeypatch):
+    run = env["run"]
+    assert (run / "finished.json").is_file()
+
+    def fails(cfg, run_dir):
+        raise cli.SiamrecError("something went wrong")
+
+    monkeypatch.setattr("siamrec.commands.evaluate.evaluate", fails)
+    got, _, err = call(["evaluate", "+model=identity", f"hydra.run.dir={run}", "overwrite=true"], capsys)
+    assert got == 1
+    assert not (run / "finished.json").exists()
+
+
+@pytest.fixture(scope="module")
+def feature_runs(tmp_path_factory):
+    """A Siamese run (model.keras + scaler.npz + head.json) and an LDA run (lda.npz), on feature rows."""
+    from conftest import make_cfg
+
+    from siamrec.cli import seed_everything
+    from siamrec.commands.train import train
+
+    base = tmp_path_factory.mktemp("feature_runs")
+    rng = np.random.default_rng(0)
+    np.save(base / "x.npy", rng.normal(size=(24, 5)).astype(np.float32))
+    with open(base / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["key", "label"], *[[f"song{i:02d}", f"g{i % 3}"] for i in range(24)]])
+    data = ["data=features", f"data.features=[{base / 'x.npy'}]", "data.key_column=key",
+            f"data.labels={base / 'labels.csv'}", "plots=false"]
+    runs = {}
+    for model, extra in (("siamese", ["model.epochs=1"]), ("lda", [])):
+        runs[model] = base / model
+        runs[model].mkdir()
+        seed_everything(0)
+        train(make_cfg("train", [f"+model={model}", *data, *extra], base), runs[model])
+    return runs, data
+
+
+def lambda_model(path: Path) -> None:
+    import keras
+
+    x = keras.Input((5,))
+    y = keras.layers.Lambda(lambda t: t * 2, name="embedding")(x)
+    keras.Model(x, y).save(path)
+
+
+DAMAGE = {"garbage": lambda p: p.write_bytes(b"\x00garbage, not a model file" * 3),
+          "truncated": lambda p: p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 2)]),
+          "lambda": lambda_model}
+
+
+@pytest.mark.parametrize("model, name, damage", [
+    ("siamese", "model.keras", "garbage"), ("siamese", "model.keras", "truncated"), ("siamese", "model.keras", "lambda"),
+    ("siamese", "scaler.npz", "garbage"), ("siamese", "head.json", "truncated"), ("lda", "lda.npz", "garbage"),
+    ("lda", "lda.npz", "truncated"), ("lda", "embeddings.npy", "garbage"), ("lda", "items.csv", "truncated")])
+@pytest.mark.parametrize("marker", ["as_finished", "marker_forged"])
+def test_a_damaged_model_file_is_one_line_naming_it(feature_runs, tmp_path, capsys, model, name, damage, marker):
+    """Damaged after the run finished: the marker's sha256 names the file. With a marker forged to match (as
+    someone handing over a folder could), the loader itself names it, and a Lambda layer's code never runs."""
+    import shutil
+
+    from siamrec.runs import mark_finished
+
+    runs, data = feature_runs
+    run = tmp_path / "run"
+    shutil.copytree(runs[model], run)
+    if damage == "lambda":
+        (run / name).unlink()
+    DAMAGE[damage](run / name)
+    if marker == "marker_forged":
+        mark_finished(run)
+    command = ["recommend", f"run={run}", "song00"] if name in ("embeddings.npy", "items.csv") else \
+        ["evaluate", f"run={run}", *data]  # evaluate embeds with the run's model; recommend reads its library
+    got, out, err = call([*command, f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 1 and err.count("\n") == 1 and "Traceback" not in err + out, err
+    assert f"{name} " in err and str(run) in err, err
+    if marker == "as_finished":
+        assert "damaged" in err, err
+    elif damage == "lambda":
+        assert "holds code" in err and "never runs" in err, err
+    else:
+        assert "damaged" in err or "truncated" in err or "not a siamrec" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory):
+    """An LDA run on audio (random backbone): extractor.json + backbone.keras + lda.npz."""
+    from conftest import identity_run, mixed_library
+
+    base = tmp_path_factory.mktemp("audio_run")
+    library = mixed_library(base / "library")
+    return identity_run(base / "run", library, model="lda"), library
+
+
+@pytest.mark.parametrize("name, damage", [("backbone.keras", "garbage"), ("backbone.keras", "lambda"),
+                                          ("extractor.json", "truncated"), ("extractor.json", "members")])
+def test_a_damaged_encoder_file_is_one_line_naming_it(audio_run, tmp_path, capsys, name, damage):
+    """With a forged marker (the loader's own checks): a new song is embedded through extractor.json and the
+    backbone model."""
+    import shutil
+
+    from siamrec.runs import mark_finished
+
+    run0, library = audio_run
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    if damage == "members":
+        spec = json.loads((run / name).read_text())
+        spec["members"][0]["model"] = "../../elsewhere.keras"
+        (run / name).write_text(json.dumps(spec))
+    else:
+        if damage == "lambda":
+            (run / name).unlink()
+        DAMAGE[damage](run / name)
+    mark_finished(run)
+    new_song = sorted(library.rglob("*.wav"))[0]
+    got, out, err = call(["recommend", f"run={run}", str(_copy(new_song, tmp_path)), "k=2",
+                          f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 1 and err.count("\n") == 1 and "Traceback" not in err + out, err
+    assert str(run) in err and ("elsewhere.keras" in err if damage == "members" else f"{name} " in err), err
+    if damage == "lambda":
+        assert "holds code" in err, err
+
+
+def _copy(song: Path, folder: Path) -> Path:
+    """A song outside the run's library (so recommend embeds it with the run's model)."""
+    new = folder / f"new{song.suffix}"
+    new.write_bytes(song.read_bytes())
+    return new

@@ -12,7 +12,7 @@ import pytest
 from siamrec.commands.recommend import recommend
 from siamrec.errors import SiamrecError
 from siamrec.index import INDEX_FILE, build_index, choose_method, open_index
-from siamrec.runs import read_csv, write_embeddings
+from siamrec.runs import mark_finished, read_csv, write_embeddings
 
 
 def clustered(n: int, d: int = 32, centres: int = 50, seed: int = 0) -> np.ndarray:
@@ -101,6 +101,7 @@ def fake_run(tmp_path, n=300):
     emb = clustered(n, d=16)
     keys = [f"genre{i % 3}/song{i}.mp3" for i in range(n)]
     write_embeddings(run, emb, keys, [f"/music/{k}" for k in keys], [(k.split("/")[0],) for k in keys], [""] * n)
+    mark_finished(run)
     return run, emb, keys
 
 

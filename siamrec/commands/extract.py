@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.embedder import embed_with_run
+from siamrec.embedder import RunEmbedder, embed_with_run
 from siamrec.engines import ExtractJob, make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings
-from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
-from siamrec.store import FeatureStore, model_files, run_fingerprint
+from siamrec.runs import atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished, write_embeddings, write_json
+from siamrec.store import FeatureStore, run_fingerprint
 
 SHOWN_FAILURES = 5
 
@@ -42,9 +42,11 @@ def extract(cfg, run_dir) -> Path:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
     engine = make_engine(str(cfg.extract.engine), cfg.extract.ray)
     lib = load_library(cfg.data, cfg.paths)
+    unmark_finished(out)  # unfinished (not a run for run=) until everything below is written
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
-        data, emb = embed_with_run(run, cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
+        data, emb = embed_with_run(RunEmbedder(run), cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
         save_embeddings(out, data, emb)
+        mark_finished(out)
         print(f"embedded {len(emb)} feature rows into {out}")
         return out
 
@@ -86,6 +88,7 @@ def extract(cfg, run_dir) -> Path:
     _print_summary(summary, failures, lib.keys)
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
+    mark_finished(out)
     return out
 
 

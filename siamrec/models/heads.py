@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.runs import atomic_write_bytes, write_json
+from siamrec.runs import atomic_write_bytes, load_keras, read_arrays, read_run_file, write_json
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -84,8 +84,9 @@ class LDAHead(Head):
         atomic_write_bytes(Path(run_dir) / "lda.npz", buf.getvalue())
 
     def _load(self, run_dir):
-        with np.load(Path(run_dir) / "lda.npz") as z:
-            self.mean, self.scalings = z["mean"], z["scalings"]
+        z = read_run_file(run_dir, "lda.npz", lambda p: _consistent(read_arrays(p, {"mean": 1, "scalings": 2}),
+                                                                    "mean", "scalings"))
+        self.mean, self.scalings = z["mean"], z["scalings"]
 
 
 class KerasHead(Head):
@@ -115,10 +116,21 @@ class KerasHead(Head):
     def _load(self, run_dir):
         import keras
 
-        with np.load(Path(run_dir) / "scaler.npz") as z:
-            self.mu, self.sigma = z["mu"], z["sigma"]
-        self.model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False, safe_mode=True)
-        self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
+        z = read_run_file(run_dir, "scaler.npz", lambda p: _consistent(read_arrays(p, {"mu": 1, "sigma": 1}),
+                                                                       "mu", "sigma"))
+        self.mu, self.sigma = z["mu"], z["sigma"]
+        self.model = load_keras(run_dir, "model.keras")
+        self.embedder = read_run_file(run_dir, "model.keras", lambda p: keras.Model(
+            self.model.input, self.model.get_layer(self.embedding_layer).output))
+        if tuple(self.model.input.shape[1:]) != (len(self.mu),):
+            raise SiamrecError(f"run={run_dir}: model.keras takes inputs of shape {tuple(self.model.input.shape[1:])} "
+                               f"but scaler.npz has {len(self.mu)} features; restore them, or train the run again")
+
+
+def _consistent(arrays: dict, a: str, b: str) -> dict:
+    if len(arrays[a]) != len(arrays[b]):
+        raise ValueError(f"{a} has {len(arrays[a])} rows, {b} {len(arrays[b])}")
+    return arrays
 
 
 def epoch_progress(epochs: int, desc: str):
