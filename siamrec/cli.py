@@ -279,6 +279,34 @@ def strip_hydra(cfg):
     return OmegaConf.create(OmegaConf.to_container(job, resolve=True))
 
 
+def check_parts(job_cfg) -> None:
+    """features.parts and each features.combine entry's parts name parts of their backbone (a non-empty list, or
+    null for the backbone's default parts): checked against the bundle's class before any work. The bundle's
+    module (Keras) is imported only when parts are given."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from siamrec.backbones.base import part_columns
+
+    given = [("features.parts", job_cfg.get("backbone"), job_cfg.features.get("parts"))]
+    for k, item in enumerate(job_cfg.features.get("combine") or []):
+        yaml = CONF_DIR / "backbone" / f"{item['backbone']}.yaml"
+        given.append((f"features.combine[{k}].parts", OmegaConf.load(yaml) if yaml.is_file() else None,
+                      item.get("parts")))
+    for key, backbone, parts in given:
+        if parts is None or backbone is None or "_target_" not in backbone:
+            continue
+        try:
+            cls = get_class(str(backbone._target_))
+        except Exception:  # noqa: BLE001 - not a class: the command's make_bundle says what is wrong
+            continue
+        try:
+            part_columns(cls.parts, list(parts), backbone.get("name") or cls.__name__)
+        except SiamrecError as exc:
+            raise SiamrecError(str(exc).replace("features.parts", key, 1) +
+                               " (or null for its default parts)") from None
+
+
 def seed_everything(seed) -> None:
     """Seed Python, NumPy and TensorFlow (through Keras, which seeds all three)."""
     import keras
@@ -418,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         from siamrec.schema import validate
 
         validate(job_cfg)
+        check_parts(job_cfg)
         run_dir = plan_run_dir(cfg, overrides, bool(job_cfg.overwrite))
     except SiamrecError as exc:
         return fail(f"error: {exc}", 2)

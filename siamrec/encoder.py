@@ -167,8 +167,8 @@ def make_encoder(cfg, data=None, all_parts: bool = False) -> SongEncoder:
         model = prepared_model(bundle, cfg, pool, clip)
         extractor = Extractor(bundle, model, clip, batch_size=int(cfg.features.batch_size),
                               workers=decode_workers(cfg.features), cache_root=cache)
-        parts = None if all_parts else (list(parts) if parts else bundle.default_parts)
-        member = Member(extractor, list(parts) if parts else None, backbone_cfg)
+        parts = None if all_parts else (list(parts) if parts is not None else bundle.default_parts)
+        member = Member(extractor, list(parts) if parts is not None else None, backbone_cfg)
         member.columns  # noqa: B018 - checks the part names now
         members.append(member)
     return SongEncoder(members)

@@ -132,6 +132,13 @@ CASES = [
     ("no_scorable_query", [*FEATURES, "data.labels={unique_in_test}", "split=files", "split.test={test3}"], 1,
      ["no test query can be scored", "3 test songs"], True),
     ("labels_all_empty", [*FEATURES, "data.labels={empty_labels}"], 1, ["none of the 24 items has a label"], False),
+    # issue 21: an empty or unknown list of parts is refused before any work, naming the backbone's parts
+    ("parts_empty", ["train", "+model=lda", "backbone=choi2017", "features.parts=[]"], 2,
+     ["features.parts=[]", "block1", "block5", "null"], False),
+    ("parts_unknown", ["train", "+model=lda", "backbone=musicnn_msd", "features.parts=[penultimat]"], 2,
+     ["features.parts=['penultimat']", "penultimate", "max_pool"], False),
+    ("combine_parts_empty", ["train", "+model=lda", "features.combine=[{{backbone: musicnn_msd, parts: []}}]"], 2,
+     ["features.combine[0].parts=[]", "penultimate"], False),
     # 5. never overwrite a run
     ("rerun_into_a_run", ["evaluate", "run={run}", "hydra.run.dir={run}"], 2,
      ["already holds a run", "overwrite=true"], True),
