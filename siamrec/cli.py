@@ -393,8 +393,31 @@ def _disk_error(exc: OSError) -> str | None:
     return f"cannot write {where}: {what}; free some space or choose a writable folder (hydra.run.dir=DIR)"
 
 
+def _escaped(exc: UnicodeError):
+    """Codec error handler: a character the terminal's encoding cannot take is written as an escape, so a file
+    name never ends a command: a byte of a name that is not UTF-8 (a surrogate escape) as \\xNN, as in the run's
+    files; anything else (Gurmukhi on an ASCII terminal) as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+                   .decode("ascii") for c in chunk), exc.end
+
+
+def _escape_unprintable_output() -> None:
+    import codecs
+
+    codecs.register_error("siamrec.escaped", _escaped)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="siamrec.escaped")
+        except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture, a pipe wrapper)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unprintable_output()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

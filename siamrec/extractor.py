@@ -129,13 +129,24 @@ class FileDigests:
 
     def digest(self, path: str) -> str:
         size, mtime = file_stat(path)
-        row = self.db.execute("SELECT size, mtime, sha256 FROM files WHERE path = ?", (path,)).fetchone()
+        key = _db_key(path)
+        row = self.db.execute("SELECT size, mtime, sha256 FROM files WHERE path = ?", (key,)).fetchone()
         if row and row[0] == size and row[1] == mtime:
             return row[2]
         digest = sha256_file(path)
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, size, mtime, digest))
+            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (key, size, mtime, digest))
         return digest
+
+
+def _db_key(path: str) -> str | bytes:
+    """A path as SQLite stores it: text, or its bytes when its name is not UTF-8 (surrogate escapes, which SQLite
+    cannot encode)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
 
 
 class FeatureCache:

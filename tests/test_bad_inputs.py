@@ -508,3 +508,36 @@ def _copy(song: Path, folder: Path) -> Path:
     new = folder / f"new{song.suffix}"
     new.write_bytes(song.read_bytes())
     return new
+
+
+def test_a_cached_digest_of_a_file_whose_name_is_not_utf8(tmp_path):
+    """The digest cache (SQLite) keyed a non-UTF-8 name as text: UnicodeEncodeError before any song was embedded."""
+    from siamrec.extractor import FileDigests
+    from siamrec.runs import sha256_file
+
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav"))
+    Path(odd).write_bytes(b"some audio")
+    digests = FileDigests(tmp_path / "cache")
+    assert digests.digest(odd) == sha256_file(odd) == FileDigests(tmp_path / "cache").digest(odd)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_names_the_terminal_cannot_print_are_escaped_not_a_crash(audio_run, tmp_path, monkeypatch, encoding):
+    """A new seed song whose name is not UTF-8, and a Gurmukhi name on an ASCII terminal: the playlist is printed
+    with the name escaped (\\xNN as in the run's files; \\uNNNN), where a strict stdout raised UnicodeEncodeError."""
+    import io
+
+    run, library = audio_run
+    song = sorted(library.rglob("*.wav"))[0]
+    names = {"utf-8": b"n\xe9w (live).wav", "ascii": "ਨਵਾਂ.wav".encode()}
+    new = os.fsdecode(os.path.join(os.fsencode(tmp_path), names[encoding]))
+    Path(new).write_bytes(song.read_bytes())
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = cli.main(["recommend", f"run={run}", new, "k=2", f"hydra.run.dir={tmp_path / 'out'}",
+                     f"paths.cache={tmp_path / 'cache'}"])
+    text = raw.getvalue().decode(encoding)
+    assert code == 0, text
+    shown = "n\\xe9w (live).wav" if encoding == "utf-8" else "\\u0a28"
+    assert f"playlist for {tmp_path}" in text and shown in text, text
