@@ -14,7 +14,6 @@ and reported, never fatal. The fingerprint of a feature hashes the bundle's spec
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from siamrec.data.audio import AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
-from siamrec.runs import atomic_write_bytes, sha256_file, write_csv
+from siamrec.runs import read_checked_npz, sha256_file, write_checked_npz, write_csv
 
 POOLS = ("mean", "mean_std")
 
@@ -150,28 +149,27 @@ def _db_key(path: str) -> str | bytes:
 
 
 class FeatureCache:
-    """The window features of a file, one .npy per (fingerprint, file content), written atomically."""
+    """The window features of a file, one .npz per (fingerprint, file content), written atomically and
+    sha256-checked on every load (a damaged entry is recomputed)."""
 
     def __init__(self, root, fingerprint: str):
         self.dir = Path(root) / fingerprint
 
     def _path(self, digest: str) -> Path:
-        return self.dir / digest[:2] / f"{digest}.npy"
+        return self.dir / digest[:2] / f"{digest}.npz"
 
     def get(self, digest: str) -> np.ndarray | None:
         p = self._path(digest)
         if not p.is_file():
             return None
         try:
-            a = np.load(p, allow_pickle=False)
+            a = read_checked_npz(p)["windows"]
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             return None
         return a if a.ndim == 2 and len(a) else None
 
     def put(self, digest: str, windows: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(windows, dtype=np.float32))
-        atomic_write_bytes(self._path(digest), buf.getvalue())
+        write_checked_npz(self._path(digest), {"windows": np.asarray(windows, dtype=np.float32)})
 
 
 # --- decoding -------------------------------------------------------------------------------------------------
@@ -419,8 +417,8 @@ def prepared_model(bundle, cfg, pool_paths: list[str], clip=None, progress: bool
     cached = cache_root / "prepared" / f"{h.hexdigest()[:20]}.npz"
     if cached.is_file():
         try:
-            with np.load(cached, allow_pickle=False) as z:
-                model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
+            z = read_checked_npz(cached)  # sha256-checked: a damaged entry is recomputed
+            model.set_weights([z[f"arr_{i}"] for i in range(len(z))])
             return model
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             pass
@@ -436,7 +434,5 @@ def prepared_model(bundle, cfg, pool_paths: list[str], clip=None, progress: bool
     if len(windows) > limit:
         windows = windows[np.sort(rng.choice(len(windows), limit, replace=False))]
     bundle.prepare(model, windows)
-    buf = io.BytesIO()
-    np.savez(buf, *model.get_weights())
-    atomic_write_bytes(cached, buf.getvalue())
+    write_checked_npz(cached, {f"arr_{i}": w for i, w in enumerate(model.get_weights())})
     return model

@@ -98,6 +98,39 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+CHECKSUM = "__sha256__"
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_checked_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """An .npz of named arrays holding the sha256 of their contents (see read_checked_npz), written atomically."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **{CHECKSUM: np.array(_arrays_digest(arrays))})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checked_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a write_checked_npz file, checked against the sha256 it holds: a damaged (bit-flipped,
+    truncated) or foreign file raises ValueError, never gives other numbers."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: np.asarray(z[k]) for k in z.files}
+    stored = arrays.pop(CHECKSUM, None)
+    if stored is None or str(stored) != _arrays_digest(arrays):
+        raise ValueError(f"{path}: its contents do not match the sha256 it holds")
+    return arrays
+
+
 def printable(text):
     """A name as UTF-8 text: a file name whose bytes are not UTF-8 (held by Python as surrogate escapes) gets
     its undecodable bytes written as \\xNN, so it is stable, printable and can be stored in a CSV."""
