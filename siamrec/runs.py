@@ -131,6 +131,46 @@ def read_checked_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A .npy array of numbers; anything else (a text file named .npy, pickled Python objects, a truncated file) is
+    a SiamrecError naming the file and saying what it is instead."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise SiamrecError(f"{what}: {path}: cannot read it ({exc.strerror or exc})") from None
+    if head != NPY_MAGIC:
+        kind = "an .npz archive" if head.startswith(b"PK") else "empty" if not head else \
+            "text" if _looks_like_text(path) else "not NumPy data"
+        raise SiamrecError(f"{what}: {path} is not a .npy file (it is {kind}); save the matrix with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise SiamrecError(f"{what}: {path} holds Python objects, not numbers; save a numeric matrix with "
+                               "numpy.save (e.g. x.astype('float32'))") from None
+        raise SiamrecError(f"{what}: {path} is damaged or truncated ({_gist(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, damaged header
+        raise SiamrecError(f"{what}: {path} is damaged or truncated ({_gist(exc)})") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise SiamrecError(f"{what}: {path} holds {array.dtype} values, not numbers; save a numeric matrix")
+    return array
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        sample = f.read(4096)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(sample) - 4  # cut in the middle of a character
+    return b"\x00" not in sample
+
+
 def printable(text):
     """A name as UTF-8 text: a file name whose bytes are not UTF-8 (held by Python as surrogate escapes) gets
     its undecodable bytes written as \\xNN, so it is stable, printable and can be stored in a CSV."""
@@ -200,9 +240,9 @@ def read_embeddings(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[dict[s
             raise SiamrecError(f"run={run_dir}: {p.name} is missing; pass the folder of a finished train or evaluate run")
     redo = "re-run the command that made this run folder"
     try:
-        emb = np.load(emb_path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - truncated, not a .npy, pickled objects, ...
-        raise SiamrecError(f"run={run_dir}: {emb_path.name} is damaged or truncated ({_gist(exc)}); {redo}") from None
+        emb = read_npy(emb_path, f"run={run_dir}")
+    except SiamrecError as exc:
+        raise SiamrecError(f"{exc}; {redo}") from None
     if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating) or not np.isfinite(emb).all():
         raise SiamrecError(f"run={run_dir}: {emb_path.name} is not a finite 2-D float matrix "
                            f"(shape {emb.shape}, {emb.dtype}); {redo}")

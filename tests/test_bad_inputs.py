@@ -80,6 +80,15 @@ def env(tmp_path):
     (tmp_path / "seeds_empty.txt").write_text("# nothing yet\n\n")
     e["seeds_empty"] = tmp_path / "seeds_empty.txt"
 
+    pipes = tmp_path / "only_separators.csv"
+    pipes.write_text("key,label\n" + "".join(f"song{i:02d},|\n" for i in range(24)), encoding="utf-8")
+    e["only_separators"] = pipes
+    (tmp_path / "text.npy").write_text("0.1,0.2,0.3\n0.4,0.5,0.6\n")
+    e["text_npy"] = tmp_path / "text.npy"
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 24, dtype=object), allow_pickle=True)
+    e["objects_npy"] = tmp_path / "objects.npy"
+    np.save(tmp_path / "strings.npy", np.array(["a"] * 24))
+    e["strings_npy"] = tmp_path / "strings.npy"
     for damage in ("npy", "items"):
         bad = make_run(tmp_path / f"bad_{damage}", ["a", "b", "c"], [("x",), ("y",), ("x",)], ["test"] * 3)
         target = bad / ("embeddings.npy" if damage == "npy" else "items.csv")
@@ -139,6 +148,15 @@ CASES = [
      ["features.parts=['penultimat']", "penultimate", "max_pool"], False),
     ("combine_parts_empty", ["train", "+model=lda", "features.combine=[{{backbone: musicnn_msd, parts: []}}]"], 2,
      ["features.combine[0].parts=[]", "penultimate"], False),
+    # issue 21: an error names the file at fault
+    ("labels_only_separators", [*FEATURES, "data.labels={only_separators}"], 1,
+     ["only_separators.csv", "none of the 24 items has a label", "'|'"], False),
+    ("npy_is_text", ["evaluate", "+model=identity", "data=features", "data.features=[{text_npy}]",
+                     "data.labels={labels}"], 1, ["text.npy", "is not a .npy file", "text", "numpy.save"], False),
+    ("npy_holds_objects", ["evaluate", "+model=identity", "data=features", "data.features=[{objects_npy}]",
+                           "data.labels={labels}"], 1, ["objects.npy", "Python objects"], False),
+    ("npy_holds_strings", ["evaluate", "+model=identity", "data=features", "data.features=[{strings_npy}]",
+                           "data.labels={labels}"], 1, ["strings.npy", "not numbers"], False),
     # 5. never overwrite a run
     ("rerun_into_a_run", ["evaluate", "run={run}", "hydra.run.dir={run}"], 2,
      ["already holds a run", "overwrite=true"], True),
