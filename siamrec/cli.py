@@ -97,10 +97,20 @@ def _rewrite(command: str, args: list[str]) -> tuple[list[str], list[str], dict]
             continue
         is_list = value.strip().startswith("[") and value.strip().endswith("]")
         if command == "recommend" and key == "seed" and not is_list:
-            positional.append(value)
+            positional.append(_unquote(value))
             continue
         overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
     return overrides, positional, flags
+
+
+def _unquote(value: str) -> str:
+    """A value quoted for Hydra's grammar ('my song (live), part 2.wav', "Don't.mp3", 'Don\\'t.mp3') as the name it
+    quotes (backslashes before a quote, or before the closing quote, are Hydra's escapes); anything else as it is."""
+    v = value.strip()
+    if len(v) < 2 or v[0] != v[-1] or v[0] not in "'\"":
+        return value
+    quote = v[0]
+    return re.sub(r"(\\+)(" + quote + r"|$)", lambda m: "\\" * (len(m.group(1)) // 2) + m.group(2), v[1:-1])
 
 
 def _key(override: str) -> str:

@@ -559,3 +559,35 @@ def test_names_the_terminal_cannot_print_are_escaped_not_a_crash(audio_run, tmp_
     assert code == 0, text
     shown = "n\\xe9w (live).wav" if encoding == "utf-8" else "\\u0a28"
     assert f"playlist for {tmp_path}" in text and shown in text, text
+
+
+@pytest.mark.parametrize("kind", ["spaces", "parentheses", "comma", "apostrophe", "gurmukhi", "brackets_braces",
+                                  "comma_and_parentheses"])
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_a_seed_quoted_for_hydras_grammar_is_the_song_it_quotes(env, capsys, kind, quote):
+    """seed='my song (live), part 2.wav' (quoted as Hydra's docs say) names the song, not a song with quotes."""
+    names = {**NAMES, "comma_and_parentheses": "my song (live), part 2.wav"}
+    name = names[kind]
+    run = make_run(env["tmp"] / "run2", [name, "rock/a.wav", "jazz/b.wav"], [("rock",), ("rock",), ("jazz",)],
+                   ["test"] * 3)
+    quoted = quote + name.replace("\\", "\\\\").replace(quote, "\\" + quote) + quote
+    got, out, err = call(["recommend", f"run={run}", f"seed={quoted}", "k=2", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0, err
+    assert f"playlist for {name} [" in out
+
+
+def test_a_short_new_seed_says_it_was_padded(audio_run, tmp_path, capsys):
+    import soundfile as sf
+
+    run, _ = audio_run
+    short = tmp_path / "short clip.wav"
+    sf.write(short, (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32), 16000)  # 0.5 s
+    got, out, err = call(["recommend", f"run={run}", str(short), "k=2", f"hydra.run.dir={tmp_path / 'out'}",
+                          f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 0, err
+    assert f"seed {short} is 0.5 s, shorter than the backbone's 29 s window: padded" in out, out
+    long_enough = tmp_path / "long.wav"
+    sf.write(long_enough, (0.1 * np.sin(np.arange(16000 * 30) / 5)).astype(np.float32), 16000)
+    got, out, err = call(["recommend", f"run={run}", str(long_enough), "k=2", f"hydra.run.dir={tmp_path / 'out2'}",
+                          f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 0 and "padded" not in out, err + out

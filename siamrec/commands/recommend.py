@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.audio import AUDIO_EXTENSIONS
+from siamrec.data.audio import AUDIO_EXTENSIONS, duration_seconds
 from siamrec.data.split import stem
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
@@ -90,10 +90,17 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     embedded in batches); a song that cannot be decoded is an error naming it."""
     from siamrec.embedder import RunEmbedder
 
-    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
+    embedder = RunEmbedder(run)
+    emb, failures = embedder.embed_files(songs, cfg, desc="new songs")
     if failures:
         i, reason = failures[0]
         raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
+    window = max(m.extractor.bundle.window_seconds for m in embedder.encoder(cfg).members)
+    for song in songs:
+        seconds = duration_seconds(song)
+        if seconds < window:  # its one window is mostly silence: its playlist says more about the padding
+            print(f"seed {song} is {seconds:.1f} s, shorter than the backbone's {window:g} s window: padded with "
+                  "silence")
     return emb
 
 

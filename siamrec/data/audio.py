@@ -210,3 +210,12 @@ def load_clip(path: str | os.PathLike, sr: int = 12000, duration: float = 29.0, 
     window_start(duration, duration, offset)  # reject a bad offset as a setting error, not a file error
     plan = WindowPlan(sr=int(sr), window=int(round(sr * duration)), offset=offset)
     return decode_windows(path, plan)[0]
+
+
+def duration_seconds(path: str | os.PathLike) -> float:
+    """The song's length in seconds, from its header where the format has one (AudioError if it cannot be read)."""
+    reader = _open(str(path))
+    try:
+        return reader.frames / reader.native_sr
+    finally:
+        reader.close()
