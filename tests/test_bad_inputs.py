@@ -591,3 +591,34 @@ def test_a_short_new_seed_says_it_was_padded(audio_run, tmp_path, capsys):
     got, out, err = call(["recommend", f"run={run}", str(long_enough), "k=2", f"hydra.run.dir={tmp_path / 'out2'}",
                           f"paths.cache={tmp_path / 'cache'}"], capsys)
     assert got == 0 and "padded" not in out, err + out
+
+
+@pytest.mark.parametrize("target", ["split.csv", "embeddings.npy", "model.keras", "scaler.npz", "training_curves.png",
+                                    "finished.json"])
+def test_a_disk_that_fills_during_any_write_leaves_no_temporary_file(env, capsys, monkeypatch, tmp_path, target):
+    """The disk fills while `target` is written (its temporary file lands on /dev/full): one line naming it, exit
+    1, no temporary file anywhere in the run folder or the system's temporary folder, and no finished run."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(f".{target}."):
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    out = env["out"]
+    got, _, err = call(["train", "+model=siamese", "model.epochs=1", *[a.format(**env) for a in FEATURE_RUN],
+                        f"data.labels={env['labels']}", f"hydra.run.dir={out}", f"paths.cache={env['cache']}"], capsys)
+    said = [line for line in err.splitlines() if line.startswith("siamrec train")]  # after the progress bars
+    assert got == 1 and len(said) == 1 and "Traceback" not in err, err
+    assert "disk is full" in said[0] and target in said[0], err
+    left = [p for p in [*out.rglob("*"), *system_tmp.rglob("*")] if "tmp" in p.name]
+    assert not left, left
+    assert not (out / "finished.json").exists()

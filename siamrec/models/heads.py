@@ -153,12 +153,19 @@ def epoch_progress(epochs: int, desc: str):
 
 
 def save_keras(model, path: Path) -> None:
-    """model.save through a temporary name and an atomic rename."""
-    import os
+    """model.save into a private temporary folder (removed whatever happens), then into place through
+    runs.atomic_write_bytes: the run folder never holds a partial model or a temporary file."""
+    import tempfile
 
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    from siamrec.runs import disk_reason
+
+    with tempfile.TemporaryDirectory(prefix="siamrec-model-") as tmp:
+        saved = Path(tmp) / "model.keras"
+        try:
+            model.save(saved)
+        except OSError as exc:
+            raise SiamrecError(f"cannot write {path}: {disk_reason(exc)}") from None
+        atomic_write_bytes(path, saved.read_bytes())
 
 
 def head_from_config(model_cfg) -> Head:
