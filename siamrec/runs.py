@@ -73,12 +73,15 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 
 def _finite(obj):
+    """JSON-safe values: NaN and infinity as null, names as UTF-8 text."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {printable(k): _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
         return None
+    if isinstance(obj, str):
+        return printable(obj)  # a name that is not UTF-8: its odd bytes as \\xNN, never a lone surrogate in JSON
     return obj
 
 

@@ -61,7 +61,12 @@ class FeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if meta.is_file():
-            stored = json.loads(meta.read_text()).get("fingerprint")
+            try:
+                stored = json.loads(meta.read_text(encoding="utf-8"))["fingerprint"]
+            except Exception as exc:  # noqa: BLE001 - truncated, not JSON, another shape
+                raise SiamrecError(f"extract.out={self.dir.parent}: {meta} is damaged ({type(exc).__name__}), so "
+                                   "which model its embeddings come from is unknown; choose a new extract.out "
+                                   f"(or delete {self.dir} to embed everything again)") from None
             if stored != fingerprint:
                 raise SiamrecError(f"extract.out={self.dir.parent}: its store holds embeddings of another model or "
                                    "clip settings; choose a new extract.out")

@@ -622,3 +622,14 @@ def test_a_disk_that_fills_during_any_write_leaves_no_temporary_file(env, capsys
     left = [p for p in [*out.rglob("*"), *system_tmp.rglob("*")] if "tmp" in p.name]
     assert not left, left
     assert not (out / "finished.json").exists()
+
+
+def test_a_damaged_store_record_is_one_line_naming_it(tmp_path):
+    from siamrec.errors import SiamrecError
+    from siamrec.store import FeatureStore
+
+    FeatureStore(tmp_path / "out" / "store", "abc")
+    (tmp_path / "out" / "store" / "meta.json").write_text('{"fingerpr')
+    with pytest.raises(SiamrecError) as e:
+        FeatureStore(tmp_path / "out" / "store", "abc")
+    assert "meta.json is damaged" in str(e.value) and "extract.out" in str(e.value) and "\n" not in str(e.value)

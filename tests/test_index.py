@@ -136,3 +136,21 @@ def test_index_faiss_without_faiss_is_a_one_line_error(tmp_path, cfg_factory, mo
     with pytest.raises(SiamrecError, match="pip install faiss-cpu") as err:
         recommend(cfg, tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["index_garbage", "index_truncated", "meta_garbage"])
+def test_a_damaged_saved_index_is_built_again_not_a_traceback(tmp_path, cfg_factory, capsys, damage):
+    pytest.importorskip("faiss")
+    from siamrec.index import META_FILE
+
+    cfg = cfg_factory("recommend", "index=faiss", "index.method=hnsw").index
+    emb = clustered(500)
+    first = open_index(tmp_path, emb, cfg)
+    target = tmp_path / (META_FILE if damage == "meta_garbage" else INDEX_FILE)
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if damage == "index_truncated" else b"\x00 not an index {")
+    capsys.readouterr()
+    again = open_index(tmp_path, emb, cfg)
+    assert "building the index again" in capsys.readouterr().out
+    np.testing.assert_array_equal(again.search(emb[:5], 5)[0], first.search(emb[:5], 5)[0])
+    assert open_index(tmp_path, emb, cfg).search(emb[:5], 5)[0].tolist() == first.search(emb[:5], 5)[0].tolist()

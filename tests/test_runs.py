@@ -133,3 +133,13 @@ def test_a_bit_flipped_feature_cache_entry_is_recomputed_not_used(tmp_path):
     data[-20] ^= 0x01  # inside the last window's numbers
     entry.write_bytes(bytes(data))
     assert cache.get("ab" * 32) is None
+
+
+def test_json_holds_a_name_that_is_not_utf8_as_escaped_text_not_a_lone_surrogate(tmp_path):
+    import os
+
+    odd = os.fsdecode(b"caf\xe9 (live).wav")
+    path = write_json(tmp_path / "x.json", {"seed": odd, odd: [odd]})
+    text = path.read_text(encoding="utf-8")
+    assert "\\udc" not in text and json.loads(text) == {"seed": "caf\\xe9 (live).wav",
+                                                         "caf\\xe9 (live).wav": ["caf\\xe9 (live).wav"]}
