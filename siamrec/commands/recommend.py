@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.data.audio import AUDIO_EXTENSIONS, duration_seconds
-from siamrec.data.split import stem
+from siamrec.data.split import NameMatcher
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.playlists import playlists, print_playlist, write_playlists
@@ -52,7 +52,8 @@ def _seed_list(seed) -> list[str]:
 
 class _Catalogue:
     """Finds a seed among the run's items: by key, by path (as given, then resolved), or, for a seed that is
-    not an existing file, by a file stem that names exactly one item. Lookups are dictionaries, built once."""
+    not an existing file, by its relative path or its file stem when that names exactly one item (as split=files
+    matches; a name that matches several items is an error naming them). Lookups are dictionaries, built once."""
 
     def __init__(self, items: list[dict]):
         self.items = items
@@ -67,11 +68,8 @@ class _Catalogue:
         return {os.path.realpath(it["path"]): i for i, it in enumerate(self.items) if it["path"]}
 
     @cached_property
-    def by_stem(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, it in enumerate(self.items):
-            out.setdefault(stem(it["key"]), []).append(i)
-        return out
+    def by_name(self):
+        return NameMatcher([it["key"] for it in self.items])
 
     def find(self, seed: str) -> int:
         """Row of `seed`, or −1."""
@@ -81,8 +79,12 @@ class _Catalogue:
         if os.path.isfile(path):
             row = self.by_path.get(path)
             return self.by_real_path.get(os.path.realpath(path), -1) if row is None else row
-        matches = self.by_stem.get(stem(seed), [])
-        return matches[0] if len(matches) == 1 else -1
+        matches = self.by_name.find(seed)
+        if len(matches) > 1:
+            shown = ", ".join(self.items[i]["key"] for i in matches[:4]) + (", ..." if len(matches) > 4 else "")
+            raise SiamrecError(f"seed={seed}: matches {len(matches)} songs of the library ({shown}); name its folder "
+                               f"too (e.g. {self.items[matches[0]]['key']})")
+        return matches[0] if matches else -1
 
 
 def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:

@@ -105,7 +105,7 @@ def _parts(name: str) -> tuple[str, ...]:
     return (*parts[:-1], stem(parts[-1])) if parts else ()
 
 
-class _Matcher:
+class NameMatcher:
     """Items by every trailing part of their key ('a/rock/1.ogg' by ('a', 'rock', '1'), ('rock', '1') and ('1',)).
     An entry is matched by its longest trailing part that names any item: by its relative path first, by its stem
     only when nothing longer matches; a match of several items is ambiguous."""
@@ -127,10 +127,10 @@ class _Matcher:
 
 def files_split(lib: Library, lists: dict) -> np.ndarray:
     """Items named in the train/valid/test lists (by relative path, or by file stem when that is unique; see
-    _Matcher); items in no list are unused ('')."""
+    NameMatcher); items in no list are unused ('')."""
     if not lists.get("test") and not lists.get("train"):
         raise SiamrecError("split=files needs split.test=FILE (and split.train=FILE to train)")
-    matcher = _Matcher(lib.keys)
+    matcher = NameMatcher(lib.keys)
     out = np.full(len(lib), "", dtype=object)
     for name in SPLITS:
         if lists.get(name) in (None, "", "???"):
