@@ -172,6 +172,21 @@ class FeatureCache:
         write_checked_npz(self._path(digest), {"windows": np.asarray(windows, dtype=np.float32)})
 
 
+def padding_note(path: str, window_seconds: float, what: str = "seed") -> str | None:
+    """The line that says a song shorter than the backbone's window was padded with silence (None when it is not
+    shorter, or its length cannot be read)."""
+    from siamrec.data.audio import duration_seconds
+
+    try:
+        seconds = duration_seconds(path)
+    except Exception:  # noqa: BLE001 - it was decoded already; its length is only for the note
+        return None
+    if seconds >= window_seconds:
+        return None
+    return (f"{what} {path} is {seconds:.1f} s, shorter than the backbone's {window_seconds:g} s window: padded with "
+            "silence")
+
+
 # --- decoding -------------------------------------------------------------------------------------------------
 def cpu_count() -> int:
     """Cores this process may use."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.data.audio import AUDIO_EXTENSIONS, duration_seconds
+from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.split import NameMatcher
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
@@ -91,6 +91,7 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
     embedded in batches); a song that cannot be decoded is an error naming it."""
     from siamrec.embedder import RunEmbedder
+    from siamrec.extractor import padding_note
 
     embedder = RunEmbedder(run)
     emb, failures = embedder.embed_files(songs, cfg, desc="new songs")
@@ -98,11 +99,10 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
         i, reason = failures[0]
         raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
     window = max(m.extractor.bundle.window_seconds for m in embedder.encoder(cfg).members)
-    for song in songs:
-        seconds = duration_seconds(song)
-        if seconds < window:  # its one window is mostly silence: its playlist says more about the padding
-            print(f"seed {song} is {seconds:.1f} s, shorter than the backbone's {window:g} s window: padded with "
-                  "silence")
+    for song in songs:  # a mostly silent window: its playlist says more about the padding than the song
+        note = padding_note(song, window)
+        if note:
+            print(note)
     return emb
 
 
