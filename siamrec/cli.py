@@ -15,6 +15,7 @@ or audio files (tag), passed to the command as they are, outside Hydra's overrid
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -217,6 +218,14 @@ def remove_if_empty(run_dir: Path | None) -> bool:
     return not run_dir.exists()
 
 
+class _QuietHandler(logging.StreamHandler):
+    """A logging handler on run.log that drops a record it cannot write (a full disk) instead of printing
+    logging's "--- Logging error ---" traceback: the next result file the command writes says the disk is full."""
+
+    def handleError(self, record):  # noqa: N802
+        pass
+
+
 class RunLog:
     """Library chatter goes to `run.log` in the run folder, not to the terminal: Python warnings (librosa's
     FutureWarnings, Keras', ...), logging records (TensorFlow's retracing warnings, absl) and, when stderr is
@@ -232,7 +241,7 @@ class RunLog:
         import logging
 
         self.file = open(self.path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
-        self.handler = logging.StreamHandler(self.file)
+        self.handler = _QuietHandler(self.file)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         self.root_level = root.level

@@ -643,3 +643,19 @@ def test_a_seed_named_by_a_stem_several_songs_share_says_so(env, capsys):
     assert "matches 2 songs" in err and "classical/1.ogg" in err and "rock/1.ogg" in err, err
     got, out, err = call(["recommend", f"run={run}", "seed=rock/1", "k=1", f"hydra.run.dir={env['out']}"], capsys)
     assert got == 0 and "playlist for rock/1.ogg [rock]" in out, err
+
+
+def test_a_full_disk_under_run_log_is_no_logging_traceback(env, capsys, monkeypatch):
+    import logging
+
+    def logs_on_a_full_disk(cfg, run_dir):
+        handler = next(h for h in logging.getLogger().handlers if getattr(getattr(h, "stream", None), "name", "")
+                       .endswith("run.log"))
+        handler.setStream(open("/dev/full", "w", buffering=1))  # every write: ENOSPC
+        logging.getLogger("tensorflow").warning("retracing")
+        print("the command's own line")
+
+    monkeypatch.setattr("siamrec.commands.plot.plot", logs_on_a_full_disk)
+    got, out, err = call(["plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0 and "the command's own line" in out
+    assert "Logging error" not in err and "Traceback" not in err, err
