@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from siamrec.errors import SiamrecError  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from siamrec.configs import CONF_DIR  # noqa: E402
 
 # command -> (module in siamrec.commands, one-line help)
 COMMANDS = {
@@ -141,6 +141,10 @@ def with_run_overrides(overrides: list[str]) -> list[str]:
                            "restore it or delete it to use the command line's settings only") from None
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise SiamrecError(f"run={run}: {saved} is not a list of settings; restore it or delete it")
+    from siamrec.trust import check_carried_override
+
+    for o in old:
+        check_carried_override(o, f"run={run}: {saved}")
     new_keys = {_key(o) for o in overrides}
     kept = [o for o in old if not any(_key(o) == k or _key(o).startswith(k + ".") for k in new_keys)
             and _key(o).split(".", 1)[0].split("@", 1)[0] in CARRIED]
@@ -156,8 +160,12 @@ def compose(command: str, overrides: list[str]):
 
     setup_globals()
     GlobalHydra.instance().clear()
+    from siamrec.trust import add_config_dirs
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    add_config_dirs(cfg.hydra.searchpath or [])  # the user's own config folders: their components are trusted
+    return cfg
 
 
 RECORD = (".hydra", "run.log")  # what a command writes into its run folder before any result

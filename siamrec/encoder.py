@@ -133,7 +133,13 @@ class SongEncoder:
 
         cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
         members = []
-        for m in spec["members"]:
+        from siamrec.trust import check_component
+
+        for k, m in enumerate(spec["members"]):
+            check_component(m.get("backbone"), f"run={run_dir}: extractor.json: backbone {k + 1}")  # before any import
+            if m.get("model") != cls.model_file(k):  # a file of the run folder itself, never a path elsewhere
+                raise SiamrecError(f"run={run_dir}: extractor.json: backbone {k + 1} names the model file "
+                                   f"{str(m.get('model'))[:80]!r}, not {cls.model_file(k)}; the run folder is damaged")
             bundle = make_bundle(m["backbone"])  # imports the bundle's module: registers its layers
             model = load_keras(run_dir, m["model"])
             extractor = Extractor(bundle, model, m["clip"], batch_size=int(cfg.features.batch_size),
@@ -180,7 +186,7 @@ def backbone_config(name: str) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from siamrec.cli import CONF_DIR
+    from siamrec.configs import CONF_DIR
 
     if not (CONF_DIR / "backbone" / f"{name}.yaml").is_file():
         known = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))

@@ -181,13 +181,23 @@ def load_head(run_dir) -> Head:
     p = Path(run_dir) / "head.json"
     if not p.is_file():
         raise SiamrecError(f"run={run_dir}: head.json is missing; pass the folder of a finished train run")
+    from siamrec.trust import check_plain, check_target
+
     try:
         spec = json.loads(p.read_text(encoding="utf-8"))
-        cls = get_class(spec["target"])
+        target, params = spec["target"], spec.get("cfg") or {}
+    except Exception:  # noqa: BLE001 - damaged, foreign or older head.json
+        raise SiamrecError(f"run={run_dir}: head.json is not a siamrec head of this version; train the run again") from None
+    if not isinstance(params, dict):
+        raise SiamrecError(f"run={run_dir}: head.json: its cfg is not a group of settings; train the run again")
+    check_target(target, f"run={run_dir}: head.json")  # before anything is imported
+    check_plain(params, f"run={run_dir}: head.json: cfg")
+    try:
+        cls = get_class(target)
     except Exception:  # noqa: BLE001 - damaged, foreign or older head.json
         raise SiamrecError(f"run={run_dir}: head.json is not a siamrec head of this version; train the run again") from None
     if not (isinstance(cls, type) and issubclass(cls, Head)):
-        raise SiamrecError(f"run={run_dir}: head.json names {spec['target']}, which is not a siamrec head")
-    head = cls(**(spec.get("cfg") or {}))
+        raise SiamrecError(f"run={run_dir}: head.json names {target}, which is not a siamrec head")
+    head = cls(**params)
     head._load(run_dir)
     return head
