@@ -369,14 +369,14 @@ def existing_run(path) -> Path:
         raise SiamrecError("run is not set: pass run=PATH/TO/RUN_FOLDER (a folder under outputs/ printed by train)")
     run = Path(str(path)).expanduser()
     if not run.is_dir():
-        raise SiamrecError(f"run={run}: no such folder; pass a folder printed by train")
+        raise SiamrecError(f"run={run}: not a finished siamrec run (no such folder); pass a folder printed by train")
     marker = run / FINISHED
     redo = "run the command that made it (train, evaluate or extract) again"
     if not marker.is_file():
         if not (run / "items.csv").is_file() and not (run / ".hydra").is_dir():
             raise SiamrecError(f"run={run}: not a siamrec run folder (no {FINISHED}, no items.csv); "
                                "pass a folder printed by train")
-        raise SiamrecError(f"run={run}: not a finished run: {FINISHED}, written last when train, evaluate or "
+        raise SiamrecError(f"run={run}: not a finished siamrec run: {FINISHED}, written last when train, evaluate or "
                            "extract completes, is missing (the command failed or was interrupted, or a siamrec "
                            f"older than this marker made the folder); {redo}")
     try:

@@ -393,7 +393,7 @@ def test_a_train_that_fails_after_writing_its_model_leaves_no_usable_run(env, ca
                     ["serve", f"run={out}", "port=0"], ["plot", f"run={out}"]):
         got, _, err = call([*command, f"hydra.run.dir={env['tmp'] / 'next'}"], capsys)
         assert got == 1 and err.count("\n") == 1, (command, err)
-        assert "not a finished run" in err and "finished.json" in err and str(out) in err, err  # ...but is refused
+        assert "not a finished siamrec run" in err and "finished.json" in err and str(out) in err, err  # ...but is refused
         assert not (env["tmp"] / "next").exists()
 
 
