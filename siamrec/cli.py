@@ -503,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
 
     created = not run_dir.exists()
     finished = False
+    from siamrec.runs import take_closing_notes
+
+    take_closing_notes()  # none left over from an earlier call in this process
     message, code = None, 0
     try:
         if command != "serve":  # the web app trains nothing; importing Keras to seed it would double its start-up
@@ -525,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not finished and created:  # a failed command leaves no empty run folder behind
             remove_if_empty(run_dir)
+    for note in take_closing_notes():  # e.g. why many files were skipped, where it cannot scroll away
+        print(note)
     if message:
         return fail(message, code)
     print(result if isinstance(result, Path) else run_dir)  # where the outputs are, last

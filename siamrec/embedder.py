@@ -4,6 +4,7 @@ siamrec.encoder) and its head turn songs into the run's embedding space, exactly
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -14,10 +15,12 @@ from siamrec.runs import existing_run, read_run_file
 class RunEmbedder:
     """The model of a run folder: `encoder(cfg)` encodes audio as the run did, `from_features` applies the head."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, finished: bool = True):
+        """`finished=False`: a model folder extract is writing into (a library's index folder while extract makes
+        or updates it, or a run extract's driver has checked), not required to hold a completion marker."""
         from siamrec.models.heads import load_head
 
-        self.run_dir = existing_run(run_dir)
+        self.run_dir = existing_run(run_dir) if finished else Path(run_dir)
         self.head = load_head(self.run_dir)
         spec = self.run_dir / "extractor.json"
         self.spec = read_run_file(self.run_dir, spec.name, _encoder_spec) if spec.is_file() else None

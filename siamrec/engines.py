@@ -35,7 +35,7 @@ class SongEmbedder:
 
         from siamrec.embedder import RunEmbedder
 
-        self.embedder = RunEmbedder(job.run)
+        self.embedder = RunEmbedder(job.run, finished=False)  # extract checked the run, or is making the model
         cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False},
                                 "paths": {"cache": job.cache or ""}})
         self.encoder = self.embedder.encoder(cfg)
@@ -54,7 +54,9 @@ class LocalEngine:
 
     name = "local"
 
-    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store) -> list[tuple[int, str]]:
+    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store,
+            progress=None) -> list[tuple[int, str]]:
+        """Embed `todo` into `store`; `progress(failed=...)` (siamrec.progress.Progress.song) is told of each song."""
         embedder = SongEmbedder(job)
         failures, pending = [], []
 
@@ -69,6 +71,8 @@ class LocalEngine:
         stream = embedder.stream(todo)
         try:
             for i, vector, error, digest in stream:
+                if progress is not None:
+                    progress(failed=error is not None)
                 if error is not None:
                     failures.append((i, error))
                     continue

@@ -203,7 +203,8 @@ class RayEngine:
         return max(1, min(size, n_songs))
 
     # --- the engine -------------------------------------------------------------------------------------------------
-    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store) -> list[tuple[int, str]]:
+    def run(self, job: ExtractJob, todo: list[tuple[int, str]], keys: list[str], store,
+            progress=None) -> list[tuple[int, str]]:
         import ray
 
         started = time.perf_counter()
@@ -212,12 +213,12 @@ class RayEngine:
             self._connect()
         try:
             init_s = time.perf_counter() - started
-            return self._run(job, todo, keys, store, started, init_s)
+            return self._run(job, todo, keys, store, started, init_s, progress)
         finally:
             if own:
                 ray.shutdown()
 
-    def _run(self, job, todo, keys, store, started, init_s):
+    def _run(self, job, todo, keys, store, started, init_s, progress=None):
         import ray
         import ray.data
 
@@ -257,6 +258,8 @@ class RayEngine:
                     a["busy_s"] += row["busy_s"]
                     a["cpu_s"] += row["cpu_s"]
                     nodes[row["node"]] = nodes.get(row["node"], 0) + 1
+                    if progress is not None:
+                        progress(failed=bool(row["error"]))
                     if row["error"]:
                         failures.append((row["index"], row["error"]))
                         continue

@@ -84,13 +84,13 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
         raise SiamrecError(f"eval.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     emb = np.asarray(emb)
     _check_labels(np.asarray(y, dtype=bool), eval_cfg.get("relevance", "shared"), label_names)
-    everything = np.arange(len(emb))
+    everything = np.flatnonzero(np.asarray(y, dtype=bool).any(axis=1))  # songs without a label are not scored
     out: dict = {"protocol": protocol}
     if protocol == "cross":
         out["test"] = _retrieval(emb, y, everything, everything, eval_cfg)
     else:
         for name in ("train", "valid", "test"):
-            members = np.flatnonzero(split == name)
+            members = np.intersect1d(np.flatnonzero(split == name), everything)
             if len(members) < 2:
                 continue
             gallery = everything if (protocol == "test_vs_all" and name == "test") else members
@@ -98,7 +98,8 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     if "test" not in out:
         raise SiamrecError("the test split has fewer than 2 items: give more data or a larger split.test")
     if out["test"]["n_queries"] == 0:
-        n_test = len(everything) if protocol == "cross" else int((split == "test").sum())
+        n_test = len(everything) if protocol == "cross" else len(np.intersect1d(np.flatnonzero(split == "test"),
+                                                                                   everything))
         where = "in the test split" if protocol == "test" else "in the library"
         raise SiamrecError(
             f"no test query can be scored: none of the {n_test} test songs has a relevant song (one sharing a label) "
@@ -107,7 +108,7 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
         )
     out["n_queries"] = out["test"]["n_queries"]
     out["skipped"] = out["test"]["n_skipped"]
-    test_queries = everything if protocol == "cross" else np.flatnonzero(split == "test")
+    test_queries = everything if protocol == "cross" else np.intersect1d(np.flatnonzero(split == "test"), everything)
     test_gallery = everything if protocol in ("cross", "test_vs_all") else test_queries
     out["p@10_ceiling"] = p_at_k_ceiling(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
     return out

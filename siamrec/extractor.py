@@ -7,8 +7,9 @@
 
 Decoding runs ahead in worker processes while the model embeds the current batch, so the two overlap; memory
 holds one batch and a bounded prefetch, whatever the number of songs. Files that cannot be decoded are skipped
-and reported, never fatal. The fingerprint of a feature hashes the bundle's spec, the model's weights and the whole
-`clip` config, so a changed setting or a fine-tuned model never reuses stale features.
+and reported, never fatal. The fingerprint of a feature hashes the decoder's version, the bundle's spec, the model's
+weights and the whole `clip` config, so a changed setting, a fine-tuned model or a corrected decoder never reuses
+stale features.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from siamrec.data.audio import AudioError, WindowPlan, decode_windows, parse_windows, window_start
+from siamrec.data.audio import DECODER_VERSION, AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
-from siamrec.runs import read_checked_npz, sha256_file, write_checked_npz, write_csv
+from siamrec.runs import closing_note, printable, read_checked_npz, sha256_file, write_checked_npz, write_csv
 
 POOLS = ("mean", "mean_std")
 
@@ -102,8 +103,10 @@ def pool_windows(feats: np.ndarray, pool: str) -> np.ndarray:
 
 
 def fingerprint(bundle, model, clip_cfg) -> str:
-    """Hash of everything that changes a song vector: the bundle's spec, every weight of the model, the clip config."""
-    h = hashlib.sha256(json.dumps(bundle.spec(), sort_keys=True, default=str).encode())
+    """Hash of everything that changes a song vector: the decoder's version, the bundle's spec, every weight of the
+    model, the clip config."""
+    h = hashlib.sha256(f"decoder {DECODER_VERSION}".encode())
+    h.update(json.dumps(bundle.spec(), sort_keys=True, default=str).encode())
     for w in model.weights:
         h.update(w.path.encode())
         h.update(np.ascontiguousarray(w.numpy()).tobytes())
@@ -376,19 +379,45 @@ class Extractor:
             out.windows[i] = feats
 
 
+NOTED_FAILED_FRACTION = 0.01  # more skipped files than this: their causes are repeated at the end of the command
+
+
+def failure_causes(paths, failures: list[tuple[int, str]], examples: int = 2) -> list[str]:
+    """The failures grouped by cause, most frequent first: "40 × 'reason' (e.g. a.mp3, b.mp3)". Reasons that differ
+    only in their numbers (sizes, positions) are one cause."""
+    import re
+
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for i, reason in failures:
+        groups.setdefault(re.sub(r"\d+", "#", reason), []).append((i, reason))
+    out = []
+    for members in sorted(groups.values(), key=len, reverse=True):
+        names = [printable(Path(paths[i]).name) for i, _ in members[:examples]]
+        more = ", ..." if len(members) > examples else ""
+        out.append(f"{len(members)} × '{members[0][1]}' (e.g. {', '.join(names)}{more})")
+    return out
+
+
 def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_failed_fraction: float) -> None:
-    """failed.csv in the run folder; a clear error when too many files failed."""
+    """failed.csv in the run folder and the failures' causes, grouped: printed now, and again at the end of the
+    command when more than 1 % of the files failed (a systematic failure must not pass for a few bad files); a clear
+    error, with the causes, when more than `max_failed_fraction` failed."""
     if not failures:
         return
     rows = [(keys[i], paths[i], reason) for i, reason in failures]
-    write_csv(Path(run_dir) / "failed.csv", ("key", "path", "reason"), rows)
+    listed = Path(run_dir) / "failed.csv"
+    write_csv(listed, ("key", "path", "reason"), rows)
     n, total = len(rows), len(paths)
-    print(f"skipped {n} of {total} files that could not be decoded (listed in {Path(run_dir) / 'failed.csv'})")
+    causes = failure_causes(paths, failures)
     if n > max_failed_fraction * total:
         raise SiamrecError(
-            f"{n} of {total} audio files failed to decode (more than data.max_failed_fraction={max_failed_fraction}); "
-            f"see {Path(run_dir) / 'failed.csv'}, e.g. {rows[0][1]}: {rows[0][2]}"
-        )
+            f"{n} of {total} audio files failed to decode (more than data.max_failed_fraction={max_failed_fraction}): "
+            f"{'; '.join(causes)}; all are listed in {listed}")
+    report = (f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded, listed in {listed}:"
+              + "".join(f"\n  {cause}" for cause in causes))
+    print(report)
+    if n > NOTED_FAILED_FRACTION * total:
+        closing_note(report)
 
 
 # --- building a bundle's model, with its label-free preparation cached ------------------------------------------

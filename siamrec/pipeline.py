@@ -114,7 +114,7 @@ def base_features(cfg, data: Data, run_dir, encoder=None, keep_windows: bool = F
 
 def save_embeddings(run_dir, data: Data, embeddings: np.ndarray) -> None:
     lib = data.lib
-    write_embeddings(run_dir, embeddings, lib.keys, lib.paths, lib.labels, list(data.split), lib.groups)
+    write_embeddings(run_dir, embeddings, lib.keys, lib.paths, lib.labels, list(data.split), lib.groups, lib.meta)
 
 
 def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None = None,

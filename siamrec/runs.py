@@ -13,7 +13,12 @@ import numpy as np
 
 from siamrec.errors import SiamrecError
 
-ITEM_COLUMNS = ("key", "path", "labels", "split", "group")
+# items.csv of every run and library folder. The song's metadata (title, artist, album, duration in seconds,
+# MusicBrainz recording id) follows the first five; an empty cell is unknown. Folders written before the metadata
+# columns existed (the first five only) are read with the metadata empty.
+BASE_COLUMNS = ("key", "path", "labels", "split", "group")
+META_COLUMNS = ("title", "artist", "album", "duration", "mbid")
+ITEM_COLUMNS = BASE_COLUMNS + META_COLUMNS
 
 
 def _umask() -> int:
@@ -186,6 +191,21 @@ def printable(text):
         return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
+_CLOSING_NOTES: list[str] = []
+
+
+def closing_note(text: str) -> None:
+    """Text the command line prints at the end of the command, just before where its outputs are (e.g. why many files
+    were skipped: printed when extraction ends, it would scroll away behind a training's output)."""
+    _CLOSING_NOTES.append(text)
+
+
+def take_closing_notes() -> list[str]:
+    notes = list(_CLOSING_NOTES)
+    _CLOSING_NOTES.clear()
+    return notes
+
+
 def write_csv(path: str | os.PathLike, header, rows) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -219,16 +239,26 @@ def write_metrics(run_dir: str | os.PathLike, metrics: dict) -> Path:
     return write_json(Path(run_dir) / "metrics.json", metrics)
 
 
+def meta_cells(meta: dict | None) -> tuple:
+    """A song's metadata (a dict with some of META_COLUMNS) as items.csv cells: '' when unknown."""
+    meta = meta or {}
+    duration = meta.get("duration")
+    cells = [meta.get(c) or "" for c in META_COLUMNS]
+    cells[META_COLUMNS.index("duration")] = "" if duration in (None, "") else f"{float(duration):.3f}"
+    return tuple(cells)
+
+
 def write_embeddings(run_dir: str | os.PathLike, embeddings: np.ndarray, keys, paths, labels, splits,
-                     groups=None) -> None:
+                     groups=None, meta=None) -> None:
     """embeddings.npy (float32, one row per item) and items.csv (key, path, labels joined by '|', split, group:
-    artist or recording, the key when unknown), same order."""
+    artist or recording, the key when unknown, then the metadata of META_COLUMNS, '' when unknown), same order."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     groups = list(keys) if groups is None else groups
-    if not (len(embeddings) == len(keys) == len(paths) == len(labels) == len(splits) == len(groups)):
+    meta = [None] * len(keys) if meta is None else meta
+    if not (len(embeddings) == len(keys) == len(paths) == len(labels) == len(splits) == len(groups) == len(meta)):
         raise ValueError("embeddings and item columns differ in length")
-    rows = [(k, p or "", "|".join(lab), s or "", g or k)
-            for k, p, lab, s, g in zip(keys, paths, labels, splits, groups)]
+    rows = [(k, p or "", "|".join(lab), s or "", g or k, *meta_cells(m))
+            for k, p, lab, s, g, m in zip(keys, paths, labels, splits, groups, meta)]
     write_npy(Path(run_dir) / "embeddings.npy", embeddings)
     write_csv(Path(run_dir) / "items.csv", ITEM_COLUMNS, rows)
 
@@ -255,11 +285,14 @@ def read_embeddings(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[dict[s
         raise SiamrecError(f"run={run_dir}: {items_path.name} is damaged or truncated ({_gist(exc)}); {redo}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     items = list(reader)
-    if tuple(reader.fieldnames or ()) != ITEM_COLUMNS:
+    if tuple(reader.fieldnames or ()) not in (ITEM_COLUMNS, BASE_COLUMNS):
         raise SiamrecError(f"run={run_dir}: {items_path.name} has columns {list(reader.fieldnames or [])}, not "
                            f"{','.join(ITEM_COLUMNS)}; {redo}")
     if not text.endswith("\n") or any(None in it.values() or None in it for it in items):
         raise SiamrecError(f"run={run_dir}: {items_path.name} is truncated (its last row is incomplete); {redo}")
+    for it in items:  # an older folder: no metadata columns
+        for c in META_COLUMNS:
+            it.setdefault(c, "")
     if len(items) != len(emb):
         raise SiamrecError(f"run={run_dir}: embeddings.npy has {len(emb)} rows but items.csv {len(items)}; {redo}")
     return emb, items

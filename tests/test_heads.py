@@ -106,6 +106,38 @@ def test_report_failures_lists_them_and_stops_only_above_the_allowed_fraction(tm
     assert "3 of 10" in msg and "data.max_failed_fraction=0.2" in msg and "failed.csv" in msg and "\n" not in msg
 
 
+def test_a_systematic_failure_is_reported_by_cause_and_again_at_the_end(tmp_path, capsys):
+    """52 of 315 files skipped (the MP3s a wrong reader dropped): their causes grouped, the sizes in a message not
+    splitting one cause, shown now and kept for the end of the command; a few bad files are not repeated there."""
+    from siamrec.extractor import report_failures
+    from siamrec.runs import take_closing_notes
+
+    take_closing_notes()
+    keys = [f"k{i}" for i in range(315)]
+    paths = [f"/music/ਗੀਤ {i}.mp3" for i in range(315)]
+    broadcast = "cannot be decoded (ValueError: could not broadcast input array from shape ({},) into shape ({},))"
+    failures = ([(i, broadcast.format(60000 + i, 68046 + i)) for i in range(40)] +
+                [(i, "cannot be decoded: libsndfile: Format not recognised; audioread: no decoder") for i in
+                 range(100, 112)])
+    report_failures(tmp_path, keys, paths, failures, 0.2)
+    out = capsys.readouterr().out
+    with open(tmp_path / "failed.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 52
+    assert "skipped 52 of 315 files (16.5 %)" in out
+    assert f"40 × '{broadcast.format(60000, 68046)}' (e.g. ਗੀਤ 0.mp3, ਗੀਤ 1.mp3, ...)" in out
+    assert "12 × 'cannot be decoded: libsndfile: Format not recognised; audioread: no decoder' (e.g. ਗੀਤ 100.mp3" in out
+    assert out.index("40 ×") < out.index("12 ×")
+    assert take_closing_notes() == [out.strip()]
+    # 2 of 315 (under 1 %): reported once, not again at the end
+    report_failures(tmp_path, keys, paths, failures[:2], 0.2)
+    assert "2 × " in capsys.readouterr().out and take_closing_notes() == []
+    # too many: the error names the causes too, on one line
+    with pytest.raises(SiamrecError) as e:
+        report_failures(tmp_path, keys, paths, failures, 0.1)
+    assert "52 of 315" in str(e.value) and "40 × " in str(e.value) and "12 × " in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_report_failures_without_failures_writes_nothing(tmp_path):
     from siamrec.extractor import report_failures
 

@@ -34,6 +34,22 @@ def test_embeddings_and_items_round_trip_in_order(tmp_path):
         ("a", "/x/a.wav", "rock", "train"), ("b", "", "pop|indie", "test"), ("c", "/x/c.wav", "", "")]
 
 
+def test_items_carry_the_song_metadata_and_older_folders_read_with_it_empty(tmp_path):
+    meta = [{"title": "ਮਿੱਟੀ ਦਾ ਬਾਵਾ", "artist": "Gurdas Maan", "album": "Live", "duration": 241.5, "mbid": "abc"},
+            {}, {"title": "only a title", "genre": ("not", "written")}]
+    write_embeddings(tmp_path, np.ones((3, 2)), ["a", "b", "c"], ["", "", ""], [(), (), ()], ["", "", ""],
+                     meta=meta)
+    header = (tmp_path / "items.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "key,path,labels,split,group,title,artist,album,duration,mbid"
+    _, items = read_embeddings(tmp_path)
+    assert [(i["title"], i["artist"], i["album"], i["duration"], i["mbid"]) for i in items] == [
+        ("ਮਿੱਟੀ ਦਾ ਬਾਵਾ", "Gurdas Maan", "Live", "241.500", "abc"), ("", "", "", "", ""), ("only a title", "", "", "", "")]
+    # a folder written before the metadata columns existed
+    (tmp_path / "items.csv").write_text("key,path,labels,split,group\na,,,,a\nb,,,,b\nc,,,,c\n", encoding="utf-8")
+    _, items = read_embeddings(tmp_path)
+    assert [i["title"] for i in items] == ["", "", ""] and all(i["duration"] == "" for i in items)
+
+
 def test_written_files_get_the_users_umask_not_0600(tmp_path):
     import os
 

@@ -71,6 +71,11 @@ def test_playlists_become_tags_and_missing_entries_are_reported(playlists):
     share = (y.astype(int) @ y.T.astype(int)) > 0
     i, j, k = (lib.keys.index(n) for n in ("drone/café.flac", "beats/dhol beat.flac", "drone/drone_3.flac"))
     assert share[i, j] and not share[i, k]
+    # #EXTINF:<seconds>,<artist> - <title> is the song's metadata; -1 seconds is unknown; no tag line: none
+    meta = dict(zip(lib.keys, lib.meta))
+    assert meta["drone/ਪੰਜਾਬੀ ਗੀਤ.flac"] == {"duration": 123.0, "artist": "Artist", "title": "ਪੰਜਾਬੀ ਗੀਤ"}
+    assert meta["high/हिंदी गाना.flac"] == {"title": "x"}
+    assert meta["drone/drone_3.flac"] == {}
 
 
 def test_playlists_errors_are_one_clear_line(tmp_path):

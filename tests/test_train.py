@@ -95,6 +95,13 @@ def test_recommend_leaves_the_seed_out_and_embeds_a_new_song(baseline_run, cfg_f
     assert rows[0][3] == "drone/drone_1.flac" and rows[0][5] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(SiamrecError, match="seed="):
         recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={tmp_path / 'nope.mp3'}"), out)
+    # a file that exists but holds no audio: it cannot be decoded, and why (libsndfile calls it "File does not exist")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(SiamrecError) as e:
+        recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={broken}"), out)
+    assert str(e.value).startswith(f"seed={broken}: cannot be decoded: libsndfile: data not recognised as audio; ")
+    assert "not exist" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_plot_command_writes_pictures(baseline_run, cfg_factory, tmp_path):
@@ -140,6 +147,28 @@ def test_a_corrupt_file_is_skipped_counted_and_listed(tmp_path, cfg_factory, aud
     assert [f["key"] for f in failed] == ["high/broken.wav"]
     _, items = read_embeddings(run)
     assert len(items) == 18 and "high/broken.wav" not in {it["key"] for it in items}
+
+
+def test_the_causes_of_skipped_files_are_printed_at_the_end_of_the_command(tmp_path, audio_folder, capsys):
+    """Through the command line: 2 of 20 files skipped (over 1 %): their causes come last, before the run folder,
+    where a training's output cannot push them out of sight."""
+    from siamrec import cli
+    from siamrec.data.audio import AUDIO_EXTENSIONS
+
+    assert "mp3" in AUDIO_EXTENSIONS
+    (audio_folder / "high" / "noise.mp3").write_bytes(np.random.default_rng(0).bytes(3000))
+    (audio_folder / "beats" / "text.wav").write_bytes(b"not audio")
+    run = tmp_path / "run"
+    code = cli.main(["evaluate", "+model=identity", *audio_args(audio_folder), f"paths.cache={tmp_path / 'cache'}",
+                     "features.workers=0", "backbone=choi2017", f"hydra.run.dir={run}"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(run)
+    assert lines[-4].startswith("skipped 2 of 20 files (10.0 %) that could not be decoded, listed in ")
+    text, noise = sorted(lines[-3:-1])  # audioread's reason depends on the decoders installed
+    assert text.startswith("  1 × 'cannot be decoded: libsndfile: Format not recognised; audioread: ")
+    assert noise.startswith("  1 × 'cannot be decoded: libsndfile: data not recognised as audio; audioread: ")
+    assert text.endswith("' (e.g. text.wav)") and noise.endswith("' (e.g. noise.mp3)")
 
 
 def test_too_many_failures_stop_the_run(tmp_path, cfg_factory, audio_folder):

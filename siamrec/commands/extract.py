@@ -1,11 +1,17 @@
-"""`extract run=RUN data=...`: embed a whole library with a run's model, streaming, resumably, in bounded memory.
+"""`extract [run=RUN] data=...`: embed a whole library into a resumable feature store, streaming, in bounded memory.
 
-The songs not yet in the store of the output folder (`extract.out`; see siamrec.store: rows keyed by the file's
-content, so an edited song is embedded again) go to the engine (`extract.engine`, siamrec.engines), which embeds
-them with the run's bundle, model and clip settings through the one extractor and stores them in shards. At the
-end the command assembles `embeddings.npy` + `items.csv` (library order) from the store, copies the run's model
-files alongside (so `recommend run=OUT` also embeds new songs), and writes `failed.csv` and the summary
-`extract.json`; its last line is the output folder.
+With `run=RUN` the library is embedded with the run's model; without it, with the pretrained backbone as it is
+(the identity model of `backbone`, made once and kept in the output folder), so a listener's library needs no run
+and no labels. The output folder is `extract.out`, else, for data=library|beets, the library's own index folder
+under the user's data directory (siamrec.data.music.library_folder), else this command's run folder.
+
+The songs not yet in the store of the output folder (see siamrec.store: rows keyed by the file's content, so an
+edited song is embedded again and an unchanged one is not read at all) go to the engine (`extract.engine`,
+siamrec.engines), which embeds them through the one extractor and stores them in shards. At the end the command
+assembles `embeddings.npy` + `items.csv` (library order, with each song's metadata; deleted songs are gone) from
+the store, keeps the model files alongside (so `recommend run=OUT` and `serve run=OUT` work and embed new songs),
+and writes `failed.csv` and the summary `extract.json`; `progress.json` tells how far it is (siamrec.progress).
+Its last line is the output folder.
 """
 
 from __future__ import annotations
@@ -20,21 +26,51 @@ from siamrec.engines import ExtractJob, make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings
-from siamrec.runs import atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished, write_embeddings, write_json
+from siamrec.progress import Progress
+from siamrec.runs import (atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished,
+                          write_embeddings, write_json)
 from siamrec.store import FeatureStore, run_fingerprint
 
-SHOWN_FAILURES = 5
+
+LISTENER_SOURCES = ("library", "beets")  # a listener's library: its index folder lives in the user's data directory
+
+
+def output_folder(cfg, run_dir) -> Path:
+    """Where extract writes: extract.out, else a listener library's own index folder, else the run folder."""
+    if cfg.extract.out:
+        return Path(str(cfg.extract.out)).expanduser()
+    if cfg.data.source in LISTENER_SOURCES:
+        from siamrec.data.music import library_folder
+
+        return library_folder(cfg.data)
+    return Path(run_dir)
 
 
 def extract(cfg, run_dir) -> Path:
+    out = output_folder(cfg, run_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiamrecError(f"extract.out={out}: cannot make the folder ({exc.strerror or exc}); "
+                           "choose a folder you can write to") from None
+    print(f"index folder: {out}", flush=True)
+    progress = Progress(out)
+    try:
+        return _extract(cfg, out, progress)
+    except KeyboardInterrupt:
+        progress.finish("interrupted", "interrupted; run the same command to finish")
+        raise
+    except BaseException as exc:
+        progress.finish("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+
+
+def _extract(cfg, out: Path, progress: Progress) -> Path:
     from siamrec.data.sources import load_library
 
-    if not cfg.get("run"):
-        raise SiamrecError("extract needs a trained model: pass run=RUN_FOLDER (printed by train)")
     started = time.perf_counter()
-    run = existing_run(cfg.run)
-    out = Path(str(cfg.extract.out or run_dir)).expanduser()
-    if out.resolve() == run.resolve():
+    run = existing_run(cfg.run) if cfg.get("run") else None
+    if run is not None and out.resolve() == run.resolve():
         raise SiamrecError(f"extract.out={out} is the run folder itself, whose embeddings would be overwritten; "
                            "choose another folder")
     shard_size = int(cfg.extract.shard_size)
@@ -42,30 +78,38 @@ def extract(cfg, run_dir) -> Path:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
     engine = make_engine(str(cfg.extract.engine), cfg.extract.ray)
     lib = load_library(cfg.data, cfg.paths)
-    unmark_finished(out)  # unfinished (not a run for run=) until everything below is written
+    unmark_finished(out)  # no run for run= until everything below is written
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
+        if run is None:
+            raise SiamrecError(f"data={cfg.data.source} gives feature rows, not audio: there is nothing to embed "
+                               "without a trained model; pass run=RUN_FOLDER")
         data, emb = embed_with_run(RunEmbedder(run), cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
         save_embeddings(out, data, emb)
         mark_finished(out)
         print(f"embedded {len(emb)} feature rows into {out}")
+        progress.finish("ready", f"{len(emb)} feature rows embedded")
         return out
+    model = run if run is not None else pretrained_model(cfg, out, lib)
 
-    store = FeatureStore(out / "store", run_fingerprint(run))
+    store = FeatureStore(out / "store", run_fingerprint(model))
     store.lock()
     try:
         found, todo = store.lookup(lib.keys, lib.paths)
         print(f"{len(lib)} files: {len(found)} already in {store.dir}, {len(todo)} to embed "
               f"({engine.name} engine)")
-        job = ExtractJob(run=str(run), batch_size=int(cfg.features.batch_size), workers=decode_workers(cfg.features),
-                         shard_size=shard_size, cache=str(Path(str(cfg.paths.cache)).expanduser()))
+        progress.start_embedding(len(lib), len(found))
+        job = ExtractJob(run=str(model), batch_size=int(cfg.features.batch_size),
+                         workers=decode_workers(cfg.features), shard_size=shard_size,
+                         cache=str(Path(str(cfg.paths.cache)).expanduser()))
         try:
-            failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store) if todo else []
+            failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store,
+                                  progress=progress.song) if todo else []
         except KeyboardInterrupt as exc:  # the engine stored every finished song first
             exc.resume_hint = (f"every finished song is kept in {store.dir}; run the same command "
                                f"(extract.out={out}) to finish")
             raise
         failures.sort()
-        final, missing = store.lookup(lib.keys, lib.paths)
+        final, missing = store.lookup(lib.keys, lib.paths) if todo else (found, [])  # nothing new: as found
         failed = {i for i, _ in failures}
         lost = [i for i in missing if i not in failed]
         if lost:  # a file changed while it was being embedded
@@ -73,9 +117,10 @@ def extract(cfg, run_dir) -> Path:
         rows = sorted(final)
         emb = store.embeddings([final[i] for i in rows])
         kept = lib.subset(rows)
-        write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups)
-        for path in model_files(run):
-            atomic_write_bytes(out / path.name, path.read_bytes())
+        write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups, kept.meta)
+        if run is not None:
+            for path in model_files(run):
+                atomic_write_bytes(out / path.name, path.read_bytes())
     finally:
         store.unlock()
     wall = time.perf_counter() - started
@@ -85,18 +130,52 @@ def extract(cfg, run_dir) -> Path:
                **getattr(engine, "stats", {}),
                "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
     write_json(out / "extract.json", summary)
-    _print_summary(summary, failures, lib.keys)
+    _print_summary(summary)
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
     mark_finished(out)
+    progress.finish("ready", f"{len(kept)} songs indexed")
     return out
 
 
-def _print_summary(summary: dict, failures: list, keys: list[str]) -> None:
+def pretrained_model(cfg, out: Path, lib) -> Path:
+    """`out` as a model folder: the identity model of cfg.backbone with cfg.clip (extractor.json, backbone.keras,
+    head.json), made on the first extract into `out` and kept, so the store's fingerprint stays the same and an
+    unchanged library is never embedded again. A folder made with other backbone or clip settings is refused."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from siamrec.encoder import make_encoder
+    from siamrec.models.heads import IdentityHead
+
+    spec_file, head_file = out / "extractor.json", out / "head.json"
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    if spec_file.is_file() and head_file.is_file():
+        try:
+            member = json.loads(spec_file.read_text(encoding="utf-8"))["members"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise SiamrecError(f"extract.out={out}: its extractor.json is damaged; delete the folder to index "
+                               "the library again") from None
+        clip = {**OmegaConf.to_container(cfg.clip, resolve=True)}
+        saved_clip = {k: v for k, v in member.get("clip", {}).items() if k not in ("sr", "duration")}
+        if member.get("backbone") != backbone or saved_clip != {k: v for k, v in clip.items()
+                                                                 if k not in ("sr", "duration")}:
+            raise SiamrecError(f"extract.out={out} was indexed with backbone {member.get('backbone', {}).get('name')} "
+                               "and other clip settings than these; use its settings, another extract.out, or "
+                               "delete the folder to index the library again")
+        return out
+    if cfg.get("model") and cfg.model.get("name") not in (None, "identity"):
+        raise SiamrecError(f"+model={cfg.model.name} must be trained first (train +model={cfg.model.name} ...); "
+                           "extract without run= embeds with the pretrained backbone as it is")
+    print(f"no run given: embedding with the pretrained backbone {backbone.get('name')} as it is (identity model)")
+    encoder = make_encoder(cfg, Data(lib, np.full(len(lib), ""), lib.label_names))
+    encoder.save(out)
+    IdentityHead().save(out)  # last: a folder with head.json holds a whole model
+    return out
+
+
+def _print_summary(summary: dict) -> None:
     print(f"extract: {summary['embedded']} embedded, {summary['reused']} reused from the store, "
           f"{summary['failed']} failed; {summary['wall_s']:.1f} s ({summary['files_per_s']:.2f} files/s); "
           f"{summary['rows']} items in {Path(summary['out']) / 'embeddings.npy'}")
-    for i, reason in failures[:SHOWN_FAILURES]:
-        print(f"  failed: {keys[i]}: {reason}")
-    if len(failures) > SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - SHOWN_FAILURES} more (see failed.csv)")

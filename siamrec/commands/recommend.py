@@ -97,7 +97,7 @@ def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     emb, failures = embedder.embed_files(songs, cfg, desc="new songs")
     if failures:
         i, reason = failures[0]
-        raise SiamrecError(f"seed={songs[i]}: cannot decode ({reason}); supported: {', '.join(AUDIO_EXTENSIONS)}")
+        raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
     window = max(m.extractor.bundle.window_seconds for m in embedder.encoder(cfg).members)
     for song in songs:  # a mostly silent window: its playlist says more about the padding than the song
         note = padding_note(song, window)

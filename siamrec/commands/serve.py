@@ -1,5 +1,9 @@
 """`serve run=RUN`: a local web app to browse a run's library, hear songs, get and export playlists.
 
+`serve data=library data.root=~/Music` (or data=beets) is the one command for a listener: it builds or updates the
+library's index folder first (as `extract data=...` without run= does: only new and changed songs are embedded,
+progress in the terminal and in the folder's progress.json), then serves it.
+
 Binds 127.0.0.1:8000 by default (`serve.host`, `serve.port`); another address needs `serve.allow_remote=true`
 (the app has no authentication) and prints a warning. The app never writes into the run folder except its map
 cache (map2d.npz, atomically); a faiss index is built in memory, never saved there.
@@ -43,7 +47,12 @@ def serve(cfg, run_dir) -> None:
     from siamrec.serve.app import create_app, plotly_js
 
     host, port = check_host(cfg.serve)
-    run = existing_run(cfg.run)
+    if not cfg.get("run") and cfg.data.source in ("library", "beets"):  # your music: build or update its index
+        from siamrec.commands.extract import extract
+
+        run = extract(cfg, run_dir)
+    else:
+        run = existing_run(cfg.run)
     started = time.perf_counter()
     app = create_app(run, cfg)
     cat = app.state.catalogue

@@ -25,10 +25,16 @@ class Library:
     groups: list[str]
     features: np.ndarray | None = None
     report: dict = field(default_factory=dict)
+    meta: list[dict] | None = None     # per item: title, artist, album, duration, mbid (siamrec.runs.META_COLUMNS)
+                                       # and the other tags read (absent: unknown); None: none known
+    keep_unlabelled: bool = False      # a listener's library: items without a label stay (embedded, listed,
+                                       # recommended), only left out of training and scoring
 
     def __post_init__(self):
         n = len(self.keys)
-        if not (len(self.paths) == len(self.labels) == len(self.groups) == n):
+        if self.meta is None:
+            self.meta = [{} for _ in range(n)]
+        if not (len(self.paths) == len(self.labels) == len(self.groups) == len(self.meta) == n):
             raise ValueError("library columns differ in length")
         if self.features is not None and len(self.features) != n:
             raise ValueError("library features and items differ in length")
@@ -64,11 +70,14 @@ class Library:
             groups=[self.groups[i] for i in idx],
             features=None if self.features is None else self.features[idx],
             report=dict(self.report),
+            meta=[self.meta[i] for i in idx],
+            keep_unlabelled=self.keep_unlabelled,
         )
 
 
 def apply_label_hygiene(lib: Library, min_label_count: int) -> Library:
-    """Drop labels carried by fewer than `min_label_count` items, then items left with no label.
+    """Drop labels carried by fewer than `min_label_count` items, then items left with no label (unless the library
+    keeps them: `keep_unlabelled`).
 
     What was dropped is recorded in lib.report (written to the run folder).
     """
@@ -77,8 +86,8 @@ def apply_label_hygiene(lib: Library, min_label_count: int) -> Library:
     counts = Counter(lab for labs in lib.labels for lab in labs)
     dropped = {lab: c for lab, c in sorted(counts.items()) if c < min_label_count}
     labels = [tuple(lab for lab in labs if lab not in dropped) for labs in lib.labels]
-    keep = [i for i, labs in enumerate(labels) if labs]
-    excluded = [lib.keys[i] for i, labs in enumerate(labels) if not labs]
+    keep = [i for i, labs in enumerate(labels) if labs or lib.keep_unlabelled]
+    excluded = [lib.keys[i] for i, labs in enumerate(labels) if not labs and not lib.keep_unlabelled]
     out = lib.subset(keep)
     out.labels = [labels[i] for i in keep]
     out.report.update(
@@ -86,6 +95,7 @@ def apply_label_hygiene(lib: Library, min_label_count: int) -> Library:
             "min_label_count": min_label_count,
             "dropped_labels": dropped,
             "excluded_items": excluded,
+            "unlabelled_items": sum(not labs for labs in out.labels),
             "n_items": len(out),
             "n_labels": len(out.label_names),
         }

@@ -26,7 +26,7 @@ def load_library(data_cfg, paths_cfg=None) -> Library:
         loader = get_method(data_cfg._target_)
     except Exception:  # noqa: BLE001 - a hand-written data config
         raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
-                           "not a data source; choose data=demo|folder|csv|features|playlists") from None
+                           "not a data source; choose data=library|beets|demo|folder|csv|features|playlists") from None
     lib = loader(data_cfg, paths_cfg)
     return apply_label_hygiene(lib, data_cfg.get("min_label_count", 1))
 
@@ -182,6 +182,25 @@ PLAYLIST_SUFFIXES = (".m3u", ".m3u8")
 LISTED_MISSING = 1000  # missing entries listed in data_report.json (all are counted)
 
 
+def parse_extinf(line: str) -> dict:
+    """The metadata of an M3U `#EXTINF:<seconds>,<artist> - <title>` line (duration -1 or absent: unknown; no
+    ' - ': the whole text is the title)."""
+    head, _, text = line.partition(":")[2].partition(",")
+    out: dict = {}
+    try:
+        seconds = float(head.split()[0]) if head.split() else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds > 0:
+        out["duration"] = seconds
+    artist, sep, title = text.strip().partition(" - ")
+    if sep and artist.strip() and title.strip():
+        out["artist"], out["title"] = artist.strip(), title.strip()
+    elif text.strip():
+        out["title"] = text.strip()
+    return out
+
+
 def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     """A folder of M3U/M3U8 playlists as multi-label data: each playlist is a tag, so two songs are positives
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
@@ -196,6 +215,7 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     if not files:
         raise SiamrecError(f"data.playlists={folder}: no .m3u or .m3u8 playlists in it")
     tags: dict[str, set[str]] = {}  # song path -> playlists holding it
+    meta: dict[str, dict] = {}      # song path -> what the first #EXTINF line before it says
     missing: list[dict] = []
     n_entries = 0
     for playlist in files:
@@ -207,8 +227,12 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
             if playlist.suffix.lower() == ".m3u8":
                 raise SiamrecError(f"{playlist}: not UTF-8, as .m3u8 must be; save it as UTF-8 (or name it .m3u)") from None
             text = raw.decode("latin-1")
+        extinf = None
         for line in text.splitlines():
             entry = line.strip()
+            if entry.upper().startswith("#EXTINF:"):
+                extinf = parse_extinf(entry)
+                continue
             if not entry or entry.startswith("#"):
                 continue
             n_entries += 1
@@ -223,6 +247,9 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
                 missing.append({"playlist": tag, "entry": entry, "reason": "not found"})
                 continue
             tags.setdefault(os.path.abspath(path), set()).add(tag)
+            if extinf:
+                meta.setdefault(os.path.abspath(path), extinf)
+            extinf = None
     if not tags:
         raise SiamrecError(f"data.playlists={folder}: none of the {n_entries} entries of {len(files)} playlists is "
                            "an existing file; entries are paths relative to their playlist file (or absolute)")
@@ -231,7 +258,8 @@ def from_playlists(data_cfg, _paths_cfg=None) -> Library:
     keys = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
     if missing:
         print(f"data.playlists: {len(missing)} of {n_entries} playlist entries not found (listed in data_report.json)")
-    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys))
+    lib = Library(keys=keys, paths=paths, labels=[tuple(sorted(tags[p])) for p in paths], groups=list(keys),
+                  meta=[meta.get(p, {}) for p in paths])
     lib.report.update({"source": "playlists", "playlists": len(files), "entries": n_entries,
                        "songs": len(paths), "missing_entries": len(missing), "missing": missing[:LISTED_MISSING]})
     return lib

@@ -18,7 +18,8 @@ KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "a
 
 def make_split(lib: Library, split_cfg) -> np.ndarray:
     """One of 'train' / 'valid' / 'test' / '' (unused) per item, from the splitter named by the YAML's `_target_`
-    (a function (lib, split_cfg) → split)."""
+    (a function (lib, split_cfg) → split). Items without a label (a listener's library keeps them) are unused:
+    they are embedded and recommended, never trained on or scored."""
     from hydra.utils import get_method
 
     try:
@@ -26,7 +27,13 @@ def make_split(lib: Library, split_cfg) -> np.ndarray:
     except Exception:  # noqa: BLE001 - a hand-written split config
         raise SiamrecError(f"split.kind={split_cfg.get('kind')!r} (split._target_={split_cfg.get('_target_')!r}): "
                            "not a splitter; choose split=stratified or split=files") from None
-    return splitter(lib, split_cfg)
+    labelled = np.flatnonzero([bool(labs) for labs in lib.labels])
+    if len(labelled) == len(lib):
+        return splitter(lib, split_cfg)
+    out = np.full(len(lib), "", dtype=object)
+    if len(labelled):
+        out[labelled] = splitter(lib.subset(labelled), split_cfg)
+    return out.astype(str)
 
 
 def stratified(lib: Library, split_cfg) -> np.ndarray:
