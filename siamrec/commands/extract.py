@@ -47,6 +47,7 @@ def output_folder(cfg, run_dir) -> Path:
 
 
 def extract(cfg, run_dir) -> Path:
+    run = existing_run(cfg.run) if cfg.get("run") else None  # before anything is written
     out = output_folder(cfg, run_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def extract(cfg, run_dir) -> Path:
     print(f"index folder: {out}", flush=True)
     progress = Progress(out)
     try:
-        return _extract(cfg, out, progress)
+        return _extract(cfg, run, out, progress)
     except KeyboardInterrupt:
         progress.finish("interrupted", "interrupted; run the same command to finish")
         raise
@@ -65,11 +66,10 @@ def extract(cfg, run_dir) -> Path:
         raise
 
 
-def _extract(cfg, out: Path, progress: Progress) -> Path:
+def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
     from siamrec.data.sources import load_library
 
     started = time.perf_counter()
-    run = existing_run(cfg.run) if cfg.get("run") else None
     if run is not None and out.resolve() == run.resolve():
         raise SiamrecError(f"extract.out={out} is the run folder itself, whose embeddings would be overwritten; "
                            "choose another folder")
