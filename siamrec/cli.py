@@ -81,8 +81,60 @@ def seed_everything(seed) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def check_parts(job_cfg) -> None:
+    """features.parts and each features.combine entry's parts name parts of their backbone (a non-empty list, or
+    null for the backbone's default parts): checked against the bundle's class before any work. The bundle's
+    module (Keras) is imported only when parts are given."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from siamrec.backbones.base import part_columns
+    from siamrec.configs import conf_dir
+
+    given = [("features.parts", job_cfg.get("backbone"), job_cfg.features.get("parts"))]
+    for k, item in enumerate(job_cfg.features.get("combine") or []):
+        yaml = conf_dir() / "backbone" / f"{item['backbone']}.yaml"
+        given.append((f"features.combine[{k}].parts", OmegaConf.load(yaml) if yaml.is_file() else None,
+                      item.get("parts")))
+    for key, backbone, parts in given:
+        if parts is None or backbone is None or "_target_" not in backbone:
+            continue
+        try:
+            cls = get_class(str(backbone._target_))
+        except Exception:  # noqa: BLE001 - not a class: the command's make_bundle says what is wrong
+            continue
+        try:
+            part_columns(cls.parts, list(parts), backbone.get("name") or cls.__name__)
+        except SiamrecError as exc:
+            raise SiamrecError(str(exc).replace("features.parts", key, 1) +
+                               " (or null for its default parts)") from None
+
+
+def _escaped(exc: UnicodeError):
+    """Codec error handler: a character the terminal's encoding cannot take is written as an escape, so a file
+    name never ends a command: a byte of a name that is not UTF-8 (a surrogate escape) as \\xNN, as in the run's
+    files; anything else (Gurmukhi on an ASCII terminal) as \\uNNNN."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    chunk = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+                   .decode("ascii") for c in chunk), exc.end
+
+
+def _escape_unprintable_output() -> None:
+    import codecs
+
+    codecs.register_error("siamrec.escaped", _escaped)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="siamrec.escaped")
+        except (AttributeError, ValueError, OSError):  # not a text stream of ours (a test's capture, a pipe wrapper)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unprintable_output()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -143,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         from siamrec.schema import validate
 
         validate(job_cfg)
+        check_parts(job_cfg)
         run_dir = plan_run_dir(cfg, overrides, bool(job_cfg.overwrite))
     except SiamrecError as exc:
         return fail(f"error: {exc}", 2)

@@ -11,20 +11,21 @@ import numpy as np
 
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.errors import SiamrecError
-from siamrec.runs import existing_run
+from siamrec.runs import existing_run, read_run_file
 
 
 class RunEmbedder:
     """The model of a run folder: `encoder(cfg)` encodes audio as the run did, `from_features` applies the head."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, finished: bool = True):
+        """`finished=False`: a model folder extract is writing into (a library's index folder while extract makes
+        or updates it, or a run extract's driver has checked), not required to hold a completion marker."""
         from siamrec.models.heads import load_head
 
-        # a run folder, or a library's index folder while its first extract makes it (its model, no items yet)
-        self.run_dir = Path(run_dir) if (Path(run_dir) / "head.json").is_file() else existing_run(run_dir)
+        self.run_dir = existing_run(run_dir) if finished else Path(run_dir)
         self.head = load_head(self.run_dir)
         spec = self.run_dir / "extractor.json"
-        self.spec = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else None
+        self.spec = read_run_file(self.run_dir, spec.name, _encoder_spec) if spec.is_file() else None
         if self.spec is None and (self.run_dir / "backbone.keras").is_file() or self.spec and "members" not in self.spec:
             raise SiamrecError(f"run={self.run_dir} was made by an older siamrec; train it again")
         self._encoder = None
@@ -63,10 +64,18 @@ class RunEmbedder:
 def embed_new_songs(run, songs: list[str], cfg) -> np.ndarray:
     """Embeddings of songs outside the library, through the run's extractor and head (decoded in worker processes,
     embedded in batches); a song that cannot be decoded is an error naming it."""
-    emb, failures = RunEmbedder(run).embed_files(songs, cfg, desc="new songs")
+    from siamrec.extractor import padding_note
+
+    embedder = RunEmbedder(run)
+    emb, failures = embedder.embed_files(songs, cfg, desc="new songs")
     if failures:
         i, reason = failures[0]
         raise SiamrecError(f"seed={songs[i]}: {reason} (siamrec reads {', '.join(AUDIO_EXTENSIONS)})")
+    window = max(m.extractor.bundle.window_seconds for m in embedder.encoder(cfg).members)
+    for song in songs:  # a mostly silent window: its playlist says more about the padding than the song
+        note = padding_note(song, window)
+        if note:
+            print(note)
     return emb
 
 
@@ -93,7 +102,7 @@ class SongEmbedder:
         from siamrec.inference import tensorflow_threads
 
         tensorflow_threads(job.threads)  # before the model loads (TensorFlow fixes its pools at its first op)
-        self.embedder = RunEmbedder(job.run)
+        self.embedder = RunEmbedder(job.run, finished=False)  # extract checked the run, or is making the model
         cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False,
                                              "threads": job.threads, "runtime": job.runtime},
                                 "paths": {"cache": job.cache or ""}})
@@ -108,11 +117,22 @@ class SongEmbedder:
         return self.embedder.from_features(np.asarray(vectors, dtype=np.float32))
 
 
-def embed_with_run(run, cfg, data, out_dir):
+def _encoder_spec(path) -> dict:
+    """extractor.json, checked for its shape (each member: backbone, clip, parts, model)."""
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    members = spec.get("members") if isinstance(spec, dict) else None
+    if members is not None and not (isinstance(members, list) and members and all(
+            isinstance(m, dict) and isinstance(m.get("backbone"), dict) and isinstance(m.get("clip"), dict)
+            and isinstance(m.get("model"), str) and isinstance(m.get("parts"), (list, type(None))) for m in members)):
+        raise ValueError("its members are not {backbone, clip, parts, model} entries")
+    return spec
+
+
+def embed_with_run(embedder: RunEmbedder, cfg, data, out_dir):
     """Embed the items of `data` with the run's model; returns (kept items, embeddings)."""
     from siamrec.pipeline import audio_features
 
-    embedder = RunEmbedder(run)
+    run = embedder.run_dir
     if data.is_audio:
         feats = audio_features(embedder.encoder(cfg), data, cfg, out_dir)
         return feats.data, embedder.from_features(feats.x)

@@ -183,9 +183,8 @@ class SongEncoder:
     def load(cls, run_dir, spec: dict, cfg) -> "SongEncoder":
         """The encoder a run saved (its bundles, models and clip settings); batch size, workers and the cache come
         from `cfg.features` and `cfg.paths`."""
-        import keras
-
         from siamrec.extractor import Extractor, decode_workers, make_bundle
+        from siamrec.runs import load_keras
 
         cache = Path(str(cfg.paths.cache)).expanduser() if cfg.features.cache else None
         members = []
@@ -197,7 +196,7 @@ class SongEncoder:
                 raise SiamrecError(f"run={run_dir}: extractor.json: backbone {k + 1} names the model file "
                                    f"{str(m.get('model'))[:80]!r}, not {cls.model_file(k)}; the run folder is damaged")
             bundle = make_bundle(m["backbone"])  # imports the bundle's module: registers its layers
-            model = keras.saving.load_model(Path(run_dir) / m["model"], compile=False, safe_mode=True)
+            model = load_keras(run_dir, m["model"])
             extractor = Extractor(bundle, model, m["clip"], batch_size=int(cfg.features.batch_size),
                                   workers=decode_workers(cfg.features), cache_root=cache, **runtime_of(cfg))
             members.append(Member(extractor, m["parts"], m["backbone"]))
@@ -236,8 +235,8 @@ def make_encoder(cfg, data=None, all_parts: bool = False, normalise: bool = True
         model = prepared_model(bundle, cfg, pool, clip)
         extractor = Extractor(bundle, model, clip, batch_size=int(cfg.features.batch_size),
                               workers=decode_workers(cfg.features), cache_root=cache, **runtime_of(cfg))
-        parts = None if all_parts else (list(parts) if parts else bundle.default_parts)
-        member = Member(extractor, list(parts) if parts else None, backbone_cfg)
+        parts = None if all_parts else (list(parts) if parts is not None else bundle.default_parts)
+        member = Member(extractor, list(parts) if parts is not None else None, backbone_cfg)
         member.columns  # noqa: B018 - checks the part names now
         members.append(member)
     kind = str(cfg.features.normalise) if normalise and not all_parts else "none"

@@ -15,7 +15,6 @@ stale features.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from siamrec.data.audio import DECODER_VERSION, AudioError, WindowPlan, decode_windows, parse_windows, window_start
 from siamrec.errors import SiamrecError
 from siamrec.inference import cpu_count, inference_threads, make_runner
-from siamrec.runs import atomic_write_bytes, closing_note, printable, write_csv
+from siamrec.runs import closing_note, printable, read_checked_npz, sha256_file, write_checked_npz, write_csv
 
 POOLS = ("mean", "mean_std")
 
@@ -117,14 +116,6 @@ def fingerprint(bundle, model, clip_cfg) -> str:
 
 
 # --- file identity and the feature cache ------------------------------------------------------------------------
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
@@ -141,38 +132,63 @@ class FileDigests:
 
     def digest(self, path: str) -> str:
         size, mtime = file_stat(path)
-        row = self.db.execute("SELECT size, mtime, sha256 FROM files WHERE path = ?", (path,)).fetchone()
+        key = _db_key(path)
+        row = self.db.execute("SELECT size, mtime, sha256 FROM files WHERE path = ?", (key,)).fetchone()
         if row and row[0] == size and row[1] == mtime:
             return row[2]
-        digest = file_digest(path)
+        digest = sha256_file(path)
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, size, mtime, digest))
+            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (key, size, mtime, digest))
         return digest
 
 
+def _db_key(path: str) -> str | bytes:
+    """A path as SQLite stores it: text, or its bytes when its name is not UTF-8 (surrogate escapes, which SQLite
+    cannot encode)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
 class FeatureCache:
-    """The window features of a file, one .npy per (fingerprint, file content), written atomically."""
+    """The window features of a file, one .npz per (fingerprint, file content), written atomically and
+    sha256-checked on every load (a damaged entry is recomputed)."""
 
     def __init__(self, root, fingerprint: str):
         self.dir = Path(root) / fingerprint
 
     def _path(self, digest: str) -> Path:
-        return self.dir / digest[:2] / f"{digest}.npy"
+        return self.dir / digest[:2] / f"{digest}.npz"
 
     def get(self, digest: str) -> np.ndarray | None:
         p = self._path(digest)
         if not p.is_file():
             return None
         try:
-            a = np.load(p, allow_pickle=False)
+            a = read_checked_npz(p)["windows"]
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             return None
         return a if a.ndim == 2 and len(a) else None
 
     def put(self, digest: str, windows: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(windows, dtype=np.float32))
-        atomic_write_bytes(self._path(digest), buf.getvalue())
+        write_checked_npz(self._path(digest), {"windows": np.asarray(windows, dtype=np.float32)})
+
+
+def padding_note(path: str, window_seconds: float, what: str = "seed") -> str | None:
+    """The line that says a song shorter than the backbone's window was padded with silence (None when it is not
+    shorter, or its length cannot be read)."""
+    from siamrec.data.audio import duration_seconds
+
+    try:
+        seconds = duration_seconds(path)
+    except Exception:  # noqa: BLE001 - it was decoded already; its length is only for the note
+        return None
+    if seconds >= window_seconds:
+        return None
+    return (f"{what} {path} is {seconds:.1f} s, shorter than the backbone's {window_seconds:g} s window: padded with "
+            "silence")
 
 
 # --- decoding -------------------------------------------------------------------------------------------------
@@ -186,7 +202,7 @@ def _decode(job):
     i, path, plan, want_digest = job
     try:
         windows = decode_windows(path, plan)
-        return i, windows, None, file_digest(path) if want_digest else None
+        return i, windows, None, sha256_file(path) if want_digest else None
     except AudioError as exc:
         return i, None, exc.reason, None
     except OSError as exc:
@@ -455,8 +471,8 @@ def prepared_model(bundle, cfg, pool_paths: list[str], clip=None, progress: bool
     cached = cache_root / "prepared" / f"{h.hexdigest()[:20]}.npz"
     if cached.is_file():
         try:
-            with np.load(cached, allow_pickle=False) as z:
-                model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
+            z = read_checked_npz(cached)  # sha256-checked: a damaged entry is recomputed
+            model.set_weights([z[f"arr_{i}"] for i in range(len(z))])
             return model
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed
             pass
@@ -472,7 +488,5 @@ def prepared_model(bundle, cfg, pool_paths: list[str], clip=None, progress: bool
     if len(windows) > limit:
         windows = windows[np.sort(rng.choice(len(windows), limit, replace=False))]
     bundle.prepare(model, windows)
-    buf = io.BytesIO()
-    np.savez(buf, *model.get_weights())
-    atomic_write_bytes(cached, buf.getvalue())
+    write_checked_npz(cached, {f"arr_{i}": w for i, w in enumerate(model.get_weights())})
     return model

@@ -203,15 +203,23 @@ class FaissSearch:
         h.update(memoryview(emb).cast("B"))
         fingerprint = h.hexdigest()[:20]
         path, meta = Path(run_dir) / INDEX_FILE, Path(run_dir) / META_FILE
-        if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
-            return load_index(path, **self.search)
+        if path.is_file() and meta.is_file():
+            try:  # a saved index is a cache: one that is stale, damaged or truncated is built again
+                saved = json.loads(meta.read_text(encoding="utf-8"))
+                if saved.get("fingerprint") == fingerprint:
+                    if saved.get("bytes", path.stat().st_size) != path.stat().st_size:
+                        raise ValueError(f"{path.stat().st_size} bytes, {saved['bytes']} when it was saved")
+                    return load_index(path, **self.search)
+            except Exception as exc:  # noqa: BLE001 - faiss's RuntimeError, JSON errors, ...
+                print(f"{path} or {meta.name} is damaged ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}); "
+                      "building the index again")
         started = time.perf_counter()
         index = build_index(emb, **build, **self.search)
         if not save:
             print(f"built a faiss {method} index of {len(emb)} items in memory in {time.perf_counter() - started:.1f} s")
             return index
         index.save(path)
-        write_json(meta, {"fingerprint": fingerprint, "n": len(emb), **build,
+        write_json(meta, {"fingerprint": fingerprint, "n": len(emb), "bytes": path.stat().st_size, **build,
                           "build_s": round(time.perf_counter() - started, 1)})
         print(f"built a faiss {method} index of {len(emb)} items in {time.perf_counter() - started:.1f} s: {path}")
         return index

@@ -48,7 +48,7 @@ def split_args(command: str, args: list[str], aliases: dict) -> tuple[list[str],
             continue
         is_list = value.strip().startswith("[") and value.strip().endswith("]")
         if command == "recommend" and key == "seed" and not is_list:
-            positional.append(value)
+            positional.append(unquote(value))
             continue
         if command == "recommend" and key in ("to", "recommend.to"):  # a song name, outside Hydra's grammar
             flags["to"] = value
@@ -128,3 +128,13 @@ def with_run_overrides(overrides: list[str]) -> list[str]:
 def escape(text: str) -> str:
     """A string stored in the config as itself (OmegaConf would read '${...}' as an interpolation)."""
     return text.replace("${", "\\${")
+
+
+def unquote(value: str) -> str:
+    """A value quoted for Hydra's grammar ('my song (live), part 2.wav', "Don't.mp3", 'Don\\'t.mp3') as the name it
+    quotes (backslashes before a quote, or before the closing quote, are Hydra's escapes); anything else as it is."""
+    v = value.strip()
+    if len(v) < 2 or v[0] != v[-1] or v[0] not in "'\"":
+        return value
+    quote = v[0]
+    return re.sub(r"(\\+)(" + quote + r"|$)", lambda m: "\\" * (len(m.group(1)) // 2) + m.group(2), v[1:-1])

@@ -11,7 +11,7 @@ from siamrec.data.library import Library
 from siamrec.data.sources import load_library
 from siamrec.data.split import make_split, write_split
 from siamrec.errors import SiamrecError
-from siamrec.runs import write_embeddings, write_json
+from siamrec.runs import mark_finished, write_embeddings, write_json
 
 
 @dataclass
@@ -144,6 +144,7 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
 
         tsne_plots(run_dir, emb, lib.labels, seed=int(cfg.seed), splits=list(data.split), name=run_name(run_dir))
     history_plot(run_dir, history)
+    mark_finished(run_dir)  # last: from now on the folder is a finished run for run=
     print_scores(metrics)
     return metrics
 

@@ -18,22 +18,15 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    """Save through a temporary name and an atomic rename, with the user's usual permissions; a full or
-    read-only disk is a SiamrecError naming the picture."""
-    import os
+    """Save through runs.atomic_write_bytes (a temporary name, an atomic rename, the user's usual permissions; a
+    full or read-only disk is a SiamrecError naming the picture and leaves no temporary file)."""
+    import io
 
-    from siamrec.errors import SiamrecError
-    from siamrec.runs import _umask, disk_reason
+    from siamrec.runs import atomic_write_bytes
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SiamrecError(f"cannot write {path}: {disk_reason(exc)}") from None
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def run_name(run_dir) -> str:

@@ -45,7 +45,7 @@ def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
     from omegaconf import OmegaConf
 
     from siamrec.errors import disk_errno_codes
-    from siamrec.runs import atomic_write_text, disk_reason
+    from siamrec.runs import atomic_write_text, disk_reason, unmark_finished
 
     try:
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,7 @@ def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
         reason = disk_reason(exc) if exc.errno in disk_errno_codes() else (exc.strerror or str(exc))
         raise SiamrecError(f"hydra.run.dir={run_dir}: cannot make the run folder ({reason}); "
                            "choose a folder you can write to") from None
+    unmark_finished(run_dir)  # overwrite=true: the folder is no finished run until this command finishes
     atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(job_cfg))
     atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     return run_dir

@@ -3,9 +3,18 @@ folder, not to the terminal, while siamrec's own messages and progress bars stil
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+class _QuietHandler(logging.StreamHandler):
+    """A logging handler on run.log that drops a record it cannot write (a full disk) instead of printing
+    logging's "--- Logging error ---" traceback: the next result file the command writes says the disk is full."""
+
+    def handleError(self, record):  # noqa: N802
+        pass
+
 
 class RunLog:
     """Library chatter goes to `run.log` in the run folder, not to the terminal: Python warnings (librosa's
@@ -22,7 +31,7 @@ class RunLog:
         import logging
 
         self.file = open(self.path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
-        self.handler = logging.StreamHandler(self.file)
+        self.handler = _QuietHandler(self.file)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         self.root_level = root.level

@@ -29,17 +29,9 @@ import numpy as np
 
 from siamrec.data.audio import DECODER_VERSION
 from siamrec.errors import SiamrecError
-from siamrec.extractor import file_digest, file_stat
-from siamrec.runs import write_json
+from siamrec.extractor import file_stat
+from siamrec.runs import model_files, sha256_file, write_json
 
-# The files of a run folder that make up its model (those present are hashed and copied).
-MODEL_FILES = ("extractor.json", "head.json", "model.keras", "lda.npz", "scaler.npz")
-
-
-def model_files(run_dir) -> list[Path]:
-    """The run's model files that exist: its head and encoder files and every backbone model (backbone*.keras)."""
-    run_dir = Path(run_dir)
-    return [run_dir / n for n in MODEL_FILES if (run_dir / n).is_file()] + sorted(run_dir.glob("backbone*.keras"))
 FIELDS = ("keys", "sizes", "mtimes", "digests", "embeddings")
 
 
@@ -70,7 +62,12 @@ class FeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if meta.is_file():
-            stored = json.loads(meta.read_text()).get("fingerprint")
+            try:
+                stored = json.loads(meta.read_text(encoding="utf-8"))["fingerprint"]
+            except Exception as exc:  # noqa: BLE001 - truncated, not JSON, another shape
+                raise SiamrecError(f"extract.out={self.dir.parent}: {meta} is damaged ({type(exc).__name__}), so "
+                                   "which model its embeddings come from is unknown; choose a new extract.out "
+                                   f"(or delete {self.dir} to embed everything again)") from None
             if stored != fingerprint:
                 raise SiamrecError(f"extract.out={self.dir.parent}: its store holds embeddings of another model, "
                                    "clip settings or decoder version; choose a new extract.out (or delete "
@@ -146,7 +143,7 @@ class FeatureStore:
                 found[i] = same[-1]
                 continue
             if recs:                     # changed size or mtime: compare the content
-                digest = file_digest(path)
+                digest = sha256_file(path)
                 match = by_digest.get(digest)
                 if match is not None:
                     found[i] = match

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import make_cfg, tone
+from siamrec.runs import mark_finished
 
 STYLES = {"drone": (110.0, "sine"), "high": (1760.0, "sine"), "beats": (4.0, "pulse")}
 # names as people have them: Gurmukhi and Devanagari, spaces; formats a browser cannot play (.au, .aiff)
@@ -63,6 +64,7 @@ def synthetic_run(folder: Path, library: Path, dim: int = 8, seed: int = 0, tags
             # artists: two songs per group, so "exclude same group" has something to exclude
             row = [p.relative_to(library).as_posix(), str(p), p.parent.name, "test", f"artist{i // 2}"]
             w.writerow(row + ([*song_tags(i, p), ""] if tags else []))
+    mark_finished(folder)
     return folder
 
 

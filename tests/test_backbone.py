@@ -221,3 +221,15 @@ def test_tag_command_prints_top_tags_of_a_real_song(shared, tmp_path, cfg_factor
     assert probs == sorted(probs, reverse=True) and 0 < probs[-1] <= probs[0] < 1
     assert f"{best[0][0]} {best[0][1]:.2f}" in capsys.readouterr().out
     assert (tmp_path / "tags.csv").is_file()
+
+
+def test_tag_says_a_song_shorter_than_the_window_was_padded(shared, tmp_path, cfg_factory, capsys):
+    import soundfile as sf
+
+    from siamrec.commands.tag import tag
+
+    short = tmp_path / "half a second.wav"
+    sf.write(short, (0.1 * np.sin(np.arange(6000) / 3)).astype(np.float32), 12000)
+    tag(cfg_factory("tag", "backbone=choi2017_keras2", "tag.top=3", f"tag.files=[{short}]"), tmp_path)
+    assert f"song {short} is 0.5 s, shorter than the backbone's 29 s window: padded with silence" in \
+        capsys.readouterr().out

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from siamrec import cli
-from siamrec.runs import write_embeddings
+from siamrec.runs import mark_finished, write_embeddings
 
 NAMES = {  # one seed song per character class people use in names
     "gurmukhi": "ਮਿੱਟੀ ਦਾ ਬਾਵਾ.mp3",
@@ -40,6 +40,7 @@ def make_run(folder: Path, keys, labels, splits, seed=0) -> Path:
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(len(keys), 6)).astype(np.float32)
     write_embeddings(folder, emb, keys, [""] * len(keys), labels, splits)
+    mark_finished(folder)
     return folder
 
 
@@ -79,6 +80,15 @@ def env(tmp_path):
     (tmp_path / "seeds_empty.txt").write_text("# nothing yet\n\n")
     e["seeds_empty"] = tmp_path / "seeds_empty.txt"
 
+    pipes = tmp_path / "only_separators.csv"
+    pipes.write_text("key,label\n" + "".join(f"song{i:02d},|\n" for i in range(24)), encoding="utf-8")
+    e["only_separators"] = pipes
+    (tmp_path / "text.npy").write_text("0.1,0.2,0.3\n0.4,0.5,0.6\n")
+    e["text_npy"] = tmp_path / "text.npy"
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 24, dtype=object), allow_pickle=True)
+    e["objects_npy"] = tmp_path / "objects.npy"
+    np.save(tmp_path / "strings.npy", np.array(["a"] * 24))
+    e["strings_npy"] = tmp_path / "strings.npy"
     for damage in ("npy", "items"):
         bad = make_run(tmp_path / f"bad_{damage}", ["a", "b", "c"], [("x",), ("y",), ("x",)], ["test"] * 3)
         target = bad / ("embeddings.npy" if damage == "npy" else "items.csv")
@@ -131,6 +141,22 @@ CASES = [
     ("no_scorable_query", [*FEATURES, "data.labels={unique_in_test}", "split=files", "split.test={test3}"], 1,
      ["no test query can be scored", "3 test songs"], True),
     ("labels_all_empty", [*FEATURES, "data.labels={empty_labels}"], 1, ["none of the 24 items has a label"], False),
+    # issue 21: an empty or unknown list of parts is refused before any work, naming the backbone's parts
+    ("parts_empty", ["train", "+model=lda", "backbone=choi2017", "features.parts=[]"], 2,
+     ["features.parts=[]", "block1", "block5", "null"], False),
+    ("parts_unknown", ["train", "+model=lda", "backbone=musicnn_msd", "features.parts=[penultimat]"], 2,
+     ["features.parts=['penultimat']", "penultimate", "max_pool"], False),
+    ("combine_parts_empty", ["train", "+model=lda", "features.combine=[{{backbone: musicnn_msd, parts: []}}]"], 2,
+     ["features.combine[0].parts=[]", "penultimate"], False),
+    # issue 21: an error names the file at fault
+    ("labels_only_separators", [*FEATURES, "data.labels={only_separators}"], 1,
+     ["only_separators.csv", "none of the 24 items has a label", "'|'"], False),
+    ("npy_is_text", ["evaluate", "+model=identity", "data=features", "data.features=[{text_npy}]",
+                     "data.labels={labels}"], 1, ["text.npy", "is not a .npy file", "text", "numpy.save"], False),
+    ("npy_holds_objects", ["evaluate", "+model=identity", "data=features", "data.features=[{objects_npy}]",
+                           "data.labels={labels}"], 1, ["objects.npy", "Python objects"], False),
+    ("npy_holds_strings", ["evaluate", "+model=identity", "data=features", "data.features=[{strings_npy}]",
+                           "data.labels={labels}"], 1, ["strings.npy", "not numbers"], False),
     # 5. never overwrite a run
     ("rerun_into_a_run", ["evaluate", "run={run}", "hydra.run.dir={run}"], 2,
      ["already holds a run", "overwrite=true"], True),
@@ -345,3 +371,291 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(env, capsys):
     got, out, err = call(["recommend", f"run={env['run']}", odd, f"hydra.run.dir={env['out']}"], capsys)
     assert got == 1 and err.count("\n") == 1
     assert "caf\\xe9 (live).mp3" in err and "neither a song" in err
+
+
+# --- issue 21: a run is finished only when its completion marker is written last; its model files are checked ---
+FEATURE_RUN = ["data=features", "data.features=[{feat}]", "data.key_column=key", "plots=false"]
+
+
+def test_a_train_that_fails_after_writing_its_model_leaves_no_usable_run(env, capsys):
+    """No scorable test query: train stops after writing embeddings and its head; the folder is no run for run=."""
+    out = env["out"]
+    (env["tmp"] / "train21.txt").write_text("".join(f"song{i:02d}\n" for i in range(3, 24)))
+    got, _, err = call(["train", "+model=lda", *[a.format(**env) for a in FEATURE_RUN],
+                        f"data.labels={env['unique_in_test']}", "split=files", f"split.test={env['test3']}",
+                        f"split.train={env['tmp'] / 'train21.txt'}",
+                        f"hydra.run.dir={out}", f"paths.cache={env['cache']}"], capsys)
+    assert got == 1 and "no test query can be scored" in err, err
+    assert (out / "head.json").is_file() and (out / "embeddings.npy").is_file()  # what was written stays...
+    assert not (out / "finished.json").exists()
+    for command in (["recommend", f"run={out}", "song05"], ["extract", f"run={out}",
+                                                            *[a.format(**env) for a in FEATURE_RUN]],
+                    ["serve", f"run={out}", "port=0"], ["plot", f"run={out}"]):
+        got, _, err = call([*command, f"hydra.run.dir={env['tmp'] / 'next'}"], capsys)
+        assert got == 1 and err.count("\n") == 1, (command, err)
+        assert "not a finished siamrec run" in err and "finished.json" in err and str(out) in err, err  # ...but is refused
+        assert not (env["tmp"] / "next").exists()
+
+
+def test_overwrite_makes_a_finished_run_unfinished_until_the_command_finishes(env, capsys, monkeypatch):
+    run = env["run"]
+    assert (run / "finished.json").is_file()
+
+    def fails(cfg, run_dir):
+        raise cli.SiamrecError("something went wrong")
+
+    monkeypatch.setattr("siamrec.commands.evaluate.evaluate", fails)
+    got, _, err = call(["evaluate", "+model=identity", f"hydra.run.dir={run}", "overwrite=true"], capsys)
+    assert got == 1
+    assert not (run / "finished.json").exists()
+
+
+@pytest.fixture(scope="module")
+def feature_runs(tmp_path_factory):
+    """A Siamese run (model.keras + scaler.npz + head.json) and an LDA run (lda.npz), on feature rows."""
+    from conftest import make_cfg
+
+    from siamrec.cli import seed_everything
+    from siamrec.commands.train import train
+
+    base = tmp_path_factory.mktemp("feature_runs")
+    rng = np.random.default_rng(0)
+    np.save(base / "x.npy", rng.normal(size=(24, 5)).astype(np.float32))
+    with open(base / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["key", "label"], *[[f"song{i:02d}", f"g{i % 3}"] for i in range(24)]])
+    data = ["data=features", f"data.features=[{base / 'x.npy'}]", "data.key_column=key",
+            f"data.labels={base / 'labels.csv'}", "plots=false"]
+    runs = {}
+    for model, extra in (("siamese", ["model.epochs=1"]), ("lda", [])):
+        runs[model] = base / model
+        runs[model].mkdir()
+        seed_everything(0)
+        train(make_cfg("train", [f"+model={model}", *data, *extra], base), runs[model])
+    return runs, data
+
+
+def lambda_model(path: Path) -> None:
+    import keras
+
+    x = keras.Input((5,))
+    y = keras.layers.Lambda(lambda t: t * 2, name="embedding")(x)
+    keras.Model(x, y).save(path)
+
+
+DAMAGE = {"garbage": lambda p: p.write_bytes(b"\x00garbage, not a model file" * 3),
+          "truncated": lambda p: p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 2)]),
+          "lambda": lambda_model}
+
+
+@pytest.mark.parametrize("model, name, damage", [
+    ("siamese", "model.keras", "garbage"), ("siamese", "model.keras", "truncated"), ("siamese", "model.keras", "lambda"),
+    ("siamese", "scaler.npz", "garbage"), ("siamese", "head.json", "truncated"), ("lda", "lda.npz", "garbage"),
+    ("lda", "lda.npz", "truncated"), ("lda", "embeddings.npy", "garbage"), ("lda", "items.csv", "truncated")])
+@pytest.mark.parametrize("marker", ["as_finished", "marker_forged"])
+def test_a_damaged_model_file_is_one_line_naming_it(feature_runs, tmp_path, capsys, model, name, damage, marker):
+    """Damaged after the run finished: the marker's sha256 names the file. With a marker forged to match (as
+    someone handing over a folder could), the loader itself names it, and a Lambda layer's code never runs."""
+    import shutil
+
+    from siamrec.runs import mark_finished
+
+    runs, data = feature_runs
+    run = tmp_path / "run"
+    shutil.copytree(runs[model], run)
+    if damage == "lambda":
+        (run / name).unlink()
+    DAMAGE[damage](run / name)
+    if marker == "marker_forged":
+        mark_finished(run)
+    command = ["recommend", f"run={run}", "song00"] if name in ("embeddings.npy", "items.csv") else \
+        ["evaluate", f"run={run}", *data]  # evaluate embeds with the run's model; recommend reads its library
+    got, out, err = call([*command, f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 1 and err.count("\n") == 1 and "Traceback" not in err + out, err
+    assert f"{name} " in err and str(run) in err, err
+    if marker == "as_finished":
+        assert "damaged" in err, err
+    elif damage == "lambda":
+        assert "holds code" in err and "never runs" in err, err
+    else:
+        assert "damaged" in err or "truncated" in err or "not a siamrec" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory):
+    """An LDA run on audio (random backbone): extractor.json + backbone.keras + lda.npz."""
+    from conftest import identity_run, mixed_library
+
+    base = tmp_path_factory.mktemp("audio_run")
+    library = mixed_library(base / "library")
+    return identity_run(base / "run", library, model="lda"), library
+
+
+@pytest.mark.parametrize("name, damage", [("backbone.keras", "garbage"), ("backbone.keras", "lambda"),
+                                          ("extractor.json", "truncated"), ("extractor.json", "members")])
+def test_a_damaged_encoder_file_is_one_line_naming_it(audio_run, tmp_path, capsys, name, damage):
+    """With a forged marker (the loader's own checks): a new song is embedded through extractor.json and the
+    backbone model."""
+    import shutil
+
+    from siamrec.runs import mark_finished
+
+    run0, library = audio_run
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    if damage == "members":
+        spec = json.loads((run / name).read_text())
+        spec["members"][0]["model"] = "../../elsewhere.keras"
+        (run / name).write_text(json.dumps(spec))
+    else:
+        if damage == "lambda":
+            (run / name).unlink()
+        DAMAGE[damage](run / name)
+    mark_finished(run)
+    new_song = sorted(library.rglob("*.wav"))[0]
+    got, out, err = call(["recommend", f"run={run}", str(_copy(new_song, tmp_path)), "k=2",
+                          f"hydra.run.dir={tmp_path / 'out'}", f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 1 and err.count("\n") == 1 and "Traceback" not in err + out, err
+    assert str(run) in err and ("elsewhere.keras" in err if damage == "members" else f"{name} " in err), err
+    if damage == "lambda":
+        assert "holds code" in err, err
+
+
+def _copy(song: Path, folder: Path) -> Path:
+    """A song outside the run's library (so recommend embeds it with the run's model)."""
+    new = folder / f"new{song.suffix}"
+    new.write_bytes(song.read_bytes())
+    return new
+
+
+def test_a_cached_digest_of_a_file_whose_name_is_not_utf8(tmp_path):
+    """The digest cache (SQLite) keyed a non-UTF-8 name as text: UnicodeEncodeError before any song was embedded."""
+    from siamrec.extractor import FileDigests
+    from siamrec.runs import sha256_file
+
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav"))
+    Path(odd).write_bytes(b"some audio")
+    digests = FileDigests(tmp_path / "cache")
+    assert digests.digest(odd) == sha256_file(odd) == FileDigests(tmp_path / "cache").digest(odd)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_names_the_terminal_cannot_print_are_escaped_not_a_crash(audio_run, tmp_path, monkeypatch, encoding):
+    """A new seed song whose name is not UTF-8, and a Gurmukhi name on an ASCII terminal: the playlist is printed
+    with the name escaped (\\xNN as in the run's files; \\uNNNN), where a strict stdout raised UnicodeEncodeError."""
+    import io
+
+    run, library = audio_run
+    song = sorted(library.rglob("*.wav"))[0]
+    names = {"utf-8": b"n\xe9w (live).wav", "ascii": "ਨਵਾਂ.wav".encode()}
+    new = os.fsdecode(os.path.join(os.fsencode(tmp_path), names[encoding]))
+    Path(new).write_bytes(song.read_bytes())
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = cli.main(["recommend", f"run={run}", new, "k=2", f"hydra.run.dir={tmp_path / 'out'}",
+                     f"paths.cache={tmp_path / 'cache'}"])
+    text = raw.getvalue().decode(encoding)
+    assert code == 0, text
+    shown = "n\\xe9w (live).wav" if encoding == "utf-8" else "\\u0a28"
+    assert f"playlist for {tmp_path}" in text and shown in text, text
+
+
+@pytest.mark.parametrize("kind", ["spaces", "parentheses", "comma", "apostrophe", "gurmukhi", "brackets_braces",
+                                  "comma_and_parentheses"])
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_a_seed_quoted_for_hydras_grammar_is_the_song_it_quotes(env, capsys, kind, quote):
+    """seed='my song (live), part 2.wav' (quoted as Hydra's docs say) names the song, not a song with quotes."""
+    names = {**NAMES, "comma_and_parentheses": "my song (live), part 2.wav"}
+    name = names[kind]
+    run = make_run(env["tmp"] / "run2", [name, "rock/a.wav", "jazz/b.wav"], [("rock",), ("rock",), ("jazz",)],
+                   ["test"] * 3)
+    quoted = quote + name.replace("\\", "\\\\").replace(quote, "\\" + quote) + quote
+    got, out, err = call(["recommend", f"run={run}", f"seed={quoted}", "k=2", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0, err
+    assert f"playlist for {name} [" in out
+
+
+def test_a_short_new_seed_says_it_was_padded(audio_run, tmp_path, capsys):
+    import soundfile as sf
+
+    run, _ = audio_run
+    short = tmp_path / "short clip.wav"
+    sf.write(short, (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32), 16000)  # 0.5 s
+    got, out, err = call(["recommend", f"run={run}", str(short), "k=2", f"hydra.run.dir={tmp_path / 'out'}",
+                          f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 0, err
+    assert f"seed {short} is 0.5 s, shorter than the backbone's 29 s window: padded" in out, out
+    long_enough = tmp_path / "long.wav"
+    sf.write(long_enough, (0.1 * np.sin(np.arange(16000 * 30) / 5)).astype(np.float32), 16000)
+    got, out, err = call(["recommend", f"run={run}", str(long_enough), "k=2", f"hydra.run.dir={tmp_path / 'out2'}",
+                          f"paths.cache={tmp_path / 'cache'}"], capsys)
+    assert got == 0 and "padded" not in out, err + out
+
+
+@pytest.mark.parametrize("target", ["split.csv", "embeddings.npy", "model.keras", "scaler.npz", "training_curves.png",
+                                    "finished.json"])
+def test_a_disk_that_fills_during_any_write_leaves_no_temporary_file(env, capsys, monkeypatch, tmp_path, target):
+    """The disk fills while `target` is written (its temporary file lands on /dev/full): one line naming it, exit
+    1, no temporary file anywhere in the run folder or the system's temporary folder, and no finished run."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(f".{target}."):
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    out = env["out"]
+    got, _, err = call(["train", "+model=siamese", "model.epochs=1", *[a.format(**env) for a in FEATURE_RUN],
+                        f"data.labels={env['labels']}", f"hydra.run.dir={out}", f"paths.cache={env['cache']}"], capsys)
+    said = [line for line in err.splitlines() if line.startswith("siamrec train")]  # after the progress bars
+    assert got == 1 and len(said) == 1 and "Traceback" not in err, err
+    assert "disk is full" in said[0] and target in said[0], err
+    left = [p for p in [*out.rglob("*"), *system_tmp.rglob("*")] if "tmp" in p.name]
+    assert not left, left
+    assert not (out / "finished.json").exists()
+
+
+def test_a_damaged_store_record_is_one_line_naming_it(tmp_path):
+    from siamrec.errors import SiamrecError
+    from siamrec.store import FeatureStore
+
+    FeatureStore(tmp_path / "out" / "store", "abc")
+    (tmp_path / "out" / "store" / "meta.json").write_text('{"fingerpr')
+    with pytest.raises(SiamrecError) as e:
+        FeatureStore(tmp_path / "out" / "store", "abc")
+    assert "meta.json is damaged" in str(e.value) and "extract.out" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_seed_named_by_a_stem_several_songs_share_says_so(env, capsys):
+    run = make_run(env["tmp"] / "emotify", ["classical/1.ogg", "rock/1.ogg", "rock/2.ogg"],
+                   [("classical",), ("rock",), ("rock",)], ["test"] * 3)
+    got, _, err = call(["recommend", f"run={run}", "1.ogg", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 1 and err.count("\n") == 1
+    assert "matches 2 songs" in err and "classical/1.ogg" in err and "rock/1.ogg" in err, err
+    got, out, err = call(["recommend", f"run={run}", "seed=rock/1", "k=1", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0 and "playlist for rock/1.ogg [rock]" in out, err
+
+
+def test_a_full_disk_under_run_log_is_no_logging_traceback(env, capsys, monkeypatch):
+    import logging
+
+    def logs_on_a_full_disk(cfg, run_dir):
+        handler = next(h for h in logging.getLogger().handlers if getattr(getattr(h, "stream", None), "name", "")
+                       .endswith("run.log"))
+        handler.setStream(open("/dev/full", "w", buffering=1))  # every write: ENOSPC
+        logging.getLogger("tensorflow").warning("retracing")
+        print("the command's own line")
+
+    monkeypatch.setattr("siamrec.commands.plot.plot", logs_on_a_full_disk)
+    got, out, err = call(["plot", f"run={env['run']}", f"hydra.run.dir={env['out']}"], capsys)
+    assert got == 0 and "the command's own line" in out
+    assert "Logging error" not in err and "Traceback" not in err, err

@@ -16,6 +16,7 @@ import soundfile as sf
 from siamrec.commands.extract import extract
 from siamrec.commands.recommend import recommend
 from siamrec.errors import SiamrecError
+from siamrec.runs import mark_finished
 from siamrec.runs import read_csv, read_embeddings
 
 
@@ -224,6 +225,7 @@ def test_a_store_of_another_model_is_refused(run, library, tmp_path, cfg_factory
 
     shutil.copytree(run, other)
     (other / "extractor.json").write_text((other / "extractor.json").read_text().replace('"start"', '"middle"'))
+    mark_finished(other)  # a finished run of another model
     with pytest.raises(SiamrecError, match="another model"):
         extract(extract_cfg(cfg_factory, other, library, out), tmp_path)
     with pytest.raises(SiamrecError, match="run folder itself"):

@@ -12,7 +12,7 @@ import pytest
 from siamrec.commands.recommend import recommend
 from siamrec.errors import SiamrecError
 from siamrec.index import INDEX_FILE, build_index, choose_method, open_index
-from siamrec.runs import read_csv, write_embeddings
+from siamrec.runs import mark_finished, read_csv, write_embeddings
 
 
 def clustered(n: int, d: int = 32, centres: int = 50, seed: int = 0) -> np.ndarray:
@@ -122,6 +122,7 @@ def fake_run(tmp_path, n=300):
     emb = clustered(n, d=16)
     keys = [f"genre{i % 3}/song{i}.mp3" for i in range(n)]
     write_embeddings(run, emb, keys, [f"/music/{k}" for k in keys], [(k.split("/")[0],) for k in keys], [""] * n)
+    mark_finished(run)
     return run, emb, keys
 
 
@@ -156,3 +157,21 @@ def test_index_faiss_without_faiss_is_a_one_line_error(tmp_path, cfg_factory, mo
     with pytest.raises(SiamrecError, match="pip install faiss-cpu") as err:
         recommend(cfg, tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["index_garbage", "index_truncated", "meta_garbage"])
+def test_a_damaged_saved_index_is_built_again_not_a_traceback(tmp_path, cfg_factory, capsys, damage):
+    pytest.importorskip("faiss")
+    from siamrec.index import META_FILE
+
+    cfg = cfg_factory("recommend", "index=faiss", "index.method=hnsw").index
+    emb = clustered(500)
+    first = open_index(tmp_path, emb, cfg)
+    target = tmp_path / (META_FILE if damage == "meta_garbage" else INDEX_FILE)
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if damage == "index_truncated" else b"\x00 not an index {")
+    capsys.readouterr()
+    again = open_index(tmp_path, emb, cfg)
+    assert "building the index again" in capsys.readouterr().out
+    np.testing.assert_array_equal(again.search(emb[:5], 5)[0], first.search(emb[:5], 5)[0])
+    assert open_index(tmp_path, emb, cfg).search(emb[:5], 5)[0].tolist() == first.search(emb[:5], 5)[0].tolist()

@@ -115,3 +115,47 @@ def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage):
     with pytest.raises(SiamrecError) as e:
         read_embeddings(tmp_path)
     assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_checked_npz_never_gives_other_numbers_whatever_byte_is_flipped(tmp_path):
+    """The caches' file format (song features, prepared and converted weights): a flipped bit anywhere in the file
+    is an error (the caller recomputes), never silently other weights; plain .npy/.npz let most flips through."""
+    from siamrec.runs import read_checked_npz, write_checked_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"kernel": rng.normal(size=(6, 4)).astype(np.float32), "bias": rng.normal(size=4).astype(np.float32)}
+    path = write_checked_npz(tmp_path / "w.npz", arrays)
+    data = path.read_bytes()
+    assert {k: v.tolist() for k, v in read_checked_npz(path).items()} == {k: v.tolist() for k, v in arrays.items()}
+    for pos in range(len(data)):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x04
+        path.write_bytes(bytes(flipped))
+        try:
+            got = read_checked_npz(path)
+        except Exception:  # noqa: BLE001 - detected
+            continue
+        assert set(got) == set(arrays) and all(np.array_equal(got[k], arrays[k]) for k in arrays), pos
+
+
+def test_a_bit_flipped_feature_cache_entry_is_recomputed_not_used(tmp_path):
+    from siamrec.extractor import FeatureCache
+
+    cache = FeatureCache(tmp_path, "fp")
+    windows = np.arange(24, dtype=np.float32).reshape(3, 8)
+    cache.put("ab" * 32, windows)
+    entry = next(tmp_path.rglob("*.np*"))
+    data = bytearray(entry.read_bytes())
+    data[-20] ^= 0x01  # inside the last window's numbers
+    entry.write_bytes(bytes(data))
+    assert cache.get("ab" * 32) is None
+
+
+def test_json_holds_a_name_that_is_not_utf8_as_escaped_text_not_a_lone_surrogate(tmp_path):
+    import os
+
+    odd = os.fsdecode(b"caf\xe9 (live).wav")
+    path = write_json(tmp_path / "x.json", {"seed": odd, odd: [odd]})
+    text = path.read_text(encoding="utf-8")
+    assert "\\udc" not in text and json.loads(text) == {"seed": "caf\\xe9 (live).wav",
+                                                         "caf\\xe9 (live).wav": ["caf\\xe9 (live).wav"]}

@@ -11,7 +11,7 @@ import pytest
 
 from siamrec import cli
 from siamrec.errors import SiamrecError
-from siamrec.runs import write_embeddings
+from siamrec.runs import mark_finished, write_embeddings
 
 # a module that leaves a mark when it is imported: what an attacker's run folder would try to run
 PROBE = "import pathlib, os\npathlib.Path(os.environ['SIAMREC_PROBE']).write_text('imported')\nclass Head:\n    pass\n"
@@ -35,6 +35,7 @@ def small_run(folder):
                      [(k.split("/")[0],) for k in keys], ["test"] * 8)
     (folder / "head.json").write_text(json.dumps({"kind": "identity", "target": "siamrec.models.heads.IdentityHead",
                                                   "cfg": {}}))
+    mark_finished(folder)
     return folder
 
 
@@ -95,6 +96,7 @@ def test_overrides_a_run_folder_carries_may_not_name_a_class(tmp_path, probe, ca
 def test_a_foreign_head_through_the_cli_is_one_line_exit_1(tmp_path, probe, capsys):
     run = small_run(tmp_path / "run")
     (run / "head.json").write_text(json.dumps({"kind": "x", "target": "evil_probe.Head", "cfg": {}}))
+    mark_finished(run)  # as whoever hands over the folder can: the marker guards against accidents, not attackers
     import soundfile as sf
 
     new_song = tmp_path / "new song.wav"  # a song outside the library: the run's model must embed it

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
+from siamrec.runs import sha256_file
 
 
 # The 50 tags of the Million Song Dataset taggers (Choi 2017, musicnn), in the order of their outputs.
@@ -164,14 +165,6 @@ def _plain(v):
 
 
 # --- weight files ---------------------------------------------------------------------------------------------
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
     """Fetch `url` into `dest` atomically, only if its sha256 matches."""
     from siamrec.runs import atomic_write_bytes
@@ -200,7 +193,7 @@ def resolve_file(spec: WeightFile, subdir: str, paths_cfg, download_ok: bool = T
         candidates.append(Path(str(paths_cfg.shared)).expanduser() / "weights" / subdir / spec.file)
     for p in candidates:
         if p.is_file():
-            if sha256_of(p) != spec.sha256:
+            if sha256_file(p) != spec.sha256:
                 raise SiamrecError(f"{p}: sha256 differs from the published file; delete it to re-download")
             return p
     if not download_ok:

@@ -43,7 +43,6 @@ read with ``tf.train`` (no musicnn code), mapped onto the Keras layers, and the 
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -325,12 +324,6 @@ def set_weights(model: keras.Model, arrays: dict[str, np.ndarray], source) -> No
         layer.set_weights(values)
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -341,7 +334,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None) -> tuple[dict, Path]:
     """Converted weights of the published checkpoint: from the cache, or converted once (and cached)."""
-    from siamrec.runs import atomic_write_bytes
+    from siamrec.runs import atomic_write_bytes, read_checked_npz, write_checked_npz
 
     cache_root = Path(str(paths_cfg.cache)).expanduser() / "weights"
     converted = cache_root / CONVERTED_FILE
@@ -349,12 +342,12 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
     source_id = np.array(f"conversion {CONVERSION_VERSION}: " + ",".join(f.sha256 for f in CHECKPOINT_FILES))
     if converted.is_file():
         try:
-            arrays = _read_npz(converted)
+            arrays = read_checked_npz(converted)  # sha256-checked on every load
             if str(arrays.pop("__source__", "")) == str(source_id):
                 check_finite_weights(arrays, converted)
                 return arrays, converted
-        except SiamrecError:
-            pass  # a damaged cache entry is converted again below
+        except Exception:  # noqa: BLE001 - a damaged (bit-flipped, truncated) cache entry is converted again below
+            pass
     found = []
     for spec in CHECKPOINT_FILES:
         spec_url = url.rstrip("/") + "/" + spec.file if url else None
@@ -364,7 +357,7 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
         for spec, path in zip(CHECKPOINT_FILES, found):
             shutil.copyfile(path, Path(tmp) / spec.file)
         arrays = keras_arrays(read_checkpoint(tmp + "/", source=found[0].parent))
-    atomic_write_bytes(converted, _npz_bytes({**arrays, "__source__": source_id}))
+    write_checked_npz(converted, {**arrays, "__source__": source_id})
     if LICENSE_FILE.is_file():
         atomic_write_bytes(converted.with_name("LICENSE"), LICENSE_FILE.read_bytes())
     return arrays, converted

@@ -27,10 +27,11 @@ def evaluate(cfg, run_dir) -> dict:
 
         return compare_runs(cfg, run_dir)
     if cfg.get("run"):
-        from siamrec.embedder import embed_with_run
+        from siamrec.embedder import RunEmbedder, embed_with_run
 
+        embedder = RunEmbedder(cfg.run)  # the run and its model checked before anything is written
         data = load_data(cfg, run_dir)
-        data, emb = embed_with_run(cfg.run, cfg, data, run_dir)
+        data, emb = embed_with_run(embedder, cfg, data, run_dir)
         return finish_run(cfg, run_dir, data, emb, plots=False)
     if require_head(cfg, "evaluate").trains:
         name = cfg.model.name

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from siamrec.embedder import embed_with_run
-from siamrec.embedder import ExtractJob
+from siamrec.embedder import ExtractJob, RunEmbedder, embed_with_run
 from siamrec.engines import make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, save_embeddings
 from siamrec.progress import Progress
-from siamrec.runs import atomic_write_bytes, existing_run, write_embeddings, write_json
-from siamrec.store import FeatureStore, model_files, run_fingerprint
+from siamrec.runs import (atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished,
+                          write_embeddings, write_json)
+from siamrec.store import FeatureStore, run_fingerprint
 
 
 LISTENER_SOURCES = ("library", "beets")  # a listener's library: its index folder lives in the user's data directory
@@ -47,6 +47,7 @@ def output_folder(cfg, run_dir) -> Path:
 
 
 def extract(cfg, run_dir) -> Path:
+    run = existing_run(cfg.run) if cfg.get("run") else None  # before anything is written
     out = output_folder(cfg, run_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def extract(cfg, run_dir) -> Path:
     print(f"index folder: {out}", flush=True)
     progress = Progress(out)
     try:
-        return _extract(cfg, out, progress)
+        return _extract(cfg, run, out, progress)
     except KeyboardInterrupt:
         progress.finish("interrupted", "interrupted; run the same command to finish")
         raise
@@ -65,11 +66,10 @@ def extract(cfg, run_dir) -> Path:
         raise
 
 
-def _extract(cfg, out: Path, progress: Progress) -> Path:
+def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
     from siamrec.data.sources import load_library
 
     started = time.perf_counter()
-    run = existing_run(cfg.run) if cfg.get("run") else None
     if run is not None and out.resolve() == run.resolve():
         raise SiamrecError(f"extract.out={out} is the run folder itself, whose embeddings would be overwritten; "
                            "choose another folder")
@@ -78,12 +78,14 @@ def _extract(cfg, out: Path, progress: Progress) -> Path:
         raise SiamrecError(f"extract.shard_size={shard_size}: must be at least 1")
     engine = make_engine(cfg.extract.engine)
     lib = load_library(cfg.data, cfg.paths)
+    unmark_finished(out)  # no run for run= until everything below is written
     if lib.features is not None:  # feature rows (data=features): nothing to decode, the head alone embeds them
         if run is None:
             raise SiamrecError(f"data={cfg.data.source} gives feature rows, not audio: there is nothing to embed "
                                "without a trained model; pass run=RUN_FOLDER")
-        data, emb = embed_with_run(run, cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
+        data, emb = embed_with_run(RunEmbedder(run), cfg, Data(lib, np.full(len(lib), ""), lib.label_names), out)
         save_embeddings(out, data, emb)
+        mark_finished(out)
         print(f"embedded {len(emb)} feature rows into {out}")
         progress.finish("ready", f"{len(emb)} feature rows embedded")
         return out
@@ -132,6 +134,7 @@ def _extract(cfg, out: Path, progress: Progress) -> Path:
     _print_summary(summary)
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
+    mark_finished(out)
     progress.finish("ready", f"{len(kept)} songs indexed")
     return out
 

@@ -12,7 +12,7 @@ from siamrec.runs import write_csv
 
 def tag(cfg, run_dir) -> list[tuple[str, list[tuple[str, float]]]]:
     """The backbone's tagger on each song: the tag probabilities of its windows (clip.windows), averaged."""
-    from siamrec.extractor import decode_stream, make_bundle, window_plan
+    from siamrec.extractor import decode_stream, make_bundle, padding_note, window_plan
 
     files = [str(f) for f in cfg.tag.files]
     if not files:
@@ -36,6 +36,9 @@ def tag(cfg, run_dir) -> list[tuple[str, list[tuple[str, float]]]]:
         proba = np.asarray(model.predict(windows, batch_size=8, verbose=0)["tags"]).mean(axis=0)
         best = [(bundle.tags[j], float(proba[j])) for j in np.argsort(-proba)[:top]]
         results.append((f, best))
+        note = padding_note(f, bundle.window_seconds, "song")
+        if note:
+            print(note)
         print(f"{f}: " + ", ".join(f"{name} {p:.2f}" for name, p in best))
         rows += [(f, rank, name, round(p, 6)) for rank, (name, p) in enumerate(best, start=1)]
     if not results:

@@ -297,3 +297,12 @@ def loudness(path: str | os.PathLike) -> tuple[float, float]:
         reader.close()
     rms = math.sqrt(total / count) if count else 0.0
     return seconds, 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def duration_seconds(path: str | os.PathLike) -> float:
+    """The song's length in seconds, from its header where the format has one (AudioError if it cannot be read)."""
+    reader = _open(str(path))
+    try:
+        return reader.frames / reader.native_sr
+    finally:
+        reader.close()

@@ -102,9 +102,10 @@ def apply_label_hygiene(lib: Library, min_label_count: int) -> Library:
     )
     if len(out) == 0:
         if not counts:  # the labels themselves are missing: lowering min_label_count would not help
+            source = lib.report.get("label_source")
             raise SiamrecError(
-                f"none of the {len(lib)} items has a label (every labels value is empty); "
-                "fill in the labels column of the manifest or label table"
+                (f"{source}: " if source else "") + f"none of the {len(lib)} items has a label (every labels value "
+                "is empty or only separators); fill in the labels column of the manifest or label table"
             )
         raise SiamrecError(
             f"data.min_label_count={min_label_count}: no item keeps a label; lower it (labels: {dict(counts)})"

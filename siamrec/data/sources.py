@@ -12,7 +12,7 @@ import numpy as np
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library, apply_label_hygiene
 from siamrec.errors import SiamrecError
-from siamrec.runs import printable, read_text
+from siamrec.runs import printable, read_npy, read_text
 
 MANIFEST_COLUMNS = ("path", "labels", "group")
 
@@ -106,7 +106,9 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
         raise SiamrecError(f"{manifest}: path {dup} is listed twice; list each song once")
     if not keys:
         raise SiamrecError(f"{manifest}: no rows; list one song per row")
-    return Library(keys=keys, paths=paths, labels=labels, groups=groups)
+    lib = Library(keys=keys, paths=paths, labels=labels, groups=groups)
+    lib.report["label_source"] = f"{manifest} (column {label_column}, labels separated by {label_sep!r})"
+    return lib
 
 
 def from_csv(data_cfg, _paths_cfg=None) -> Library:
@@ -139,10 +141,7 @@ def from_features(data_cfg, _paths_cfg=None) -> Library:
         p = Path(str(f)).expanduser()
         if not p.is_file():
             raise SiamrecError(f"data.features: {p} not found; give existing .npy files")
-        try:
-            a = np.load(p, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001
-            raise SiamrecError(f"data.features: {p} is not a readable .npy matrix ({exc})") from None
+        a = read_npy(p, "data.features")
         if a.ndim == 1:
             a = a[:, None]
         if a.ndim != 2:
@@ -174,7 +173,9 @@ def from_features(data_cfg, _paths_cfg=None) -> Library:
     keys = [str(r[key_column]) for r in rows] if key_column else [str(i) for i in range(len(rows))]
     if len(set(keys)) != len(keys):
         raise SiamrecError(f"data.key_column={key_column!r}: values are not unique; pick a column that names each item")
-    return Library(keys=keys, paths=[None] * len(keys), labels=labels, groups=list(keys), features=x)
+    lib = Library(keys=keys, paths=[None] * len(keys), labels=labels, groups=list(keys), features=x)
+    lib.report["label_source"] = f"data.labels={labels_path} (column {label_column}, labels separated by {sep!r})"
+    return lib
 
 
 PLAYLIST_SUFFIXES = (".m3u", ".m3u8")

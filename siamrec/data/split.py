@@ -106,31 +106,62 @@ def stem(name: str) -> str:
     return p.stem if p.suffix.lower().lstrip(".") in KNOWN_EXTENSIONS else p.name
 
 
+def _parts(name: str) -> tuple[str, ...]:
+    """A name's folders and its stem: 'rock/1.ogg', './rock/1.mp3' and 'C:\\music\\rock\\1.wav' end in ('rock', '1')."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return (*parts[:-1], stem(parts[-1])) if parts else ()
+
+
+class NameMatcher:
+    """Items by every trailing part of their key ('a/rock/1.ogg' by ('a', 'rock', '1'), ('rock', '1') and ('1',)).
+    An entry is matched by its longest trailing part that names any item: by its relative path first, by its stem
+    only when nothing longer matches; a match of several items is ambiguous."""
+
+    def __init__(self, keys):
+        self.by_tail: dict[tuple, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            parts = _parts(key)
+            for k in range(len(parts)):
+                self.by_tail[parts[k:]].append(i)
+
+    def find(self, entry: str) -> list[int]:
+        parts = _parts(entry)
+        for k in range(len(parts)):
+            if parts[k:] in self.by_tail:
+                return self.by_tail[parts[k:]]
+        return []
+
+
 def files_split(lib: Library, lists: dict) -> np.ndarray:
-    """Items named in the train/valid/test lists (matched by file stem); items in no list are unused ('')."""
+    """Items named in the train/valid/test lists (by relative path, or by file stem when that is unique; see
+    NameMatcher); items in no list are unused ('')."""
     if not lists.get("test") and not lists.get("train"):
         raise SiamrecError("split=files needs split.test=FILE (and split.train=FILE to train)")
-    by_stem = defaultdict(list)
-    for i, key in enumerate(lib.keys):
-        by_stem[stem(key)].append(i)
+    matcher = NameMatcher(lib.keys)
     out = np.full(len(lib), "", dtype=object)
     for name in SPLITS:
         if lists.get(name) in (None, "", "???"):
             continue
         entries = _read_list(lists[name])
-        unmatched = [e for e in entries if stem(e) not in by_stem]
+        found = {e: matcher.find(e) for e in entries}
+        unmatched = [e for e in entries if not found[e]]
         if unmatched:
             raise SiamrecError(
                 f"split.{name}={lists[name]}: {len(unmatched)} entries match no item, e.g. {unmatched[:3]}; "
                 "fix the list or the data"
             )
+        ambiguous = [e for e in entries if len(found[e]) > 1]
+        if ambiguous:
+            e = ambiguous[0]
+            shown = ", ".join(lib.keys[i] for i in found[e][:4]) + (", ..." if len(found[e]) > 4 else "")
+            raise SiamrecError(
+                f"split.{name}={lists[name]}: {len(ambiguous)} entries match several items, e.g. {e!r} matches "
+                f"{len(found[e])} ({shown}); write each entry's folder too (e.g. {lib.keys[found[e][0]]})")
         for e in entries:
-            idx = by_stem[stem(e)]
-            if len(idx) > 1:
-                raise SiamrecError(f"split.{name}: entry {e!r} matches {len(idx)} items by stem; make names unique")
-            if out[idx[0]] not in ("", name):
-                raise SiamrecError(f"split.{name}: {e!r} is also in split.{out[idx[0]]}; an item belongs to one split")
-            out[idx[0]] = name
+            i = found[e][0]
+            if out[i] not in ("", name):
+                raise SiamrecError(f"split.{name}: {e!r} is also in split.{out[i]}; an item belongs to one split")
+            out[i] = name
     return out.astype(str)
 
 

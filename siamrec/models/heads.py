@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.runs import atomic_write_bytes, write_json
+from siamrec.runs import atomic_write_bytes, load_keras, read_arrays, read_run_file, write_json
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -123,8 +123,9 @@ class LDAHead(Head):
         atomic_write_bytes(Path(run_dir) / "lda.npz", buf.getvalue())
 
     def _load(self, run_dir):
-        with np.load(Path(run_dir) / "lda.npz", allow_pickle=False) as z:
-            self.mean, self.scalings = z["mean"], z["scalings"]
+        z = read_run_file(run_dir, "lda.npz", lambda p: _consistent(read_arrays(p, {"mean": 1, "scalings": 2}),
+                                                                    "mean", "scalings"))
+        self.mean, self.scalings = z["mean"], z["scalings"]
 
 
 class KerasHead(Head):
@@ -154,10 +155,21 @@ class KerasHead(Head):
     def _load(self, run_dir):
         import keras
 
-        with np.load(Path(run_dir) / "scaler.npz", allow_pickle=False) as z:
-            self.mu, self.sigma = z["mu"], z["sigma"]
-        self.model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False, safe_mode=True)
-        self.embedder = keras.Model(self.model.input, self.model.get_layer(self.embedding_layer).output)
+        z = read_run_file(run_dir, "scaler.npz", lambda p: _consistent(read_arrays(p, {"mu": 1, "sigma": 1}),
+                                                                       "mu", "sigma"))
+        self.mu, self.sigma = z["mu"], z["sigma"]
+        self.model = load_keras(run_dir, "model.keras")
+        self.embedder = read_run_file(run_dir, "model.keras", lambda p: keras.Model(
+            self.model.input, self.model.get_layer(self.embedding_layer).output))
+        if tuple(self.model.input.shape[1:]) != (len(self.mu),):
+            raise SiamrecError(f"run={run_dir}: model.keras takes inputs of shape {tuple(self.model.input.shape[1:])} "
+                               f"but scaler.npz has {len(self.mu)} features; restore them, or train the run again")
+
+
+def _consistent(arrays: dict, a: str, b: str) -> dict:
+    if len(arrays[a]) != len(arrays[b]):
+        raise ValueError(f"{a} has {len(arrays[a])} rows, {b} {len(arrays[b])}")
+    return arrays
 
 
 def seed_component(seed: int) -> None:
@@ -190,12 +202,19 @@ def epoch_progress(epochs: int, desc: str):
 
 
 def save_keras(model, path: Path) -> None:
-    """model.save through a temporary name and an atomic rename."""
-    import os
+    """model.save into a private temporary folder (removed whatever happens), then into place through
+    runs.atomic_write_bytes: the run folder never holds a partial model or a temporary file."""
+    import tempfile
 
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    from siamrec.runs import disk_reason
+
+    with tempfile.TemporaryDirectory(prefix="siamrec-model-") as tmp:
+        saved = Path(tmp) / "model.keras"
+        try:
+            model.save(saved)
+        except OSError as exc:
+            raise SiamrecError(f"cannot write {path}: {disk_reason(exc)}") from None
+        atomic_write_bytes(path, saved.read_bytes())
 
 
 def head_from_config(model_cfg) -> Head:

@@ -255,10 +255,28 @@ def test_files_ambiguous_stem(tmp_path):
     lib = make_lib([("a",), ("a",), ("b",)], keys=keys)
     ok = write_list(tmp_path / "ok.txt", ["track02.wav"])  # an unlisted duplicate stem is harmless
     assert make_split(lib, files_cfg(test=ok)).tolist() == ["", "", "test"]
-    bad = write_list(tmp_path / "bad.txt", ["disc1/track01.wav"])
+    by_folder = write_list(tmp_path / "by_folder.txt", ["disc1/track01.wav"])  # its folder tells them apart
+    assert make_split(lib, files_cfg(test=by_folder)).tolist() == ["test", "", ""]
+    bad = write_list(tmp_path / "bad.txt", ["track01.wav"])
     with pytest.raises(SiamrecError) as e:
         make_split(lib, files_cfg(test=bad))
-    assert_user_error(e, "disc1/track01.wav", "2")
+    assert_user_error(e, "track01.wav", "2", "disc1/track01.flac", "disc2/track01.flac", "folder")
+
+
+def test_files_repeated_stems_across_folders_match_by_relative_path(tmp_path):
+    """Emotify's layout: classical/1.ogg and rock/1.ogg. Entries name their folder (relative, absolute, Windows,
+    with or without an extension) and each reaches its own item; a bare '1' is refused, naming both."""
+    keys = ["emotify/classical/1.ogg", "emotify/rock/1.ogg", "emotify/classical/2.ogg", "emotify/rock/2.ogg"]
+    lib = make_lib([("classical",), ("rock",), ("classical",), ("rock",)], keys=keys)
+    train = write_list(tmp_path / "train.txt", ["classical/1.ogg", "/data/emotify/rock/2.mp3"])
+    test = write_list(tmp_path / "test.txt", ["rock/1", r"C:\music\emotify\classical\2.ogg"])
+    split = make_split(lib, files_cfg(train=train, test=test))
+    assert dict(zip(keys, split.tolist())) == {"emotify/classical/1.ogg": "train", "emotify/rock/1.ogg": "test",
+                                               "emotify/classical/2.ogg": "test", "emotify/rock/2.ogg": "train"}
+    bare = write_list(tmp_path / "bare.txt", ["1.ogg"])
+    with pytest.raises(SiamrecError) as e:
+        make_split(lib, files_cfg(test=bare))
+    assert_user_error(e, "'1.ogg'", "emotify/classical/1.ogg", "emotify/rock/1.ogg")
 
 
 def test_files_missing_list_file(tmp_path):
