@@ -47,29 +47,64 @@ def serve(cfg, run_dir) -> None:
         import uvicorn
     except ImportError as exc:
         raise SiamrecError(f"serve needs the web extra ({exc.name} is missing): pip install -e \".[serve]\"") from None
-    from siamrec.serve.app import create_app, plotly_js
-
     host, port = check_host(cfg.serve)
     if not cfg.get("run") and cfg.data.source in ("library", "beets"):  # your music: build or update its index
-        from siamrec.commands.extract import extract
+        serve_while_building(cfg, run_dir, host, port)
+        return
+    run = existing_run(cfg.run)
+    sock = bind(host, port)  # before printing the URL: a port in use is one clear line
+    app = start_app(run, cfg, sock)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    stopped_by_user(lambda: server.run(sockets=[sock]))
+    print("siamrec serve: stopped", flush=True)
 
-        run = extract(cfg, run_dir)
-    else:
-        run = existing_run(cfg.run)
+
+def start_app(run, cfg, sock):
+    """The web app of the index folder `run`, its map started; prints where it is."""
+    from siamrec.serve.app import create_app, plotly_js
+
     started = time.perf_counter()
     app = create_app(run, cfg)
     cat = app.state.catalogue
-    sock = bind(host, port)  # before printing the URL: a port in use is one clear line
-    port = sock.getsockname()[1]
+    host, port = sock.getsockname()[:2]
     app.state.map.start()
     if plotly_js() is None:
         print("the map needs plotly: pip install plotly (the other panels work without it)")
     print(f"{len(cat)} songs of {run} ({cat.index.method} search), ready in {time.perf_counter() - started:.1f} s")
     api = f"{url_of(host, port)}docs" if app.state.has_docs else f"{url_of(host, port)}openapi.json"
     print(f"siamrec serve: open {url_of(host, port)} (API: {api}); Ctrl-C stops", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    stopped_by_user(lambda: server.run(sockets=[sock]))
+    return app
+
+
+def serve_while_building(cfg, run_dir, host: str, port: int) -> None:
+    """A listener's library: the address answers at once with a page showing the indexing's progress (songs done /
+    total, ETA: the index folder's progress.json) while this thread builds or updates the index, then serves the
+    library there. Ctrl-C during the build keeps every finished song (as extract does) and stops the server."""
+    import threading
+
+    import uvicorn
+
+    from siamrec.commands.extract import extract, output_folder
+    from siamrec.serve.building import Switch
+
+    sock = bind(host, port)
+    switch = Switch(output_folder(cfg, run_dir))
+    server = uvicorn.Server(uvicorn.Config(switch, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="siamrec-serve", daemon=True)
+    thread.start()
+    print(f"siamrec serve: indexing; open {url_of(host, sock.getsockname()[1])} to follow it", flush=True)
+    try:
+        switch.app = start_app(extract(cfg, run_dir), cfg, sock)
+        stopped_by_user(lambda: _wait(thread))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
     print("siamrec serve: stopped", flush=True)
+
+
+def _wait(thread) -> None:
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # short waits: Ctrl-C and SIGTERM are seen at once
 
 
 def _stop(_signum, _frame):
