@@ -300,6 +300,64 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     assert 10_000 < shot.stat().st_size < 300_000
 
 
+def test_song_path_from_a_to_b(browser, grouped_server):
+    for page in open_page(browser, grouped_server):
+        song_path_on(page)
+
+
+def song_path_on(page):
+    """Song path: A the seed (★), B chosen by search (→), k steps; the rows are the API's path (A first, B last),
+    each with its similarity to A and B; Play all plays it; the map draws it as a line trace; fits a phone."""
+    songs = page.request.get(page.url + "api/songs").json()
+    page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(songs)}")
+    a, b = songs[0], songs[-1]
+    assert page.is_disabled("#path-go")  # no A, no B yet
+    page.click(f"#library-list tr[data-id='{a['id']}'] .seed-btn")
+    page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length > 0")
+    page.fill("#search", b["title"] or b["name"])
+    page.wait_for_selector(f"#library-list tr[data-id='{b['id']}'] .to-btn")
+    page.click(f"#library-list tr[data-id='{b['id']}'] .to-btn")
+    assert page.is_enabled("#path-go")
+    page.fill("#path-k", "3")
+    page.click("#path-go")
+    page.wait_for_function("document.querySelector('#seed').textContent.startsWith('song path')")
+    ids = [int(i) for i in page.eval_on_selector_all("#playlist tbody tr", "rows => rows.map(r => r.dataset.id)")]
+    expected = page.request.get(page.url + f"api/path?from={a['id']}&to={b['id']}&k=3").json()["path"]
+    assert ids == [e["id"] for e in expected]
+    assert ids[0] == a["id"] and ids[-1] == b["id"] and len(ids) == 3 + 2  # A, 3 steps, B
+    for e in expected:
+        row = page.inner_text(f"#playlist tbody tr[data-id='{e['id']}']")
+        assert f"to A {e['similarity_a']:.3f} · to B {e['similarity_b']:.3f}" in row
+
+    # the map: a line trace through the path's points, in order, at the songs' own coordinates
+    page.wait_for_function("() => { const m = document.querySelector('#map'); return m.data && "
+                           f"m.data.some(t => t.name === 'path' && t.x.length === {len(ids)}); }}", timeout=60_000)
+    trace = page.evaluate("() => { const t = document.querySelector('#map').data.find(t => t.name === 'path'); "
+                          "return {mode: t.mode, ids: [...t.customdata], x: [...t.x], y: [...t.y]}; }")
+    xy = page.request.get(page.url + "api/map").json()
+    assert "lines" in trace["mode"] and trace["ids"] == ids
+    assert trace["x"] == [xy["x"][i] for i in ids] and trace["y"] == [xy["y"][i] for i in ids]
+
+    # Play all: the path in order, A first
+    page.click("#play-all")
+    page.wait_for_function(f"document.querySelector('#player').src.endsWith('/api/audio/{a['id']}')")
+    assert page.inner_text("#queue-pos") == f"1 / {len(ids)}"
+    page.eval_on_selector("#player", "a => a.pause()")
+
+    # a 390-px phone: the path and its similarities fit, no horizontal scrolling
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(400)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.is_visible(f"#playlist tbody tr[data-id='{b['id']}'] .sims")
+
+    # another seed: its playlist replaces the path, and the map's path is cleared
+    page.fill("#search", "")
+    page.click(f"#library-list tr[data-id='{b['id']}'] .seed-btn")
+    page.wait_for_function("() => document.querySelector('#map').data.find(t => t.name === 'path').x.length === 0")
+    assert page.inner_text("#seed").startswith("seed")
+    assert page.errors == [] and page.outside == []
+
+
 def test_requests_leaving_localhost_are_caught(page):
     """The guard itself works: a request to another host is recorded and aborted (so the test above can fail)."""
     page.evaluate("() => fetch('http://example.invalid/x').catch(() => null)")

@@ -2,7 +2,7 @@
 // siamrec serve: the page's logic (plain JS, no build step). Songs are addressed by id (their row).
 const $ = (sel) => document.querySelector(sel);
 const state = { info: null, songs: [], seeds: [], upload: null, result: null, selected: new Set(), playing: null,
-  queue: [], pos: -1, hits: null };
+  queue: [], pos: -1, hits: null, pathTo: null };
 const SHOWN = 500;  // library rows drawn at once (search narrows the rest)
 
 function el(tag, attrs = {}, ...children) {
@@ -95,7 +95,9 @@ function songCells(song) {
   const marks = song.playable === "wav" ? el("span", { class: "mark", title: "played as WAV (transcoded)" }, " wav")
     : song.playable === "no" ? el("span", { class: "mark" }, " (no audio)") : "";
   const about = [song.artist, song.album].filter(Boolean).join(" · ");
-  return [name, marks, about ? el("div", { class: "meta" }, about) : ""];
+  const sims = typeof song.similarity_a === "number"
+    ? el("div", { class: "meta sims" }, `to A ${song.similarity_a.toFixed(3)} · to B ${song.similarity_b.toFixed(3)}`) : "";
+  return [name, marks, about ? el("div", { class: "meta" }, about) : "", sims];
 }
 
 // ------------------------------------------------------------------ library
@@ -129,6 +131,7 @@ function renderLibrary() {
     return el("tr", { "data-id": s.id, "data-key": s.key, class: s.id === state.playing ? "playing" : "" },
       el("td", {}, box),
       el("td", {}, el("button", { class: "seed-btn", title: "make it the seed", onclick: () => setSeeds([s.id]) }, "★")),
+      el("td", {}, el("button", { class: "to-btn", title: "song path: from the seed to this song", onclick: () => setPathTo(s.id) }, "→")),
       el("td", { class: "song" }, ...songCells(s), el("span", { class: "labels" }, s.labels.join(", ")),
         state.info.has_groups ? el("span", { class: "group" }, ` · ${s.group}`) : ""),
       el("td", { class: "col-time" }, duration(s.duration)));
@@ -146,7 +149,7 @@ function updateMore() {
 // ------------------------------------------------------------------ playlist
 function k() { return Math.max(1, Math.min(state.info.max_k, parseInt($("#k").value, 10) || state.info.k)); }
 
-async function setSeeds(ids) { state.seeds = ids; state.upload = null; await refresh(); }
+async function setSeeds(ids) { state.seeds = ids; state.upload = null; updatePath(); await refresh(); }
 
 async function refresh() {
   message("");
@@ -164,13 +167,14 @@ async function refresh() {
 
 function showPlaylist(result) {
   state.result = result;
-  const names = result.seeds.map((s) => s.name).join(" + ");
+  const names = result.name || result.seeds.map((s) => s.name).join(" + ");
   const labels = result.seeds.length === 1 && result.seeds[0].labels.length ? ` [${result.seeds[0].labels.join(", ")}]` : "";
   const isNew = result.seeds.length === 1 && result.seeds[0].id === null;
-  const what = result.saved ? "saved playlist" : isNew ? "new song" : result.seeds.length > 1 ? "seeds" : "seed";
+  const what = result.saved ? "saved playlist" : result.path ? "song path" : isNew ? "new song"
+    : result.seeds.length > 1 ? "seeds" : "seed";
   $("#seed").textContent = `${what}: ${result.saved || names}${result.saved ? "" : labels}`;
   $("#seed").dataset.ids = isNew ? "" : result.seeds.map((s) => s.id).join(",");
-  if (!result.saved && result.k) $("#k").value = result.k;  // the k actually used (at most the other songs)
+  if (!result.saved && !result.path && result.k) $("#k").value = result.k;  // the k actually used (at most the other songs)
   $("#playlist tbody").replaceChildren(...result.playlist.map((s) => el("tr", { "data-id": s.id, "data-key": s.key },
     el("td", {}, s.rank),
     el("td", {}, el("button", { class: "play-btn", title: "play", onclick: () => play(s.id) }, "▶")),
@@ -185,7 +189,33 @@ function showPlaylist(result) {
   if (!result.saved) $("#save-name").value = names.slice(0, 200);
   notice((result.warnings || []).map((w) => `${names}: ${w}`).join(" · "));
   highlightSeeds();
+  drawPath();
   highlightPlaying();
+}
+
+// ------------------------------------------------------------------ song path A → B
+// A is the seed (one song), B the song whose → was pressed; the path becomes the playlist (Play all, export, save)
+function pathFrom() { return state.seeds.length === 1 && !state.upload ? state.seeds[0] : null; }
+
+function setPathTo(id) { state.pathTo = id; updatePath(); }
+
+function updatePath() {
+  const a = pathFrom(), b = state.pathTo;
+  const name = (id) => (id === null ? "?" : title(state.songs[id]));
+  $("#path-ends").textContent = `A: ${a === null ? "the seed (★)" : name(a)} → B: ${b === null ? "press → on a library song" : name(b)}`;
+  $("#path-go").disabled = a === null || b === null || a === b;
+}
+
+async function songPath() {
+  const a = pathFrom(), b = state.pathTo;
+  if (a === null || b === null) return;
+  message("");
+  const steps = Math.max(1, Math.min(state.info.max_k, parseInt($("#path-k").value, 10) || 12));
+  try {
+    const r = await (await api(`/api/path?${new URLSearchParams({ from: a, to: b, k: steps })}`)).json();
+    showPlaylist({ path: true, name: `${r.from.name} → ${r.to.name}`, seeds: [],
+      playlist: r.path.map((s) => ({ ...s, rank: s.step })), warnings: r.note ? [r.note] : [] });
+  } catch (e) { message(e.message); }
 }
 
 // ------------------------------------------------------------------ saved playlists
@@ -225,7 +255,7 @@ function openSaved(p) {
 async function exportAs(format) {
   const r = state.result;
   if (!r) return;
-  const seedName = r.seeds.map((s) => s.name).join(" + ");
+  const seedName = r.name || r.seeds.map((s) => s.name).join(" + ");
   const body = { format, seed_name: r.saved || seedName, seed_labels: r.seeds.length === 1 ? r.seeds[0].labels : [],
     seeds: r.seeds.filter((s) => s.id !== null && s.id !== undefined).map((s) => s.id),
     items: r.playlist.map((s) => ({ id: String(s.id), similarity: s.similarity })) };
@@ -257,7 +287,7 @@ async function uploadSong() {
 }
 
 // ------------------------------------------------------------------ map
-let mapTraces = null;
+let mapTraces = null, mapXY = null;
 
 async function loadMap() {
   if (!state.info.map || typeof Plotly === "undefined") { $("#map-status").textContent = "(needs plotly: pip install plotly)"; return; }
@@ -270,6 +300,7 @@ async function loadMap() {
     break;
   }
   $("#map-status").textContent = `(${body.method}, coloured by label)`;
+  mapXY = body;
   const byLabel = new Map();
   state.songs.forEach((s, i) => {
     const label = s.labels[0] || "(no label)";
@@ -283,6 +314,9 @@ async function loadMap() {
     text: ids.map((i) => `${esc(state.songs[i].name)}<br>${esc(state.songs[i].labels.join(", "))}`),
     hovertemplate: "%{text}<extra></extra>", marker: { size: big ? 4 : 9, line: { width: 0 } },
   }));
+  mapTraces.push({ type: "scatter", mode: "lines+markers", name: "path", x: [], y: [], customdata: [], text: [],
+    hovertemplate: "%{text}<extra>path</extra>", showlegend: false,
+    line: { width: 2, color: "#d0312d" }, marker: { size: 7, color: "#d0312d" } });
   mapTraces.push({ type: "scatter", mode: "markers", name: "seed", x: [], y: [], hoverinfo: "skip", showlegend: false,
     marker: { size: 18, symbol: "star", color: "rgba(0,0,0,0)", line: { width: 2, color: "#000" } } });
   const layout = { margin: { l: 10, r: 10, t: 10, b: 10 }, xaxis: { visible: false }, yaxis: { visible: false },
@@ -293,6 +327,16 @@ async function loadMap() {
     if (p) setSeeds([p.customdata]);
   });
   highlightSeeds();
+  drawPath();
+}
+
+function drawPath() {
+  const map = $("#map");
+  if (!mapTraces || !map.data) return;
+  const at = map.data.findIndex((t) => t.name === "path");
+  const ids = state.result && state.result.path ? state.result.playlist.map((s) => s.id) : [];
+  Plotly.restyle("map", { x: [ids.map((i) => mapXY.x[i])], y: [ids.map((i) => mapXY.y[i])], customdata: [ids],
+    text: [ids.map((i, n) => `${n}. ${esc(state.songs[i].name)}`)] }, [at]);
 }
 
 function highlightSeeds() {
@@ -326,6 +370,8 @@ async function main() {
   $("#k").addEventListener("change", refresh);
   $("#exclude-group").addEventListener("change", refresh);
   $("#more-like").addEventListener("click", () => setSeeds([...state.selected]));
+  $("#path-form").addEventListener("submit", (ev) => { ev.preventDefault(); songPath(); });
+  $("#path-k").max = state.info.max_k;
   for (const f of ["m3u8", "csv", "json"]) $(`#export-${f}`).addEventListener("click", () => exportAs(f));
   $("#upload-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -333,6 +379,7 @@ async function main() {
     if (!file) { message("choose an audio file first"); return; }
     if (file.size > state.info.max_upload_mb * 1048576) { message(`${file.name}: larger than ${state.info.max_upload_mb} MB`); return; }
     state.upload = file; state.seeds = [];
+    updatePath();
     refresh();
   });
   $("#player").addEventListener("error", () => { if ($("#player").src) message("the browser cannot play this file"); });
