@@ -103,6 +103,18 @@ def test_lda_shrinkage_chosen_on_validation_beats_the_plain_projection_with_few_
     assert history["shrinkage"] == max(scores, key=scores.get) != "None"
 
 
+def test_lda_skips_a_shrinkage_its_covariance_cannot_take():
+    """6 songs in 160 dimensions (a tiny trained run): a small shrinkage leaves the within-class covariance singular
+    (scipy: 'not positive definite'); that candidate is skipped instead of ending the training."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 160)).astype(np.float32) @ np.diag(np.r_[np.ones(7), np.zeros(153)]).astype(np.float32)
+    y = np.eye(2, dtype=bool)[[0, 0, 0, 1, 1, 1]]
+    head = head_from_yaml("lda")
+    history = head.fit(x[:4], y[[0, 1, 3, 4]], x[[2, 5]], y[[2, 5]])
+    assert head.transform(x).shape == (6, 1) and np.isfinite(head.transform(x)).all()
+    assert "0.01" not in history["valid_map_by_shrinkage"], history
+
+
 def test_lda_refuses_a_shrinkage_outside_zero_one():
     x, y, _ = separable(seed=5)
     with pytest.raises(SiamrecError, match="model.shrinkage: 2"):

@@ -89,15 +89,25 @@ class LDAHead(Head):
 
             scores = {}
             for c in candidates:
-                self._fit(x_train, y_train, c)
+                try:
+                    self._fit(x_train, y_train, c)
+                except np.linalg.LinAlgError:  # too little shrinkage for a singular within-class covariance
+                    scores[str(c)] = float("-inf")
+                    continue
                 scores[str(c)] = retrieval_metrics(self.transform(x_valid), y_valid, ks=(10,))["map"]
             chosen = candidates[int(np.argmax(list(scores.values())))]
+            scores = {k: v for k, v in scores.items() if np.isfinite(v)}
             history = {"valid_map_by_shrinkage": scores}
-            print(f"lda: shrinkage {chosen} chosen on validation (MAP {max(scores.values()):.4f}; "
+            print(f"lda: shrinkage {chosen} chosen on validation (MAP {max(scores.values(), default=float('nan')):.4f}; "
                   + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) + ")")
         else:
             chosen = "auto" if "auto" in candidates else candidates[0]
-        self._fit(x, y, chosen)
+        try:
+            self._fit(x, y, chosen)
+        except np.linalg.LinAlgError:  # a singular within-class covariance: the plain projection (svd) still works
+            print(f"lda: shrinkage {chosen} cannot be fitted on these songs (singular covariance); no shrinkage")
+            chosen = None
+            self._fit(x, y, chosen)
         return {**history, "shrinkage": str(chosen)}
 
     def _fit(self, x, y, shrinkage) -> None:
