@@ -94,12 +94,13 @@ def make_run(extractor, cfg, run: Path) -> None:
 
     from siamrec.encoder import Member, SongEncoder
     from siamrec.models.heads import IdentityHead
-    from siamrec.runs import write_embeddings
+    from siamrec.runs import mark_finished, write_embeddings
 
     run.mkdir(parents=True)
     SongEncoder([Member(extractor, None, OmegaConf.to_container(cfg.backbone, resolve=True))]).save(run)
     IdentityHead().save(run)
     write_embeddings(run, np.zeros((0, extractor.dim), dtype=np.float32), [], [], [], [])
+    mark_finished(run)  # a finished run: extract refuses a folder without its completion marker
 
 
 # --- end to end --------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def build_index(folder: Path, lib, cfg) -> None:
     (synthetic 200-d embeddings: nothing decoded) and embeddings.npy + items.csv with the metadata."""
     from siamrec.commands.extract import pretrained_model
     from siamrec.extractor import file_stat
-    from siamrec.runs import write_embeddings
+    from siamrec.runs import mark_finished, write_embeddings
     from siamrec.store import FeatureStore, run_fingerprint
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +130,7 @@ def build_index(folder: Path, lib, cfg) -> None:
         store.write(lib.keys[start:end], [s for s, _ in stats[start:end]], [m for _, m in stats[start:end]],
                     [f"{i:064x}" for i in range(start, end)], emb[start:end])
     write_embeddings(folder, emb, lib.keys, lib.paths, lib.labels, [""] * len(lib), lib.groups, lib.meta)
+    mark_finished(folder)  # an index folder extract finished
 
 
 def serve_startup(args: list[str], log: Path, env: dict) -> float:

@@ -83,12 +83,13 @@ def clustered(n: int, dim: int, centres: int, rng, noise: float = 0.6) -> tuple[
 def write_run(folder: Path, emb: np.ndarray, labels: list[str], per_artist: int = 10) -> Path:
     """A run folder as `serve` and `recommend` read it (embeddings.npy + items.csv, by siamrec's own writer):
     fake paths, one label per song, `per_artist` songs per artist (the group)."""
-    from siamrec.runs import write_embeddings
+    from siamrec.runs import mark_finished, write_embeddings
 
     n = len(emb)
     keys = [f"artist{i // per_artist:05d}/song{i:06d}.flac" for i in range(n)]
     write_embeddings(folder, emb, keys, [f"/nonexistent/music/{k}" for k in keys], [(lab,) for lab in labels],
                      [""] * n, [k.split("/")[0] for k in keys])
+    mark_finished(folder)  # a finished run: commands refuse a folder without its completion marker
     return Path(folder)
 
 

@@ -14,7 +14,7 @@ import os
 import re
 import unicodedata
 from functools import cached_property
-from siamrec.data.split import stem
+from siamrec.data.split import NameMatcher, stem
 from siamrec.errors import SiamrecError
 
 META = ("title", "artist", "album", "duration")
@@ -89,6 +89,10 @@ class SongFinder:
         return {os.path.realpath(it["path"]): i for i, it in enumerate(self.items) if it.get("path")}
 
     @cached_property
+    def by_name(self) -> NameMatcher:
+        return NameMatcher([it["key"] for it in self.items])
+
+    @cached_property
     def by_text(self) -> dict[str, list[int]]:
         """Folded title, `artist - title` and file stem → rows (a row once per distinct text)."""
         out: dict[str, list[int]] = {}
@@ -126,8 +130,10 @@ class SongFinder:
             if row >= 0 or os.path.isfile(path):  # a file outside the library: a new song
                 return row
         rows = self.by_text.get(fold(text)) or []
-        if not rows and paths:  # the command line: "Title.mp3", or a moved song's old path, by its file stem
-            rows = self.by_text.get(fold(stem(text))) or []
+        if not rows and paths:  # the command line: 'rock/1' or a moved song's old path, by its longest trailing
+            rows = self.by_name.find(text)  # part that names a song (as split=files matches), or "Title.mp3"
+            if len(rows) != 1:
+                rows = rows or self.by_text.get(fold(stem(text))) or []
         if len(rows) > 1:
             raise Ambiguous(text, rows, [f"{self.items[r]['key']} (id {r})" for r in rows[:5]])
         return rows[0] if rows else -1

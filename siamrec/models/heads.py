@@ -91,7 +91,8 @@ class LDAHead(Head):
             for c in candidates:
                 try:
                     self._fit(x_train, y_train, c)
-                except np.linalg.LinAlgError:  # too little shrinkage for a singular within-class covariance
+                except (np.linalg.LinAlgError, ValueError):  # too little shrinkage for a singular within-class
+                    # covariance, or fewer training songs than labels: this candidate cannot be judged
                     scores[str(c)] = float("-inf")
                     continue
                 scores[str(c)] = retrieval_metrics(self.transform(x_valid), y_valid, ks=(10,))["map"]
