@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from siamrec.runs import mark_finished
+
 COLUMNS = ("key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid")
 
 # row: (artist, title, album, duration, mbid, labels); row i is the i-th nearest to the seed (row 0)
@@ -53,4 +55,5 @@ def radio_run(folder: Path, metadata: bool = True) -> Path:
             key = f"{artist}/{album}/{i:02d} {title}.flac"
             row = [key, str(folder / "music" / key), labels, "", artist]
             w.writerow(row + [title, artist, album, duration, mbid] if metadata else row)
+    mark_finished(folder)  # a finished run, as commands require
     return folder
