@@ -285,7 +285,8 @@ def test_serve_data_library_builds_the_index_then_serves_it(music, tmp_path, mon
     serve(cfg, tmp_path / "run")
     (folder,) = (tmp_path / "data" / "siamrec" / "libraries").iterdir()
     assert folder.name.startswith("Music-") and len(items_of(folder)) == 7
-    (app,) = served
+    (switch,) = served  # the server answers from the start (the indexing's progress), then serves the library
+    app = switch.app
     assert len(app.state.catalogue) == 7 and app.state.catalogue.run == folder
 
 
