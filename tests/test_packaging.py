@@ -72,8 +72,9 @@ def installed(wheel, tmp_path_factory) -> Path:
                      cwd=env_dir).stdout.strip())
     borrowed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "borrowed_dependencies.pth").write_text("\n".join(sorted(borrowed)) + "\n")
-    done = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                 str(wheel)], cwd=env_dir)
+    # --ignore-installed: the borrowed packages may hold an (editable) siamrec of the same version; never touch it
+    done = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                 "--ignore-installed", "-q", str(wheel)], cwd=env_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     return python
 
