@@ -54,6 +54,9 @@ def make_run(folder: Path, n: int, seed: int = 0) -> Path:
             key = f"{artist}/song{i:06d}.flac"
             w.writerow([key, f"/nonexistent/music/{key}", genres[c[i] % 50], "", artist, f"song {i}", artist,
                         f"album {i % 2}", 180 + i % 120, ""])
+    from siamrec.runs import mark_finished
+
+    mark_finished(folder)  # a finished run: serve refuses a folder without its completion marker
     return folder
 
 
