@@ -212,7 +212,7 @@ def essentia_compare(paths: list[str], tmp: Path, siamrec_vectors: np.ndarray) -
 
 # --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
-    from siamrec.extractor import cpu_count
+    from siamrec.inference import cpu_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", default="first", help="clip.windows: first | spread:K | all (default first)")

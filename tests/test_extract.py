@@ -47,7 +47,7 @@ def by_key(folder):
 
 def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, library, tmp_path, cfg_factory,
                                                                         monkeypatch):
-    import siamrec.extractor as extractor
+    import siamrec.extractor.decoding as decoding
     from siamrec.store import FeatureStore
 
     whole = tmp_path / "whole"
@@ -83,8 +83,8 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
     # started again: the stored songs are not decoded again, the rest is, and the result is the same
     monkeypatch.setattr(FeatureStore, "write", write)
     decoded = []
-    real = extractor.decode_windows
-    monkeypatch.setattr(extractor, "decode_windows", lambda path, plan: decoded.append(path) or real(path, plan))
+    real = decoding.decode_windows
+    monkeypatch.setattr(decoding, "decode_windows", lambda path, plan: decoded.append(path) or real(path, plan))
     extract(extract_cfg(cfg_factory, run, library, resumed), tmp_path)
     summary = json.loads((resumed / "extract.json").read_text())
     assert (summary["embedded"], summary["reused"]) == (9, 3)

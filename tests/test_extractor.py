@@ -139,7 +139,7 @@ def test_pooled_layout_and_pooling():
 
 
 def test_the_fingerprint_changes_with_every_clip_and_backbone_setting(monkeypatch):
-    import siamrec.extractor
+    import siamrec.extractor.fingerprints as fingerprints
     from toy_bundle import Toy8k
 
     ex = toy_extractor()
@@ -152,7 +152,7 @@ def test_the_fingerprint_changes_with_every_clip_and_backbone_setting(monkeypatc
     assert fingerprint(other, other.build(None), ex.clip) != base  # other weights
     assert fingerprint(Toy8k(pretrained=False), ex.model, ex.clip) != base  # another bundle spec
     # features decoded by an earlier reader (one that read MP3s wrongly) are not reused
-    monkeypatch.setattr(siamrec.extractor, "DECODER_VERSION", siamrec.extractor.DECODER_VERSION - 1)
+    monkeypatch.setattr(fingerprints, "DECODER_VERSION", fingerprints.DECODER_VERSION - 1)
     assert ex.fingerprint != base
 
 

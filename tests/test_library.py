@@ -165,7 +165,7 @@ def test_extract_without_a_run_then_only_what_changed(music, tmp_path, monkeypat
     import mutagen
 
     import siamrec.data.tags as tags
-    import siamrec.extractor as extractor
+    import siamrec.extractor.decoding as decoding
     from siamrec.commands.extract import extract
     from siamrec.commands.recommend import recommend
     from siamrec.progress import read_progress
@@ -186,8 +186,8 @@ def test_extract_without_a_run_then_only_what_changed(music, tmp_path, monkeypat
     assert (progress["state"], progress["done"], progress["total"], progress["embedded"]) == ("ready", 7, 7, 7)
 
     decoded, tag_reads = [], []
-    real_decode, real_file = extractor.decode_windows, mutagen.File
-    monkeypatch.setattr(extractor, "decode_windows", lambda path, plan: decoded.append(path) or real_decode(path, plan))
+    real_decode, real_file = decoding.decode_windows, mutagen.File
+    monkeypatch.setattr(decoding, "decode_windows", lambda path, plan: decoded.append(path) or real_decode(path, plan))
     monkeypatch.setattr(mutagen, "File", lambda path, *a, **k: tag_reads.append(path) or real_file(path, *a, **k))
     extract(cfg, tmp_path / "run2")
     assert decoded == [] and tag_reads == []            # unchanged: stat only

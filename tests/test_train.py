@@ -116,15 +116,15 @@ def test_plot_command_writes_pictures(baseline_run, cfg_factory, tmp_path):
 @pytest.mark.parametrize("model", ["identity", "siamese"])
 def test_a_second_run_over_the_same_library_decodes_no_audio(tmp_path, cfg_factory, audio_folder, monkeypatch, model):
     """Features and the dataset BatchNorm statistics (the default theano backbone's) both come from the cache."""
-    import siamrec.extractor as extractor
+    import siamrec.extractor.decoding as decoding
     from siamrec.cli import seed_everything
 
     command, function = ("evaluate", evaluate) if model == "identity" else ("train", train)
     cfg = cfg_factory(command, f"+model={model}", "model.epochs=2" if model == "siamese" else "seed=0", "plots=false",
                       "clip.windows=spread:2", *audio_args(audio_folder))
     decoded = []
-    real = extractor.decode_windows
-    monkeypatch.setattr(extractor, "decode_windows", lambda path, plan: decoded.append(path) or real(path, plan))
+    real = decoding.decode_windows
+    monkeypatch.setattr(decoding, "decode_windows", lambda path, plan: decoded.append(path) or real(path, plan))
     first = tmp_path / "first"
     first.mkdir()
     seed_everything(0)  # the same seed gives the same random backbone, hence the same cache key
