@@ -17,9 +17,13 @@ similar down:
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
   "artist - title") and artists never played.
 
-Each pick keeps its similarity to the query. The search asks the index for a few times k neighbours and widens
-(×4, up to an exact scan of the whole library) while the rules leave fewer than k; when even the whole library
-cannot fill k places the playlist is shorter and `note` says why, never padded.
+Each pick keeps its similarity to the query. The search asks the index for 4·k neighbours (16·k from an exact
+scan, and at least ef_search from an HNSW index: both cost the same for any number up to that) and, while the
+rules leave fewer than k, searches again for twice what the share of songs passed so far needs to fill the empty
+places (at most ×4, up to an exact scan of the whole library); when even the whole library cannot fill k places
+the playlist is shorter and `note` says why, never padded. The rules read integer codes of each song (artist,
+album, artist + title version, recording id) made once when the library is read, so a request compares numbers
+gathered in one step per block of candidates, and the sound rules cost one matrix-vector product per chosen song.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class Rules:
     def replace(self, **given) -> Rules:
         """A copy with some rules changed (None values are ignored), each checked."""
         given = {k: v for k, v in given.items() if v is not None}
+        if not given:
+            return self
         for key in ("labels", "exclude"):
             if key in given:
                 value = given[key]
@@ -170,6 +176,11 @@ class Songs:
         self.mbids = [(it.get("mbid") or "").strip().lower() for it in items]
         self.labels = [tuple(x.strip() for x in (it.get("labels") or "").split("|") if x.strip()) for it in items]
         self.version = [(a, normal_title(t)) if t else None for a, t in zip(self.artist_norm, self.titles)]
+        # the same as integers (-1: none), so the rules compare numbers gathered in blocks, not strings
+        self.artist_code = _codes(self.artist_norm)
+        self.album_code = _codes(self.album_key)
+        self.version_code = _codes(self.version)
+        self.mbid_code = _codes(self.mbids)
 
     @cached_property
     def rows_of_label(self) -> dict[str, np.ndarray]:
@@ -225,6 +236,12 @@ class Songs:
         return keep
 
 
+def _codes(values: Sequence) -> np.ndarray:
+    """One integer per distinct value (in order of first appearance), -1 for an empty one."""
+    ids: dict = {}
+    return np.fromiter((ids.setdefault(v, len(ids)) if v else -1 for v in values), dtype=np.int64, count=len(values))
+
+
 def _seconds(text) -> float:
     try:
         value = float(text)
@@ -235,88 +252,112 @@ def _seconds(text) -> float:
 
 # ------------------------------------------------------------------------------------------------ choosing
 class _State:
-    """What is already in the playlist (and the seeds): artists counted, albums' last places, versions."""
+    """What is already in the playlist (the seeds and the songs chosen) and the candidates looked at so far.
+    Every rule reads integers (Songs' codes, gathered once per block of candidates), and the two sound rules read
+    each candidate's similarity to the chosen songs, kept up to date with one matrix-vector product per chosen
+    song over the candidates (a chosen × candidates matrix in all, never candidates × candidates)."""
 
-    def __init__(self, songs: Songs, rules: Rules, vectors):
-        self.songs, self.rules = songs, rules
-        self.per_artist: Counter = Counter()
-        self.album_at: dict = {}
-        self.versions: set = set()
-        self.mbids: set = set()
-        self.vectors: list[np.ndarray] = []
-        self.artist_vectors: dict[str, list[np.ndarray]] = {}
-        self.vectors_of = vectors  # row -> unit vector
+    def __init__(self, songs: Songs, rules: Rules, radio: Radio):
+        self.songs, self.radio = songs, radio
+        self.cap, self.gap, self.dedupe = rules.max_per_artist, rules.album_gap, rules.dedupe
+        self.near_limit = 1 - rules.dup_distance if rules.dup_distance > 0 else None
+        self.artist_limit = 1 - rules.dup_distance_artist if rules.dup_distance_artist > 0 else None
+        self.per_artist: dict[int, int] = {}
+        self.album_at: dict[int, int] = {}
+        self.versions: set[int] = set()
+        self.mbids: set[int] = set()
+        self.chosen: list[tuple[np.ndarray, int]] = []  # (unit vector, artist code) for the sound rules
+        self.cols: dict[int, np.ndarray] = {}  # chosen song j (of an artist) -> each candidate's similarity to it
+        self.cols_of_artist: dict[int, list[int]] = {}
         self.place = 0
-        self.cand_units = self.cand_max = None  # extend(): candidates' unit vectors, their max similarity so far
+        self.clear()
 
-    def extend(self, units: np.ndarray) -> None:
-        """More candidates, given as a block of unit vectors (candidate numbers continue from the last block):
-        their similarity to the songs chosen so far is kept up to date in one product per chosen song."""
-        if self.rules.dup_distance <= 0:
+    def clear(self) -> None:
+        """No candidates (the chosen songs stay)."""
+        self.rows: list[int] = []
+        self.sims: list[float] = []
+        self.codes: list[tuple[int, int, int, int]] = []  # each candidate's (artist, album, version, mbid) codes
+        self.units = np.empty((0, self.radio.emb.shape[1]), dtype=np.float32)
+        self.near = np.empty(0, dtype=np.float32)  # each candidate's highest similarity to a chosen song
+        self.cols = {j: self.near for j in self.cols}
+
+    def add(self, rows: np.ndarray, sims: np.ndarray) -> None:
+        """More candidates, numbered on from the last ones."""
+        s = self.songs
+        self.rows += rows.tolist()
+        self.sims += np.asarray(sims, dtype=np.float64).tolist()
+        self.codes += zip(s.artist_code[rows].tolist(), s.album_code[rows].tolist(), s.version_code[rows].tolist(),
+                          s.mbid_code[rows].tolist())
+        if self.near_limit is None and self.artist_limit is None:
             return
-        best = np.full(len(units), -np.inf, dtype=np.float32)
-        for v in self.vectors:  # matrix-vector products: a small matrix product would wake BLAS's threads
-            np.maximum(best, units @ v, out=best)
-        if self.cand_units is None:
-            self.cand_units, self.cand_max = units, best
-        else:
-            self.cand_units = np.concatenate([self.cand_units, units])
-            self.cand_max = np.concatenate([self.cand_max, best])
+        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+        near = np.full(len(rows), -np.inf, dtype=np.float32)
+        for j, (unit, _artist) in enumerate(self.chosen):  # matrix-vector products: a small matrix product
+            col = units @ unit                             # would wake BLAS's threads
+            if self.near_limit is not None:
+                np.maximum(near, col, out=near)
+            if j in self.cols:
+                self.cols[j] = np.concatenate([self.cols[j], col])
+        self.units = np.concatenate([self.units, units])
+        self.near = np.concatenate([self.near, near])
 
     def add_seed(self, row: int | None, vector: np.ndarray | None = None) -> None:
-        if row is not None:
-            self._remember(row, counted=False)
-        if vector is not None and self.rules.dup_distance > 0:
-            self.vectors.append(vector)
-
-    def _remember(self, row: int, counted: bool = True) -> None:
+        """A seed (a row, or a unit vector of a song outside the library): never chosen, nor its versions."""
         s = self.songs
-        if self.cand_units is not None:
-            np.maximum(self.cand_max, self.cand_units @ self.vectors_of(row), out=self.cand_max)
-        if counted and s.artist_norm[row]:
-            self.per_artist[s.artist_norm[row]] += 1
-        if s.album_key[row] is not None:
-            self.album_at[s.album_key[row]] = self.place
-        if s.version[row] is not None:
-            self.versions.add(s.version[row])
-        if s.mbids[row]:
-            self.mbids.add(s.mbids[row])
-        if self.rules.dup_distance > 0:
-            self.vectors.append(self.vectors_of(row))
-        if self.rules.dup_distance_artist > 0 and s.artist_norm[row]:
-            self.artist_vectors.setdefault(s.artist_norm[row], []).append(self.vectors_of(row))
+        if row is not None:
+            codes = (int(s.artist_code[row]), int(s.album_code[row]), int(s.version_code[row]), int(s.mbid_code[row]))
+            self._remember(codes, lambda: self.radio.unit(row), counted=False)
+        if vector is not None and self.near_limit is not None:
+            self._add_sound(vector, -1)
 
-    def refusal(self, row: int, candidate: int | None = None) -> str | None:
-        """Why `row` (candidate number `candidate` of extend()) cannot take the next place: a rule's name, or
-        None."""
-        s, rules = self.songs, self.rules
-        if rules.dedupe:
-            if s.version[row] is not None and s.version[row] in self.versions:
+    def take(self, c: int) -> None:
+        """Candidate c takes the next place."""
+        self.place += 1
+        self._remember(self.codes[c], lambda: self.units[c])
+
+    def _remember(self, codes: tuple[int, int, int, int], unit, counted: bool = True) -> None:
+        artist, album, version, mbid = codes
+        if counted and artist >= 0:
+            self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
+        if album >= 0:
+            self.album_at[album] = self.place
+        if version >= 0:
+            self.versions.add(version)
+        if mbid >= 0:
+            self.mbids.add(mbid)
+        if self.near_limit is not None or (self.artist_limit is not None and artist >= 0):
+            self._add_sound(unit(), artist)
+
+    def _add_sound(self, unit: np.ndarray, artist: int) -> None:
+        j = len(self.chosen)
+        self.chosen.append((unit, artist))
+        col = self.units @ unit
+        if self.near_limit is not None:
+            np.maximum(self.near, col, out=self.near)
+        if self.artist_limit is not None and artist >= 0:
+            self.cols[j] = col
+            self.cols_of_artist.setdefault(artist, []).append(j)
+
+    def refusal(self, c: int) -> str | None:
+        """Why candidate c cannot take the next place: a rule's name, or None."""
+        artist, album, version, mbid = self.codes[c]
+        if self.dedupe:
+            if version >= 0 and version in self.versions:
                 return "same song"
-            if s.mbids[row] and s.mbids[row] in self.mbids:
+            if mbid >= 0 and mbid in self.mbids:
                 return "same recording id"
-        if rules.max_per_artist is not None and s.artist_norm[row] \
-                and self.per_artist[s.artist_norm[row]] >= rules.max_per_artist:
+        if self.cap is not None and artist >= 0 and self.per_artist.get(artist, 0) >= self.cap:
             return "max_per_artist"
-        if rules.dup_distance > 0:
-            if candidate is not None and self.cand_max is not None:
-                if self.cand_max[candidate] >= 1 - rules.dup_distance:
-                    return "near-identical sound"
-            elif self.vectors and float(np.max(np.stack(self.vectors) @ self.vectors_of(row))) >= 1 - rules.dup_distance:
-                return "near-identical sound"
-        if rules.dup_distance_artist > 0 and s.artist_norm[row] in self.artist_vectors:
-            same = self.artist_vectors[s.artist_norm[row]]
-            if float(np.max(np.stack(same) @ self.vectors_of(row))) >= 1 - rules.dup_distance_artist:
+        if self.near_limit is not None and self.near[c] >= self.near_limit:
+            return "near-identical sound"
+        if artist in self.cols_of_artist:
+            if float(max(self.cols[j][c] for j in self.cols_of_artist[artist])) >= self.artist_limit:
                 return "near-identical sound, same artist"
-        if rules.album_gap and s.album_key[row] is not None:
-            last = self.album_at.get(s.album_key[row])
-            if last is not None and self.place + 1 - last <= rules.album_gap:
+        if self.gap and album >= 0:
+            last = self.album_at.get(album)
+            if last is not None and self.place + 1 - last <= self.gap:
                 return "album_gap"
         return None
-
-    def take(self, row: int) -> None:
-        self.place += 1
-        self._remember(row)
 
 
 @dataclass
@@ -351,10 +392,11 @@ class Radio:
     def unit(self, row: int) -> np.ndarray:
         return self.emb[row] * self.inv_norms[row]
 
-    def _neighbours(self, query: np.ndarray, wanted: int, drop: set[int], keep: np.ndarray | None, scan=None):
-        """(rows, sims) of the `wanted` nearest rows to the unit `query`, best first, `drop` and rows outside
-        `keep` removed; from `scan` (the query's similarity to every row, for an exact index: one product,
-        reused while widening) or an exact scan when `wanted` is a large part of the library, else the index."""
+    def _neighbours(self, query: np.ndarray, wanted: int, drop: np.ndarray, keep: np.ndarray | None, scan=None):
+        """(rows, sims) of the `wanted` nearest rows to the unit `query`, best first, the rows of `drop` and
+        rows outside `keep` removed; from `scan` (the query's similarity to every row, for an exact index: one
+        product, reused while widening) or an exact scan when `wanted` is a large part of the library, else the
+        index."""
         if scan is None and (wanted >= self.n * EXHAUSTIVE or wanted > self.n - len(drop) - 1):
             scan = self.scan(query)
         if scan is not None:
@@ -365,14 +407,20 @@ class Radio:
         else:
             idx, s = self.index.search(query[None], wanted)
             rows, sims = idx[0], s[0]
-        ok = np.ones(len(rows), dtype=bool) if keep is None else keep[rows]
-        if drop:
-            ok &= ~np.isin(rows, np.fromiter(drop, dtype=np.int64, count=len(drop)))
-        return rows[ok], sims[ok]
+        ok = _outside(rows, drop)
+        if keep is not None:
+            ok = keep[rows] if ok is None else ok & keep[rows]
+        return (rows, sims) if ok is None else (rows[ok], sims[ok])
 
     def scan(self, query: np.ndarray) -> np.ndarray:
         """The unit `query`'s cosine similarity to every song."""
         return (self.emb @ query) * self.inv_norms
+
+    def _first_search(self, k: int, drop: int, exact: bool) -> int:
+        """Neighbours to ask for first: a few per wanted song; an exact scan costs the same for any number
+        taken from it, and an HNSW search visits ef_search songs whatever k (up to it): take those too."""
+        free = getattr(self.index, "ef_search", 0) if getattr(self.index, "method", "") == "hnsw" else 0
+        return min(self.n, max((WIDEN ** 2 if exact else WIDEN) * k, free) + drop)
 
     def playlist(self, query, k: int, rules: Rules, seeds=(), seed_vectors=(), allowed=None) -> Playlist:
         """The k songs nearest to `query` (an embedding) that pass `rules`; `seeds` (rows) are left out and,
@@ -380,15 +428,14 @@ class Radio:
         `allowed` (a boolean row mask) limits the songs that may be chosen (e.g. those a player knows)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
-        drop = {int(r) for r in seeds}
+        drop = np.unique(np.asarray(list(seeds), dtype=np.int64))
         keep = self.songs.allowed_mask(rules)
         if allowed is not None:
             keep = allowed if keep is None else keep & allowed
         scan = self.scan(query) if getattr(self.index, "method", "") == "exact" else None
-        # an exact scan costs the same for any number of neighbours taken from it: take more at once
-        wanted = min(self.n, (WIDEN if scan is None else WIDEN ** 2) * k + len(drop))
-        state = _State(self.songs, rules, self.unit)
-        for r in drop:
+        wanted = self._first_search(k, len(drop), scan is not None)
+        state = _State(self.songs, rules, self)
+        for r in drop.tolist():
             state.add_seed(r)
         for v in seed_vectors:
             state.add_seed(None, np.asarray(v, np.float32) / max(float(np.linalg.norm(v)), 1e-12))
@@ -396,24 +443,18 @@ class Radio:
         if keep is not None:
             dropped["labels/duration/exclude filters"] = int((~keep).sum())
         picks: list[tuple[int, float]] = []
-        pending: list[tuple[int, float, int]] = []
-        seen: set[int] = set()
+        waiting: list[int] = []
         while True:
             rows, sims = self._neighbours(query, wanted, drop, keep, scan)
-            if seen:  # widening: only the songs not looked at yet join the ones still waiting
-                new = np.fromiter((r not in seen for r in rows.tolist()), dtype=bool, count=len(rows))
+            if state.rows:  # widening: only the songs not looked at yet join the ones still waiting
+                new = ~np.isin(rows, state.rows)
                 rows, sims = rows[new], sims[new]
-            start = len(seen)
-            seen.update(rows.tolist())
-            state.extend(self.emb[rows] * self.inv_norms[rows, None])
-            pending += zip(rows.tolist(), np.asarray(sims, dtype=np.float64).tolist(),
-                           range(start, start + len(rows)))
-            pending = _fill(state, pending, picks, k, dropped)
+            waiting = _fill(state, waiting, len(state.rows), rows, sims, picks, k, dropped)
             if len(picks) >= k or wanted >= self.n:
-                if pending and len(picks) < k:
-                    dropped["album_gap"] += len(pending)
-                return Playlist(picks, k, dropped, len(seen), self.n)
-            wanted = min(self.n, wanted * WIDEN)
+                if waiting and len(picks) < k:
+                    dropped["album_gap"] += len(waiting)
+                return Playlist(picks, k, dropped, len(state.rows), self.n)
+            wanted = _wider(wanted, k - len(picks), len(picks) / max(len(state.rows), 1), self.n)
 
     def path(self, a: int, b: int, k: int, rules: Rules | None) -> tuple[list[dict], str | None]:
         """k songs from A's sound to B's: the points (1 - t)·A + t·B, t = 1/(k+1) ... k/(k+1) (unit vectors),
@@ -425,25 +466,26 @@ class Radio:
         points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
         rules = rules or Rules()
         keep = self.songs.allowed_mask(rules)
-        state = _State(self.songs, rules, self.unit)
+        state = _State(self.songs, rules, self)
         state.add_seed(a)
         state.add_seed(b)
-        used = {a, b}
+        used = [a, b]
         steps, missed = [], 0
         for point in points:
             wanted = min(self.n, WIDEN * k + 2)
             while True:
-                rows, sims = self._neighbours(point, wanted, used, keep)
-                pick = next(((int(r), float(s)) for r, s in zip(rows, sims) if state.refusal(int(r)) is None), None)
+                state.clear()
+                state.add(*self._neighbours(point, wanted, np.array(used, dtype=np.int64), keep))
+                pick = next((c for c in range(len(state.rows)) if state.refusal(c) is None), None)
                 if pick is not None or wanted >= self.n:
                     break
                 wanted = min(self.n, wanted * WIDEN)
             if pick is None:
                 missed += 1
                 continue
-            row, sim = pick
-            state.take(row)
-            used.add(row)
+            row, sim = state.rows[pick], state.sims[pick]
+            state.take(pick)
+            used.append(row)
             u = self.unit(row)
             steps.append({"row": row, "similarity": round(sim, 6), "similarity_a": round(float(u @ va), 6),
                           "similarity_b": round(float(u @ vb), 6)})
@@ -452,26 +494,57 @@ class Radio:
         return steps, note
 
 
-def _fill(state: _State, pending: list, picks: list, k: int, dropped: Counter) -> list:
-    """Walk the candidates (row, similarity, candidate number), best first, giving each place the first song
-    the rules allow, until `picks` holds k songs; a song held back only by album_gap waits for a later place,
-    any other refusal drops it (counted in `dropped`). Returns the candidates still waiting or not looked at."""
+def _wider(wanted: int, missing: int, passed: float, n: int) -> int:
+    """The next search's size when `missing` places are still empty and a `passed` fraction of the songs
+    looked at went into the playlist: twice what that rate needs for the missing places (a search costs about
+    as many songs as it returns, and the rules pass a steady share of neighbours), at least a few songs per
+    missing place, at most WIDEN times as many."""
+    more = 2 * missing / passed if passed > 0 else wanted * WIDEN
+    return min(n, wanted * WIDEN, wanted + max(int(more), WIDEN * missing))
+
+
+def _outside(rows: np.ndarray, drop: np.ndarray) -> np.ndarray | None:
+    """The mask of `rows` not in `drop` (None: all of them)."""
+    if len(drop) == 0:
+        return None
+    if len(drop) <= 8:  # a seed or a few: cheaper than np.isin's sort
+        ok = rows != drop[0]
+        for r in drop[1:]:
+            ok &= rows != r
+        return ok
+    return ~np.isin(rows, drop)
+
+
+def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list, k: int, dropped: Counter) -> list:
+    """Add the candidates (rows, similarities: best first) and give each place, until `picks` holds k songs, the
+    first candidate the rules allow: the ones waiting first, then the new ones from number `start` on. A song
+    held back only by album_gap waits for a later place; any other refusal drops it (counted in `dropped`).
+    Returns the candidates still waiting (all looked at while `picks` is short of k)."""
+    state.add(rows, sims)
+    pos, end = start, len(state.rows)
     while len(picks) < k:
-        chosen, waiting = None, []
-        for i in range(len(pending)):
-            why = state.refusal(pending[i][0], pending[i][2])
+        held, chosen, rest = [], None, []
+        for j, c in enumerate(waiting):
+            why = state.refusal(c)
             if why is None:
-                chosen = i
+                chosen, rest = c, waiting[j + 1:]
                 break
             if why == "album_gap":
-                waiting.append(i)
+                held.append(c)
             else:
                 dropped[why] += 1
+        while chosen is None and pos < end:
+            why = state.refusal(pos)
+            if why is None:
+                chosen = pos
+            elif why == "album_gap":
+                held.append(pos)
+            else:
+                dropped[why] += 1
+            pos += 1
         if chosen is None:
-            return [pending[i] for i in waiting]
-        row, sim, _c = pending[chosen]
-        state.take(row)
-        picks.append((row, round(sim, 6)))
-        # the songs held back wait ahead of the rest; the ones dropped are gone
-        pending = [pending[i] for i in waiting] + pending[chosen + 1:]
-    return pending
+            return held
+        state.take(chosen)
+        picks.append((state.rows[chosen], round(state.sims[chosen], 6)))
+        waiting = held + rest
+    return waiting
