@@ -9,7 +9,6 @@ folds the catalogue) and seed resolution by title, all in-process through FastAP
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import tempfile
 import time
@@ -17,24 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import REPO
+from benchkit import REPO, write_run
 
 ARTISTS = ["Béla Fleck", "ਗੁਰਦਾਸ ਮਾਨ", "लता मंगेशकर", "Zoë Keating", "Sidhu Moose Wala", "Björk", "Arijit Singh"]
 
 
 def make_run(folder: Path, n: int, dim: int = 128, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "embeddings.npy", rng.normal(size=(n, dim)).astype(np.float32))
-    with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid"])
-        for i in range(n):
-            artist = f"{ARTISTS[i % len(ARTISTS)]} {i // 700}"
-            key = f"{artist}/Album {i // 12}/{i % 12:02d} Song {i}.flac"
-            w.writerow([key, f"/nonexistent/{key}", f"genre{i % 40}", "", artist, f"Song {i} ਗੀਤ", artist,
-                        f"Album {i // 12}", f"{120 + i % 200}.000", ""])
-    return folder
+    emb = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    artists = [f"{ARTISTS[i % len(ARTISTS)]} {i // 700}" for i in range(n)]
+    meta = [{"title": f"Song {i} ਗੀਤ", "artist": a, "album": f"Album {i // 12}", "duration": 120 + i % 200}
+            for i, a in enumerate(artists)]
+    return write_run(folder, emb, [f"{a}/Album {i // 12}/{i % 12:02d} Song {i}.flac" for i, a in enumerate(artists)],
+                     [f"genre{i % 40}" for i in range(n)], meta)
 
 
 def main() -> None:

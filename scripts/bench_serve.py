@@ -1,7 +1,7 @@
 """Latency of the web app's playlist API over a large synthetic catalogue, exact and faiss search.
 
-Writes a run folder with --n (default 100,000) × 128 float32 embeddings (clustered around 1,000 centres) and an
-items.csv of fake paths and labels (no audio, no model), then for each index:
+Writes a finished run folder (benchkit.write_run) with --n (default 100,000) × 128 float32 embeddings (clustered
+around 1,000 centres) and an items.csv of fake paths, labels and tags (no audio, no model), then for each index:
 
 * starts `python -m siamrec serve run=DIR index=...` on a free 127.0.0.1 port and measures the start-up time
   (spawn → first answer of GET /api/info; for faiss both cold, building the HNSW index in memory, and warm,
@@ -11,7 +11,8 @@ items.csv of fake paths and labels (no audio, no model), then for each index:
 * reads the server's resident memory (VmRSS) after the requests;
 * with --radio, also a plain playlist (k=25, rules=false), the same playlist with the radio rules (k=25, the
   default rules; the synthetic songs have artists, albums, titles, durations) and the OpenSubsonic
-  getSonicSimilarTracks (count=25), each at 1 and 32 clients, and the p95 the rules add to the plain playlist.
+  getSonicSimilarTracks (count=25), each at 1 and 32 clients, and the p95 and server CPU the rules add to the
+  plain playlist. The three take turns in rounds with the same seeds, so a busy machine slows each alike.
 
     python scripts/bench_serve.py [--n 100000] [--requests 400] [--keep DIR] [--radio] [--only exact|cold|warm]
 """
@@ -19,7 +20,6 @@ items.csv of fake paths and labels (no audio, no model), then for each index:
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import json
 import os
@@ -32,33 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import REPO, free_port, table
+from benchkit import REPO, clustered, free_port, table, write_run
 
 DIM, CENTRES = 128, 1000
 
 
 def make_run(folder: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
-    c = rng.integers(0, CENTRES, n)
-    emb = centres[c] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "embeddings.npy", emb.astype(np.float32))
-    genres = [f"genre{g:02d}" for g in range(50)]
-    with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["key", "path", "labels", "split", "group", "title", "artist", "album", "duration", "mbid"])
-        for i in range(n):
-            # 10 songs per artist (two albums of 5), drawn from the same sound cluster: the rules have work to do
-            artist = f"artist{c[i] * 7 + i % 7:05d}"
-            key = f"{artist}/song{i:06d}.flac"
-            w.writerow([key, f"/nonexistent/music/{key}", genres[c[i] % 50], "", artist, f"song {i}", artist,
-                        f"album {i % 2}", 180 + i % 120, ""])
-    from siamrec.runs import mark_finished
-
-    mark_finished(folder)  # a finished run: serve refuses a folder without its completion marker
-    return folder
-
+    """The synthetic catalogue: n songs around CENTRES sound clusters, each cluster's songs shared by 7 artists
+    (about 14 songs each, in two albums), so the radio rules have work to do, with titles, durations and one of
+    50 genres."""
+    emb, centre = clustered(n, DIM, CENTRES, np.random.default_rng(seed))
+    artists = [f"artist{c * 7 + i % 7:05d}" for i, c in enumerate(centre.tolist())]
+    meta = [{"title": f"song {i}", "artist": a, "album": f"album {i % 2}", "duration": 180 + i % 120}
+            for i, a in enumerate(artists)]
+    return write_run(folder, emb, [f"{a}/song{i:06d}.flac" for i, a in enumerate(artists)],
+                     [f"genre{c % 50:02d}" for c in centre.tolist()], meta)
 
 
 def get(conn: http.client.HTTPConnection, url: str) -> bytes:
@@ -128,8 +116,14 @@ RADIO = {  # --radio: name -> (URL of a seed, what a good answer holds)
 def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1,
          url: str = "/api/recommend?seed={}&k=10", ok=lambda b: len(json.loads(b)["playlist"]) == 10) -> dict:
     """`requests` GETs of `url` (random seeds) split over `clients` threads, each with its own keep-alive
-    connection."""
-    seeds = np.random.default_rng(seed).integers(0, n_items, requests)
+    connection: p50 / p95 latency and throughput."""
+    latencies, wall = timed_requests(port, np.random.default_rng(seed).integers(0, n_items, requests), clients, url, ok)
+    return figures(latencies, wall)
+
+
+def timed_requests(port: int, seeds, clients: int, url: str, ok) -> tuple[list[float], float]:
+    """(each request's seconds, the wall-clock seconds of all) for GETs of `url` with `seeds`, from `clients`
+    threads at once."""
     per_client = np.array_split(seeds, clients)
     latencies: list[float] = []
     lock = threading.Lock()
@@ -155,10 +149,31 @@ def load(port: int, n_items: int, clients: int, requests: int, seed: int = 1,
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
+    return latencies, time.perf_counter() - started
+
+
+def figures(latencies: list[float], wall: float) -> dict:
     ms = np.array(latencies) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "rps": len(ms) / wall, "requests": len(ms)}
+
+
+def radio_cases(server: Server, n_items: int, clients: int, requests: int, rounds: int = 4) -> dict:
+    """RADIO's requests from `clients` clients, in `rounds` rounds that take the cases in turn (the same seeds
+    for each case), so a shared machine's load falls on every case alike: case -> figures, with the server's
+    CPU milliseconds per request."""
+    rounds = max(1, min(rounds, requests // (10 * clients)))  # at least 10 requests per client and round
+    seeds = np.array_split(np.random.default_rng(1).integers(0, n_items, requests), rounds)
+    taken = {case: ([], 0.0, 0.0) for case in RADIO}
+    for part in seeds:
+        for case, (url, ok) in RADIO.items():
+            cpu = server.cpu_s()
+            lat, wall = timed_requests(server.port, part, clients, url, ok)
+            spent = server.cpu_s() - cpu
+            before = taken[case]
+            taken[case] = (before[0] + lat, before[1] + wall, before[2] + spent)
+    return {case: {**figures(lat, wall), "cpu_ms": spent * 1000 / (len(lat) + clients * rounds)}
+            for case, (lat, wall, spent) in taken.items()}
 
 
 def main() -> None:
@@ -204,19 +219,17 @@ def main() -> None:
                 figures["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
                 row.update({f"{k}@{clients}": v for k, v in figures.items()})
             if args.radio:
-                for case, (url, ok) in RADIO.items():
-                    for clients in (1, 32):
-                        cpu = server.cpu_s()
-                        f = load(server.port, args.n, clients, args.requests, url=url, ok=ok)
-                        f["cpu_ms"] = (server.cpu_s() - cpu) * 1000 / (args.requests + clients)
+                for clients in (1, 32):
+                    for case, f in radio_cases(server, args.n, clients, args.requests).items():
                         row[f"{case}@{clients}"] = f
                         print(f"  {label}, {case}, {clients} clients: p50 {f['p50_ms']:.1f} ms p95 "
                               f"{f['p95_ms']:.1f} ms ({f['rps']:.0f} req/s, server CPU {f['cpu_ms']:.2f} ms/request)",
                               flush=True)
                 for clients in (1, 32):
-                    plain, ruled = row[f"plain k=25@{clients}"]["p95_ms"], row[f"rules k=25@{clients}"]["p95_ms"]
-                    print(f"  {label}, {clients} clients: the radio rules add {100 * (ruled / plain - 1):+.0f} % to "
-                          f"the plain playlist's p95 ({plain:.1f} -> {ruled:.1f} ms; target <= +20 %)", flush=True)
+                    plain, ruled = row[f"plain k=25@{clients}"], row[f"rules k=25@{clients}"]
+                    print(f"  {label}, {clients} clients: the radio rules add {100 * (ruled['p95_ms'] / plain['p95_ms'] - 1):+.0f} % "
+                          f"to the plain playlist's p95 ({plain['p95_ms']:.1f} -> {ruled['p95_ms']:.1f} ms; target <= +20 %), "
+                          f"{100 * (ruled['cpu_ms'] / plain['cpu_ms'] - 1):+.0f} % to its server CPU per request", flush=True)
             row["rss_mib"] = server.rss_mib()
             row["search"] = next((ln for ln in server.output().splitlines() if "search), ready" in ln), "")
         finally:

@@ -80,16 +80,16 @@ def clustered(n: int, dim: int, centres: int, rng, noise: float = 0.6) -> tuple[
     return points[centre] + rng.normal(scale=noise, size=(n, dim)).astype(np.float32), centre
 
 
-def write_run(folder: Path, emb: np.ndarray, labels: list[str], per_artist: int = 10) -> Path:
-    """A run folder as `serve` and `recommend` read it (embeddings.npy + items.csv, by siamrec's own writer):
-    fake paths, one label per song, `per_artist` songs per artist (the group)."""
+def write_run(folder: Path, emb: np.ndarray, keys: list[str], labels: list[str], meta: list[dict] | None = None) -> Path:
+    """A finished run folder as `serve` and `recommend` read it: embeddings.npy and items.csv by siamrec's own
+    writer, then the completion marker (commands refuse a folder without it). Fake paths under
+    /nonexistent/music/, one label per song, the key's first folder as its group (the artist), and `meta` (each
+    song's title, artist, album, duration, mbid) when given."""
     from siamrec.runs import mark_finished, write_embeddings
 
-    n = len(emb)
-    keys = [f"artist{i // per_artist:05d}/song{i:06d}.flac" for i in range(n)]
     write_embeddings(folder, emb, keys, [f"/nonexistent/music/{k}" for k in keys], [(lab,) for lab in labels],
-                     [""] * n, [k.split("/")[0] for k in keys])
-    mark_finished(folder)  # a finished run: commands refuse a folder without its completion marker
+                     [""] * len(keys), [k.split("/")[0] for k in keys], meta)
+    mark_finished(folder)
     return Path(folder)
 
 

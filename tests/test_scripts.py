@@ -94,9 +94,9 @@ def test_bench_page(tmp_path):
 
 @needs("fastapi")
 def test_bench_serve(tmp_path):
-    out = run_script("bench_serve.py", "--n", 300, "--requests", 64, "--only", "exact", "--keep", tmp_path / "k",
-                     cwd=tmp_path)
-    assert "| exact |" in out and "p95_32_ms=" in out
+    out = run_script("bench_serve.py", "--n", 300, "--requests", 64, "--only", "exact", "--radio", "--keep",
+                     tmp_path / "k", cwd=tmp_path)
+    assert "| exact |" in out and "p95_32_ms=" in out and "the radio rules add" in out
 
 
 @needs("faiss")
