@@ -66,7 +66,7 @@ class Server:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={self.port}", f"index={index}",
-             f"hydra.run.dir={log.parent / ('out-' + log.stem)}"],
+             f"hydra.run.dir={tempfile.mkdtemp(prefix=f'out-{log.stem}-', dir=log.parent)}"],  # a new one: --keep DIR again
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         while True:
             if self.proc.poll() is not None:
