@@ -11,8 +11,14 @@ findSonicPath?startSongId=&endSongId=&count=25
 getSimilarSongs(2)?id=&count=50       `similarSongs(2)`: {song: [...]}, the same playlist
 getSong?id=                           one song
 stream?id=, download?id=              its audio (HTTP range requests)
+search3?query=&songCount=&songOffset=&artistCount=&albumCount=...
+                                      `searchResult3`: the artists, albums and songs whose names hold every word
+                                      of the query (folded: case, accents), paged; an empty query lists all
+getArtists                            `artists`: {ignoredArticles, index: [{name: A, artist: [...]}]}, by first letter
+getArtist?id=, getAlbum?id=           an artist with its albums, an album with its songs (ID3 shapes)
 
-Song ids are the app's ids (rows, as in /api/songs). Similarity is the cosine of the embeddings clipped to 0..1
+Song ids are the app's ids (rows, as in /api/songs); artists (`ar-...`) and albums (`al-...`) are named by
+their tags, the artist without case, accents or "feat. ..." as the radio rules compare it. Similarity is the cosine of the embeddings clipped to 0..1
 (1: the same sound). Authentication: `u` with `t` = md5(password + `s`) or a plain (or `enc:`-hex) `p`, against
 the environment variables SIAMREC_SUBSONIC_USER and SIAMREC_SUBSONIC_PASSWORD. When they are unset, a client on
 this machine (127.0.0.1) needs no credentials and any other address gets Subsonic error 40; with
@@ -24,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -32,6 +40,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from siamrec.errors import SiamrecError
 from siamrec.serve.catalogue import NATIVE, UnknownSong
+from siamrec.songs import fold
 
 API_VERSION = "1.16.1"
 SERVER = {"type": "siamrec", "serverVersion": "1", "openSubsonic": True}
@@ -123,6 +132,43 @@ def respond(fmt: str, body: dict | None = None, error: SubsonicError | None = No
     return Response(xml, media_type="application/xml; charset=utf-8")
 
 
+def _short_id(prefix: str, text: str) -> str:
+    return prefix + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class Shelf:
+    """The library as a Subsonic client browses it: artists (by the normalised artist tag) and their albums
+    (artist + album tag), each with its songs' rows in file order."""
+
+    def __init__(self, songs, keys: list[str]):
+        self.artists: dict[str, dict] = {}
+        self.albums: dict[str, dict] = {}
+        for r in sorted(range(len(keys)), key=keys.__getitem__):
+            norm = songs.artist_norm[r]
+            if not norm:
+                continue
+            artist = self.artists.setdefault(_short_id("ar-", norm), {"spellings": Counter(), "albums": []})
+            artist["spellings"][songs.artists[r]] += 1
+            if songs.albums[r]:
+                aid = album_id(norm, songs.albums[r])
+                if aid not in self.albums:
+                    self.albums[aid] = {"name": songs.albums[r], "artistId": _short_id("ar-", norm), "rows": []}
+                    artist["albums"].append(aid)
+                self.albums[aid]["rows"].append(r)
+        for artist in self.artists.values():  # its most common spelling ("A" rather than "A feat. Z")
+            artist["name"] = min(artist.pop("spellings").items(), key=lambda kv: (-kv[1], len(kv[0]), kv[0]))[0]
+        for album in self.albums.values():
+            album["artist"] = self.artists[album["artistId"]]["name"]
+        self.folded = {i: fold(a["name"]) for i, a in (*self.artists.items(), *self.albums.items())}
+
+    def matching(self, ids, words: list[str]) -> list[str]:
+        return [i for i in ids if all(w in self.folded[i] for w in words)]
+
+
+def album_id(artist_norm: str, album: str) -> str:
+    return _short_id("al-", f"{artist_norm}\0{album}")
+
+
 def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
     """The /rest/ endpoints over the app's catalogue `cat`, with the server's radio rules `rules` (or None)."""
     allow_remote = bool(serve_cfg.allow_remote)
@@ -155,10 +201,48 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
                  "duration": None if duration != duration else int(round(duration)), "path": cat.keys[r],
                  "suffix": suffix or None, "contentType": NATIVE.get("." + suffix, "audio/wav" if suffix else None),
                  "musicBrainzId": meta.mbids[r] or None}
-        if meta.albums[r]:
-            entry["albumId"] = entry["parent"] = "al-" + hashlib.sha1(
-                f"{meta.artist_norm[r]}\0{meta.albums[r]}".encode()).hexdigest()[:16]
+        if meta.artist_norm[r]:
+            entry["artistId"] = _short_id("ar-", meta.artist_norm[r])
+            if meta.albums[r]:
+                entry["albumId"] = entry["parent"] = album_id(meta.artist_norm[r], meta.albums[r])
         return {k: v for k, v in entry.items() if v is not None}
+
+    shelf: list[Shelf] = []  # made on the first browsing request
+    created = datetime.fromtimestamp((cat.run / "items.csv").stat().st_mtime, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z")
+
+    def library() -> Shelf:
+        if not shelf:
+            shelf.append(Shelf(meta, cat.keys))
+        return shelf[0]
+
+    def artist_entry(aid: str) -> dict:
+        a = library().artists[aid]
+        return {"id": aid, "name": a["name"], "albumCount": len(a["albums"])}
+
+    def album_entry(aid: str) -> dict:
+        a = library().albums[aid]
+        seconds = meta.durations[a["rows"]]
+        first = a["rows"][0]
+        return {k: v for k, v in {
+            "id": aid, "name": a["name"], "artist": a["artist"], "artistId": a["artistId"],
+            "songCount": len(a["rows"]), "duration": int(round(float(seconds[seconds == seconds].sum()))),
+            "created": created, "genre": cat.labels[first][0] if cat.labels[first] else None}.items() if v is not None}
+
+    def found(p, shelf_ids) -> str:
+        value = p.get("id")
+        if value in (None, ""):
+            raise SubsonicError(MISSING, "Required parameter is missing: id")
+        if value not in shelf_ids:
+            raise SubsonicError(NOT_FOUND, f"{'Artist' if value.startswith('ar-') else 'Album'} not found: {value}")
+        return value
+
+    def paged(p, name: str, default: int) -> tuple[int, int]:
+        try:
+            count, offset = int(p.get(f"{name}Count", default)), int(p.get(f"{name}Offset", 0))
+        except ValueError:
+            raise SubsonicError(GENERIC, f"{name}Count and {name}Offset must be integers") from None
+        return max(0, min(count, 500)), max(0, offset)
 
     def similar(r: int, n: int) -> list[tuple[int, float]]:
         if rules is None:
@@ -200,6 +284,39 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
     def get_song(p):
         return {"song": song(row(p))}
 
+    def search3(p):
+        query = (p.get("query") or "").strip()
+        if query in ('""', "''"):  # some clients send an empty query quoted: list everything
+            query = ""
+        words = fold(query).split()
+        shelf_now = library()
+        out = {}
+        for name, ids, entry in (("artist", shelf_now.artists, artist_entry), ("album", shelf_now.albums, album_entry)):
+            count, offset = paged(p, name, 20)
+            hits = shelf_now.matching(ids, words)[offset:offset + count]
+            if hits:
+                out[name] = [entry(i) for i in hits]
+        count, offset = paged(p, "song", 20)
+        rows = cat.search(query, offset + count)[1][offset:] if count else []
+        if rows:
+            out["song"] = [song(r) for r in rows]
+        return {"searchResult3": out}
+
+    def get_artists(_p):
+        by_letter: dict[str, list] = {}
+        for aid, a in sorted(library().artists.items(), key=lambda kv: fold(kv[1]["name"])):
+            first = fold(a["name"])[:1].upper()
+            by_letter.setdefault(first if first.isalpha() else "#", []).append(artist_entry(aid))
+        return {"artists": {"ignoredArticles": "", "index": [{"name": k, "artist": v} for k, v in by_letter.items()]}}
+
+    def get_artist(p):
+        aid = found(p, library().artists)
+        return {"artist": {**artist_entry(aid), "album": [album_entry(a) for a in library().artists[aid]["albums"]]}}
+
+    def get_album(p):
+        aid = found(p, library().albums)
+        return {"album": {**album_entry(aid), "song": [song(r) for r in library().albums[aid]["rows"]]}}
+
     def stream(p):
         r = row(p)
         try:
@@ -216,7 +333,8 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
                  "getSonicSimilarTracks": sonic_similar, "findSonicPath": sonic_path,
                  "getSimilarSongs": similar_songs,
                  "getSimilarSongs2": lambda p: similar_songs(p, "similarSongs2"),
-                 "getSong": get_song, "stream": stream, "download": stream}
+                 "getSong": get_song, "stream": stream, "download": stream, "search3": search3,
+                 "getArtists": get_artists, "getArtist": get_artist, "getAlbum": get_album}
     open_endpoints = {"getOpenSubsonicExtensions"}  # the OpenSubsonic spec: answered without authentication
 
     def make(name, fn):
