@@ -96,31 +96,36 @@ def served(run, tmp_path, monkeypatch):
         thread.join(timeout=10)
 
 
-def test_a_subsonic_client_gets_sonic_similarity_and_plays_it(run, served, monkeypatch):
+@pytest.fixture
+def subsonic(served, monkeypatch):
+    """(libopensonic, port, a client connected with the server's credentials)."""
     libopensonic = pytest.importorskip("libopensonic")
     monkeypatch.setenv("SIAMREC_SUBSONIC_USER", USER)
     monkeypatch.setenv("SIAMREC_SUBSONIC_PASSWORD", PASSWORD)
     port = served()
     conn = libopensonic.Connection("http://127.0.0.1", USER, PASSWORD, port=port)
-    try:
-        assert conn.ping()
-        assert any(e.name == "sonicSimilarity" and 1 in e.versions for e in conn.get_open_subsonic_extensions())
-        matches = conn.get_sonic_similar_tracks("0", count=10)
-        assert [m.entry.id for m in matches] == [str(i) for i in EXPECTED_DEFAULT]
-        assert all(0 <= m.similarity <= 1 for m in matches)
-        assert matches[0].similarity == pytest.approx(1 / np.sqrt(1 + 0.9 ** 2), abs=1e-5)
-        assert matches[0].entry.artist == "A feat. Z" and matches[0].entry.title == "A3"
-        assert matches[0].entry.duration == 190 and matches[0].entry.album == "Alb2"
-        path = conn.find_sonic_path("0", "25", count=6)
-        assert [m.entry.id for m in path][0] == "0" and path[-1].entry.id == "25" and len(path) == 6
-        similar = conn.get_similar_songs("0", count=10)
-        assert [s.id for s in similar] == [str(i) for i in EXPECTED_DEFAULT]
-        song = conn.get_song("3")
-        assert song.title == "A3" and song.suffix == "flac"
-        body = _read(conn, conn.stream("3"))  # the sync wrapper hands back aiohttp's response
-        assert body == (run / "music" / "A feat. Z/Alb2/03 A3.flac").read_bytes()
-    finally:
-        conn.cleanup()
+    yield libopensonic, port, conn
+    conn.cleanup()
+
+
+def test_a_subsonic_client_gets_sonic_similarity_and_plays_it(run, subsonic):
+    libopensonic, port, conn = subsonic
+    assert conn.ping()
+    assert any(e.name == "sonicSimilarity" and 1 in e.versions for e in conn.get_open_subsonic_extensions())
+    matches = conn.get_sonic_similar_tracks("0", count=10)
+    assert [m.entry.id for m in matches] == [str(i) for i in EXPECTED_DEFAULT]
+    assert all(0 <= m.similarity <= 1 for m in matches)
+    assert matches[0].similarity == pytest.approx(1 / np.sqrt(1 + 0.9 ** 2), abs=1e-5)
+    assert matches[0].entry.artist == "A feat. Z" and matches[0].entry.title == "A3"
+    assert matches[0].entry.duration == 190 and matches[0].entry.album == "Alb2"
+    path = conn.find_sonic_path("0", "25", count=6)
+    assert [m.entry.id for m in path][0] == "0" and path[-1].entry.id == "25" and len(path) == 6
+    similar = conn.get_similar_songs("0", count=10)
+    assert [s.id for s in similar] == [str(i) for i in EXPECTED_DEFAULT]
+    song = conn.get_song("3")
+    assert song.title == "A3" and song.suffix == "flac"
+    body = _read(conn, conn.stream("3"))  # the sync wrapper hands back aiohttp's response
+    assert body == (run / "music" / "A feat. Z/Alb2/03 A3.flac").read_bytes()
     bad = libopensonic.Connection("http://127.0.0.1", USER, "wrong", port=port)
     try:
         with pytest.raises(Exception, match="(?i)wrong username or password"):
@@ -139,39 +144,32 @@ def test_a_subsonic_client_gets_sonic_similarity_and_plays_it(run, served, monke
     assert 0 <= float(root.find("s:sonicMatch", ns).get("similarity")) <= 1
 
 
-def test_a_subsonic_client_finds_a_seed_by_browsing_and_searching(run, served, monkeypatch):
+def test_a_subsonic_client_finds_a_seed_by_browsing_and_searching(subsonic):
     """search3, getArtists, getArtist and getAlbum in the shapes py-opensonic parses: a client finds the seed
     and asks for its sonic matches."""
-    libopensonic = pytest.importorskip("libopensonic")
-    monkeypatch.setenv("SIAMREC_SUBSONIC_USER", USER)
-    monkeypatch.setenv("SIAMREC_SUBSONIC_PASSWORD", PASSWORD)
-    port = served()
-    conn = libopensonic.Connection("http://127.0.0.1", USER, PASSWORD, port=port)
-    try:
-        found = conn.search3("TUM hi ho")  # folded: any case
-        assert sorted(s.id for s in found.song) == ["0", "1"] and not found.artist and not found.album
-        seed = next(s for s in found.song if s.title == "Tum Hi Ho")
-        assert [m.entry.id for m in conn.get_sonic_similar_tracks(seed.id, count=10)] == \
-            [str(i) for i in EXPECTED_DEFAULT]
-        assert [s.id for s in conn.search3("wembley").song] == ["11"]
-        paged = conn.search3("filler", song_count=3, song_offset=2)
-        assert [s.id for s in paged.song] == ["18", "19", "20"]
-        assert [a.name for a in conn.search3("albd").album] == ["AlbD"]
+    conn = subsonic[2]
+    found = conn.search3("TUM hi ho")  # folded: any case
+    assert sorted(s.id for s in found.song) == ["0", "1"] and not found.artist and not found.album
+    seed = next(s for s in found.song if s.title == "Tum Hi Ho")
+    assert [m.entry.id for m in conn.get_sonic_similar_tracks(seed.id, count=10)] == \
+        [str(i) for i in EXPECTED_DEFAULT]
+    assert [s.id for s in conn.search3("wembley").song] == ["11"]
+    paged = conn.search3("filler", song_count=3, song_offset=2)
+    assert [s.id for s in paged.song] == ["18", "19", "20"]
+    assert [a.name for a in conn.search3("albd").album] == ["AlbD"]
 
-        index = conn.get_artists().index
-        artists = {a.name: a for i in index for a in i.artist}
-        # "A feat. Z" is artist A, "c" is "C" (the radio rules' artist); the name is the most common spelling
-        assert "A feat. Z" not in artists and "c" not in artists and artists["A"].album_count == 5
-        assert [i.name for i in index] == sorted(i.name for i in index)
-        d = conn.get_artist(artists["D"].id)
-        assert [al.name for al in d.album] == ["AlbD"] and d.album[0].song_count == 2
-        album = conn.get_album(d.album[0].id)
-        assert [s.id for s in album.song] == ["8", "9"] and album.artist == "D" and album.duration == 320
-        assert album.song[0].album_id == album.id and album.song[0].artist_id == d.id
-        with pytest.raises(Exception, match="(?i)not found"):
-            conn.get_album("al-0000")
-    finally:
-        conn.cleanup()
+    index = conn.get_artists().index
+    artists = {a.name: a for i in index for a in i.artist}
+    # "A feat. Z" is artist A, "c" is "C" (the radio rules' artist); the name is the most common spelling
+    assert "A feat. Z" not in artists and "c" not in artists and artists["A"].album_count == 5
+    assert [i.name for i in index] == sorted(i.name for i in index)
+    d = conn.get_artist(artists["D"].id)
+    assert [al.name for al in d.album] == ["AlbD"] and d.album[0].song_count == 2
+    album = conn.get_album(d.album[0].id)
+    assert [s.id for s in album.song] == ["8", "9"] and album.artist == "D" and album.duration == 320
+    assert album.song[0].album_id == album.id and album.song[0].artist_id == d.id
+    with pytest.raises(Exception, match="(?i)not found"):
+        conn.get_album("al-0000")
 
 
 def _read(conn, response) -> bytes:
