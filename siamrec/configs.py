@@ -112,6 +112,29 @@ def build(node, key: str):
         raise SiamrecError(f"{key}: cannot build {target} ({' '.join(str(cause).split())})") from None
 
 
+def construct(node, group: str, selector: str, base: type, what: str):
+    """The `base` subclass a config node of `group` names by `_target_`, called with the node's settings: every key
+    but `_target_` and `selector` (which names the option, e.g. data.source). Unlike `build`, a mandatory value not
+    given (???) reaches the constructor as None, so the component itself says which setting to pass. A class that
+    is not a `what`, or settings its constructor does not take, are one SiamrecError line."""
+    from hydra.utils import get_class
+
+    from siamrec.errors import SiamrecError
+
+    option, target = node.get(selector), node.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception:  # noqa: BLE001 - a hand-written config naming nothing importable
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise SiamrecError(f"{group}.{selector}={option!r} ({group}._target_={target!r}): not {what}; choose "
+                           f"{group}={'|'.join(group_options(group))}")
+    try:
+        return cls(**{k: node.get(k) for k in node if k not in ("_target_", selector)})
+    except TypeError as exc:  # settings its constructor does not take
+        raise SiamrecError(f"{group}={option}: {' '.join(str(exc).split())}") from None
+
+
 def strip_hydra(cfg):
     """The job's config without the hydra node, interpolations resolved."""
     from omegaconf import OmegaConf

@@ -110,6 +110,129 @@ def base_features(cfg, data: Data, run_dir, encoder=None, keep_windows: bool = F
     return audio_features(encoder or make_encoder(cfg, data), data, cfg, run_dir, keep_windows, fit=True)
 
 
+class TrainingSet:
+    """What a head trains on (Head.fit), each part made when the head first asks for it, so each head takes what
+    it needs and nothing else is computed:
+
+    * `rows(*splits, train_on=)`: (features, labels) of the songs of `splits`: their song vectors (the configured
+      backbone(s), normalised as features.normalise says; or the rows of data=features), or with
+      train_on=windows every window's vector with its song's labels;
+    * `backbone(what)`: the one backbone (extractor and parts) the head trains through; asked for before the rows,
+      as the song vectors are then the backbone's own (not normalised), and after training they come from it;
+    * `clips(split, train_on)`, `song_windows(split)`: the decoded windows of a split's songs (after `backbone`);
+    * `song_vectors()`: the vectors of every kept item, to embed once the head has trained.
+
+    `data` holds the kept items (files that fail to decode are dropped and listed in failed.csv)."""
+
+    def __init__(self, cfg, data: Data, run_dir):
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self._encoder = None
+        self._features: Features | None = None
+        self._member = None    # the backbone the head trains through
+        self._windows: list[np.ndarray] | None = None
+
+    @property
+    def is_audio(self) -> bool:
+        return self.data.is_audio
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per batch through the backbone (features.batch_size)."""
+        return int(self.cfg.features.batch_size)
+
+    def count(self, split: str) -> int:
+        return int(self.data.mask(split).sum())
+
+    def unit(self, train_on: str) -> str:
+        """What a row is: songs or windows (only audio has windows)."""
+        return train_on if self.is_audio else "songs"
+
+    def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
+        if train_on == "windows" and self.cfg.clip.pool != "mean":
+            raise SiamrecError("model.train_on=windows trains on window vectors, which have no standard deviation: "
+                               "use clip.pool=mean with it")
+        return self._song_features(keep_windows=train_on == "windows").rows(*splits, train_on=train_on)
+
+    def backbone(self, what: str, head_on_windows: bool = False):
+        """The one member (extractor and parts) of the encoder, to train through; `what` names the setting for
+        messages. `head_on_windows`: the head is applied to single windows' vectors (needs clip.pool=mean)."""
+        if not self.is_audio:
+            raise SiamrecError(f"{what} trains through the backbone: it needs audio (data=demo|folder|csv)")
+        if head_on_windows and self.cfg.clip.pool != "mean":
+            raise SiamrecError(f"{what} trains on windows: use clip.pool=mean with it")
+        if self._encoder is not None:
+            raise RuntimeError("TrainingSet.backbone: ask for the backbone before the rows")
+        from siamrec.encoder import make_encoder
+
+        self._encoder = make_encoder(self.cfg, self.data, normalise=False)  # the trained backbone's own vectors
+        if self._encoder.combined:
+            raise SiamrecError(f"{what} trains through one backbone; drop features.combine")
+        self._member = self._encoder.members[0]
+        return self._member
+
+    def clips(self, split: str, train_on: str) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded windows and their songs' labels: every window (train_on=windows) or each song's first."""
+        windows, idx = self._decoded(), np.flatnonzero(self.data.mask(split))
+        if not len(idx):
+            return np.empty((0, 0), np.float32), self.data.y[idx]
+        return window_rows(windows, self.data.y, idx, first_only=train_on != "windows")
+
+    def song_windows(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each song's decoded windows, and the labels of the songs."""
+        windows, idx = self._decoded(), np.flatnonzero(self.data.mask(split))
+        return [windows[i] for i in idx], self.data.y[idx]
+
+    def song_vectors(self) -> np.ndarray:
+        """Every kept item's vector: from the backbone as the head trained it, else the features of `rows`."""
+        if self._member is None:
+            return self._song_features(keep_windows=False).x
+        extractor = self._member.extractor
+        return extractor.pool_songs(extractor.features_of(self._decoded()))[:, self._member.columns]
+
+    def save(self, run_dir) -> None:
+        """The song encoder (audio): extractor.json and the backbone models, as trained."""
+        if self._encoder is not None:
+            self._encoder.save(run_dir)
+
+    def _song_features(self, keep_windows: bool) -> Features:
+        keep_windows = keep_windows and self.is_audio
+        if self._features is None or (keep_windows and self._features.windows is None):
+            if self._encoder is None and self.is_audio:
+                from siamrec.encoder import make_encoder
+
+                self._encoder = make_encoder(self.cfg, self.data)
+            self._features = base_features(self.cfg, self.data, self.run_dir, self._encoder, keep_windows)
+            self.data = self._features.data
+        return self._features
+
+    def _decoded(self) -> list[np.ndarray]:
+        """Every kept item's windows in memory (through the backbone's extractor); failures are skipped and
+        reported."""
+        if self._windows is None:
+            if self._member is None:
+                raise RuntimeError("TrainingSet: ask for the backbone before its windows")
+            self.data, self._windows = decode_all(self._member.extractor, self.data, self.cfg, self.run_dir)
+        return self._windows
+
+
+def decode_all(extractor, data: Data, cfg, run_dir) -> tuple[Data, list[np.ndarray]]:
+    """Every item's windows in memory (for training through the backbone); failures are skipped and reported."""
+    from tqdm.auto import tqdm
+
+    from siamrec.extractor import report_failures
+
+    windows, failures = [None] * len(data.lib), []
+    stream = extractor.decode(list(enumerate(data.lib.paths)))
+    for i, w, error, _ in tqdm(stream, total=len(data.lib), desc="decoding", unit="file"):
+        if error is None:
+            windows[i] = w
+        else:
+            failures.append((i, error))
+    report_failures(run_dir, data.lib.keys, data.lib.paths, failures, float(cfg.data.max_failed_fraction))
+    ok = np.array([w is not None for w in windows])
+    return data.subset(ok), [w for w in windows if w is not None]
+
+
 def save_embeddings(run_dir, data: Data, embeddings: np.ndarray) -> None:
     lib = data.lib
     write_embeddings(run_dir, embeddings, lib.keys, lib.paths, lib.labels, list(data.split), lib.groups, lib.meta)

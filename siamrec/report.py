@@ -34,7 +34,7 @@ def _describe(run: Path) -> dict:
 
     cfg_file = run / ".hydra" / "config.yaml"
     try:
-        cfg = OmegaConf.to_container(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
+        cfg = _recorded(OmegaConf.load(cfg_file)) if cfg_file.is_file() else {}
         head = json.loads((run / "head.json").read_text(encoding="utf-8")) if (run / "head.json").is_file() else {}
     except Exception as exc:  # noqa: BLE001 - a damaged record: name it, do not crash
         raise SiamrecError(f"runs: {run} has a damaged .hydra/config.yaml or head.json ({str(exc).splitlines()[0]}); "
@@ -43,14 +43,25 @@ def _describe(run: Path) -> dict:
     head = head if isinstance(head, dict) else {}
     model = cfg.get("model") or {}
     parts = (cfg.get("features") or {}).get("parts")
-    source = (cfg.get("data") or {}).get("source", "")
+    source = (cfg.get("data") or {}).get("source") or ""
     return {
         "run": run.name,
-        "model": model.get("name", head.get("kind", "?")),
+        "model": model.get("name") or head.get("kind") or "?",
         "loss": _loss_name(model.get("loss")),
-        "backbone": (cfg.get("backbone") or {}).get("name", "") if source != "features" else "",
+        "backbone": str((cfg.get("backbone") or {}).get("name") or "") if source != "features" else "",
         "parts": "+".join(map(str, parts)) if parts and source != "features" else "",
     }
+
+
+def _recorded(cfg) -> dict:
+    """A run's recorded config (.hydra/config.yaml, stored with its interpolations) as plain values: resolved, so
+    choi2017's `name: choi2017_${.release}` reads choi2017_theano; as written when it cannot be resolved."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation of an older or foreign config
+        return OmegaConf.to_container(cfg)
 
 
 def _loss_name(loss) -> str:
@@ -145,7 +156,7 @@ def compare_runs(cfg, run_dir) -> dict:
         rows.append(_row(desc, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[str(run)] = metrics
-    table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.get('protocol', 'test')}")
+    table = write_table(run_dir, rows, f"{len(runs)} runs, test split, protocol {cfg.eval.protocol}")
     map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"runs": results})
     print(table)
@@ -156,7 +167,7 @@ def block_study(cfg, run_dir, data, extractor, vectors: np.ndarray) -> dict:
     """MAP of the pretrained features for each set of the backbone's parts (paper experiment 7): cfg.study.sets,
     or the first part, the first two, ... (cumulative) when it is null."""
     parts = list(extractor.bundle.parts)
-    sets = [list(s) for s in cfg.study.sets] if cfg.study.get("sets") else [parts[:n] for n in range(1, len(parts) + 1)]
+    sets = [list(s) for s in cfg.study.sets] if cfg.study.sets else [parts[:n] for n in range(1, len(parts) + 1)]
     rows, curves, results = [], {}, {}
     n_gallery = gallery_size(data.split, cfg.eval.protocol)
     for names in sets:

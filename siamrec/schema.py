@@ -4,12 +4,12 @@
 gives one line naming the key, the value and what is allowed; a key the schema does not know (a typo, or one
 added with `+`) is rejected with the closest valid keys.
 
-A component built by `_target_` (a loss, an index kind, an engine, a head or data source of the user's own) is
-checked against its class's constructor: its typed keyword parameters are its keys, their annotations its types,
-ranges and choices (`Annotated[float, number(0, 1)]`, `Literal[...]`), read from the source without importing it
-(constructor_spec). So a new component is one class and one YAML, with nothing to add here. The `model`, `data`
-and `split` groups of siamrec's own options are still described by the tables below (selected by model.name,
-data.source, split.kind). The `backbone` node is free-form (each bundle has its own keys) and is not checked here.
+A component built by `_target_` (a head, a data source, a split kind, a loss, an index kind, an engine; siamrec's
+own or the user's) is checked against its class's constructor: its typed keyword parameters are its keys, their
+annotations its types, ranges and choices (`Annotated[float, number(0, 1)]`, `Literal[...]`), read from the source
+without importing it (constructor_spec). So a new component is one class and one YAML, with nothing to add here.
+Beside them a group's YAML may state the option's name (model.name, data.source, split.kind). The `backbone` node
+is free-form (each bundle has its own keys) and is not checked here.
 
 Pure Python (no NumPy, no TensorFlow), so the CLI can validate before importing anything heavy.
 """
@@ -107,6 +107,11 @@ def anything() -> Check:
     return Check(lambda v: True, "anything")
 
 
+def pattern(regex: str, allowed: str | None = None) -> Check:
+    """A text matching `regex` as a whole."""
+    return Check(lambda v: isinstance(v, str) and re.fullmatch(regex, v) is not None, allowed or f"text like {regex}")
+
+
 def one_of(*checks: Check, allowed: str) -> Check:
     return Check(lambda v: any(c.ok(v) for c in checks), allowed)
 
@@ -128,10 +133,17 @@ class Free(dict):
 
 class Component:
     """A node built by `_target_` (hydra.utils.instantiate): its keys and their checks are the typed keyword
-    parameters of the target class's constructor (see constructor_spec)."""
+    parameters of the target class's constructor (see constructor_spec), and `named` keys its YAML states beside
+    them (a model's `name`: the option's name, which the commands show)."""
 
-    def __init__(self, group: str):
+    def __init__(self, group: str, **named: Check):
         self.group = group  # the config group its options come from (conf/GROUP/*.yaml), for messages
+        self.named = named
+
+
+def component(group: str) -> Component:
+    """A constructor parameter that is itself a component chosen from conf/GROUP (a Siamese head's loss)."""
+    return Component(group)
 
 
 # Names an annotation of a component's constructor may use (its source is read, not imported: see constructor_spec).
@@ -140,12 +152,12 @@ def _annotation_names() -> dict:
 
     return {"Annotated": typing.Annotated, "Literal": typing.Literal, "Optional": typing.Optional,
             "Union": typing.Union, "Any": typing.Any, "int": int, "float": float, "bool": bool, "str": str,
-            "list": list, "dict": dict, "tuple": tuple, "None": None, "integer": integer, "number": number,
+            "list": list, "dict": dict, "tuple": tuple, "object": object, "None": None, "integer": integer, "number": number,
             "boolean": boolean, "string": string, "path": path, "choice": choice, "list_of": list_of,
-            "one_of": one_of, "anything": anything, "Check": Check}
+            "one_of": one_of, "anything": anything, "pattern": pattern, "component": component, "Check": Check}
 
 
-def _check_of(annotation) -> Check:
+def _check_of(annotation) -> Check | Component:
     """The Check of a constructor parameter's type: Annotated[T, check] is that check; int, float, bool, str,
     Literal[...], list[T], T | None are checked as such; anything else is not checked."""
     import types
@@ -153,7 +165,7 @@ def _check_of(annotation) -> Check:
 
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        given = [m for m in annotation.__metadata__ if isinstance(m, Check)]
+        given = [m for m in annotation.__metadata__ if isinstance(m, (Check, Component))]
         return given[0] if given else _check_of(args[0])
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
@@ -175,15 +187,48 @@ def constructor_spec(target: str) -> dict | None:
 
 
 @lru_cache(maxsize=None)
-def _constructor_spec(target: str) -> dict | None:
+def _module_source(module: str):
+    """The parsed source of `module` (found, not run), or None."""
     import ast
     import importlib.util
 
-    module, _, name = target.rpartition(".")
     try:
         found = importlib.util.find_spec(module)
-        tree = ast.parse(open(found.origin, encoding="utf-8").read())
-    except Exception:  # noqa: BLE001 - not a module we can read: left to instantiate to report
+        return ast.parse(open(found.origin, encoding="utf-8").read())
+    except Exception:  # noqa: BLE001 - not a module we can read
+        return None
+
+
+@lru_cache(maxsize=None)
+def _type_aliases(module: str) -> dict:
+    """The names a constructor's annotations in `module` may use: the schema's own, the module's type aliases
+    (Margin = Annotated[float, number(0)]) and those it imports from a module of its own package (read the same
+    way, so a head may use the aliases of siamrec.models.heads)."""
+    import ast
+
+    names = _annotation_names()
+    tree = _module_source(module)
+    package = module.split(".")[0]
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package \
+                and node.module != module and node.module != __name__:
+            theirs = _type_aliases(node.module)
+            names.update({a.asname or a.name: theirs[a.name] for a in node.names if a.name in theirs})
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                names[node.targets[0].id] = eval(ast.unparse(node.value), {"__builtins__": {}, **names})
+            except Exception:  # noqa: BLE001 - not a type alias
+                pass
+    return names
+
+
+@lru_cache(maxsize=None)
+def _constructor_spec(target: str) -> dict | None:
+    import ast
+
+    module, _, name = target.rpartition(".")
+    tree = _module_source(module)
+    if tree is None:  # not a module we can read: left to instantiate to report
         return None
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     cls, init = classes.get(name), None
@@ -193,17 +238,12 @@ def _constructor_spec(target: str) -> dict | None:
         cls = classes.get(bases[0]) if init is None and bases else None
     if init is None or init.args.kwarg is not None:
         return None
-    names = _annotation_names()
-    for node in tree.body:  # the module's type aliases (Margin = Annotated[float, number(0)])
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                names[node.targets[0].id] = eval(ast.unparse(node.value), dict(names))
-            except Exception:  # noqa: BLE001 - not a type alias
-                pass
+    names = _type_aliases(module)
     spec = {}
     for arg in init.args.args[1:] + init.args.kwonlyargs:
         try:
-            spec[arg.arg] = _check_of(eval(ast.unparse(arg.annotation), names)) if arg.annotation else anything()
+            spec[arg.arg] = (_check_of(eval(ast.unparse(arg.annotation), {"__builtins__": {}, **names}))
+                             if arg.annotation else anything())
         except Exception:  # noqa: BLE001 - an annotation we cannot evaluate: not checked
             spec[arg.arg] = anything()
     return spec
@@ -213,78 +253,11 @@ class Switch(dict):
     """A group of settings that may also be switched off as a whole (`none`, null or false)."""
 
 
-class Group:
-    """A config group: the schema of the option named by `selector` (e.g. model.name)."""
-
-    def __init__(self, selector: str, options: dict[str, dict]):
-        self.selector, self.options = selector, options
-
-
-FRACTION = number(0, 1, hi_open=True)
-FAILED_FRACTION = number(0, 1)
 PART_NAMES = list_of(string(), what="a list of the backbone's part names")
-
-
-def _trainable_ok(v) -> bool:
-    if isinstance(v, str):
-        return v == "all" or (v.startswith("last:") and v[5:].isdigit())
-    return isinstance(v, Sequence) and all(isinstance(g, str) for g in v)
-
-
-TRAINABLE = Check(_trainable_ok, "all, last:N or a list of the backbone's layer groups (e.g. [block4, block5])")
 COMBINE = list_of(Check(lambda v: isinstance(v, Mapping) and isinstance(v.get("backbone"), str)
                         and set(v) <= {"backbone", "parts"},
                         "{backbone: NAME, parts: [...]}"), what="a list of {backbone: NAME, parts: [...]}")
 
-SHRINKAGE = one_of(choice("auto"), number(0, 1, null=True), allowed="null, auto or a fraction in [0, 1]")
-_MODEL_COMMON = {"name": choice("identity", "lda", "baseline", "siamese"), "train_on": choice("songs", "windows")}
-MODELS = {
-    "identity": {**_MODEL_COMMON},
-    "lda": {**_MODEL_COMMON, "use_valid": boolean(),
-            "shrinkage": one_of(SHRINKAGE, list_of(SHRINKAGE, min_len=1),
-                                allowed="null, auto, a fraction in [0, 1], or a list of them (chosen on validation)")},
-    "baseline": {
-        **_MODEL_COMMON,
-        "trainable": TRAINABLE, "lr": number(0, lo_open=True), "momentum": FRACTION, "epochs": integer(1),
-        "batch_size": integer(1), "patience": integer(0), "class_weight": boolean(),
-        "threshold": number(0, 1, lo_open=True, hi_open=True), "hidden": integer(1), "dropout": FRACTION,
-        "head_lr": number(0, lo_open=True), "head_epochs": integer(1), "head_batch_size": integer(1),
-        "head_patience": integer(0), "seed": integer(0),
-    },
-    "siamese": {
-        **_MODEL_COMMON,
-        "loss": Component("loss"), "whiten_eps": number(0, null=True),
-        "hidden": list_of(integer(1), what="a list of layer widths (integers >= 1)"), "dim": integer(1),
-        "branches": integer(1), "dropout": FRACTION, "lr": number(0, lo_open=True), "epochs": integer(1),
-        "refit": boolean(), "classes_per_batch": integer(2), "m_per_class": integer(2), "seed": integer(0),
-        "finetune_backbone": boolean(), "trainable": TRAINABLE, "backbone_lr": number(0, lo_open=True),
-        "backbone_epochs": integer(1),
-    },
-}
-_DATA_COMMON = {"min_label_count": integer(1), "max_failed_fraction": FAILED_FRACTION, "label_sep": string()}
-DATA = {
-    "demo": {**_DATA_COMMON, "source": choice("demo"), "n_per_style": integer(1), "duration": number(0, lo_open=True),
-             "sample_rate": integer(8000),
-             "labels": choice("genre", "tags")},
-    "folder": {**_DATA_COMMON, "source": choice("folder"), "root": path(),
-               "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")},
-    "csv": {**_DATA_COMMON, "source": choice("csv"), "manifest": path()},
-    "library": {**_DATA_COMMON, "source": choice("library"), "root": path(),
-                "extensions": list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions"),
-                "labels": choice("genre", "folder", "none"), "group": choice("artist", "album", "none"),
-                "guess_from_path": boolean()},
-    "beets": {**_DATA_COMMON, "source": choice("beets"), "library": path(null=True),
-              "directory": path(null=True), "query": string(null=True),
-              "labels": choice("genre", "folder", "none"), "group": choice("artist", "album", "none")},
-    "playlists": {**_DATA_COMMON, "source": choice("playlists"), "playlists": path()},
-    "features": {**_DATA_COMMON, "source": choice("features"),
-                 "features": one_of(path(), list_of(path(), min_len=1), allowed="a .npy file or a list of them"),
-                 "labels": path(), "label_column": string(), "key_column": string(null=True)},
-}
-SPLITS = {
-    "stratified": {"kind": choice("stratified"), "valid": FRACTION, "test": FRACTION, "seed": integer(0)},
-    "files": {"kind": choice("files"), "train": path(null=True), "valid": path(null=True), "test": path(null=True)},
-}
 SCHEMA: dict = {
     "seed": integer(0),
     "plots": boolean(),
@@ -293,9 +266,9 @@ SCHEMA: dict = {
     "runs": list_of(path(), min_len=1, null=True, what="a non-empty list of run folders"),
     "study": _or_null(Check(lambda v: isinstance(v, Mapping), "a study (+study=blocks)"), True),
     "paths": {"output_dir": path(), "cache": path(), "shared": path()},
-    "data": Group("source", DATA),
-    "split": Group("kind", SPLITS),
-    "model": Group("name", MODELS),
+    "data": Component("data", source=string()),  # source, kind, name: the option's name (data=NAME), for messages
+    "split": Component("split", kind=string()),
+    "model": Component("model", name=string()),
     "index": Component("index"),
     "backbone": Free(),
     "clip": {
@@ -366,21 +339,7 @@ def _walk(node, spec, prefix: str, errors: list[str], unknown: list[tuple[str, l
 
             errors.append(f"{prefix}={_show(node)}: choose one of {'|'.join(group_options(spec.group))}")
         elif fields is not None:
-            _walk(node, fields, prefix, errors, unknown)
-        return
-    if isinstance(spec, Group):
-        if not isinstance(node, Mapping):
-            errors.append(f"{prefix}={_show(node)}: must be a group of settings")
-            return
-        option = node.get(spec.selector)
-        fields = constructor_spec(node["_target_"]) if option not in spec.options and "_target_" in node else None
-        if fields is not None:  # an option of the user's own (--config-dir): its class's constructor is its schema
-            _walk(node, fields, prefix, errors, unknown)
-            return
-        if option not in spec.options:
-            errors.append(f"{prefix}.{spec.selector}={_show(option)}: choose one of {'|'.join(spec.options)}")
-            return
-        _walk(node, spec.options[option], prefix, errors, unknown)
+            _walk(node, {**spec.named, **fields}, prefix, errors, unknown)
         return
     if isinstance(spec, Switch) and (node is None or node is False or str(node).lower() in ("none", "off", "false")):
         return
@@ -411,11 +370,7 @@ def all_keys(spec=SCHEMA, prefix: str = "") -> list[str]:
 
         for option in sorted((conf_dir() / spec.group).glob("*.yaml")):
             target = re.search(r"^_target_:\s*(\S+)", option.read_text(encoding="utf-8"), re.M)
-            out += all_keys(constructor_spec(target.group(1)) or {} if target else {}, prefix)
-        return sorted(set(out))
-    if isinstance(spec, Group):
-        for option in spec.options.values():
-            out += all_keys(option, prefix)
+            out += all_keys({**spec.named, **(constructor_spec(target.group(1)) or {} if target else {})}, prefix)
         return sorted(set(out))
     if isinstance(spec, dict) and not isinstance(spec, Free):
         for key, sub in spec.items():
@@ -453,12 +408,12 @@ def _cross_checks(node: Mapping) -> list[str]:
     out = []
     model = node.get("model") if isinstance(node.get("model"), Mapping) else {}
     dim, branches = _number(model, "dim"), _number(model, "branches")
-    if model.get("name") == "siamese" and _is_int(dim) and _is_int(branches) and branches >= 1 and dim % branches:
+    if _is_int(dim) and _is_int(branches) and branches >= 1 and dim % branches:
         out.append(f"model.dim={dim} and model.branches={branches}: the dimension must be a multiple of the number "
                    "of branches (each branch gives dim / branches)")
     split = node.get("split") if isinstance(node.get("split"), Mapping) else {}
     valid, test = _number(split, "valid"), _number(split, "test")
-    if split.get("kind") == "stratified" and valid is not None and test is not None and valid + test >= 1:
+    if valid is not None and test is not None and valid + test >= 1:
         out.append(f"split.valid={valid} and split.test={test}: together they must leave songs for training (< 1)")
     serve = node.get("serve") if isinstance(node.get("serve"), Mapping) else {}
     k, max_k = _number(serve, "k"), _number(serve, "max_k")

@@ -48,3 +48,8 @@ def test_report_tables_name_the_backbone_and_the_loss(backbone, name, tmp_path):
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     described = _describe(run)
     assert described["backbone"] == name and described["loss"] == "multi_similarity"
+    # as Hydra records it: with its interpolations (choi2017's name: choi2017_${.release})
+    recorded = compose("train", ["+model=siamese", "model.loss=multi_similarity", f"backbone={backbone}"],
+                       return_hydra_config=False)
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
+    assert _describe(run)["backbone"] == name

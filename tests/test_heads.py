@@ -36,7 +36,7 @@ def test_lda_projects_to_classes_minus_one_dims_and_separates_held_out_items():
     classes_test = np.repeat(np.arange(3), 10)
     x_test = (centres[classes_test] + np.random.default_rng(9).normal(size=(30, 6))).astype(np.float32)
     head = head_from_yaml("lda", use_valid=False)
-    head.fit(x, y)
+    head.fit_rows(x, y)
     z = head.transform(x_test)
     assert z.shape == (len(x_test), 2) and z.dtype == np.float32  # n_classes - 1 discriminant axes
     assert nearest_centroid_accuracy(z, classes_test) > 0.95
@@ -49,7 +49,7 @@ def test_lda_matches_scikit_learn_transform_up_to_its_centring():
 
     x, y, classes = separable(seed=1)
     head = head_from_yaml("lda", use_valid=False, shrinkage=None)
-    head.fit(x, y)
+    head.fit_rows(x, y)
     reference = LinearDiscriminantAnalysis(solver="svd").fit(x, classes).transform(x)
     np.testing.assert_allclose(head.transform(x), reference, rtol=1e-4, atol=1e-4)
 
@@ -58,9 +58,9 @@ def test_lda_uses_the_validation_items_only_when_asked():
     x, y, _ = separable(seed=2)
     xv, yv, _ = separable(seed=3, n_per_class=5)
     with_valid = head_from_yaml("lda", use_valid=True)
-    with_valid.fit(x, y, xv, yv)
+    with_valid.fit_rows(x, y, xv, yv)
     without = head_from_yaml("lda", use_valid=False)
-    without.fit(x, y, xv, yv)
+    without.fit_rows(x, y, xv, yv)
     np.testing.assert_allclose(without.mean, x.astype(np.float64).mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(with_valid.mean, np.concatenate([x, xv]).astype(np.float64).mean(axis=0), atol=1e-5)
     assert np.abs(with_valid.mean - without.mean).max() > 1e-2
@@ -69,12 +69,11 @@ def test_lda_uses_the_validation_items_only_when_asked():
 def test_lda_save_and_load_round_trip(tmp_path):
     x, y, _ = separable(seed=4)
     head = head_from_yaml("lda", use_valid=True)
-    head.fit(x, y)
+    head.fit_rows(x, y)
     head.save(tmp_path)
     assert json.loads((tmp_path / "head.json").read_text()) == {
         "kind": "lda", "target": "siamrec.models.heads.LDAHead",
-        "cfg": {"name": "lda", "use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"],
-                "train_on": "songs"}}
+        "cfg": {"use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"], "train_on": "songs"}}
     loaded = load_head(tmp_path)
     assert isinstance(loaded, LDAHead)
     np.testing.assert_array_equal(loaded.transform(x), head.transform(x))
@@ -96,7 +95,7 @@ def test_lda_shrinkage_chosen_on_validation_beats_the_plain_projection_with_few_
     maps, heads = {}, {}
     for name, cfg in {"plain": {"shrinkage": None}, "default": {}}.items():
         heads[name] = head_from_yaml("lda", **cfg)
-        history = heads[name].fit(x, y, xv, yv)
+        history = heads[name].fit_rows(x, y, xv, yv)
         maps[name] = retrieval_metrics(heads[name].transform(x_test), y_test, ks=(10,))["map"]
     assert maps["default"] > maps["plain"] + 0.05, maps
     scores = history["valid_map_by_shrinkage"]
@@ -110,7 +109,7 @@ def test_lda_skips_a_shrinkage_its_covariance_cannot_take():
     x = rng.normal(size=(6, 160)).astype(np.float32) @ np.diag(np.r_[np.ones(7), np.zeros(153)]).astype(np.float32)
     y = np.eye(2, dtype=bool)[[0, 0, 0, 1, 1, 1]]
     head = head_from_yaml("lda")
-    history = head.fit(x[:4], y[[0, 1, 3, 4]], x[[2, 5]], y[[2, 5]])
+    history = head.fit_rows(x[:4], y[[0, 1, 3, 4]], x[[2, 5]], y[[2, 5]])
     assert head.transform(x).shape == (6, 1) and np.isfinite(head.transform(x)).all()
     assert "0.01" not in history["valid_map_by_shrinkage"], history
 
@@ -118,7 +117,7 @@ def test_lda_skips_a_shrinkage_its_covariance_cannot_take():
 def test_lda_refuses_a_shrinkage_outside_zero_one():
     x, y, _ = separable(seed=5)
     with pytest.raises(SiamrecError, match="model.shrinkage: 2"):
-        head_from_yaml("lda", shrinkage=[None, 2]).fit(x, y)
+        head_from_yaml("lda", shrinkage=[None, 2]).fit_rows(x, y)
 
 
 @pytest.mark.parametrize("labels, words", [
@@ -128,7 +127,7 @@ def test_lda_refuses_a_shrinkage_outside_zero_one():
 def test_lda_refuses_multi_label_and_single_class_data(labels, words):
     x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
     with pytest.raises(SiamrecError, match=words):
-        head_from_yaml("lda", use_valid=False).fit(x, labels)
+        head_from_yaml("lda", use_valid=False).fit_rows(x, labels)
 
 
 # ------------------------------------------------------------------------------------------------ report_failures

@@ -95,7 +95,15 @@ def test_a_components_settings_are_its_constructors_typed_parameters():
     assert spec["alpha"].ok(2.0) and not spec["alpha"].ok(0) and not spec["alpha"].ok("2")
     assert spec["positive"].ok("jaccard") and not spec["positive"].ok("any")
     assert spec["jaccard_threshold"].ok(1.0) and not spec["jaccard_threshold"].ok(0.0)
-    assert schema.constructor_spec("siamrec.models.heads.IdentityHead") is None  # **params: not typed
+    assert schema.constructor_spec("siamrec.models.heads.Head") is None  # **settings: not typed
+    assert schema.constructor_spec("siamrec.models.heads.IdentityHead") == {}  # typed: no settings
+    lda = schema.constructor_spec("siamrec.models.heads.LDAHead")
+    assert set(lda) == {"use_valid", "shrinkage", "train_on"}
+    assert lda["shrinkage"].ok([None, 0.1, "auto"]) and not lda["shrinkage"].ok([2]) and not lda["train_on"].ok("all")
+    siamese = schema.constructor_spec("siamrec.models.siamese.SiameseHead")  # aliases imported from heads.py
+    assert siamese["trainable"].ok("last:2") and siamese["trainable"].ok(["block5"])
+    assert not siamese["trainable"].ok("last") and not siamese["train_on"].ok("frames")
+    assert isinstance(siamese["loss"], schema.Component) and siamese["loss"].group == "loss"
 
 
 def test_schema_module_imports_nothing_heavy():

@@ -50,7 +50,7 @@ def trained():
     keras.utils.set_random_seed(0)
     (xtr, ytr), (xva, yva), (xte, yte) = split(*hidden_clusters())
     head = head_from_yaml("siamese", **{**FAST, "seed": 0})
-    history = head.fit(xtr, ytr, xva, yva)
+    history = head.fit_rows(xtr, ytr, xva, yva)
     return head, history, (xte, yte)
 
 
@@ -95,7 +95,7 @@ def test_multi_label_tags_without_validation():
     (xtr, ytr), _, (xte, yte) = split(x, y)
     assert (ytr.sum(axis=1) > 1).any()
     head = head_from_yaml("siamese", **{**FAST, "seed": 0, "loss": "multi_similarity"})
-    history = head.fit(xtr, ytr, None, None)
+    history = head.fit_rows(xtr, ytr, None, None)
     assert len(history["loss"]) == FAST["epochs"] and "val_map" not in history and "refit_loss" not in history
     identity, learned = mean_ap(xte, yte), mean_ap(head.transform(xte), yte)
     assert learned > identity + 0.08, (identity, learned)  # shared tags make the task harder: a smaller margin
@@ -107,7 +107,7 @@ def test_other_losses_and_small_data_with_few_labels(loss):
     keras.utils.set_random_seed(2)
     x, y = hidden_clusters(n_per_class=12, n_classes=2, seed=2)
     head = head_from_yaml("siamese", **{**FAST, "epochs": 3, "classes_per_batch": 8, "seed": 2, "loss": loss})
-    head.fit(x[:16], y[:16], x[16:], y[16:])
+    head.fit_rows(x[:16], y[:16], x[16:], y[16:])
     emb = head.transform(x)
     assert emb.shape == (len(x), FAST["dim"]) and np.isfinite(emb).all()
 
@@ -115,7 +115,7 @@ def test_other_losses_and_small_data_with_few_labels(loss):
 def test_a_bad_loss_setting_is_a_clear_error():
     x, y = hidden_clusters(n_per_class=6)
     with pytest.raises(SiamrecError, match=r"model=siamese: model.loss: cannot build siamrec.losses.TripletSemihard"):
-        head_from_yaml("siamese", **{**FAST, "loss": {"margn": 0.5}}).fit(x, y)
+        head_from_yaml("siamese", **{**FAST, "loss": {"margn": 0.5}}).fit_rows(x, y)
 
 
 def test_whitening_matrix_whitens():

@@ -33,14 +33,16 @@ class ToyCosine(MetricLoss):
 
 
 class ToyCentre(Head):
-    """The features minus the training mean, times `scale`."""
+    """The features minus the training mean, times `scale`. It takes what it needs from the training set (siamrec's
+    TrainingSet): the song rows of the train split."""
 
     kind = "toy_centre"
 
-    def __init__(self, *, name: str, scale: Annotated[float, number(0, lo_open=True)]):
-        super().__init__(name=name, scale=scale)
+    def __init__(self, *, scale: Annotated[float, number(0, lo_open=True)]):
+        super().__init__(scale=scale)
 
-    def fit(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
+    def fit(self, training) -> dict:
+        x_train, _ = training.rows("train")
         self.mean = np.asarray(x_train, dtype=np.float64).mean(axis=0)
         return {"fitted_on": [float(len(x_train))]}
 

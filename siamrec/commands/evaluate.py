@@ -8,7 +8,7 @@ from siamrec.pipeline import base_features, finish_run, load_data, require_head
 
 
 def evaluate(cfg, run_dir) -> dict:
-    if cfg.get("study"):
+    if cfg.study:
         from omegaconf import OmegaConf
 
         from siamrec.encoder import make_encoder
@@ -22,23 +22,19 @@ def evaluate(cfg, run_dir) -> dict:
         encoder = make_encoder(whole, data, all_parts=True)
         feats = audio_features(encoder, data, whole, run_dir)
         return block_study(cfg, run_dir, feats.data, encoder.main, feats.x)
-    if cfg.get("runs"):
+    if cfg.runs:
         from siamrec.report import compare_runs
 
         return compare_runs(cfg, run_dir)
-    if cfg.get("run"):
+    if cfg.run:
         from siamrec.embedder import RunEmbedder, embed_with_run
 
         embedder = RunEmbedder(cfg.run)  # the run and its model checked before anything is written
         data = load_data(cfg, run_dir)
         data, emb = embed_with_run(embedder, cfg, data, run_dir)
         return finish_run(cfg, run_dir, data, emb, plots=False)
-    if require_head(cfg, "evaluate").trains:
-        name = cfg.model.name
-        raise SiamrecError(
-            f"+model={name} must be trained first: python -m siamrec train +model={name} ..., "
-            "then python -m siamrec evaluate run=THAT_RUN_FOLDER"
-        )
+    head = require_head(cfg, "evaluate")
+    head.untrained(cfg.model.name, "evaluate")  # a head that must be fitted first says so, before any work
     data = load_data(cfg, run_dir)
     feats = base_features(cfg, data, run_dir)
-    return finish_run(cfg, run_dir, feats.data, feats.x, plots=False)
+    return finish_run(cfg, run_dir, feats.data, head.transform(feats.x), plots=False)

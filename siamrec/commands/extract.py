@@ -25,7 +25,7 @@ from siamrec.embedder import ExtractJob, RunEmbedder, embed_with_run
 from siamrec.engines import make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
-from siamrec.pipeline import Data, save_embeddings
+from siamrec.pipeline import Data, require_head, save_embeddings
 from siamrec.progress import Progress
 from siamrec.runs import (atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished,
                           write_embeddings, write_json)
@@ -166,9 +166,8 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
                                "and other clip settings than these; use its settings, another extract.out, or "
                                "delete the folder to index the library again")
         return out
-    if cfg.get("model") and cfg.model.get("name") not in (None, "identity"):
-        raise SiamrecError(f"+model={cfg.model.name} must be trained first (train +model={cfg.model.name} ...); "
-                           "extract without run= embeds with the pretrained backbone as it is")
+    if cfg.get("model"):  # extract without run= embeds with the pretrained backbone as it is: no head to fit
+        require_head(cfg, "extract").untrained(cfg.model.name, "extract")
     print(f"no run given: embedding with the pretrained backbone {backbone.get('name')} as it is (identity model)")
     encoder = make_encoder(cfg, Data(lib, np.full(len(lib), ""), lib.label_names))
     encoder.save(out)

@@ -16,16 +16,48 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library
+from siamrec.data.sources import Extensions, FailedFraction, File, MinLabelCount, Source
 from siamrec.data.tags import normalise_genres, normalise_text, scan
 from siamrec.errors import SiamrecError
 from siamrec.runs import printable
+from siamrec.schema import path, string
 
 LABELS = ("genre", "folder", "none")
 GROUPS = ("artist", "album", "none")
 SHOWN_UNREADABLE = 3
+
+
+Labels = Literal["genre", "folder", "none"]
+Group = Literal["artist", "album", "none"]
+
+
+class MusicLibrary(Source):
+    """data=library: every audio file below data.root, with its tags (from_library)."""
+
+    def __init__(self, *, root: File, extensions: Extensions, labels: Labels, group: Group, guess_from_path: bool,
+                 min_label_count: MinLabelCount, max_failed_fraction: FailedFraction):
+        super().__init__(root=root, extensions=extensions, labels=labels, group=group, guess_from_path=guess_from_path,
+                         min_label_count=min_label_count, max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return from_library(self.cfg, paths_cfg)
+
+
+class Beets(Source):
+    """data=beets: the items of a beets library, read through beets' own API (from_beets)."""
+
+    def __init__(self, *, library: Annotated[str | None, path(null=True)],
+                 directory: Annotated[str | None, path(null=True)], query: Annotated[str | None, string(null=True)],
+                 labels: Labels, group: Group, min_label_count: MinLabelCount, max_failed_fraction: FailedFraction):
+        super().__init__(library=library, directory=directory, query=query, labels=labels, group=group,
+                         min_label_count=min_label_count, max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return from_beets(self.cfg)
 
 
 def _check(data_cfg) -> None:
@@ -69,7 +101,7 @@ def _library(keys, paths, tags_list, data_cfg, report) -> Library:
 def from_library(data_cfg, paths_cfg) -> Library:
     """data=library: every audio file below data.root, with its tags."""
     _check(data_cfg)
-    root_text = data_cfg.get("root")
+    root_text = data_cfg.root
     if root_text in (None, "", "???"):
         raise SiamrecError("data.root is not set: pass data.root=~/Music (the folder of your music)")
     root = Path(str(root_text)).expanduser()
@@ -149,7 +181,7 @@ def beets_tags(item) -> dict:
     return tags
 
 
-def from_beets(data_cfg, _paths_cfg=None) -> Library:
+def from_beets(data_cfg) -> Library:
     """data=beets: the items of a beets library (data.library, its music folder data.directory; both default to the
     user's beets configuration; data.query in beets' query syntax), read through beets' own API; paths from beets,
     keys are the absolute paths."""

@@ -1,4 +1,10 @@
-"""Data sources → Library: the demo corpus, a folder of labelled audio, a CSV manifest, precomputed features."""
+"""Data sources → Library: the demo corpus, a folder of labelled audio, a CSV manifest, precomputed features, a
+folder of playlists (and, in siamrec.data.music, a listener's music folder or beets library).
+
+A source is one class + one YAML: conf/data/NAME.yaml names it by `_target_` (and the option by `source`); the
+class's constructor's typed keyword parameters are its settings, which siamrec.schema reads; `load(paths_cfg)`
+reads its items.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -13,22 +20,99 @@ from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library, apply_label_hygiene
 from siamrec.errors import SiamrecError
 from siamrec.runs import printable, read_npy, read_text
+from siamrec.schema import integer, list_of, number, one_of, path, string
 
 MANIFEST_COLUMNS = ("path", "labels", "group")
 
+MinLabelCount = Annotated[int, integer(1)]  # labels carried by fewer items are dropped
+FailedFraction = Annotated[float, number(0, 1)]  # more files than this fraction failing to decode stops the run
+Extensions = Annotated[list | None, list_of(string(), min_len=1, null=True, what="a non-empty list of file extensions")]
+File = Annotated[str, path()]
+LabelSep = Annotated[str, string()]
+
+
+class Source:
+    """Base of the data sources: the settings (typed keyword parameters of a subclass's constructor) as `cfg`."""
+
+    def __init__(self, **settings):
+        from omegaconf import OmegaConf
+
+        self.cfg = OmegaConf.create(settings)
+
+    def load(self, paths_cfg) -> Library:
+        raise NotImplementedError
+
 
 def load_library(data_cfg, paths_cfg=None) -> Library:
-    """Read the items of the configured source (its loader is the YAML's `_target_`, a function
-    (data_cfg, paths_cfg) → Library) and apply label hygiene."""
-    from hydra.utils import get_method
+    """Read the items of the configured source (the class its YAML names by `_target_`) and apply label
+    hygiene."""
+    from siamrec.configs import construct
 
-    try:
-        loader = get_method(data_cfg._target_)
-    except Exception:  # noqa: BLE001 - a hand-written data config
-        raise SiamrecError(f"data.source={data_cfg.get('source')!r} (data._target_={data_cfg.get('_target_')!r}): "
-                           "not a data source; choose data=library|beets|demo|folder|csv|features|playlists") from None
-    lib = loader(data_cfg, paths_cfg)
+    source = construct(data_cfg, "data", "source", Source, "a data source")
+    lib = source.load(paths_cfg)
     return apply_label_hygiene(lib, data_cfg.min_label_count)
+
+
+class Folder(Source):
+    """data=folder: audio under ROOT/<label>/... (from_folder)."""
+
+    def __init__(self, *, root: File, extensions: Extensions, min_label_count: MinLabelCount,
+                 max_failed_fraction: FailedFraction):
+        super().__init__(root=root, extensions=extensions, min_label_count=min_label_count,
+                         max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return from_folder(self.cfg)
+
+
+class Csv(Source):
+    """data=csv: a manifest with columns path,labels[,group] (read_manifest)."""
+
+    def __init__(self, *, manifest: File, label_sep: LabelSep, min_label_count: MinLabelCount,
+                 max_failed_fraction: FailedFraction):
+        super().__init__(manifest=manifest, label_sep=label_sep, min_label_count=min_label_count,
+                         max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return from_csv(self.cfg)
+
+
+class Demo(Source):
+    """data=demo: the synthesised demo corpus, rendered on first use (siamrec.data.demo)."""
+
+    def __init__(self, *, n_per_style: Annotated[int, integer(1)], duration: Annotated[float, number(0, lo_open=True)],
+                 sample_rate: Annotated[int, integer(8000)], labels: Literal["genre", "tags"],
+                 min_label_count: MinLabelCount, max_failed_fraction: FailedFraction):
+        super().__init__(n_per_style=n_per_style, duration=duration, sample_rate=sample_rate, labels=labels,
+                         min_label_count=min_label_count, max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return demo(self.cfg, paths_cfg)
+
+
+class Features(Source):
+    """data=features: precomputed feature matrices and a label table (from_features)."""
+
+    def __init__(self, *, features: Annotated[object, one_of(path(), list_of(path(), min_len=1),
+                                                             allowed="a .npy file or a list of them")],
+                 labels: File, label_column: Annotated[str, string()],
+                 key_column: Annotated[str | None, string(null=True)], label_sep: LabelSep,
+                 min_label_count: MinLabelCount):
+        super().__init__(features=features, labels=labels, label_column=label_column, key_column=key_column,
+                         label_sep=label_sep, min_label_count=min_label_count)
+
+    def load(self, paths_cfg) -> Library:
+        return from_features(self.cfg)
+
+
+class Playlists(Source):
+    """data=playlists: a folder of M3U/M3U8 playlists, each a tag (from_playlists)."""
+
+    def __init__(self, *, playlists: File, min_label_count: MinLabelCount, max_failed_fraction: FailedFraction):
+        super().__init__(playlists=playlists, min_label_count=min_label_count, max_failed_fraction=max_failed_fraction)
+
+    def load(self, paths_cfg) -> Library:
+        return from_playlists(self.cfg)
 
 
 def _required(data_cfg, key: str) -> str:
@@ -38,11 +122,11 @@ def _required(data_cfg, key: str) -> str:
     return value
 
 
-def from_folder(data_cfg, _paths_cfg=None) -> Library:
+def from_folder(data_cfg) -> Library:
     root = Path(str(_required(data_cfg, "root"))).expanduser()
     if not root.is_dir():
         raise SiamrecError(f"data.root={root}: no such folder; point it at a folder with one sub-folder per label")
-    extensions = {f".{str(e).lower().lstrip('.')}" for e in (data_cfg.get("extensions") or AUDIO_EXTENSIONS)}
+    extensions = {f".{str(e).lower().lstrip('.')}" for e in (data_cfg.extensions or AUDIO_EXTENSIONS)}
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise SiamrecError(f"data.root={root}: no label sub-folders; put audio in {root}/<label>/...")
@@ -111,7 +195,7 @@ def read_manifest(manifest: Path, label_column: str = "labels", label_sep: str =
     return lib
 
 
-def from_csv(data_cfg, _paths_cfg=None) -> Library:
+def from_csv(data_cfg) -> Library:
     manifest = Path(str(_required(data_cfg, "manifest"))).expanduser()
     return read_manifest(manifest, label_sep=data_cfg.label_sep)
 
@@ -130,8 +214,8 @@ def demo(data_cfg, paths_cfg) -> Library:
                          allowed_columns=("path", "labels", "tags", "group"))
 
 
-def from_features(data_cfg, _paths_cfg=None) -> Library:
-    files = data_cfg.get("features")
+def from_features(data_cfg) -> Library:
+    files = data_cfg.features
     if files in (None, "", "???"):
         raise SiamrecError("data.features is not set: pass data.features=[A.npy,B.npy,...]")
     if isinstance(files, str):
@@ -182,7 +266,7 @@ PLAYLIST_SUFFIXES = (".m3u", ".m3u8")
 LISTED_MISSING = 1000  # missing entries listed in data_report.json (all are counted)
 
 
-def from_playlists(data_cfg, _paths_cfg=None) -> Library:
+def from_playlists(data_cfg) -> Library:
     """A folder of M3U/M3U8 playlists as multi-label data: each playlist is a tag, so two songs are positives
     when they share a playlist. Entries are paths relative to their playlist file (or absolute, or file://
     URLs); #EXTM3U/#EXTINF lines are skipped; .m3u8 is UTF-8, .m3u UTF-8 with a latin-1 fallback. Entries

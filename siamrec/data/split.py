@@ -1,9 +1,14 @@
-"""Train/valid/test splits: stratified (multi-label aware, group-preserving) or given by file lists."""
+"""Train/valid/test splits: stratified (multi-label aware, group-preserving) or given by file lists.
+
+A split kind is one class + one YAML: conf/split/NAME.yaml names it by `_target_` (and the option by `kind`); its
+constructor's typed keyword parameters are its settings (siamrec.schema reads them); `split(lib)` splits.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path, PurePath
+from typing import Annotated
 
 import numpy as np
 
@@ -11,39 +16,57 @@ from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.data.library import Library
 from siamrec.errors import SiamrecError
 from siamrec.runs import read_text, write_csv
+from siamrec.schema import integer, number, path
 
 SPLITS = ("train", "valid", "test")
 KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "aac"}
 
 
 def make_split(lib: Library, split_cfg) -> np.ndarray:
-    """One of 'train' / 'valid' / 'test' / '' (unused) per item, from the splitter named by the YAML's `_target_`
-    (a function (lib, split_cfg) → split). Items without a label (a listener's library keeps them) are unused:
-    they are embedded and recommended, never trained on or scored."""
-    from hydra.utils import get_method
+    """One of 'train' / 'valid' / 'test' / '' (unused) per item, from the split kind the YAML names by `_target_`.
+    Items without a label (a listener's library keeps them) are unused: they are embedded and recommended, never
+    trained on or scored."""
+    from siamrec.configs import construct
 
-    try:
-        splitter = get_method(split_cfg._target_)
-    except Exception:  # noqa: BLE001 - a hand-written split config
-        raise SiamrecError(f"split.kind={split_cfg.get('kind')!r} (split._target_={split_cfg.get('_target_')!r}): "
-                           "not a splitter; choose split=stratified or split=files") from None
+    splitter = construct(split_cfg, "split", "kind", Splitter, "a split kind")
     labelled = np.flatnonzero([bool(labs) for labs in lib.labels])
     if len(labelled) == len(lib):
-        return splitter(lib, split_cfg)
+        return splitter.split(lib)
     out = np.full(len(lib), "", dtype=object)
     if len(labelled):
-        out[labelled] = splitter(lib.subset(labelled), split_cfg)
+        out[labelled] = splitter.split(lib.subset(labelled))
     return out.astype(str)
 
 
-def stratified(lib: Library, split_cfg) -> np.ndarray:
+class Splitter:
+    """Base of the split kinds: `split(lib)` → 'train' / 'valid' / 'test' / '' per item."""
+
+    def split(self, lib: Library) -> np.ndarray:
+        raise NotImplementedError
+
+
+Fraction = Annotated[float, number(0, 1, hi_open=True)]
+ListFile = Annotated[str | None, path(null=True)]
+
+
+class Stratified(Splitter):
     """split=stratified: see stratified_split."""
-    return stratified_split(lib, valid=split_cfg.valid, test=split_cfg.test, seed=split_cfg.seed)
+
+    def __init__(self, *, valid: Fraction, test: Fraction, seed: Annotated[int, integer(0)]):
+        self.valid, self.test, self.seed = valid, test, seed
+
+    def split(self, lib: Library) -> np.ndarray:
+        return stratified_split(lib, valid=self.valid, test=self.test, seed=self.seed)
 
 
-def by_files(lib: Library, split_cfg) -> np.ndarray:
+class ByFiles(Splitter):
     """split=files: see files_split."""
-    return files_split(lib, {name: split_cfg.get(name) for name in SPLITS})
+
+    def __init__(self, *, train: ListFile, valid: ListFile, test: ListFile):
+        self.lists = {"train": train, "valid": valid, "test": test}
+
+    def split(self, lib: Library) -> np.ndarray:
+        return files_split(lib, self.lists)
 
 
 def stratified_split(lib: Library, valid: float, test: float, seed: int) -> np.ndarray:

@@ -1,42 +1,61 @@
-"""The baseline on precomputed features: a dense classifier whose penultimate layer is the embedding.
+"""The paper's baseline (+model=baseline): a classifier whose penultimate layer, or fine-tuned backbone, embeds.
 
+On precomputed features (data=features): a dense classifier on the standardised rows; the embedding is its
+penultimate layer. On audio: the backbone fine-tuned on the labels with a new last layer (siamrec.models.finetune);
+the embedding is the fine-tuned backbone's pooled song vectors, so the run saves an identity head beside it.
 Multi-class (softmax) or multi-label (sigmoid, predicted where p ≥ threshold), chosen from the data.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import numpy as np
 
-from siamrec.models.heads import KerasHead, epoch_progress, seed_component
+from siamrec.models.finetune import class_weights, early_stopping, finetune, is_multilabel
+from siamrec.models.heads import (IdentityHead, KerasHead, Trainable, TrainOn, epoch_progress, save_keras,
+                                  seed_component)
+from siamrec.schema import integer, number
 
+__all__ = ["ClassifierHead", "class_weights", "is_multilabel"]
 
-def is_multilabel(y: np.ndarray) -> bool:
-    return bool((np.asarray(y).sum(axis=1) > 1).any())
-
-
-def class_weights(y: np.ndarray) -> dict[int, float] | None:
-    """'balanced' weights n / (k · n_c) for single-label data (None for multi-label)."""
-    if is_multilabel(y):
-        return None
-    counts = y.sum(axis=0).astype(float)
-    present = counts > 0
-    w = np.zeros_like(counts)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return {i: float(v) for i, v in enumerate(w)}
-
-
-def early_stopping(monitor_valid: bool, patience: int):
-    import keras
-
-    return keras.callbacks.EarlyStopping(monitor="val_loss" if monitor_valid else "loss", patience=int(patience),
-                                         restore_best_weights=True)
+Positive = Annotated[float, number(0, lo_open=True)]
+Fraction = Annotated[float, number(0, 1, hi_open=True)]
+Count = Annotated[int, integer(1)]
+Patience = Annotated[int, integer(0)]
 
 
 class ClassifierHead(KerasHead):
     kind = "classifier"
-    fine_tunes_backbone = True  # the paper's baseline on audio: siamrec.models.finetune (train's _finetune_audio)
 
-    def fit(self, x_train, y_train, x_valid=None, y_valid=None):
+    def __init__(self, *, trainable: Trainable, train_on: TrainOn, lr: Positive, momentum: Fraction, epochs: Count,
+                 batch_size: Count, patience: Patience, class_weight: bool,
+                 threshold: Annotated[float, number(0, 1, lo_open=True, hi_open=True)], hidden: Count,
+                 dropout: Fraction, head_lr: Positive, head_epochs: Count, head_batch_size: Count,
+                 head_patience: Patience, seed: Annotated[int, integer(0)]):
+        super().__init__(trainable=trainable, train_on=train_on, lr=lr, momentum=momentum, epochs=epochs,
+                         batch_size=batch_size, patience=patience, class_weight=class_weight, threshold=threshold,
+                         hidden=hidden, dropout=dropout, head_lr=head_lr, head_epochs=head_epochs,
+                         head_batch_size=head_batch_size, head_patience=head_patience, seed=seed)
+        self.train_on = train_on
+        self.fine_tuned = None  # on audio: the fine-tuned backbone with its new last layer (a Keras model)
+
+    def fit(self, training) -> dict:
+        """Rows (data=features): the dense classifier (fit_rows). Audio: fine-tune the backbone on the windows."""
+        if not training.is_audio:
+            return super().fit(training)
+        member = training.backbone("+model=baseline on audio (fine-tuning)")
+        clips_tr, y_tr = training.clips("train", self.train_on)
+        clips_va, y_va = training.clips("valid", self.train_on)
+        print(f"fine-tuning on {len(clips_tr)} windows of {training.count('train')} songs ({len(clips_va)} for "
+              f"validation), {y_tr.shape[1]} labels")
+        extractor = member.extractor
+        self.fine_tuned, history = finetune(extractor.bundle, extractor.model, clips_tr, y_tr, clips_va, y_va,
+                                            self.cfg)
+        return history
+
+    def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None):
         import keras
 
         c = self.cfg
@@ -65,3 +84,31 @@ class ClassifierHead(KerasHead):
 
     def predict_proba(self, x):
         return np.asarray(self.model.predict(self.scale(x), batch_size=1024, verbose=0))
+
+    def test_metrics(self, training) -> dict:
+        """Accuracy (single-label) or F1 (multi-label) of the test songs; on audio, each song's probabilities are
+        the mean over its windows."""
+        from siamrec.evaluation import classification_metrics
+
+        if self.fine_tuned is None:
+            x, y = training.rows("test")
+            proba = self.predict_proba(x) if len(x) else None
+        else:
+            windows, y = training.song_windows("test")
+            proba = None
+            if windows:
+                counts = [len(w) for w in windows]
+                flat = self.fine_tuned.predict(np.concatenate(windows), batch_size=training.batch_size, verbose=0)
+                proba = np.stack([p.mean(axis=0) for p in np.split(flat, np.cumsum(counts)[:-1])])
+        return {} if proba is None else classification_metrics(y, proba, float(self.cfg["threshold"]))
+
+    def transform(self, x):
+        if self.fine_tuned is not None:  # the fine-tuned backbone's song vectors are the embedding
+            return IdentityHead().transform(x)
+        return super().transform(x)
+
+    def save(self, run_dir):
+        if self.fine_tuned is None:
+            return super().save(run_dir)
+        save_keras(self.fine_tuned, Path(run_dir) / "model.keras")
+        IdentityHead().save(run_dir)  # what embeds is the fine-tuned backbone (saved with the run's encoder)

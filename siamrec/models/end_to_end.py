@@ -14,14 +14,15 @@ from siamrec.errors import SiamrecError
 from siamrec.models.finetune import trainable_groups
 
 
-def finetune_end_to_end(bundle, backbone, head, clips: np.ndarray, y: np.ndarray, parts, model_cfg) -> dict:
-    """Train the groups `model.trainable` of the backbone and `head` jointly on `clips`; returns the history."""
+def finetune_end_to_end(bundle, backbone, head, clips: np.ndarray, y: np.ndarray, parts, settings: dict) -> dict:
+    """Train the groups `model.trainable` of the backbone and `head` jointly on `clips`, with the Siamese head's
+    `settings` (conf/model/siamese.yaml); returns the history."""
     import keras
 
     from siamrec.losses import build_loss
     from siamrec.samplers import ClassBalancedSampler, as_keras_dataset
 
-    bundle.set_trainable(backbone, trainable_groups(bundle, model_cfg.trainable))
+    bundle.set_trainable(backbone, trainable_groups(bundle, settings["trainable"]))
     names = [p for p in bundle.parts if parts is None or p in list(parts)]
     outputs = backbone.output
     pooled = [outputs[p] for p in names]
@@ -29,13 +30,13 @@ def finetune_end_to_end(bundle, backbone, head, clips: np.ndarray, y: np.ndarray
     scaled = keras.layers.Normalization(mean=head.mu, variance=np.square(head.sigma), name="standardise")(feats)
     chain = keras.Model(backbone.input, head.model(scaled), name="siamese_end_to_end")
     try:
-        loss = build_loss(model_cfg.loss)
+        loss = build_loss(settings["loss"])
         usable_labels = int((y.sum(axis=0) >= 2).sum())
-        sampler = ClassBalancedSampler(y, min(int(model_cfg.classes_per_batch), max(usable_labels, 2)),
-                                       int(model_cfg.m_per_class), seed=int(model_cfg.seed))
+        sampler = ClassBalancedSampler(y, min(int(settings["classes_per_batch"]), max(usable_labels, 2)),
+                                       int(settings["m_per_class"]), seed=int(settings["seed"]))
     except ValueError as exc:
         raise SiamrecError(f"model=siamese: {exc}") from None
-    chain.compile(optimizer=keras.optimizers.Adam(float(model_cfg.backbone_lr)), loss=loss)
+    chain.compile(optimizer=keras.optimizers.Adam(float(settings["backbone_lr"])), loss=loss)
     history = chain.fit(as_keras_dataset(clips, y.astype(np.float32), sampler),
-                        epochs=int(model_cfg.backbone_epochs), verbose=2)
+                        epochs=int(settings["backbone_epochs"]), verbose=2)
     return {f"end_to_end_{k}": v for k, v in history.history.items()}

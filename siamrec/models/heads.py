@@ -1,20 +1,36 @@
 """Heads: what turns input features into the embedding used for playlists.
 
-identity (the features as they are), lda (scikit-learn's linear discriminant projection), classifier (a dense
-classifier on the features; the embedding is its penultimate layer) and siamese (an MLP projection trained with a
-metric-learning loss). Each head fits on the training split, transforms any features, and saves to / loads from
-a run folder (head.json + its weights).
+identity (the features as they are), lda (scikit-learn's linear discriminant projection), classifier (the paper's
+baseline: a dense classifier on the features, or the backbone fine-tuned on audio) and siamese (an MLP projection
+trained with a metric-learning loss).
+
+Every head is one class + one YAML (conf/model/NAME.yaml names it by `_target_`; the YAML's other keys but `name`
+are its constructor's typed keyword parameters, which siamrec.schema reads as its settings) and has one interface,
+which `train` and `evaluate` call without asking what kind of head it is:
+
+* `fit(training)` → history dict: fit on a training set (siamrec.pipeline.TrainingSet) that offers, each made when
+  first asked for, the song (or window) rows of a split, the decoded windows and the backbone to train through;
+  a head takes what it needs. Row heads only implement `fit_rows`.
+* `transform(x)` → embeddings of song vectors (as the run's encoder gives them).
+* `test_metrics(training)` → extra test scores (classification heads), {} by default.
+* `save(run_dir)` / `load_head(run_dir)`: head.json + its weights.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 
 from siamrec.errors import SiamrecError
 from siamrec.runs import atomic_write_bytes, load_keras, read_arrays, read_run_file, write_json
+from siamrec.schema import choice, list_of, number, one_of, pattern, string
+
+TrainOn = Literal["songs", "windows"]  # songs: one row per song | windows: one per window, with its song's labels
+Trainable = Annotated[object, one_of(choice("all"), pattern(r"last:\d+"), list_of(string()),
+                                     allowed="all, last:N or a list of the backbone's layer groups (e.g. [block4, block5])")]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -23,21 +39,37 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 class Head:
-    """Base: fit(x_train, y_train, x_valid, y_valid) → history dict; transform(x) → embeddings."""
+    """Base of the heads (see the module's doc). Subclasses state their settings as typed keyword parameters of
+    their constructor and pass them on here."""
 
     kind = "base"
-    trains = True               # False: nothing to fit (evaluate scores such a head without a train run)
-    fine_tunes_backbone = False  # True: on audio, train fine-tunes the backbone itself and embeds with it
-    trains_through_backbone = False  # True: model.finetune_backbone=true trains it end to end with the backbone
+    train_on = "songs"  # the rows a row head fits on; a head with a train_on setting sets its own
 
-    def __init__(self, **params):
-        self.cfg = dict(params)
+    def __init__(self, **settings):
+        self.cfg = dict(settings)
 
-    def fit(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
+    def fit(self, training) -> dict:
+        """Fit on `training`'s rows of the train and valid splits (fit_rows); returns the history."""
+        x_tr, y_tr = training.rows("train", train_on=self.train_on)
+        x_va, y_va = training.rows("valid")
+        print(f"fitting {self.kind} on {len(x_tr)} training {training.unit(self.train_on)} of "
+              f"{training.count('train')} songs ({x_tr.shape[1]}-d features)")
+        return self.fit_rows(x_tr, y_tr, x_va, y_va)
+
+    def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
         return {}
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def test_metrics(self, training) -> dict:
+        """Scores of the test songs beyond retrieval (a classifier's accuracy, F1); none by default."""
+        return {}
+
+    def untrained(self, name: str, command: str) -> None:
+        """Used without training (`command` without run=): a head that must be fitted first says so."""
+        raise SiamrecError(f"+model={name} must be trained first: python -m siamrec train +model={name} ..., "
+                           f"then python -m siamrec {command} run=THAT_RUN_FOLDER")
 
     def save(self, run_dir) -> None:
         target = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -48,11 +80,23 @@ class Head:
 
 
 class IdentityHead(Head):
+    """No training: the input features are the embedding."""
+
     kind = "identity"
-    trains = False
+
+    def __init__(self):
+        super().__init__()
 
     def transform(self, x):
         return np.asarray(x, dtype=np.float32)
+
+    def untrained(self, name: str, command: str) -> None:
+        """Nothing to fit: usable as it is."""
+
+
+OneShrinkage = one_of(choice("auto"), number(0, 1, null=True), allowed="null, auto or a fraction in [0, 1]")
+Shrinkage = Annotated[object, one_of(OneShrinkage, list_of(OneShrinkage, min_len=1),
+                                     allowed="null, auto, a fraction in [0, 1], or a list of them (chosen on validation)")]
 
 
 class LDAHead(Head):
@@ -67,7 +111,11 @@ class LDAHead(Head):
 
     kind = "lda"
 
-    def fit(self, x_train, y_train, x_valid=None, y_valid=None):
+    def __init__(self, *, use_valid: bool, shrinkage: Shrinkage, train_on: TrainOn):
+        super().__init__(use_valid=use_valid, shrinkage=shrinkage, train_on=train_on)
+        self.train_on = train_on
+
+    def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None):
         x, y = x_train, y_train
         has_valid = x_valid is not None and len(x_valid) > 1
         if has_valid and self.cfg["use_valid"]:
@@ -229,10 +277,24 @@ def save_keras(model, path: Path) -> None:
 
 
 def head_from_config(model_cfg) -> Head:
-    """The head of `model` (built from its YAML's `_target_`; the other keys are its settings)."""
+    """The head of `model`: its YAML's `_target_` built with the YAML's settings (all keys but `name`, which names
+    the option: +model=NAME). A failure is one line naming the model."""
     from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
 
-    return instantiate(model_cfg, _convert_="all", _recursive_=False)  # its components (model.loss) stay settings
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    node = {k: v for k, v in model_cfg.items() if k != "name"}
+    try:  # _recursive_=False: its components (model.loss) stay settings, built when it trains
+        head = instantiate(node, _convert_="all", _recursive_=False)
+    except Exception as exc:  # noqa: BLE001 - hydra wraps whatever the constructor raised
+        cause = exc.__cause__ or exc
+        if isinstance(cause, SiamrecError):
+            raise cause from None
+        raise SiamrecError(f"model: cannot build {node.get('_target_')} ({' '.join(str(cause).split())})") from None
+    if not isinstance(head, Head):
+        raise SiamrecError(f"model: {node.get('_target_')} is not a siamrec head (siamrec.models.heads.Head)")
+    return head
 
 
 def load_head(run_dir) -> Head:
@@ -258,6 +320,10 @@ def load_head(run_dir) -> Head:
         raise SiamrecError(f"run={run_dir}: head.json is not a siamrec head of this version; train the run again") from None
     if not (isinstance(cls, type) and issubclass(cls, Head)):
         raise SiamrecError(f"run={run_dir}: head.json names {target}, which is not a siamrec head")
-    head = cls(**params)
+    params = {k: v for k, v in params.items() if k != "name"}  # runs of before typed heads stored the option's name
+    try:
+        head = cls(**params)
+    except TypeError:  # settings this version's head does not take
+        raise SiamrecError(f"run={run_dir}: head.json is not a siamrec head of this version; train the run again") from None
     head._load(run_dir)
     return head

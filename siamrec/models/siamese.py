@@ -24,10 +24,16 @@ train+valid too; without it the chosen epoch's weights are kept. Without a valid
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.heads import KerasHead, epoch_progress, seed_component
+from siamrec.models.heads import KerasHead, Trainable, TrainOn, epoch_progress, seed_component
+from siamrec.schema import component, integer, list_of, number
+
+Positive = Annotated[float, number(0, lo_open=True)]
+Count = Annotated[int, integer(1)]
 
 
 def whitening_matrix(z: np.ndarray, eps: float) -> np.ndarray:
@@ -111,9 +117,37 @@ def validation_map_callback(x_valid: np.ndarray, y_valid: np.ndarray, batch_size
 
 class SiameseHead(KerasHead):
     kind = "siamese"
-    trains_through_backbone = True  # model.finetune_backbone=true: siamrec.models.end_to_end
 
-    def fit(self, x_train, y_train, x_valid=None, y_valid=None):
+    def __init__(self, *, loss: Annotated[dict, component("loss")],
+                 whiten_eps: Annotated[float | None, number(0, null=True)],
+                 hidden: Annotated[list, list_of(integer(1), what="a list of layer widths (integers >= 1)")],
+                 dim: Count, branches: Count, dropout: Annotated[float, number(0, 1, hi_open=True)], lr: Positive,
+                 epochs: Count, refit: bool, classes_per_batch: Annotated[int, integer(2)],
+                 m_per_class: Annotated[int, integer(2)], seed: Annotated[int, integer(0)], train_on: TrainOn,
+                 finetune_backbone: bool, trainable: Trainable, backbone_lr: Positive, backbone_epochs: Count):
+        super().__init__(loss=loss, whiten_eps=whiten_eps, hidden=hidden, dim=dim, branches=branches, dropout=dropout,
+                         lr=lr, epochs=epochs, refit=refit, classes_per_batch=classes_per_batch,
+                         m_per_class=m_per_class, seed=seed, train_on=train_on, finetune_backbone=finetune_backbone,
+                         trainable=trainable, backbone_lr=backbone_lr, backbone_epochs=backbone_epochs)
+        self.train_on = train_on
+
+    def fit(self, training) -> dict:
+        """The projection on the song (or window) rows; with finetune_backbone, then on through the backbone: the
+        chosen layer groups and the head trained together on decoded windows (siamrec.models.end_to_end)."""
+        from siamrec.models.end_to_end import finetune_end_to_end
+
+        what = "model.finetune_backbone=true"
+        member = training.backbone(what, head_on_windows=True) if self.cfg["finetune_backbone"] else None
+        history = super().fit(training)
+        if member is None:
+            return history
+        clips, y = training.clips("train", self.train_on)
+        print(f"training the backbone and the head end to end on {len(clips)} windows")
+        extractor = member.extractor
+        return {**history, **finetune_end_to_end(extractor.bundle, extractor.model, self, clips, y, member.parts,
+                                                 self.cfg)}
+
+    def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None):
         c = self.cfg
         epochs = int(c["epochs"])
         has_valid = x_valid is not None and len(x_valid) > 1 and bool((np.asarray(y_valid).sum(axis=0) >= 2).any())
