@@ -42,6 +42,7 @@ from siamrec.errors import SiamrecError
 
 WIDEN = 4  # neighbours searched per wanted song at first, and the factor of each widening
 EXHAUSTIVE = 0.25  # asking for more than this fraction of the library: one exact scan of it instead
+MARGIN = 1e-4  # similarities this close to a sound rule's limit in the check after a walk: walk again song by song
 
 
 @dataclass(frozen=True)
@@ -178,11 +179,10 @@ class Songs:
         self.mbids = [(it.get("mbid") or "").strip().lower() for it in items]
         self.labels = [tuple(x.strip() for x in (it.get("labels") or "").split("|") if x.strip()) for it in items]
         self.version = [(a, normal_title(t)) if t else None for a, t in zip(self.artist_norm, self.titles)]
-        # the same as integers (-1: none), so the rules compare numbers gathered in blocks, not strings
-        self.artist_code = _codes(self.artist_norm)
-        self.album_code = _codes(self.album_key)
-        self.version_code = _codes(self.version)
-        self.mbid_code = _codes(self.mbids)
+        # the same as integers (-1: none), so the rules compare numbers gathered in blocks, not strings: one row
+        # [artist, album, version, mbid] per song
+        self.codes = np.stack([_codes(self.artist_norm), _codes(self.album_key), _codes(self.version),
+                               _codes(self.mbids)], axis=1)
 
     @cached_property
     def rows_of_label(self) -> dict[str, np.ndarray]:
@@ -255,22 +255,31 @@ def _seconds(text) -> float:
 # ------------------------------------------------------------------------------------------------ choosing
 class _State:
     """What is already in the playlist (the seeds and the songs chosen) and the candidates looked at so far.
-    Every rule reads integers (Songs' codes, gathered once per block of candidates), and the two sound rules read
-    each candidate's similarity to the chosen songs, kept up to date with one matrix-vector product per chosen
-    song over the candidates (a chosen × candidates matrix in all, never candidates × candidates)."""
+    Every rule reads integers (Songs' codes, gathered once per block of candidates). The two sound rules read a
+    candidate's similarity to the songs already heard (seeds and chosen songs): song by song (one small
+    matrix-vector product for each candidate that passes the rules before them, kept while it waits), or, with
+    `sound_after`, not during the walk: each candidate that reaches them is noted with the number of songs heard
+    then, and `sound_would_refuse` checks them all at the end in one matrix product."""
 
-    def __init__(self, songs: Songs, rules: Rules, radio: Radio):
+    def __init__(self, songs: Songs, rules: Rules, radio: Radio, sound_after: bool = False):
         self.songs, self.radio = songs, radio
         self.cap, self.gap, self.dedupe = rules.max_per_artist, rules.album_gap, rules.dedupe
-        self.near_limit = 1 - rules.dup_distance if rules.dup_distance > 0 else None
+        # similarities are float32; the near-identical limit is compared as float32 too, the same-artist one not
+        self.near_limit = float(np.float32(1 - rules.dup_distance)) if rules.dup_distance > 0 else None
         self.artist_limit = 1 - rules.dup_distance_artist if rules.dup_distance_artist > 0 else None
         self.per_artist: dict[int, int] = {}
         self.album_at: dict[int, int] = {}
         self.versions: set[int] = set()
         self.mbids: set[int] = set()
-        self.chosen: list[tuple[np.ndarray, int]] = []  # (unit vector, artist code) for the sound rules
-        self.cols: dict[int, np.ndarray] = {}  # chosen song j (of an artist) -> each candidate's similarity to it
-        self.cols_of_artist: dict[int, list[int]] = {}
+        # the songs the sound rules compare with: their rows (-1: a seed outside the library, its unit vector in
+        # heard_vectors), their unit vectors gathered when needed
+        self.heard_rows: list[int] = []
+        self.heard_vectors: dict[int, np.ndarray] = {}
+        self.heard_units = np.empty((0, radio.emb.shape[1]), dtype=np.float32)
+        self.n_heard = 0
+        self.heard_of_artist: dict[int, list[int]] = {}  # artist -> its rows of `heard` (same-artist rule)
+        self.heard_artist: list[int] = []  # each heard song's artist for the same-artist rule (-1: none)
+        self.later = sound_after and (self.near_limit is not None or self.artist_limit is not None)
         self.place = 0
         self.clear()
 
@@ -278,46 +287,34 @@ class _State:
         """No candidates (the chosen songs stay)."""
         self.rows: list[int] = []
         self.sims: list[float] = []
-        self.codes: list[tuple[int, int, int, int]] = []  # each candidate's (artist, album, version, mbid) codes
-        self.units = np.empty((0, self.radio.emb.shape[1]), dtype=np.float32)
-        self.near = np.empty(0, dtype=np.float32)  # each candidate's highest similarity to a chosen song
-        self.cols = {j: self.near for j in self.cols}
+        self.codes: list[list[int]] = []  # each candidate's [artist, album, version, mbid] codes
+        self.units = None  # each candidate's unit vector (while a sound rule is on, song by song)
+        self.sound: dict[int, list[float]] = {}  # candidate -> its similarities to the first songs heard
+        self.reached: list[int] = []  # sound_after: row, songs heard, artist, ... of each candidate at them
 
     def add(self, rows: np.ndarray, sims: np.ndarray) -> None:
         """More candidates, numbered on from the last ones."""
-        s = self.songs
         self.rows += rows.tolist()
         self.sims += np.asarray(sims, dtype=np.float64).tolist()
-        self.codes += zip(s.artist_code[rows].tolist(), s.album_code[rows].tolist(), s.version_code[rows].tolist(),
-                          s.mbid_code[rows].tolist())
-        if self.near_limit is None and self.artist_limit is None:
-            return
-        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
-        near = np.full(len(rows), -np.inf, dtype=np.float32)
-        for j, (unit, _artist) in enumerate(self.chosen):  # matrix-vector products: a small matrix product
-            col = units @ unit                             # would wake BLAS's threads
-            if self.near_limit is not None:
-                np.maximum(near, col, out=near)
-            if j in self.cols:
-                self.cols[j] = np.concatenate([self.cols[j], col])
-        self.units = np.concatenate([self.units, units])
-        self.near = np.concatenate([self.near, near])
+        self.codes += self.songs.codes[rows].tolist()
+        if (self.near_limit is not None or self.artist_limit is not None) and not self.later:
+            units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+            self.units = units if self.units is None else np.concatenate([self.units, units])
 
     def add_seed(self, row: int | None, vector: np.ndarray | None = None) -> None:
         """A seed (a row, or a unit vector of a song outside the library): never chosen, nor its versions."""
-        s = self.songs
         if row is not None:
-            codes = (int(s.artist_code[row]), int(s.album_code[row]), int(s.version_code[row]), int(s.mbid_code[row]))
-            self._remember(codes, lambda: self.radio.unit(row), counted=False)
+            self._remember(self.songs.codes[row].tolist(), row, counted=False)
         if vector is not None and self.near_limit is not None:
-            self._add_sound(vector, -1)
+            self.heard_vectors[self.n_heard] = vector
+            self._hear(-1, -1)
 
     def take(self, c: int) -> None:
         """Candidate c takes the next place."""
         self.place += 1
-        self._remember(self.codes[c], lambda: self.units[c])
+        self._remember(self.codes[c], self.rows[c])
 
-    def _remember(self, codes: tuple[int, int, int, int], unit, counted: bool = True) -> None:
+    def _remember(self, codes: list[int], row: int, counted: bool = True) -> None:
         artist, album, version, mbid = codes
         if counted and artist >= 0:
             self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
@@ -328,17 +325,34 @@ class _State:
         if mbid >= 0:
             self.mbids.add(mbid)
         if self.near_limit is not None or (self.artist_limit is not None and artist >= 0):
-            self._add_sound(unit(), artist)
+            self._hear(row, artist)
 
-    def _add_sound(self, unit: np.ndarray, artist: int) -> None:
-        j = len(self.chosen)
-        self.chosen.append((unit, artist))
-        col = self.units @ unit
-        if self.near_limit is not None:
-            np.maximum(self.near, col, out=self.near)
+    def _hear(self, row: int, artist: int) -> None:
+        self.heard_rows.append(row)
         if self.artist_limit is not None and artist >= 0:
-            self.cols[j] = col
-            self.cols_of_artist.setdefault(artist, []).append(j)
+            self.heard_of_artist.setdefault(artist, []).append(self.n_heard)
+        self.heard_artist.append(artist if self.artist_limit is not None else -1)
+        self.n_heard += 1
+
+    def _heard(self) -> np.ndarray:
+        """The unit vectors of the songs heard so far."""
+        done = len(self.heard_units)
+        if done < self.n_heard:
+            rows = np.array(self.heard_rows[done:])
+            new = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+            for j, vector in self.heard_vectors.items():
+                if j >= done:
+                    new[j - done] = vector
+            self.heard_units = np.concatenate([self.heard_units, new]) if done else new
+        return self.heard_units
+
+    def _similarities(self, c: int) -> list[float]:
+        """Candidate c's similarity to each song heard so far."""
+        known = self.sound.get(c, [])
+        if len(known) < self.n_heard:
+            known = known + (self._heard()[len(known):] @ self.units[c]).tolist()
+            self.sound[c] = known
+        return known
 
     def refusal(self, c: int) -> str | None:
         """Why candidate c cannot take the next place: a rule's name, or None."""
@@ -350,16 +364,38 @@ class _State:
                 return "same recording id"
         if self.cap is not None and artist >= 0 and self.per_artist.get(artist, 0) >= self.cap:
             return "max_per_artist"
-        if self.near_limit is not None and self.near[c] >= self.near_limit:
-            return "near-identical sound"
-        if artist in self.cols_of_artist:
-            if float(max(self.cols[j][c] for j in self.cols_of_artist[artist])) >= self.artist_limit:
-                return "near-identical sound, same artist"
+        if self.n_heard:
+            same = self.heard_of_artist.get(artist)
+            if self.later and (self.near_limit is not None or same is not None):
+                self.reached += (self.rows[c], self.n_heard, artist)
+            elif self.near_limit is not None or same is not None:
+                sims = self._similarities(c)
+                if self.near_limit is not None and max(sims) >= self.near_limit:
+                    return "near-identical sound"
+                if same is not None and max(sims[j] for j in same) >= self.artist_limit:
+                    return "near-identical sound, same artist"
         if self.gap and album >= 0:
             last = self.album_at.get(album)
             if last is not None and self.place + 1 - last <= self.gap:
                 return "album_gap"
         return None
+
+    def sound_would_refuse(self) -> bool:
+        """Whether a sound rule, put off by `sound_after`, may have refused a candidate that reached it: its
+        similarity to a song heard before then within MARGIN of the rule's limit (a matrix product rounds
+        differently from the walk's products, never by that much)."""
+        if not self.reached:
+            return False
+        rows, n_heard, artists = np.array(self.reached).reshape(-1, 3).T
+        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+        sims = units @ self._heard().T  # small: BLAS stays on one thread
+        before = np.arange(self.n_heard) < n_heard[:, None]  # each candidate: the songs heard before it
+        if self.near_limit is not None and sims[before].max() >= self.near_limit - MARGIN:
+            return True
+        if self.artist_limit is None:
+            return False
+        same = before & (np.array(self.heard_artist) == artists[:, None]) & (artists >= 0)[:, None]
+        return bool(same.any() and sims[same].max() >= self.artist_limit - MARGIN)
 
 
 @dataclass
@@ -435,8 +471,15 @@ class Radio:
         if allowed is not None:
             keep = allowed if keep is None else keep & allowed
         scan = self.scan(query) if getattr(self.index, "method", "") == "exact" else None
+        found = self._walk(query, k, rules, drop, seed_vectors, keep, scan, sound_after=True)
+        if found is None:  # a candidate came near a sound rule's limit: walk again, those rules song by song
+            found = self._walk(query, k, rules, drop, seed_vectors, keep, scan, sound_after=False)
+        return found
+
+    def _walk(self, query, k: int, rules: Rules, drop, seed_vectors, keep, scan, sound_after: bool) -> Playlist | None:
+        """The playlist (see `playlist`); None when, with `sound_after`, a sound rule may have refused a song."""
         wanted = self._first_search(k, len(drop), scan is not None)
-        state = _State(self.songs, rules, self)
+        state = _State(self.songs, rules, self, sound_after)
         for r in drop.tolist():
             state.add_seed(r)
         for v in seed_vectors:
@@ -453,6 +496,8 @@ class Radio:
                 rows, sims = rows[new], sims[new]
             waiting = _fill(state, waiting, len(state.rows), rows, sims, picks, k, dropped)
             if len(picks) >= k or wanted >= self.n:
+                if state.later and state.sound_would_refuse():
+                    return None
                 if waiting and len(picks) < k:
                     dropped["album_gap"] += len(waiting)
                 return Playlist(picks, k, dropped, len(state.rows), self.n)
