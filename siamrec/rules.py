@@ -23,7 +23,10 @@ rules leave fewer than k, searches again for twice what the share of songs passe
 places (at most ×4, up to an exact scan of the whole library); when even the whole library cannot fill k places
 the playlist is shorter and `note` says why, never padded. The rules read integer codes of each song (artist,
 album, artist + title version, recording id) made once when the library is read, so a request compares numbers
-gathered in one step per block of candidates, and the sound rules cost one matrix-vector product per chosen song.
+gathered in one step per block of candidates. The sound rules are checked once the walk is done, in one small
+matrix product (each candidate that reached them against the songs heard before it); in the rare walk where a
+similarity comes within MARGIN of a limit, the walk is made again with them applied song by song, so the
+playlist is the same either way.
 """
 
 from __future__ import annotations

@@ -97,6 +97,36 @@ def test_a_near_identical_sound_is_a_duplicate_sooner_for_one_artist():
     assert rows == [1, 3, 4, 5, 7]
 
 
+def test_sound_rules_checked_after_the_walk_choose_as_song_by_song(monkeypatch):
+    """A playlist's walk puts the sound rules off to one check at its end (and walks again, song by song, when a
+    similarity comes near a limit): the same songs and the same counts of what each rule left out as applying
+    them song by song, on a library full of near-identical songs, some of one artist."""
+    import siamrec.rules as rules_module
+
+    rng = np.random.default_rng(3)
+    n, dim = 3000, 16
+    emb = rng.normal(size=(30, dim))[rng.integers(0, 30, n)] + 0.35 * rng.normal(size=(n, dim))
+    twins = rng.integers(0, n, 600)
+    emb[twins] = emb[rng.integers(0, n, 600)] + 0.03 * rng.normal(size=(600, dim))
+    emb = emb.astype(np.float32)
+    items = [{"key": f"s{i}", "labels": "", "group": "", "artist": f"a{i % 40}", "album": f"al{i % 3}",
+              "title": f"t{i % 900}"} for i in range(n)]
+    radio = Radio(emb, Songs(items), ExactIndex(emb))
+    cases = [(seed, rules) for seed in range(0, n, 61)
+             for rules in (DEFAULT, DEFAULT.replace(dup_distance=0.002), DEFAULT.replace(dup_distance=0.0))]
+    verdicts = []
+    check = rules_module._State.sound_would_refuse
+    monkeypatch.setattr(rules_module._State, "sound_would_refuse", lambda self: verdicts.append(check(self)) or
+                        verdicts[-1])
+    after = [radio.playlist(emb[seed], 20, rules, seeds=[seed]) for seed, rules in cases]
+    assert True in verdicts and False in verdicts  # some walks were made again, most were not
+    monkeypatch.setattr(rules_module._State, "sound_would_refuse", lambda self: True)  # every one song by song
+    by_song = [radio.playlist(emb[seed], 20, rules, seeds=[seed]) for seed, rules in cases]
+    assert [(p.picks, p.dropped) for p in after] == [(p.picks, p.dropped) for p in by_song]
+    assert sum(p.dropped["near-identical sound"] for p in by_song) > 0
+    assert sum(p.dropped["near-identical sound, same artist"] for p in by_song) > 0
+
+
 def test_titles_normalised_without_breaking_indic_scripts():
     assert normal_title("Tum Hi Ho (Live)") == normal_title("TUM HI HO [Remastered 2011]") == "tum hi ho"
     assert normal_title("Cé Song - Live at Wembley") == normal_title("ce song feat. Someone") == "ce song"
