@@ -91,6 +91,63 @@ def candidates(windows, layout) -> dict[str, np.ndarray]:
     return out
 
 
+def more_candidates(windows, layout) -> dict[str, np.ndarray]:
+    """Further label-free song vectors (issue 19 item 3), each fitted on the whole library without labels: maps of
+    the windows before pooling, other poolings, power normalisation, PCA and partial whitening, the taggram's logit,
+    and parts combined with equal weight (each centred or standardised, then L2-normalised)."""
+    def rows(part):
+        start = 0
+        for name, width in layout.items():
+            if name == part:
+                return [w[:, start:start + width].astype(np.float64) for w in windows]
+            start += width
+
+    def l2(x):
+        return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+
+    def centre(x):
+        return x - x.mean(axis=0)
+
+    def ssqrt(x):
+        return np.sign(x) * np.sqrt(np.abs(x))
+
+    def pca(x, alpha: float, k: int | None = None):
+        """Centred x on its k leading principal axes, each scaled by eigenvalue^(-alpha/2) (0: no whitening)."""
+        z = centre(x)
+        lam, v = np.linalg.eigh(np.cov(z, rowvar=False))
+        lam, v = lam[::-1][:k], v[:, ::-1][:, :k]
+        return z @ v / np.power(np.clip(lam, 1e-9, None), alpha / 2)
+
+    pen, tag, mp = rows("penultimate"), rows("taggram"), rows("max_pool")
+    mean = np.stack([r.mean(axis=0) for r in pen])
+    l2mean = np.stack([l2(r).mean(axis=0) for r in pen])
+    logit = np.stack([np.log(np.clip(r, 1e-4, 1 - 1e-4) / (1 - np.clip(r, 1e-4, 1 - 1e-4))).mean(axis=0) for r in tag])
+    return {
+        "penultimate, windows L2-normalised, centre": centre(l2mean),
+        "penultimate, windows L2-normalised, centre, signed sqrt": ssqrt(centre(l2mean)),
+        "penultimate, windows L2-normalised, mean_std, centre":
+            centre(np.concatenate([l2mean, np.stack([l2(r).std(axis=0) for r in pen])], axis=1)),
+        "penultimate, windows centred per window, centre": centre(np.stack([(r - r.mean(axis=1, keepdims=True))
+                                                                            .mean(axis=0) for r in pen])),
+        "penultimate, centre, signed sqrt": ssqrt(centre(mean)),
+        "penultimate, mean + max pooling, centre": centre(np.concatenate([mean, np.stack([r.max(axis=0) for r in pen])],
+                                                                         axis=1)),
+        "penultimate, PCA to 16 dims": pca(mean, 0.0, 16),
+        "penultimate, PCA to 64 dims": pca(mean, 0.0, 64),
+        "penultimate, PCA, eigenvalue^-0.25 (partial whitening)": pca(mean, 0.5),
+        "penultimate, PCA, eigenvalue^-0.125 (partial whitening)": pca(mean, 0.25),
+        "taggram logit, centre": centre(logit),
+        "penultimate + taggram, each centred and L2-normalised": np.concatenate(
+            [l2(centre(mean)), l2(centre(np.stack([r.mean(axis=0) for r in tag])))], axis=1),
+        "penultimate + taggram logit, each centred and L2-normalised": np.concatenate(
+            [l2(centre(mean)), l2(centre(logit))], axis=1),
+        "penultimate + max_pool, each centred and L2-normalised": np.concatenate(
+            [l2(centre(mean)), l2(centre(np.stack([r.mean(axis=0) for r in mp])))], axis=1),
+        "penultimate + max_pool, each standardised and L2-normalised": np.concatenate(
+            [l2(centre(mean)), l2(normalised(np.stack([r.mean(axis=0) for r in mp]), "standardise"))], axis=1),
+    }
+
+
 def main() -> int:
     shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,12 +168,12 @@ def main() -> int:
         for seed in args.seeds:
             data, windows, layout, cfg = window_features(
                 ["data=csv", f"data.manifest={emotify / (labels + '.csv')}", f"seed={seed}"], shared, args.cache)
-            for name, x in candidates(windows, layout).items():
+            for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
                 m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names)["test"]["map"]
                 scores.setdefault(name, {}).setdefault(labels, []).append(m)
     data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}"], shared, args.cache)
     cross = OmegaConf.merge(cfg.eval, {"protocol": "cross"})
-    for name, x in candidates(windows, layout).items():
+    for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
         scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names)["test"]["map"]]
 
     print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: test MAP ({date.today()}, {platform.machine()}, "

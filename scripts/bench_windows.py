@@ -5,7 +5,9 @@ Emotify excerpts (400 real one-minute recordings), on group-aware stratified spl
     python scripts/bench_windows.py [--windows first spread:2 spread:4 all] [--backbones choi2017]
                                     [--labels genres emotions] [--seeds 0 1 2] [--models identity siamese]
 
-Features are cached under --cache (default a folder in /tmp), so a second run with other heads is fast.
+Features are cached under --cache (default a folder in /tmp), so a second run with other heads is fast. A second
+table per backbone has one row per window setting with the number of windows it reads from a 1-minute and a
+4-minute song (the extraction's cost is the number of backbone inferences) and the mean of the columns.
 """
 
 from __future__ import annotations
@@ -75,7 +77,32 @@ def main() -> int:
     print(table(["backbone", "clip.windows", "labels", "model", "MAP", "MAP@10", "P@10"],
                 [[backbone, windows, labels, model, ms(tests, "map"), ms(tests, "map@10"), ms(tests, "p@10")]
                  for (backbone, windows, labels, model), tests in results.items()]))
+    columns = [(labels, model) for labels in args.labels for model in args.models]
+    for backbone in args.backbones:  # the README's layout: one row per window setting, with its cost in windows
+        print(f"\n{backbone}: test MAP per window setting (windows per song: what the extraction costs, "
+              f"in backbone inferences)")
+        rows = []
+        for windows in args.windows:
+            maps = [np.mean([t["map"] for t in results[(backbone, windows, labels, model)]]) for labels, model in columns]
+            rows.append([windows, *windows_per_song(backbone, windows, (60, 240)),
+                         *[ms(results[(backbone, windows, labels, model)], "map") for labels, model in columns],
+                         f"{np.mean(maps):.4f}"])
+        print(table(["clip.windows", "windows per 1-min song", "windows per 4-min song",
+                     *[f"{labels}, {model}" for labels, model in columns], f"mean of the {len(columns)}"], rows))
     return 0
+
+
+def windows_per_song(backbone: str, windows: str, seconds) -> list[int]:
+    """How many windows the extractor reads from a song of each length in `seconds` (siamrec's window plan)."""
+    from omegaconf import OmegaConf
+
+    from siamrec.cli import compose, strip_hydra
+    from siamrec.extractor import make_bundle, window_plan
+
+    cfg = strip_hydra(compose("evaluate", [f"backbone={backbone}", f"clip.windows={windows}"]))
+    bundle = make_bundle(OmegaConf.to_container(cfg.backbone, resolve=True))
+    plan = window_plan(bundle, cfg.clip)
+    return [len(plan.starts(int(s * bundle.sample_rate))) for s in seconds]
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from siamrec.runs import existing_run, read_run_file
 class RunEmbedder:
     """The model of a run folder: `encoder(cfg)` encodes audio as the run did, `from_features` applies the head."""
 
-    def __init__(self, run_dir, finished: bool = True):
+    def __init__(self, run_dir, finished: bool = True, library_normalised: bool = True):
         """`finished=False`: a model folder extract is writing into (a library's index folder while extract makes
-        or updates it, or a run extract's driver has checked), not required to hold a completion marker."""
+        or updates it, or a run extract's driver has checked), not required to hold a completion marker.
+        `library_normalised=False`: a library indexed without a run gives its songs' raw vectors, not normalised
+        with the statistics of the library (siamrec.encoder.fit_library_normaliser): what extract's store keeps."""
         from siamrec.models.heads import load_head
 
         self.run_dir = existing_run(run_dir) if finished else Path(run_dir)
@@ -28,6 +30,7 @@ class RunEmbedder:
         self.spec = read_run_file(self.run_dir, spec.name, _encoder_spec) if spec.is_file() else None
         if self.spec is None and (self.run_dir / "backbone.keras").is_file() or self.spec and "members" not in self.spec:
             raise SiamrecError(f"run={self.run_dir} was made by an older siamrec; train it again")
+        self.library_normalised = library_normalised
         self._encoder = None
 
     @property
@@ -41,9 +44,12 @@ class RunEmbedder:
             raise SiamrecError(f"run={self.run_dir} was trained on precomputed features, so it cannot embed audio; "
                                "use a run trained on audio (data=demo|folder|csv)")
         if self._encoder is None:
-            from siamrec.encoder import SongEncoder
+            from siamrec.encoder import SongEncoder, library_normaliser
 
             self._encoder = SongEncoder.load(self.run_dir, self.spec, cfg)
+            fitted = library_normaliser(self.run_dir) if self.library_normalised else None
+            if fitted is not None:
+                self._encoder.normaliser = fitted
         return self._encoder
 
     def from_features(self, vectors: np.ndarray) -> np.ndarray:
@@ -90,6 +96,7 @@ class ExtractJob:
     runtime: str = "tensorflow"        # features.runtime
     shard_size: int = 256
     cache: str | None = None
+    library_normalised: bool = True    # False: a library indexed without a run, whose store keeps raw song vectors
 
 
 class SongEmbedder:
@@ -102,7 +109,8 @@ class SongEmbedder:
         from siamrec.inference import tensorflow_threads
 
         tensorflow_threads(job.threads)  # before the model loads (TensorFlow fixes its pools at its first op)
-        self.embedder = RunEmbedder(job.run, finished=False)  # extract checked the run, or is making the model
+        # extract checked the run, or is making the model
+        self.embedder = RunEmbedder(job.run, finished=False, library_normalised=job.library_normalised)
         cfg = OmegaConf.create({"features": {"batch_size": job.batch_size, "workers": job.workers, "cache": False,
                                              "threads": job.threads, "runtime": job.runtime},
                                 "paths": {"cache": job.cache or ""}})

@@ -13,6 +13,8 @@ included: `none`; `centre` (subtract the library's mean song: the default, measu
 identity model, README "Backbones, windows and song vectors"); `standardise` (per dimension); `whiten` (PCA
 whitening of the standardised vectors, `features.whiten_eps` in units of the mean eigenvalue). A song's window
 rows (model.train_on=windows) go through the same map, so heads trained on windows see what they are scored on.
+A library indexed without a training run (`extract` without run=) is fitted at the end of each extract over all its
+songs (fit_library_normaliser: the store keeps the raw vectors, the fit goes to library_normalise.json).
 
 A run folder holds `extractor.json` (per backbone: its bundle config, clip settings, parts and model file; the
 standardisation when combined) and the models (`backbone.keras`, `backbone_2.keras`, ...).
@@ -80,6 +82,35 @@ class Normaliser:
         return {"kind": self.kind, "whiten_eps": self.whiten_eps,
                 "mean": None if self.mean is None else self.mean.tolist(),
                 "transform": None if self.transform is None else self.transform.tolist()}
+
+
+LIBRARY_NORMALISER = "library_normalise.json"
+
+
+def fit_library_normaliser(model_dir, spec: dict, rows: np.ndarray) -> np.ndarray:
+    """A library indexed without a training run (`extract` without run=): its model folder's normaliser (the kind its
+    extractor.json names, saved unfitted there so that the store keeps the raw song vectors and its fingerprint stays
+    the same as the library grows) fitted on every song of the library as it is now, written to
+    LIBRARY_NORMALISER (which RunEmbedder applies to new songs); returns `rows` normalised."""
+    from siamrec.runs import write_json
+
+    saved = spec.get("normalise") or {}
+    norm = Normaliser(saved.get("kind", "none"), saved.get("whiten_eps", 1.0))
+    norm.fit(rows)
+    write_json(Path(model_dir) / LIBRARY_NORMALISER, norm.spec())
+    return norm(rows) if len(rows) else rows
+
+
+def library_normaliser(model_dir) -> Normaliser | None:
+    """The normaliser fit_library_normaliser saved in `model_dir`, if any."""
+    import json
+
+    from siamrec.runs import read_run_file
+
+    if not (Path(model_dir) / LIBRARY_NORMALISER).is_file():
+        return None
+    return read_run_file(model_dir, LIBRARY_NORMALISER,
+                         lambda p: Normaliser(**json.loads(p.read_text(encoding="utf-8"))))
 
 
 class SongEncoder:

@@ -316,6 +316,53 @@ def test_the_label_free_normalisation_is_fitted_on_the_library_saved_and_applied
         np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-4)
 
 
+def test_a_library_indexed_without_a_run_is_normalised_over_its_songs_and_new_songs_alike(
+        toy_library, tmp_path, cfg_factory):
+    """extract without run= (the pretrained backbone as it is) fits features.normalise on the library's songs: its
+    rows are centred, a new song gets the row its file got, the store keeps the raw vectors (a second extract with one
+    song more reuses every stored song and refits on all of them), and a run= extract of that folder embeds alike."""
+    import shutil
+
+    from siamrec.commands.extract import extract
+    from siamrec.commands.recommend import embed_new_songs
+    from siamrec.runs import read_embeddings
+
+    root = tmp_path / "music"
+    shutil.copytree(toy_library, root)
+    extra = root / "mid" / "later.wav"
+    shutil.move(root / "mid" / "mid_5.wav", extra.with_suffix(".keep"))
+    out = tmp_path / "index"
+    cfg = cfg_factory("extract", "data=folder", f"data.root={root}", f"extract.out={out}", *TOY)
+    extract(cfg, tmp_path / "run1")
+    emb, items = read_embeddings(out)
+    assert len(emb) == 17
+    np.testing.assert_allclose(emb.mean(axis=0), 0.0, atol=1e-5)  # features.normalise=centre (the default)
+    assert json.loads((out / "library_normalise.json").read_text())["kind"] == "centre"
+    row = [it["key"] for it in items].index("mid/mid_3.wav")
+    np.testing.assert_allclose(embed_new_songs(out, [str(root / "mid" / "mid_3.wav")], cfg)[0], emb[row],
+                               rtol=1e-4, atol=1e-5)
+    raw = emb + json.loads((out / "library_normalise.json").read_text())["mean"]
+
+    shutil.move(extra.with_suffix(".keep"), extra)  # one song more: the others come from the store, all refitted
+    extract(cfg, tmp_path / "run2")
+    emb2, items2 = read_embeddings(out)
+    assert len(emb2) == 18 and json.loads((out / "extract.json").read_text())["reused"] == 17
+    mean2 = np.asarray(json.loads((out / "library_normalise.json").read_text())["mean"])
+    by_key = {it["key"]: r for it, r in zip(items2, emb2 + mean2)}
+    for it, r in zip(items, raw):
+        np.testing.assert_allclose(by_key[it["key"]], r, rtol=1e-4, atol=1e-5)  # stored raw, refitted on all
+    np.testing.assert_allclose(emb2.mean(axis=0), 0.0, atol=1e-5)
+    assert not np.allclose(mean2, raw.mean(axis=0), atol=1e-4)  # the new song moved the library's mean
+
+    again = tmp_path / "again"
+    extract(cfg_factory("extract", f"run={out}", "data=folder", f"data.root={root}", f"extract.out={again}", *TOY),
+            tmp_path / "run3")
+    emb3, items3 = read_embeddings(again)
+    by_key = {it["key"]: r for it, r in zip(items2, emb2)}
+    for it, r in zip(items3, emb3):
+        np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-5)
+
+
 def test_normaliser_is_the_identity_until_fitted_and_round_trips_through_its_spec():
     from siamrec.encoder import Normaliser
 

@@ -136,6 +136,7 @@ def test_bench_windows(tmp_path, songs):
                      "--cache", tmp_path / "cache", "--extra", "backbone.pretrained=false", "eval.protocol=test_vs_all",
                      cwd=tmp_path)
     assert "| choi2017 | first | genres | identity |" in out
+    assert "| first | 1 | 1 | " in out  # the per-setting table: one window per 1-min and per 4-min song
 
 
 @needs_weights

@@ -9,7 +9,8 @@ The songs not yet in the store of the output folder (see siamrec.store: rows key
 edited song is embedded again and an unchanged one is not read at all) go to the engine (`extract.engine`,
 siamrec.engines), which embeds them through the one extractor and stores them in shards. At the end the command
 assembles `embeddings.npy` + `items.csv` (library order, with each song's metadata; deleted songs are gone) from
-the store, keeps the model files alongside (so `recommend run=OUT` and `serve run=OUT` work and embed new songs),
+the store (without run=: normalised with features.normalise fitted on all of them, siamrec.encoder.fit_library_normaliser),
+keeps the model files alongside (so `recommend run=OUT` and `serve run=OUT` work and embed new songs),
 and writes `failed.csv` and the summary `extract.json`; `progress.json` tells how far it is (siamrec.progress).
 Its last line is the output folder.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.embedder import ExtractJob, RunEmbedder, embed_with_run
+from siamrec.encoder import LIBRARY_NORMALISER, fit_library_normaliser
 from siamrec.engines import make_engine
 from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
@@ -101,7 +103,7 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
         job = ExtractJob(run=str(model), batch_size=int(cfg.features.batch_size),
                          workers=decode_workers(cfg.features), threads=cfg.features.threads,
                          runtime=str(cfg.features.runtime), shard_size=shard_size,
-                         cache=str(Path(str(cfg.paths.cache)).expanduser()))
+                         cache=str(Path(str(cfg.paths.cache)).expanduser()), library_normalised=run is not None)
         try:
             failures = engine.run(job, [(i, lib.paths[i]) for i in todo], lib.keys, store,
                                   progress=progress.song) if todo else []
@@ -117,11 +119,14 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
             failures += [(i, "changed while it was being embedded; run the same command again") for i in lost]
         rows = sorted(final)
         emb = store.embeddings([final[i] for i in rows])
+        if run is None:  # the pretrained model: features.normalise fitted on the library as it is now
+            emb = fit_library_normaliser(model, RunEmbedder(model, finished=False).spec, emb)
         kept = lib.subset(rows)
         write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups, kept.meta)
         if run is not None:
-            for path in model_files(run):
-                atomic_write_bytes(out / path.name, path.read_bytes())
+            for path in [*model_files(run), run / LIBRARY_NORMALISER]:
+                if path.is_file():
+                    atomic_write_bytes(out / path.name, path.read_bytes())
     finally:
         store.unlock()
     wall = time.perf_counter() - started
