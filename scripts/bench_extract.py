@@ -1,29 +1,36 @@
-"""Extraction throughput and memory: decode-only, inference-only and end-to-end files/s, CPU per file and per window,
-peak RSS at N and 10×N, for any window setting (clip.windows).
+"""Extraction throughput, CPU and memory: decode-only, inference-only and end-to-end files/s, CPU per song and per
+window, how busy the cores are and how resident memory grows, for any window setting (clip.windows).
 
-Generates N songs of --minutes (default 3) and N of 30 s in mixed formats (wav, flac, mp3, ogg; stereo at 44.1,
-48 and 22.05 kHz) into a temporary folder, then measures, with the backbone's windows chosen by --windows:
+Songs: N synthetic songs of --minutes (default 3) and N of 30 s in mixed formats (wav, flac, mp3, ogg; stereo at
+44.1, 48 and 22.05 kHz), or N real ones (--songs FOLDER, or --emotify GENRE: shared Emotify excerpts of one genre
+concatenated into 44.1 kHz stereo MP3s of --minutes). Then, with the backbone's windows (its default, or --windows /
+clip.windows=...):
 
 * decode only (siamrec.data.audio.decode_windows: seek, read, mono, resample): files/s through
-  siamrec.extractor.decode_stream on --workers processes (10 passes over the N files), and CPU ms per window in
+  siamrec.extractor.decode_stream on --workers processes (--passes over the N files), and CPU ms per window in
   this process, for both song lengths. Windows are read by seeking, so the CPU per window must not grow with the
-  song's length: the ratio (3-min songs / 30-s songs, overall and per format) should stay near 1;
-* inference only: the backbone (--backbone, default choi2017: the Theano release with dataset BatchNorm
-  statistics estimated over the long songs; the real weights from paths.shared, else random ones: the cost is the
-  same) on the already-decoded windows of the long songs (10 passes), through Extractor.embed_windows;
-* end to end: the `extract` command (engine --engine) on N and on 10×N long songs (the N files hard-linked 10
-  times), each in a fresh subprocess so that its peak RSS is its own. The steady rate leaves out the fixed start-up
-  (loading the model, starting the workers): (10N − N) / (t(10N) − t(N)); likewise the CPU per file.
+  song's length: the ratio (long songs / 30-s songs, overall and per format) should stay near 1;
+* inference only: the backbone (--backbone, default choi2017; the real weights from paths.shared, else random
+  ones: the cost is the same) on the already-decoded windows of the long songs, through Extractor.embed_windows,
+  in --runtime and in each runtime of --compare;
+* --costs all,spread:8,...: CPU-s per song (decoding + inference) of each clip.windows setting on the same songs;
+* end to end: the `extract` command (engine --engine) on scale×N songs (the N files hard-linked), in a fresh
+  subprocess. Steady figures are taken from song 10 to the last, from inside that process: CPU-s per song (the
+  process and its decoding workers), songs/s, core_efficiency (CPU-s per wall-s over the process's cores), the
+  machine's idle cores meanwhile (what the extraction left unused: on a machine shared with other jobs
+  core_efficiency cannot reach 1, but the idle cores should be ~0), and the resident memory at song 10 and at the
+  last song (rss_growth);
+* --compare essentia: essentia-tensorflow's TensorflowPredictMusiCNN on the same songs, in processes of its own.
 
 Rates are the best of --repeat runs (other jobs on a shared machine only ever slow a run down).
-ideal = 1 / (1/decode + 1/inference) (decoding and inference sharing the cores); efficiency = end_to_end / ideal.
-On a busy machine a run with more threads gets a larger share of the cores, so the CPU per file is compared too:
-cpu_efficiency = (decode + inference CPU per file, measured apart) / end-to-end CPU per file (steady).
+ideal = 1 / (1/decode + 1/inference); efficiency = end_to_end / ideal;
+cpu_efficiency = (decode + inference CPU per song, measured apart) / end-to-end CPU per song (steady).
 Each figure is printed on its own line, `name: value unit`; the last line is the command that produced them.
 
     python scripts/bench_extract.py [--windows first|spread:K|all] [--n 20] [--minutes 3] [--workers CORES]
                                     [--batch-size 8] [--repeat 3] [--backbone choi2017] [--engine local]
-                                    [KEY=VALUE ...]   (more Hydra overrides, e.g. clip.offset=middle clip.hop=10)
+                                    [--songs FOLDER | --emotify GENRE] [--costs all,spread:8] [--compare essentia]
+                                    [KEY=VALUE ...]   (more Hydra overrides, e.g. clip.windows=spread:16)
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -42,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import FORMATS, REPO, SHARED, cpu_s, figure, link_library, make_library, peak_rss_mib
+from benchkit import (FORMATS, REPO, SHARED, figure, link_library, make_library, peak_rss_mib, tree_cpu_s,
+                      tree_rss_mib, write_song)
 
 
 # --- decode only -------------------------------------------------------------------------------------------------
@@ -104,8 +111,14 @@ def make_run(extractor, cfg, run: Path) -> None:
 
 
 # --- end to end --------------------------------------------------------------------------------------------------
+STEADY_FROM = 10  # steady-state figures are taken from this song on (model loaded, workers started, queue full)
+
+
 def child(run: str, library: str, out: str, args) -> None:
-    """One `extract` in this (fresh) process; prints a JSON line: its summary, peak RSS and CPU seconds."""
+    """One `extract` in this (fresh) process; prints a JSON line: its summary, and the CPU seconds (this process and
+    its decoding workers), wall time and resident memory (likewise) when song STEADY_FROM and the last song were
+    done, and the machine's idle CPU seconds in between (/proc/stat)."""
+    import siamrec.progress
     from siamrec.cli import compose, strip_hydra
     from siamrec.commands.extract import extract
 
@@ -114,10 +127,29 @@ def child(run: str, library: str, out: str, args) -> None:
         f"features.workers={args.workers}", f"features.batch_size={args.batch_size}",
         f"features.runtime={args.runtime}", f"features.threads={'null' if args.threads is None else args.threads}",
         f"paths.cache={Path(out).parent / 'cache'}", f"paths.shared={SHARED}"]))
+    marks = {}
+    song = siamrec.progress.Progress.song
+
+    def counted(self, failed: bool = False) -> None:  # the bench's own probe on extract's progress
+        song(self, failed)
+        if self.embedded + self.failed in (STEADY_FROM, self.total - self.reused):
+            marks[self.embedded + self.failed] = {"wall_s": time.perf_counter(), "cpu_s": tree_cpu_s(),
+                                                  "rss_mib": tree_rss_mib(), "idle_s": machine_idle_s()}
+
+    siamrec.progress.Progress.song = counted
     with contextlib.redirect_stdout(sys.stderr):
         out = extract(cfg, out)
     summary = json.loads((Path(out) / "extract.json").read_text())
-    print(json.dumps({**summary, "rss_mib": peak_rss_mib(), "cpu_s": cpu_s() + cpu_s(resource.RUSAGE_CHILDREN)}))
+    print(json.dumps({**summary, "marks": marks, "peak_rss_mib": peak_rss_mib()}))
+
+
+def machine_idle_s() -> float:
+    """Idle CPU seconds of the whole machine since boot, all cores (/proc/stat: idle + iowait); NaN without it."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(run: Path, library: Path, out: Path, args) -> dict:
@@ -125,7 +157,8 @@ def run_child(run: Path, library: Path, out: Path, args) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", str(run), str(library), str(out),
                            "--workers", str(args.workers), "--batch-size", str(args.batch_size),
                            "--engine", args.engine, "--runtime", args.runtime,
-                           *(["--threads", str(args.threads)] if args.threads is not None else [])], capture_output=True, text=True, env=env, cwd=REPO)
+                           *(["--threads", str(args.threads)] if args.threads is not None else [])],
+                          capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"extraction of {library} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -134,10 +167,14 @@ def run_child(run: Path, library: Path, out: Path, args) -> dict:
     return result
 
 
-def extraction(run: Path, library: Path, out: Path, args) -> dict:
-    """The fastest of `args.repeat` extractions of `library`, each into a fresh folder and process."""
-    runs = [run_child(run, library, out.with_name(f"{out.name}-{i}"), args) for i in range(args.repeat)]
-    return min(runs, key=lambda r: r["wall_s"])
+def steady(result: dict) -> dict:
+    """Figures of one extraction between song STEADY_FROM and its last song."""
+    first, last = (result["marks"][k] for k in sorted(result["marks"], key=int))
+    songs = result["embedded"] - STEADY_FROM
+    wall, cpu = last["wall_s"] - first["wall_s"], last["cpu_s"] - first["cpu_s"]
+    return {"songs": songs, "files_per_s": songs / wall, "cpu_s_per_song": cpu / songs,
+            "cores_busy": cpu / wall, "idle_cores": (last["idle_s"] - first["idle_s"]) / wall,
+            "rss_first": first["rss_mib"], "rss_last": last["rss_mib"]}
 
 
 # --- essentia-tensorflow, the peer ------------------------------------------------------------------------------
@@ -210,13 +247,42 @@ def essentia_compare(paths: list[str], tmp: Path, siamrec_vectors: np.ndarray) -
             "patches": float(np.mean([r["patches"] for r in rows])), "cosine": cos}
 
 
+def emotify_songs(genre: str, n: int, seconds: float, folder: Path) -> Path:
+    """n songs of `seconds` as 44.1 kHz stereo MP3s (what a listener's library holds), each made of consecutive
+    shared Emotify excerpts of `genre` (one-minute, 24 kHz mono Opus): real music, of a real song's length."""
+    import soundfile as sf
+    import soxr
+
+    excerpts = sorted((SHARED / "audio" / "emotify" / genre).glob("*.ogg"), key=lambda p: int(p.stem))
+    if not excerpts:
+        raise SystemExit(f"--emotify {genre}: no excerpts under {SHARED / 'audio' / 'emotify' / genre} "
+                         "(set SIAMREC_SHARED to the shared data)")
+    feed = iter(excerpts)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        parts, length = [], 0
+        while length < seconds * 44100:
+            path = next(feed, None)
+            if path is None:
+                raise SystemExit(f"--emotify {genre}: {len(excerpts)} excerpts are too few for {n} songs of "
+                                 f"{seconds / 60:g} min")
+            y, sr = sf.read(path, dtype="float32", always_2d=True)
+            parts.append(soxr.resample(y.mean(axis=1), sr, 44100))
+            length += len(parts[-1])
+        y = np.concatenate(parts)[:int(seconds * 44100)]
+        stereo = np.stack([y, y], axis=1)
+        write_song(folder / f"{genre}{i:03d}.mp3", stereo, 44100)
+    return folder
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     from siamrec.inference import cpu_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", default="first", help="clip.windows: first | spread:K | all (default first)")
-    parser.add_argument("--n", type=int, default=20, help="songs per size step (default 20; 10×N are extracted too)")
+    parser.add_argument("--windows", help="clip.windows: first | spread:K | all (default: the backbone's; the "
+                        "override clip.windows=... works too)")
+    parser.add_argument("--n", type=int, default=20, help="songs (default 20; the end-to-end run extracts scale×N)")
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the long songs (default 3)")
     parser.add_argument("--workers", type=int, default=cpu_count(), help="decoding processes (default: cores)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per backbone batch (default 8)")
@@ -225,10 +291,15 @@ def main() -> None:
     parser.add_argument("--engine", default="local", help="extract.engine of the end-to-end runs (default local)")
     parser.add_argument("--songs", help="a folder of real songs: its first N files (sorted) instead of synthetic "
                         "ones (the 30-s decode comparison is then skipped)")
+    parser.add_argument("--emotify", metavar="GENRE", help="real songs instead of synthetic ones: N songs of --minutes "
+                        "made by concatenating the shared Emotify excerpts of GENRE (e.g. rock), as 44.1 kHz stereo "
+                        "MP3s in the temporary folder")
+    parser.add_argument("--costs", default="", help="comma list of clip.windows settings (e.g. all,spread:8,spread:16):"
+                        " CPU-s per song (decoding + inference, this process) of each on the same songs")
     parser.add_argument("--passes", type=int, default=10, help="passes over the songs when measuring decode-only "
                         "and inference-only (default 10)")
-    parser.add_argument("--scale", type=int, default=10, help="the large end-to-end run extracts scale×N songs "
-                        "(N hard-linked; default 10)")
+    parser.add_argument("--scale", type=int, default=10, help="the end-to-end run extracts scale×N songs "
+                        f"(N hard-linked; default 10; steady figures from song {STEADY_FROM} on)")
     parser.add_argument("--runtime", default="tensorflow", help="features.runtime (default tensorflow)")
     parser.add_argument("--threads", type=int, default=None, help="features.threads (default: cores)")
     parser.add_argument("--compare", default="", help="comma list: tensorflow or onnxruntime (inference in the "
@@ -244,6 +315,8 @@ def main() -> None:
         return freeze_musicnn(*args.freeze)
     if args.essentia:
         return essentia_child(*args.essentia)
+    if args.n * args.scale <= STEADY_FROM:
+        raise SystemExit(f"--n {args.n} --scale {args.scale}: the end-to-end run needs more than {STEADY_FROM} songs")
     compare = [c for c in args.compare.split(",") if c]
     if set(compare) - {"tensorflow", "onnxruntime", "essentia"}:
         raise SystemExit(f"--compare {args.compare}: use tensorflow, onnxruntime and/or essentia")
@@ -256,11 +329,12 @@ def main() -> None:
 
     print(f"machine: {os.uname().machine}, {cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"N={args.n}, workers={args.workers}, batch_size={args.batch_size}, backbone={args.backbone}, "
-          f"clip.windows={args.windows}, engine={args.engine}, features.runtime={args.runtime}, "
+          f"clip.windows={args.windows or 'the backbone’s'}, engine={args.engine}, features.runtime={args.runtime}, "
           f"features.threads={args.threads}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         tmp = Path(tmp)
-        overrides = [f"backbone={args.backbone}", f"clip.windows={args.windows}", f"paths.cache={tmp / 'cache'}",
+        overrides = [f"backbone={args.backbone}", *([f"clip.windows={args.windows}"] if args.windows else []),
+                     f"paths.cache={tmp / 'cache'}",
                      f"paths.shared={SHARED}", "backbone.download=false",
                      f"features.batch_size={args.batch_size}", f"features.runtime={args.runtime}", *args.overrides]
         cfg = strip_hydra(compose("extract", overrides))
@@ -270,6 +344,8 @@ def main() -> None:
         plan = window_plan(bundle, cfg.clip)
 
         start = time.perf_counter()
+        if args.emotify:
+            args.songs = str(emotify_songs(args.emotify, args.n, 60 * args.minutes, tmp / "emotify"))
         if args.songs:
             found = sorted(str(p) for p in Path(args.songs).expanduser().iterdir() if p.is_file())[:args.n]
             if len(found) < args.n:
@@ -281,7 +357,8 @@ def main() -> None:
                 os.symlink(p, target)
                 long.append(str(target))
             lengths = {"songs": long}
-            print(f"{args.n} songs from {args.songs}", flush=True)
+            print(f"{args.n} songs from {args.emotify and f'Emotify {args.emotify}, concatenated' or args.songs}",
+                  flush=True)
         else:
             long = [str(p) for p in make_library(tmp / "long", args.n, 60 * args.minutes, seed=0)]
             short = [str(p) for p in make_library(tmp / "short", args.n, 30.0, seed=1)]
@@ -348,36 +425,51 @@ def main() -> None:
         figure("ideal_files_per_s", ideal, "files/s (1/(1/decode + 1/inference))")
         make_run(extractor, cfg, tmp / "run")
 
-        # end to end
-        small = extraction(tmp / "run", tmp / "long", tmp / "out1", args)
-        large = extraction(tmp / "run", tmp / "long10", tmp / "out10", args)
-        for what, r in (("N", small), (f"{args.scale}N", large)):
-            figure(f"end_to_end_files_per_s_{what}", r["files_per_s"],
-                   f"files/s ({r['embedded']} songs in {r['wall_s']:.1f} s, start-up included)")
-            figure(f"peak_rss_mib_{what}", r["rss_mib"], "MiB", 0)
-        end_to_end = (large["embedded"] - small["embedded"]) / (large["wall_s"] - small["wall_s"])
-        e2e_cpu = (large["cpu_s"] - small["cpu_s"]) / (large["embedded"] - small["embedded"])
-        figure("end_to_end_files_per_s", end_to_end, f"files/s (steady: ({args.scale}N - N) / (t({args.scale}N) - t(N)))")
-        figure("startup_s", small["wall_s"] - small["embedded"] / end_to_end, "s")
-        figure("end_to_end_cpu_s_per_song", e2e_cpu, f"CPU-s (steady; {windows_per_file:.1f} windows per song)")
-        figure("end_to_end_cpu_ms_per_window", 1000 * e2e_cpu / windows_per_file, "ms (steady)")
-        figure("efficiency", end_to_end / ideal, "(end to end / ideal)", 3)
-        figure("cpu_efficiency", (decode_cpu_file + infer_cpu) / e2e_cpu, "((decode + inference CPU) / end to end)", 3)
-        figure("core_efficiency", (large["cpu_s"] - small["cpu_s"]) / (large["wall_s"] - small["wall_s"])
-               / cpu_count(), f"(CPU-s per wall-s over the {cpu_count()} cores, steady)", 3)
-        figure("rss_growth", large["rss_mib"] / small["rss_mib"], f"(peak RSS at {args.scale}N / at N)", 3)
+        for windows in [w for w in args.costs.split(",") if w]:
+            clip = strip_hydra(compose("extract", overrides + [f"clip.windows={windows}"])).clip
+            costly = Extractor(bundle, model, clip, batch_size=args.batch_size, workers=0, progress=False,
+                               runtime=args.runtime, threads=args.threads, model_cache=tmp / "cache")
+            got, decode_s = decode_cpu(long, costly.plan)
+            start = time.process_time()
+            costly.embed_windows(np.concatenate(got))
+            cpu = (sum(decode_s) + time.process_time() - start) / len(long)
+            figure(f"cpu_s_per_song[clip.windows={windows}]", cpu, f"CPU-s ({np.mean([len(w) for w in got]):.1f} "
+                   f"windows per {args.minutes:g}-min song; decoding + inference, one process)")
+
+        # end to end: one extraction of scale×N songs; steady figures from song STEADY_FROM to the last
+        result = run_child(tmp / "run", tmp / "long10", tmp / "out", args)
+        st = steady(result)
+        figure("end_to_end_files_per_s", st["files_per_s"], f"files/s (steady, songs {STEADY_FROM}–"
+               f"{result['embedded']}; {result['embedded']} songs in {result['wall_s']:.1f} s with start-up)")
+        figure("end_to_end_cpu_s_per_song", st["cpu_s_per_song"], f"CPU-s (steady, decoding workers included; "
+               f"{windows_per_file:.1f} windows per song)")
+        figure("end_to_end_cpu_ms_per_window", 1000 * st["cpu_s_per_song"] / windows_per_file, "ms (steady)")
+        figure("efficiency", st["files_per_s"] / ideal, "(end to end / ideal)", 3)
+        figure("cpu_efficiency", (decode_cpu_file + infer_cpu) / st["cpu_s_per_song"],
+               "((decode + inference CPU, measured apart) / end-to-end CPU)", 3)
+        figure("core_efficiency", st["cores_busy"] / cpu_count(),
+               f"(CPU-s per wall-s of the extraction and its workers over the {cpu_count()} cores, steady)", 3)
+        figure("machine_idle_cores", st["idle_cores"], "(cores the machine left idle meanwhile, steady: what "
+               "the extraction could have used but did not)", 2)
+        figure("cores_used_of_available", st["cores_busy"] / (st["cores_busy"] + st["idle_cores"]),
+               "(the extraction's CPU / (its CPU + the machine's idle CPU), steady)", 3)
+        figure(f"rss_mib_song_{STEADY_FROM}", st["rss_first"], "MiB (extraction + workers)", 0)
+        figure(f"rss_mib_song_{result['embedded']}", st["rss_last"], "MiB", 0)
+        figure("rss_growth", st["rss_last"] / st["rss_first"],
+               f"(resident memory at song {result['embedded']} / at song {STEADY_FROM})", 3)
+        figure("peak_rss_mib", result["peak_rss_mib"], "MiB (the extraction's own process)", 0)
 
         if "essentia" in compare:
             from siamrec.runs import read_embeddings
 
-            ours, items = read_embeddings(f"{tmp / 'out1'}-0")
+            ours, items = read_embeddings(tmp / "out")
             order = {Path(row["path"]).name: k for k, row in enumerate(items)}
-            ours = ours[[order[Path(p).name] for p in long]][:, song_vectors]
+            ours = ours[[order[f"{Path(p).stem}_copy0{Path(p).suffix}"] for p in long]][:, song_vectors]
             peer = essentia_compare(long, tmp, ours)
             if peer is not None:
                 figure("essentia_cpu_s_per_song", peer["cpu_s"], f"CPU-s (decoding included; "
                        f"{peer['patches']:.1f} patches per song at its default hop of 93 frames)")
-                figure("essentia_vs_siamrec_cpu_ratio", peer["cpu_s"] / e2e_cpu, "(essentia / siamrec, end to end)")
+                figure("essentia_vs_siamrec_cpu_ratio", peer["cpu_s"] / st["cpu_s_per_song"], "(essentia / siamrec, end to end)")
                 figure("essentia_cosine_mean", float(peer["cosine"].mean()),
                        "(cosine of the songs' mean penultimate vectors)", 4)
                 figure("essentia_cosine_min", float(peer["cosine"].min()), "", 4)

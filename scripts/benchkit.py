@@ -111,6 +111,39 @@ def cpu_s(who=resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _proc_stat(pid) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile
+        return None
+    return text[text.rindex(")") + 2:].split()  # the fields after the command name, from `state` on
+
+
+def process_tree() -> list[int]:
+    """This process and its live children (e.g. decoding workers): Linux /proc; [this process] elsewhere."""
+    me = os.getpid()
+    if not Path("/proc/self/stat").is_file():
+        return [me]
+    kids = [int(d) for d in os.listdir("/proc") if d.isdigit() and (_proc_stat(d) or [None, None])[1] == str(me)]
+    return [me, *kids]
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds of this process and its live children (utime + stime; without /proc: this process's)."""
+    if not Path("/proc/self/stat").is_file():
+        return cpu_s()
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(int(f[11]) + int(f[12]) for f in map(_proc_stat, process_tree()) if f) / tick
+
+
+def tree_rss_mib() -> float:
+    """Resident memory now of this process and its live children (without /proc: this process's peak)."""
+    if not Path("/proc/self/stat").is_file():
+        return peak_rss_mib()
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(f[21]) for f in map(_proc_stat, process_tree()) if f) * page / 2**20
+
+
 @contextmanager
 def timed():
     """`with timed() as t: ...` then t.wall_s and t.cpu_s: the block's wall-clock and CPU seconds."""

@@ -1,8 +1,9 @@
 """Inference runtimes: a bundle's Keras model run on batches of windows, by ONNX Runtime or by TensorFlow.
 
-`features.runtime=tensorflow` (the default) runs the Keras model with `features.threads` intra-op threads (oneDNN
-kernels: siamrec.cli turns them on). `features.runtime=onnxruntime` (`pip install -e ".[onnx]"`) exports the model
-once to ONNX (tf2onnx) and runs it in ONNX Runtime, `features.threads` parts of every batch at once. Measured on
+Both run `features.threads` parts of every batch at once, each part on one thread (`Runner`).
+`features.runtime=tensorflow` (the default) runs the Keras model (oneDNN kernels: siamrec.cli turns them on).
+`features.runtime=onnxruntime` (`pip install -e ".[onnx]"`) exports the model once to ONNX (tf2onnx) and runs it in
+ONNX Runtime. Measured on
 the 2-core dev machine (AVX512-VNNI, where TensorFlow uses oneDNN anyway) in one run of scripts/bench_extract.py:
 TensorFlow 42 ms, ONNX Runtime 49 ms CPU per musicnn patch, hence the default; issue 18 measured ONNX Runtime at
 38-42 ms against TensorFlow's 106 ms on a CPU where TensorFlow's oneDNN was off. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
@@ -41,42 +42,69 @@ def inference_threads(threads) -> int:
 
 
 def tensorflow_threads(threads) -> None:
-    """TensorFlow's thread pools as wide as `threads` (null: every core); possible only before TensorFlow ran its
-    first op in this process, so callers that know their threads call it before loading a model."""
+    """TensorFlow's thread pools for `threads` parts of a batch run at once (see Runner): one intra-op thread per
+    operator, `threads` (null: every core) inter-op threads, so the parts run side by side. Possible only before
+    TensorFlow ran its first op in this process, so callers that know their threads call it before loading a model;
+    later, TensorFlow keeps the pools it has (the parts still run at once)."""
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(inference_threads(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(inference_threads(threads))
     except RuntimeError:  # TensorFlow already initialised in this process: keep its pools
         pass
 
 
-class TensorflowRunner:
-    """The Keras model itself (TensorFlow's own thread pools)."""
+class Runner:
+    """Runs a batch of windows as `threads` parts at once, each part on one thread (both runtimes release the GIL
+    while they compute). Measured on 2 cores (musicnn): parts on single-threaded operators keep both cores busy,
+    where one run with 2 intra-op threads per operator waits at every operator for the slower thread (TensorFlow:
+    0.47 of two cores busy; ONNX Runtime: 49 ms CPU per patch against 40)."""
+
+    name = ""
+
+    def __init__(self, threads: int):
+        self.threads, self._pool = int(threads), None
+
+    def _run(self, windows: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, windows: np.ndarray) -> dict:
+        parts = min(self.threads, len(windows))
+        if parts <= 1:
+            return self._run(windows)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
+        results = list(self._pool.map(self._run, np.array_split(windows, parts)))
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+class TensorflowRunner(Runner):
+    """The Keras model itself, in TensorFlow (oneDNN kernels)."""
 
     name = "tensorflow"
 
     def __init__(self, model, threads: int):
+        super().__init__(threads)
         tensorflow_threads(threads)
         self.model = model
 
-    def __call__(self, windows: np.ndarray) -> dict:
+    def _run(self, windows: np.ndarray) -> dict:
         return {k: np.asarray(v) for k, v in self.model.predict_on_batch(windows).items()}
 
 
-class OnnxRunner:
-    """An exported graph in ONNX Runtime; `frontend` (NumPy) turns windows into the graph's input first.
-
-    With `threads` > 1 a batch is split into `threads` parts run at once, each on one thread (ONNX Runtime
-    releases the GIL; a session may run concurrently): measured on 2 cores, 40 ms CPU per musicnn patch, where
-    one run with 2 intra-op threads cost 49 ms (their synchronisation per operator)."""
+class OnnxRunner(Runner):
+    """An exported graph in ONNX Runtime (single-threaded sessions, all graph optimisations); `frontend` (NumPy)
+    turns windows into the graph's input first."""
 
     name = "onnxruntime"
 
     def __init__(self, graph: bytes | str, threads: int, frontend=None):
         import onnxruntime as ort
 
+        super().__init__(threads)
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
@@ -87,23 +115,12 @@ class OnnxRunner:
         self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.frontend, self.threads = frontend, threads
-        self._pool = None
+        self.frontend = frontend
 
-    def _run(self, windows: np.ndarray) -> list:
+    def _run(self, windows: np.ndarray) -> dict:
         x = self.frontend(windows) if self.frontend is not None else windows
-        return self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, dtype=np.float32)})
-
-    def __call__(self, windows: np.ndarray) -> dict:
-        parts = min(self.threads, len(windows))
-        if parts <= 1:
-            return dict(zip(self.outputs, self._run(windows)))
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnxruntime")
-        results = list(self._pool.map(self._run, np.array_split(windows, parts)))
-        return {name: np.concatenate([r[k] for r in results]) for k, name in enumerate(self.outputs)}
+        got = self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self.outputs, got))
 
 
 def _say_once(line: str) -> None:

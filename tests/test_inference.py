@@ -65,6 +65,17 @@ def test_onnxruntime_gives_the_keras_outputs_and_caches_the_graph(bundle_and_mod
     np.testing.assert_array_equal(again(x)["penultimate"], got["penultimate"])
 
 
+def test_tensorflow_runs_a_batch_as_parts_at_once_and_gives_the_same_rows(bundle_and_model):
+    bundle, model = bundle_and_model
+    x = windows()
+    one, two = inference.make_runner(bundle, model, "tensorflow", 1, "k", None), \
+        inference.make_runner(bundle, model, "tensorflow", 2, "k", None)
+    got, ref = two(x), one(x)
+    assert two._pool is not None and one._pool is None  # two parts on two threads; one part in the caller's
+    for part, value in ref.items():
+        np.testing.assert_allclose(got[part], value, rtol=1e-5, atol=1e-5)
+
+
 def test_changed_weights_get_a_new_graph(bundle_and_model, tmp_path):
     """The extractor keys its runner by the fingerprint of the current weights: fine-tuning re-exports."""
     bundle, model = bundle_and_model
