@@ -378,3 +378,33 @@ def test_normaliser_is_the_identity_until_fitted_and_round_trips_through_its_spe
     np.testing.assert_allclose(std(x).std(axis=0), 1.0, rtol=1e-3)
     with pytest.raises(SiamrecError, match="features.normalise='pca'"):
         Normaliser("pca")
+
+
+# --- progress ---------------------------------------------------------------------------------------------------
+def test_the_bar_shows_songs_done_of_total_their_rate_and_what_is_left(tmp_path, capsys):
+    from toy_bundle import song
+
+    paths = [str(song(tmp_path / f"{i}.wav", [300 + 100 * i])) for i in range(3)]
+    toy_extractor(progress=True).song_features(paths, desc="extract")
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("extract: 100%") and "3/3 [" in bar and "file/s]" in bar and "<00:00" in bar
+
+
+def test_progress_json_carries_done_total_rate_and_eta(tmp_path, monkeypatch):
+    from siamrec import progress as progress_module
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "time", lambda: now[0])
+    progress = progress_module.Progress(tmp_path)
+    progress.start_embedding(total=10, reused=2)
+    assert progress_module.read_progress(tmp_path)["eta_s"] is None  # no rate yet
+    for _ in range(4):
+        now[0] += 0.5
+        progress.song()
+    progress.song(failed=True)
+    now[0] += 0.5
+    progress.write()
+    got = progress_module.read_progress(tmp_path)
+    # 5 songs worked on in 2.5 s: 2 songs per second, the 3 songs left in 1.5 s
+    assert (got["done"], got["total"], got["embedded"], got["failed"]) == (7, 10, 4, 1)
+    assert got["songs_per_s"] == pytest.approx(2.0, abs=1e-3) and got["eta_s"] == pytest.approx(1.5, abs=0.05)
