@@ -302,8 +302,8 @@ def main() -> None:
                         f"(N hard-linked; default 10; steady figures from song {STEADY_FROM} on)")
     parser.add_argument("--runtime", default="tensorflow", help="features.runtime (default tensorflow)")
     parser.add_argument("--threads", type=int, default=None, help="features.threads (default: cores)")
-    parser.add_argument("--compare", default="", help="comma list: tensorflow, onnxruntime, openvino (inference in "
-                        "another runtime on the same windows), essentia (essentia-tensorflow's TensorflowPredictMusiCNN on the same songs)")
+    parser.add_argument("--compare", default="", help="comma list: tensorflow or onnxruntime (inference in the "
+                        "other runtime on the same windows), essentia (essentia-tensorflow's TensorflowPredictMusiCNN on the same songs)")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides (KEY=VALUE), e.g. clip.offset=middle")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "LIBRARY", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--freeze", nargs=2, help=argparse.SUPPRESS)
@@ -318,8 +318,8 @@ def main() -> None:
     if args.n * args.scale <= STEADY_FROM:
         raise SystemExit(f"--n {args.n} --scale {args.scale}: the end-to-end run needs more than {STEADY_FROM} songs")
     compare = [c for c in args.compare.split(",") if c]
-    if set(compare) - {"tensorflow", "onnxruntime", "openvino", "essentia"}:
-        raise SystemExit(f"--compare {args.compare}: use tensorflow, onnxruntime, openvino and/or essentia")
+    if set(compare) - {"tensorflow", "onnxruntime", "essentia"}:
+        raise SystemExit(f"--compare {args.compare}: use tensorflow, onnxruntime and/or essentia")
     command = shlex.join(["python", os.path.relpath(sys.argv[0], REPO) if Path(sys.argv[0]).is_file()
                           else sys.argv[0], *sys.argv[1:]])
 

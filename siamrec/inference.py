@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
+RUNTIMES = ("onnxruntime", "tensorflow")
 PROBE_WINDOWS = 2
 _warned: set[str] = set()
 
@@ -123,35 +123,6 @@ class OnnxRunner(Runner):
         return dict(zip(self.outputs, got))
 
 
-class OpenvinoRunner(Runner):
-    """The exported ONNX graph compiled by OpenVINO for the CPU (float32 kept: no bfloat16 even where the CPU has
-    it), one single-threaded stream per part; `frontend` (NumPy) turns windows into the graph's input first."""
-
-    name = "openvino"
-
-    def __init__(self, graph: bytes | str, threads: int, frontend=None):
-        import threading
-
-        import openvino as ov
-
-        super().__init__(threads)
-        core = ov.Core()
-        model = core.read_model(graph) if isinstance(graph, str) else core.read_model(graph, b"")
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": max(1, self.threads),
-                                                          "NUM_STREAMS": max(1, self.threads),
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
-        self.outputs = [(o, o.get_any_name()) for o in self.compiled.outputs]
-        self.frontend, self._local = frontend, threading.local()
-
-    def _run(self, windows: np.ndarray) -> dict:
-        request = getattr(self._local, "request", None)
-        if request is None:  # a request per thread: parts run at once
-            request = self._local.request = self.compiled.create_infer_request()
-        x = self.frontend(windows) if self.frontend is not None else windows
-        got = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return {name: np.array(got[out]) for out, name in self.outputs}
-
-
 def _say_once(line: str) -> None:
     if line not in _warned:
         _warned.add(line)
@@ -185,15 +156,9 @@ def _agrees(runner, model, frontend, window_samples: int) -> str | None:
     return None
 
 
-EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # the pyproject extra that installs each exported runtime
-NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
-
-
 def make_runner(bundle, model, runtime: str, threads: int, key: str, cache_root=None):
     """The runner of `model` (see the module docstring). `key` identifies the model's weights and settings (the
     extractor's fingerprint); the exported graph is cached under `cache_root/onnx/` when a cache root is given."""
-    import importlib
-
     from siamrec.errors import SiamrecError
 
     if runtime not in RUNTIMES:
@@ -201,35 +166,33 @@ def make_runner(bundle, model, runtime: str, threads: int, key: str, cache_root=
     if runtime == "tensorflow":
         return TensorflowRunner(model, threads)
     try:
-        engine = importlib.import_module(runtime)
+        import onnxruntime
         import tf2onnx
     except ImportError as exc:
-        _say_once(f"features.runtime={runtime}: {exc.name} is not installed (pip install -e \".[{EXTRAS[runtime]}]\");"
-                  " inference runs in TensorFlow")
+        _say_once(f"features.runtime=onnxruntime: {exc.name} is not installed (pip install -e \".[onnx]\"); "
+                  "inference runs in TensorFlow")
         return TensorflowRunner(model, threads)
-    make = OnnxRunner if runtime == "onnxruntime" else OpenvinoRunner
     frontend, graph_model = bundle.onnx_split(model)
-    versions = f"tf2onnx {tf2onnx.__version__}"
+    versions = f"tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__}"
     digest = hashlib.sha256(f"{key} {versions}".encode()).hexdigest()[:20]
     path = Path(cache_root) / "onnx" / f"{bundle.name}-{digest}.onnx" if cache_root else None
     if path is not None and path.is_file():
         try:
-            return make(str(path), threads, frontend)
+            return OnnxRunner(str(path), threads, frontend)
         except Exception:  # noqa: BLE001 - a damaged cache entry is exported again
             pass
     try:
         graph = export_onnx(graph_model)
-        runner = make(graph, threads, frontend)
+        runner = OnnxRunner(graph, threads, frontend)
         problem = _agrees(runner, graph_model, frontend, bundle.window_samples)
     except Exception as exc:  # noqa: BLE001 - any failure to export ends in the same fallback
         problem = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     if problem:
-        _say_once(f"features.runtime={runtime}: {bundle.name} cannot run in {NAMES[runtime]} ({problem}); "
+        _say_once(f"features.runtime=onnxruntime: {bundle.name} cannot run in ONNX Runtime ({problem}); "
                   "inference runs in TensorFlow")
         return TensorflowRunner(model, threads)
     if path is not None:
         from siamrec.runs import atomic_write_bytes
 
         atomic_write_bytes(path, graph)
-    del engine  # imported only to know it is there
     return runner
