@@ -3,10 +3,10 @@
 Both run `features.threads` parts of every batch at once, each part on one thread (`Runner`).
 `features.runtime=tensorflow` (the default) runs the Keras model (oneDNN kernels: siamrec.cli turns them on).
 `features.runtime=onnxruntime` (`pip install -e ".[onnx]"`) exports the model once to ONNX (tf2onnx) and runs it in
-ONNX Runtime. Measured on
-the 2-core dev machine (AVX512-VNNI, where TensorFlow uses oneDNN anyway) in one run of scripts/bench_extract.py:
-TensorFlow 42 ms, ONNX Runtime 49 ms CPU per musicnn patch, hence the default; issue 18 measured ONNX Runtime at
-38-42 ms against TensorFlow's 106 ms on a CPU where TensorFlow's oneDNN was off. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
+ONNX Runtime. Measured in one run of scripts/bench_extract.py on 20 real 4-minute songs (2-core AVX512-VNNI machine,
+where TensorFlow uses oneDNN): TensorFlow 39.7 ms, ONNX Runtime 48.5 ms CPU per musicnn patch (OpenVINO, tried
+outside the package, 42.4 ms), hence the default; issue 18 measured ONNX Runtime at 38-42 ms against TensorFlow's
+106 ms on a CPU where TensorFlow's oneDNN was off. A bundle may compute its front end outside the graph (`Bundle.onnx_split`:
 musicnn's librosa-exact log-mel in NumPy, whose float64 FFT ONNX cannot express), the rest of the network is
 exported. The exported graph is cached under `paths.cache/onnx/`, keyed by the extractor's fingerprint (bundle
 spec, every weight, clip settings) and the exporter's versions, so a fine-tuned model never reuses a stale graph
