@@ -134,7 +134,8 @@ def child(run: str, library: str, out: str, args) -> None:
         song(self, failed)
         if self.embedded + self.failed in (STEADY_FROM, self.total - self.reused):
             marks[self.embedded + self.failed] = {"wall_s": time.perf_counter(), "cpu_s": tree_cpu_s(),
-                                                  "rss_mib": tree_rss_mib(), "idle_s": machine_idle_s()}
+                                                  "rss_mib": tree_rss_mib(), "rss_self_mib": tree_rss_mib(own=True),
+                                                  "idle_s": machine_idle_s()}
 
     siamrec.progress.Progress.song = counted
     with contextlib.redirect_stdout(sys.stderr):
@@ -174,7 +175,8 @@ def steady(result: dict) -> dict:
     wall, cpu = last["wall_s"] - first["wall_s"], last["cpu_s"] - first["cpu_s"]
     return {"songs": songs, "files_per_s": songs / wall, "cpu_s_per_song": cpu / songs,
             "cores_busy": cpu / wall, "idle_cores": (last["idle_s"] - first["idle_s"]) / wall,
-            "rss_first": first["rss_mib"], "rss_last": last["rss_mib"]}
+            "rss_first": first["rss_mib"], "rss_last": last["rss_mib"],
+            "rss_self_first": first["rss_self_mib"], "rss_self_last": last["rss_self_mib"]}
 
 
 # --- essentia-tensorflow, the peer ------------------------------------------------------------------------------
@@ -238,7 +240,8 @@ def essentia_compare(paths: list[str], tmp: Path, siamrec_vectors: np.ndarray) -
     for argv in (["--freeze", str(ckpt) + "/", str(pb)], ["--essentia", str(pb), json.dumps(paths)]):
         proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
-            raise SystemExit(f"essentia comparison ({argv[0]}) failed:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"essentia comparison ({argv[0]}) failed with exit status {proc.returncode} after "
+                             f"{proc.stdout.count(chr(10))} songs:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     theirs = np.array([r["mean"] for r in rows])
     cos = np.sum(theirs * siamrec_vectors, axis=1) / (np.linalg.norm(theirs, axis=1)
@@ -457,6 +460,8 @@ def main() -> None:
         figure(f"rss_mib_song_{result['embedded']}", st["rss_last"], "MiB", 0)
         figure("rss_growth", st["rss_last"] / st["rss_first"],
                f"(resident memory at song {result['embedded']} / at song {STEADY_FROM})", 3)
+        figure("rss_growth_main_process", st["rss_self_last"] / st["rss_self_first"], f"(the extraction's own "
+               f"process: {st['rss_self_first']:.0f} → {st['rss_self_last']:.0f} MiB; the rest is its decoding workers)", 3)
         figure("peak_rss_mib", result["peak_rss_mib"], "MiB (the extraction's own process)", 0)
 
         if "essentia" in compare:

@@ -136,12 +136,14 @@ def tree_cpu_s() -> float:
     return sum(int(f[11]) + int(f[12]) for f in map(_proc_stat, process_tree()) if f) / tick
 
 
-def tree_rss_mib() -> float:
-    """Resident memory now of this process and its live children (without /proc: this process's peak)."""
+def tree_rss_mib(own: bool = False) -> float:
+    """Resident memory now of this process and its live children, or (own) of this process alone (without /proc:
+    this process's peak)."""
     if not Path("/proc/self/stat").is_file():
         return peak_rss_mib()
     page = os.sysconf("SC_PAGE_SIZE")
-    return sum(int(f[21]) for f in map(_proc_stat, process_tree()) if f) * page / 2**20
+    pids = [os.getpid()] if own else process_tree()
+    return sum(int(f[21]) for f in map(_proc_stat, pids) if f) * page / 2**20
 
 
 @contextmanager
