@@ -236,7 +236,10 @@ def essentia_compare(paths: list[str], tmp: Path, siamrec_vectors: np.ndarray) -
         print(f"essentia: skipped, {why}", flush=True)
         return None
     pb = tmp / "msd-musicnn-frozen.pb"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1", "PYTHONWARNINGS": "ignore"}
+    # essentia at its own defaults: without siamrec's TF_ENABLE_ONEDNN_OPTS=1 (siamrec.cli sets it in this process),
+    # with which essentia-tensorflow dies of a floating-point exception (SIGFPE) on its first song
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "TF_USE_LEGACY_KERAS": "1", "PYTHONWARNINGS": "ignore"}
     for argv in (["--freeze", str(ckpt) + "/", str(pb)], ["--essentia", str(pb), json.dumps(paths)]):
         proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
