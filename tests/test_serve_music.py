@@ -275,17 +275,19 @@ def test_serve_stopped_by_ctrl_c_exits_0_and_leaves_no_run_folder(synthetic, tmp
     proc = subprocess.Popen([sys.executable, "-m", "siamrec", "serve", f"run={run}", f"port={port}",
                              f"hydra.run.dir={out}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.3)
+    # ready when it says so (a bare connect could reach another test's server that took the freed port meanwhile)
+    import select
+
+    deadline, seen = time.time() + 120, []
+    while time.time() < deadline and not any("Ctrl-C stops" in line for line in seen):
+        assert proc.poll() is None, proc.communicate()
+        if select.select([proc.stdout], [], [], 1)[0]:
+            seen.append(proc.stdout.readline())
+    assert any("Ctrl-C stops" in line for line in seen), seen
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
+    stdout = "".join(seen) + stdout
     assert proc.returncode == 0, (stdout, stderr)
     assert "stopped" in stdout and "interrupted" not in stdout + stderr
     assert not out.exists()  # serve wrote nothing there: no run folder is left
