@@ -336,12 +336,12 @@ def test_serve_refuses_a_remote_host_unless_allowed(capsys):
     from siamrec.commands.serve import check_host
 
     with pytest.raises(SiamrecError, match="allow_remote=true"):
-        check_host(OmegaConf.create({"host": "0.0.0.0", "port": 8000}))
+        check_host(OmegaConf.create({"host": "0.0.0.0", "port": 8000, "allow_remote": False}))
     assert check_host(OmegaConf.create({"host": "0.0.0.0", "port": 8000, "allow_remote": True})) == ("0.0.0.0", 8000)
     assert "WARNING" in capsys.readouterr().out
-    assert check_host(OmegaConf.create({"host": "127.0.0.1", "port": 8123})) == ("127.0.0.1", 8123)
+    assert check_host(OmegaConf.create({"host": "127.0.0.1", "port": 8123, "allow_remote": False})) == ("127.0.0.1", 8123)
     with pytest.raises(SiamrecError, match="serve.port"):
-        check_host(OmegaConf.create({"host": "127.0.0.1", "port": "x"}))
+        check_host(OmegaConf.create({"host": "127.0.0.1", "port": "x", "allow_remote": False}))
 
 
 def test_serve_cli_prints_one_line_for_bad_input(tmp_path, capsys):

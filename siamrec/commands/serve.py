@@ -24,11 +24,11 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def check_host(serve_cfg) -> tuple[str, int]:
-    host, port = str(serve_cfg.get("host", "127.0.0.1")), serve_cfg.get("port", 8000)
+    host, port = str(serve_cfg.host), serve_cfg.port  # defaults: conf/serve/default.yaml
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise SiamrecError(f"serve.port={port!r}: must be an integer in 0..65535")
     if host not in LOCAL_HOSTS and not host.startswith("127."):
-        if not serve_cfg.get("allow_remote", False):
+        if not serve_cfg.allow_remote:
             raise SiamrecError(f"serve.host={host}: the app has no authentication, so it listens on this machine "
                                "only; add serve.allow_remote=true to expose it on your network anyway")
         print(f"WARNING: serve.host={host}: anyone who can reach this address can browse and download the "
