@@ -4,6 +4,12 @@ Emotify excerpts (400 real one-minute recordings), on group-aware stratified spl
 
     python scripts/bench_windows.py [--windows first spread:2 spread:4 all] [--backbones choi2017]
                                     [--labels genres emotions] [--seeds 0 1 2] [--models identity siamese]
+                                    [--minutes M] [--extra KEY=VALUE ...]
+
+--minutes M measures on songs of a real song's length instead of the one-minute excerpts: each genre's excerpts,
+in order, are joined into M-minute songs (a medley of consecutive excerpts of one genre keeps its genre; the
+emotion tags do not survive the joining, so only genres are scored), e.g. `--minutes 4 --extra
+clip.max_windows=32` against the default cap of the window setting `all`.
 
 Features are cached under --cache (default a folder in /tmp), so a second run with other heads is fast. A second
 table per backbone has one row per window setting with the number of windows it reads from a 1-minute and a
@@ -38,6 +44,7 @@ def main() -> int:
     p.add_argument("--pool", default="mean")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    p.add_argument("--minutes", type=float, help="join each genre's excerpts into songs of this length (genres only)")
     args = p.parse_args()
     if not (Path(args.root) / "genres.csv").is_file():
         print(f"no Emotify manifests at {args.root}: set SIAMREC_SHARED or pass --root")
@@ -49,6 +56,8 @@ def main() -> int:
     results: dict[tuple, list] = {}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.minutes:
+            args.root, args.labels = str(medleys(Path(args.root), args.minutes, Path(tmp) / "medleys")), ["genres"]
         for backbone in args.backbones:
             for windows in args.windows:
                 for labels in args.labels:
@@ -84,7 +93,8 @@ def main() -> int:
         rows = []
         for windows in args.windows:
             maps = [np.mean([t["map"] for t in results[(backbone, windows, labels, model)]]) for labels, model in columns]
-            rows.append([windows, *windows_per_song(backbone, windows, (60, 240)),
+            rows.append([windows, *windows_per_song(backbone, windows, (60, 240),
+                                                    [e for e in args.extra if e.startswith("clip.")]),
                          *[ms(results[(backbone, windows, labels, model)], "map") for labels, model in columns],
                          f"{np.mean(maps):.4f}"])
         print(table(["clip.windows", "windows per 1-min song", "windows per 4-min song",
@@ -92,14 +102,47 @@ def main() -> int:
     return 0
 
 
-def windows_per_song(backbone: str, windows: str, seconds) -> list[int]:
+def medleys(root: Path, minutes: float, folder: Path) -> Path:
+    """A manifest of songs of `minutes`, each the consecutive excerpts of one genre in root/genres.csv joined (16 kHz
+    mono WAV; a song takes whole excerpts until it is long enough and is cut there; leftovers are dropped)."""
+    import csv
+
+    import soundfile as sf
+    import soxr
+
+    rows = list(csv.DictReader((root / "genres.csv").open(encoding="utf-8")))
+    by_genre: dict[str, list[str]] = {}
+    for row in rows:
+        by_genre.setdefault(row["labels"], []).append(row["path"])
+    folder.mkdir(parents=True)
+    out, sr = [], 16000
+    for genre, paths in sorted(by_genre.items()):
+        parts, length = [], 0
+        for path in paths:
+            y, file_sr = sf.read(root / path, dtype="float32", always_2d=True)
+            parts.append(soxr.resample(y.mean(axis=1), file_sr, sr))
+            length += len(parts[-1])
+            if length >= minutes * 60 * sr:
+                name = f"{genre}_{len(out):03d}.wav"
+                sf.write(folder / name, np.concatenate(parts)[:int(minutes * 60 * sr)], sr)
+                out.append({"path": name, "labels": genre, "group": name})
+                parts, length = [], 0
+    with (folder / "genres.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "labels", "group"])
+        writer.writeheader()
+        writer.writerows(out)
+    print(f"{len(out)} songs of {minutes:g} min joined from {len(rows)} excerpts of {root}", flush=True)
+    return folder
+
+
+def windows_per_song(backbone: str, windows: str, seconds, extra=()) -> list[int]:
     """How many windows the extractor reads from a song of each length in `seconds` (siamrec's window plan)."""
     from omegaconf import OmegaConf
 
     from siamrec.cli import compose, strip_hydra
     from siamrec.extractor import make_bundle, window_plan
 
-    cfg = strip_hydra(compose("evaluate", [f"backbone={backbone}", f"clip.windows={windows}"]))
+    cfg = strip_hydra(compose("evaluate", [f"backbone={backbone}", f"clip.windows={windows}", *extra]))
     bundle = make_bundle(OmegaConf.to_container(cfg.backbone, resolve=True))
     plan = window_plan(bundle, cfg.clip)
     return [len(plan.starts(int(s * bundle.sample_rate))) for s in seconds]

@@ -140,6 +140,21 @@ def test_bench_windows(tmp_path, songs):
     assert "| first | 1 | 1 | " in out  # the per-setting table: one window per 1-min and per 4-min song
 
 
+def test_bench_windows_medleys_join_one_genre_into_songs_of_the_length_asked(tmp_path, songs):
+    import soundfile as sf
+
+    import bench_windows
+
+    folder = bench_windows.medleys(manifest(songs, "genres.csv", "labels"), 0.1, tmp_path / "medleys")
+    rows = list(csv.DictReader((folder / "genres.csv").open(encoding="utf-8")))
+    assert len(rows) == 8  # 16 excerpts of 3 s, 4 per style: two 6-s songs per style
+    assert sorted(r["labels"] for r in rows) == sorted(f"style{i}" for i in range(4) for _ in range(2))
+    for row in rows:
+        info = sf.info(folder / row["path"])
+        assert info.samplerate == 16000 and info.channels == 1 and info.frames == 6 * 16000
+        assert row["group"] == row["path"]  # each song its own group: no song is split across train and test
+
+
 @needs_weights
 def test_compare_backbones(tmp_path, songs):
     out = run_script("compare_backbones.py", "--root", songs, "--only", "choi2017 keras2", cwd=tmp_path)
