@@ -127,11 +127,13 @@ def child(run: str, library: str, out: str, args) -> None:
         f"features.workers={args.workers}", f"features.batch_size={args.batch_size}",
         f"features.runtime={args.runtime}", f"features.threads={'null' if args.threads is None else args.threads}",
         f"paths.cache={Path(out).parent / 'cache'}", f"paths.shared={SHARED}"]))
-    marks = {}
+    marks, series = {}, {}
     song = siamrec.progress.Progress.song
 
     def counted(self, failed: bool = False) -> None:  # the bench's own probe on extract's progress
         song(self, failed)
+        if (self.embedded + self.failed) % 10 == 0:  # where memory grows: a warm-up levels off, a leak does not
+            series[self.embedded + self.failed] = [round(tree_rss_mib()), round(tree_rss_mib(own=True))]
         if self.embedded + self.failed in (STEADY_FROM, self.total - self.reused):
             marks[self.embedded + self.failed] = {"wall_s": time.perf_counter(), "cpu_s": tree_cpu_s(),
                                                   "rss_mib": tree_rss_mib(), "rss_self_mib": tree_rss_mib(own=True),
@@ -141,7 +143,7 @@ def child(run: str, library: str, out: str, args) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         out = extract(cfg, out)
     summary = json.loads((Path(out) / "extract.json").read_text())
-    print(json.dumps({**summary, "marks": marks, "peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({**summary, "marks": marks, "rss_series": series, "peak_rss_mib": peak_rss_mib()}))
 
 
 def machine_idle_s() -> float:
@@ -466,6 +468,8 @@ def main() -> None:
         figure("rss_growth_main_process", st["rss_self_last"] / st["rss_self_first"], f"(the extraction's own "
                f"process: {st['rss_self_first']:.0f} → {st['rss_self_last']:.0f} MiB; the rest is its decoding workers)", 3)
         figure("peak_rss_mib", result["peak_rss_mib"], "MiB (the extraction's own process)", 0)
+        print("rss_mib_by_song: " + " ".join(f"{n}:{tree}/{own}" for n, (tree, own) in result["rss_series"].items())
+              + " (song: MiB of the extraction and its workers / of its own process)")
 
         if "essentia" in compare:
             from siamrec.runs import read_embeddings

@@ -115,6 +115,7 @@ def test_bench_extract(tmp_path):
     out = run_script("bench_extract.py", "--n", 2, "--minutes", 0.1, "--repeat", 1, "--workers", 0,
                      "--windows", "first", "--costs", "first,spread:2", cwd=tmp_path)
     assert "end_to_end_files_per_s:" in out and "rss_growth:" in out and "core_efficiency:" in out
+    assert "rss_mib_by_song: 10:" in out
     assert "cpu_s_per_song[clip.windows=spread:2]:" in out
 
 
