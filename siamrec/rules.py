@@ -17,7 +17,7 @@ similar down:
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
   "artist - title") and artists never played.
 
-Each pick keeps its similarity to the query. The search asks the index for 4·k neighbours (16·k from an exact
+Each pick keeps its similarity to the query. The search asks the index for 6·k neighbours (16·k from an exact
 scan, and at least ef_search from an HNSW index: both cost the same for any number up to that) and, while the
 rules leave fewer than k, searches again for twice what the share of songs passed so far needs to fill the empty
 places (at most ×4, up to an exact scan of the whole library); when even the whole library cannot fill k places
@@ -33,17 +33,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from itertools import chain
 
 import numpy as np
 
 from siamrec.errors import SiamrecError
 
-WIDEN = 4  # neighbours searched per wanted song at first, and the factor of each widening
+WIDEN = 4  # the factor of each widening (and 4·4 neighbours per wanted song from an exact scan, which costs the same)
+FIRST = 6  # neighbours per wanted song asked of an approximate index at first: a k=25 playlist of the synthetic
+# 100,000-song catalogue (scripts/bench_serve.py) reaches up to ~145 neighbours deep, so with 4·k (or ef_search=128)
+# 6 % of its playlists searched twice, with 6·k none (a second search costs as much as the first)
 EXHAUSTIVE = 0.25  # asking for more than this fraction of the library: one exact scan of it instead
 MARGIN = 1e-4  # similarities this close to a sound rule's limit in the check after a walk: walk again song by song
 
@@ -183,7 +188,7 @@ class Songs:
         self.labels = [tuple(x.strip() for x in (it.get("labels") or "").split("|") if x.strip()) for it in items]
         self.version = [(a, normal_title(t)) if t else None for a, t in zip(self.artist_norm, self.titles)]
         # the same as integers (-1: none), so the rules compare numbers gathered in blocks, not strings: one row
-        # [artist, album, version, mbid] per song
+        # [artist, album, version, mbid] per song (int32: a request's gather touches half the memory of int64)
         self.codes = np.stack([_codes(self.artist_norm), _codes(self.album_key), _codes(self.version),
                                _codes(self.mbids)], axis=1)
 
@@ -244,7 +249,7 @@ class Songs:
 def _codes(values: Sequence) -> np.ndarray:
     """One integer per distinct value (in order of first appearance), -1 for an empty one."""
     ids: dict = {}
-    return np.fromiter((ids.setdefault(v, len(ids)) if v else -1 for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((ids.setdefault(v, len(ids)) if v else -1 for v in values), dtype=np.int32, count=len(values))
 
 
 def _seconds(text) -> float:
@@ -357,30 +362,22 @@ class _State:
             self.sound[c] = known
         return known
 
-    def refusal(self, c: int) -> str | None:
-        """Why candidate c cannot take the next place: a rule's name, or None."""
-        artist, album, version, mbid = self.codes[c]
-        if self.dedupe:
-            if version >= 0 and version in self.versions:
-                return "same song"
-            if mbid >= 0 and mbid in self.mbids:
-                return "same recording id"
-        if self.cap is not None and artist >= 0 and self.per_artist.get(artist, 0) >= self.cap:
-            return "max_per_artist"
-        if self.n_heard:
-            same = self.heard_of_artist.get(artist)
-            if self.later and (self.near_limit is not None or same is not None):
-                self.reached += (self.rows[c], self.n_heard, artist)
-            elif self.near_limit is not None or same is not None:
-                sims = self._similarities(c)
-                if self.near_limit is not None and max(sims) >= self.near_limit:
-                    return "near-identical sound"
-                if same is not None and max(sims[j] for j in same) >= self.artist_limit:
-                    return "near-identical sound, same artist"
-        if self.gap and album >= 0:
-            last = self.album_at.get(album)
-            if last is not None and self.place + 1 - last <= self.gap:
-                return "album_gap"
+    def sound_refusal(self, c: int, artist: int) -> str | None:
+        """The sound rules for candidate c (of `artist`), which passed the rules before them: the rule that
+        refuses it, or None (always None with `sound_after`: c is noted for the check after the walk)."""
+        if not self.n_heard:
+            return None
+        same = self.heard_of_artist.get(artist)
+        if self.near_limit is None and same is None:
+            return None
+        if self.later:
+            self.reached += (self.rows[c], self.n_heard, artist if same is not None else -2)
+            return None
+        sims = self._similarities(c)
+        if self.near_limit is not None and max(sims) >= self.near_limit:
+            return "near-identical sound"
+        if same is not None and max(sims[j] for j in same) >= self.artist_limit:
+            return "near-identical sound, same artist"
         return None
 
     def sound_would_refuse(self) -> bool:
@@ -389,15 +386,15 @@ class _State:
         differently from the walk's products, never by that much)."""
         if not self.reached:
             return False
-        rows, n_heard, artists = np.array(self.reached).reshape(-1, 3).T
-        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
-        sims = units @ self._heard().T  # small: BLAS stays on one thread
-        before = np.arange(self.n_heard) < n_heard[:, None]  # each candidate: the songs heard before it
-        if self.near_limit is not None and sims[before].max() >= self.near_limit - MARGIN:
+        reached = np.array(self.reached).reshape(-1, 3)  # row, songs heard then, artist (-2: none heard then)
+        rows = reached[:, 0]
+        sims = (self.radio.emb[rows] * self.radio.inv_norms[rows, None]) @ self._heard().T  # small: one thread
+        sims[np.arange(self.n_heard) >= reached[:, 1:2]] = -2.0  # the songs heard after each candidate
+        if self.near_limit is not None and sims.max() >= self.near_limit - MARGIN:
             return True
         if self.artist_limit is None:
             return False
-        same = before & (np.array(self.heard_artist) == artists[:, None]) & (artists >= 0)[:, None]
+        same = np.array(self.heard_artist) == reached[:, 2:3]
         return bool(same.any() and sims[same].max() >= self.artist_limit - MARGIN)
 
 
@@ -461,7 +458,7 @@ class Radio:
         """Neighbours to ask for first: a few per wanted song; an exact scan costs the same for any number
         taken from it, and an HNSW search visits ef_search songs whatever k (up to it): take those too."""
         free = getattr(self.index, "ef_search", 0) if getattr(self.index, "method", "") == "hnsw" else 0
-        return min(self.n, max((WIDEN ** 2 if exact else WIDEN) * k, free) + drop)
+        return min(self.n, max((WIDEN ** 2 if exact else FIRST) * k, free) + drop)
 
     def playlist(self, query, k: int, rules: Rules, seeds=(), seed_vectors=(), allowed=None) -> Playlist:
         """The k songs nearest to `query` (an embedding) that pass `rules`; `seeds` (rows) are left out and,
@@ -469,7 +466,7 @@ class Radio:
         `allowed` (a boolean row mask) limits the songs that may be chosen (e.g. those a player knows)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
-        drop = np.unique(np.asarray(list(seeds), dtype=np.int64))
+        drop = np.array(sorted({int(s) for s in seeds}), dtype=np.int64)
         keep = self.songs.allowed_mask(rules)
         if allowed is not None:
             keep = allowed if keep is None else keep & allowed
@@ -522,19 +519,18 @@ class Radio:
         used = [a, b]
         steps, missed = [], 0
         for point in points:
-            wanted = min(self.n, WIDEN * k + 2)
+            wanted, pick = min(self.n, WIDEN * k + 2), []
             while True:
                 state.clear()
-                state.add(*self._neighbours(point, wanted, np.array(used, dtype=np.int64), keep))
-                pick = next((c for c in range(len(state.rows)) if state.refusal(c) is None), None)
-                if pick is not None or wanted >= self.n:
+                _fill(state, [], 0, *self._neighbours(point, wanted, np.array(used, dtype=np.int64), keep), pick, 1,
+                      Counter())
+                if pick or wanted >= self.n:
                     break
                 wanted = min(self.n, wanted * WIDEN)
-            if pick is None:
+            if not pick:
                 missed += 1
                 continue
-            row, sim = state.rows[pick], state.sims[pick]
-            state.take(pick)
+            (row, sim), = pick
             used.append(row)
             u = self.unit(row)
             steps.append({"row": row, "similarity": round(sim, 6), "similarity_a": round(float(u @ va), 6),
@@ -569,32 +565,44 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
     """Add the candidates (rows, similarities: best first) and give each place, until `picks` holds k songs, the
     first candidate the rules allow: the ones waiting first, then the new ones from number `start` on. A song
     held back only by album_gap waits for a later place; any other refusal drops it (counted in `dropped`).
-    Returns the candidates still waiting (all looked at while `picks` is short of k)."""
+    Returns the candidates still waiting (all looked at while `picks` is short of k).
+
+    The rules, in this order: dedupe (version, then recording id), max_per_artist, the sound rules, album_gap.
+    This loop runs over every candidate of every ruled playlist, so it reads the state into local names and
+    compares integer codes (-1, no tag, is never in the sets and dicts the chosen songs fill)."""
     state.add(rows, sims)
+    codes, per_artist, album_at = state.codes, state.per_artist, state.album_at
+    versions, mbids = (state.versions, state.mbids) if state.dedupe else ((), ())
+    cap = state.cap if state.cap is not None else sys.maxsize
+    gap, sound = state.gap, state.near_limit is not None or state.artist_limit is not None
     pos, end = start, len(state.rows)
     while len(picks) < k:
-        held, chosen, rest = [], None, []
-        for j, c in enumerate(waiting):
-            why = state.refusal(c)
-            if why is None:
-                chosen, rest = c, waiting[j + 1:]
+        held, chosen, place = [], None, state.place + 1
+        for i, c in enumerate(chain(waiting, range(pos, end))):
+            artist, album, version, mbid = codes[c]
+            if version in versions:
+                why = "same song"
+            elif mbid in mbids:
+                why = "same recording id"
+            elif per_artist.get(artist, 0) >= cap:
+                why = "max_per_artist"
+            elif sound and (why := state.sound_refusal(c, artist)):
+                pass
+            elif gap and place - album_at.get(album, -gap) <= gap:
+                why = "album_gap"
+            else:
+                chosen = c
                 break
             if why == "album_gap":
                 held.append(c)
             else:
                 dropped[why] += 1
-        while chosen is None and pos < end:
-            why = state.refusal(pos)
-            if why is None:
-                chosen = pos
-            elif why == "album_gap":
-                held.append(pos)
-            else:
-                dropped[why] += 1
-            pos += 1
         if chosen is None:
             return held
+        if i < len(waiting):
+            waiting = held + waiting[i + 1:]
+        else:
+            waiting, pos = held, chosen + 1
         state.take(chosen)
         picks.append((state.rows[chosen], round(state.sims[chosen], 6)))
-        waiting = held + rest
     return waiting

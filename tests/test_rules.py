@@ -209,3 +209,34 @@ def test_m3u8_never_lets_a_tag_inject_a_line(tmp_path):
     text = m3u8_text([{"path": str(tmp_path / "a.flac"), "title": "x\n/etc/passwd\r#EXTINF", "artist": "y\u2028z",
                        "duration": 12.6}])
     assert text.splitlines() == ["#EXTM3U", "#EXTINF:13,y z - x /etc/passwd #EXTINF", str(tmp_path / "a.flac")]
+
+
+def test_an_approximate_index_is_searched_once_for_nearly_every_playlist():
+    """The first search of an approximate index asks for enough neighbours that the rules rarely need a second:
+    on a catalogue shaped like scripts/bench_serve.py's (sound clusters of ~100 songs shared by 7 artists, so
+    max_per_artist=2 makes a k=25 playlist look up to ~145 neighbours deep), with 4·k (at least ef_search)
+    about 6 % of playlists searched twice."""
+    rng = np.random.default_rng(0)
+    n, centres = 4000, 40
+    centre = rng.integers(0, centres, n)
+    emb = (rng.normal(size=(centres, 32))[centre] + 0.6 * rng.normal(size=(n, 32))).astype(np.float32)
+    items = [{"key": f"s{i}", "labels": "", "group": "", "artist": f"a{c * 7 + i % 7}", "album": f"al{i % 2}",
+              "title": f"t{i}"} for i, c in enumerate(centre.tolist())]
+    exact = ExactIndex(emb)
+
+    class Approximate:  # the exact neighbours, asked for as from an HNSW index
+        method, ef_search, searches = "hnsw", 128, 0
+
+        def search(self, queries, k):
+            self.searches += 1
+            return exact.search(queries, k)
+
+    index = Approximate()
+    radio = Radio(emb, Songs(items), index)
+    twice = 0
+    for seed in range(0, n, 10):
+        before = index.searches
+        found = radio.playlist(emb[seed], 25, DEFAULT, seeds=[seed])
+        assert len(found.picks) == 25
+        twice += index.searches - before > 1
+    assert twice <= 2, f"{twice} of 400 playlists searched the index more than once"
