@@ -28,10 +28,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from siamrec.configs import compose, strip_hydra  # noqa: E402
 from siamrec.errors import SiamrecError  # noqa: E402
+from siamrec.heap import return_freed_memory  # noqa: E402
 from siamrec.messages import composition_error, disk_error, interrupted  # noqa: E402
 from siamrec.overrides import escape, split_args, take_config_dirs, with_run_overrides, with_search_path  # noqa: E402
 from siamrec.run_folder import make_run_dir, plan_run_dir, remove_if_empty, remove_if_unused  # noqa: E402
 from siamrec.runlog import RunLog  # noqa: E402
+
+# from the first allocation on, large freed blocks go back to the system (siamrec.heap: flat memory over a library)
+return_freed_memory()
 
 # command -> (module in siamrec.commands, one-line help)
 COMMANDS = {

@@ -15,6 +15,7 @@ from siamrec.extractor.clip import check_clip, plain, window_plan
 from siamrec.extractor.decoding import decode_stream
 from siamrec.extractor.fingerprints import fingerprint
 from siamrec.extractor.pooling import part_columns, pool_windows, pooled_parts
+from siamrec.heap import return_freed_memory
 from siamrec.inference import inference_threads, make_runner
 
 
@@ -36,6 +37,7 @@ class Extractor:
     def __init__(self, bundle, model, clip_cfg, batch_size: int = 8, workers: int = 0, cache_root=None,
                  progress: bool = True, runtime: str = "tensorflow", threads: int | None = None, model_cache=None):
         check_clip(clip_cfg, bundle)
+        return_freed_memory()  # song after song, what is freed goes back to the system (siamrec.heap)
         self.bundle, self.model, self.clip = bundle, model, plain(clip_cfg)
         self.plan = window_plan(bundle, clip_cfg)
         self.pool = self.clip["pool"]
