@@ -4,12 +4,16 @@ Emotify excerpts (400 real one-minute recordings), on group-aware stratified spl
 
     python scripts/bench_windows.py [--windows first spread:2 spread:4 all] [--backbones choi2017]
                                     [--labels genres emotions] [--seeds 0 1 2] [--models identity siamese]
-                                    [--minutes M] [--extra KEY=VALUE ...]
+                                    [--minutes M] [--members 1 3 5] [--extra KEY=VALUE ...]
 
 --minutes M measures on songs of a real song's length instead of the one-minute excerpts: each genre's excerpts,
 in order, are joined into M-minute songs (a medley of consecutive excerpts of one genre keeps its genre; the
 emotion tags do not survive the joining, so only genres are scored), e.g. `--minutes 4 --extra
 clip.max_windows=32` against the default cap of the window setting `all`.
+
+--members trains the Siamese head once with model.ensemble=max(members) and reports its first n members together
+as `siamese xN` for each n. Trained heads also show the validation MAP they chose by (before the refit on
+train+valid): the evidence a setting is chosen on, the test MAP being what it gives.
 
 Features are cached under --cache (default a folder in /tmp), so a second run with other heads is fast. A second
 table per backbone has one row per window setting with the number of windows it reads from a 1-minute and a
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import SHARED, table
+from benchkit import SHARED, head_scores, table
 
 
 def main() -> int:
@@ -45,6 +49,8 @@ def main() -> int:
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--minutes", type=float, help="join each genre's excerpts into songs of this length (genres only)")
+    p.add_argument("--members", nargs="+", type=int, default=None,
+                   help="siamese: train model.ensemble=max(N) and score the first n members for each n")
     args = p.parse_args()
     if not (Path(args.root) / "genres.csv").is_file():
         print(f"no Emotify manifests at {args.root}: set SIAMREC_SHARED or pass --root")
@@ -64,41 +70,55 @@ def main() -> int:
                     for seed in args.seeds:
                         for model in args.models:
                             command = "evaluate" if model == "identity" else "train"
+                            members = args.members if model == "siamese" else None
+                            ensemble = [f"model.ensemble={max(members)}"] if members else []
                             cfg = strip_hydra(compose(command, [
                                 f"+model={model}", "data=csv", f"data.manifest={Path(args.root) / (labels + '.csv')}",
                                 f"backbone={backbone}", f"clip.windows={windows}", f"clip.pool={args.pool}",
                                 f"seed={seed}", f"paths.cache={args.cache}", f"paths.shared={shared}", "plots=false",
-                                *args.extra]))
+                                *args.extra, *ensemble]))
                             seed_everything(seed)
                             run = Path(tmp) / f"{backbone}-{windows}-{labels}-{seed}-{model}".replace(":", "_")
                             run.mkdir()
                             t0 = time.time()
-                            test = (evaluate if command == "evaluate" else train)(cfg, run)["test"]
-                            results.setdefault((backbone, windows, labels, model), []).append(test)
-                            print(f"## {backbone} {windows} {labels} seed={seed} {model}: map={test['map']:.4f} "
-                                  f"({time.time() - t0:.0f} s)", flush=True)
+                            (evaluate if command == "evaluate" else train)(cfg, run)
+                            for name, test in head_scores(run, cfg, members).items():
+                                results.setdefault((backbone, windows, labels, name), []).append(test)
+                                valid = f", valid map={test['valid_map']:.4f}" if "valid_map" in test else ""
+                                print(f"## {backbone} {windows} {labels} seed={seed} {name}: map={test['map']:.4f}"
+                                      f"{valid} ({time.time() - t0:.0f} s)", flush=True)
     print(f"\nEmotify test MAP ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, pool={args.pool}, "
           f"seeds {args.seeds}, {time.time() - start:.0f} s in all)")
     def ms(tests, key):
+        if any(key not in t for t in tests):
+            return "–"
         v = np.array([t[key] for t in tests])
         return f"{v.mean():.4f} ± {v.std():.4f}"
 
-    print(table(["backbone", "clip.windows", "labels", "model", "MAP", "MAP@10", "P@10"],
-                [[backbone, windows, labels, model, ms(tests, "map"), ms(tests, "map@10"), ms(tests, "p@10")]
-                 for (backbone, windows, labels, model), tests in results.items()]))
-    columns = [(labels, model) for labels in args.labels for model in args.models]
-    for backbone in args.backbones:  # the README's layout: one row per window setting, with its cost in windows
+    print(table(["backbone", "clip.windows", "labels", "model", "MAP", "MAP@10", "P@10", "validation MAP"],
+                [[backbone, windows, labels, model, ms(tests, "map"), ms(tests, "map@10"), ms(tests, "p@10"),
+                  ms(tests, "valid_map")] for (backbone, windows, labels, model), tests in results.items()]))
+    models = list(dict.fromkeys(key[3] for key in results))
+    trained = [m for m in models if m != "identity"] or models
+    # the README's layout: one row per window setting (and trained head), with its cost in windows
+    for backbone in args.backbones:
         print(f"\n{backbone}: test MAP per window setting (windows per song: what the extraction costs, "
               f"in backbone inferences)")
-        rows = []
+        rows, heads = [], []
         for windows in args.windows:
-            maps = [np.mean([t["map"] for t in results[(backbone, windows, labels, model)]]) for labels, model in columns]
-            rows.append([windows, *windows_per_song(backbone, windows, (60, 240),
-                                                    [e for e in args.extra if e.startswith("clip.")]),
-                         *[ms(results[(backbone, windows, labels, model)], "map") for labels, model in columns],
-                         f"{np.mean(maps):.4f}"])
-        print(table(["clip.windows", "windows per 1-min song", "windows per 4-min song",
-                     *[f"{labels}, {model}" for labels, model in columns], f"mean of the {len(columns)}"], rows))
+            for head in trained:
+                heads = [m for m in ("identity", head) if m in models]
+                columns = [(labels, model) for labels in args.labels for model in dict.fromkeys(heads)]
+                tests = [results[(backbone, windows, labels, model)] for labels, model in columns]
+                rows.append([windows if len(trained) == 1 else f"{windows}, {head}",
+                             *windows_per_song(backbone, windows, (60, 240),
+                                               [e for e in args.extra if e.startswith("clip.")]),
+                             *[ms(t, "map") for t in tests],
+                             f"{np.mean([np.mean([x['map'] for x in t]) for t in tests]):.4f}"])
+        names = [f"{labels}, {'identity' if m == 'identity' else 'trained' if len(trained) > 1 else m}"
+                 for labels in args.labels for m in dict.fromkeys(heads)]
+        print(table(["clip.windows", "windows per 1-min song", "windows per 4-min song", *names,
+                     f"mean of the {len(names)}"], rows))
     return 0
 
 

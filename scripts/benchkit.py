@@ -93,6 +93,37 @@ def write_run(folder: Path, emb: np.ndarray, keys: list[str], labels: list[str],
     return Path(folder)
 
 
+def head_scores(run_dir: Path, cfg, members=None) -> dict:
+    """A finished train run's scores per head: {name: test metrics plus `valid_map`, the validation MAP the head
+    chose by (before any refit on train+valid; absent when it records none)}. With `members` (e.g. [1, 3, 5]) and
+    a Siamese run of model.ensemble >= max(members), one entry per n, `siamese x{n}`: the first n members together,
+    scored from the run's own embeddings (each member's unit-norm embedding is a block of model.dim columns)."""
+    import json
+
+    from siamrec.evaluation import score_embeddings
+    from siamrec.models.heads import l2_normalise
+    from siamrec.runs import read_embeddings
+
+    run_dir = Path(run_dir)
+    history_file = run_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else {}
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    name = cfg.model.name if cfg.get("model") else "identity"
+    if not members:
+        return {name: {**test, **({"valid_map": history["valid_map"]} if "valid_map" in history else {})}}
+    emb, items = read_embeddings(run_dir)
+    labels = [it["labels"].split("|") if it["labels"] else [] for it in items]
+    names = sorted({lab for song in labels for lab in song})
+    y = np.array([[n in song for n in names] for song in labels], dtype=bool)
+    split = np.array([it["split"] for it in items])
+    dim, by_members = int(cfg.model.dim), history.get("valid_map_by_members", {"1": history.get("valid_map")})
+    out = {}
+    for n in members:
+        scores = score_embeddings(l2_normalise(emb[:, :n * dim]), y, split, cfg.eval)["test"]
+        out[f"{name} x{n}"] = {**scores, **({"valid_map": by_members[str(n)]} if by_members.get(str(n)) else {})}
+    return out
+
+
 # --- figures -------------------------------------------------------------------------------------------------------
 def figure(name: str, value: float, unit: str = "", digits: int = 2) -> None:
     """One measured figure on its own line: `name: value unit`."""

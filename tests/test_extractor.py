@@ -198,6 +198,7 @@ def test_a_third_backbone_trains_evaluates_extracts_and_recommends(toy_library, 
     run = tmp_path / "siamese"
     run.mkdir()
     train(cfg_factory("train", "+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.train_on=windows",
+                      "model.ensemble=2",
                       "features.parts=[high]", *data), run)
     (member,) = json.loads((run / "extractor.json").read_text())["members"]
     assert member["backbone"]["_target_"] == "toy_bundle.Toy8k" and member["parts"] == ["high"]

@@ -133,3 +133,66 @@ def test_embedding_dimension_must_split_over_the_branches():
 
     with pytest.raises(SiamrecError, match="model.dim=30 must be a multiple of model.branches=4"):
         build_projection(np.eye(5, dtype=np.float32), [8], 30, 0.0, 4)
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    """A head of 3 members trained on the hidden clusters (validation split, refit), its history and the data."""
+    (xtr, ytr), (xva, yva), (xte, yte) = split(*hidden_clusters())
+    head = head_from_yaml("siamese", **{**FAST, "seed": 0, "ensemble": 3})
+    history = head.fit_rows(xtr, ytr, xva, yva)
+    return head, history, (xtr, ytr, xva, yva, xte, yte)
+
+
+def member_embeddings(head, x):
+    return [np.asarray(head.model.get_layer(f"member{k}")(head.scale(x), training=False)) for k in (1, 2, 3)]
+
+
+def test_ensemble_of_one_is_the_single_head_and_the_first_member_of_a_larger_ensemble(trained, ensemble):
+    """ensemble=1 keeps the single model (same seed, same structure: no nesting) and is the first member of an
+    ensemble with the same seed, trained (epoch chosen, refitted) exactly as the single head is."""
+    single, single_history, _ = trained
+    head, history, (*_, xte, _) = ensemble
+    assert single.cfg["ensemble"] == 1 and single.model.name == "siamese"
+    assert single.model.get_layer("b1_projection") is not None  # the branches directly in the saved model
+    np.testing.assert_allclose(member_embeddings(head, xte)[0], single.transform(xte), rtol=0, atol=1e-6)
+    assert history["members"][0]["chosen_epoch"] == single_history["chosen_epoch"]
+    assert history["loss"] == single_history["loss"] and history["refit_loss"] == single_history["refit_loss"]
+
+
+def test_ensemble_members_differ_and_the_cosine_is_their_mean_cosine(ensemble):
+    from siamrec.models.siamese import member_seed
+
+    head, history, (*_, xte, yte) = ensemble
+    seeds = [member_seed(0, k) for k in range(3)]
+    assert seeds[0] == 0 and len(set(seeds)) == 3 and seeds == [member_seed(0, k) for k in range(3)]
+    assert member_seed(1, 1) not in seeds  # a run with the next seed shares no member
+    members = member_embeddings(head, xte)
+    assert all(np.abs(a - b).max() > 1e-2 for i, a in enumerate(members) for b in members[i + 1:])
+    emb = head.transform(xte)
+    assert emb.shape == (len(xte), 3 * FAST["dim"])
+    mean_cosine = np.mean([m @ m.T for m in members], axis=0)
+    np.testing.assert_allclose(emb @ emb.T, mean_cosine, atol=1e-5)
+    assert [len(h) for h in history["members"]] == [2, 2, 2] and set(history["valid_map_by_members"]) == {"1", "2", "3"}
+    assert history["valid_map_by_members"]["1"] == pytest.approx(history["members"][0]["valid_map"], abs=1e-6)
+    assert mean_ap(emb, yte) > mean_ap(xte, yte) + 0.25
+
+
+def test_an_ensemble_is_deterministic_under_its_seed():
+    (xtr, ytr), (xva, yva), (xte, _) = split(*hidden_clusters(n_per_class=20))
+    fast = {**FAST, "epochs": 3, "seed": 5, "ensemble": 2}
+    first, second = head_from_yaml("siamese", **fast), head_from_yaml("siamese", **fast)
+    first.fit_rows(xtr, ytr, xva, yva)
+    keras.utils.set_random_seed(123)  # whatever random state comes before, the members start from their own seeds
+    second.fit_rows(xtr, ytr, xva, yva)
+    np.testing.assert_allclose(first.transform(xte), second.transform(xte), rtol=0, atol=1e-6)
+
+
+def test_an_ensemble_saves_and_loads_as_one_model(ensemble, tmp_path):
+    head, _, (*_, xte, _) = ensemble
+    head.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.json", "model.keras", "scaler.npz"]
+    assert json.loads((tmp_path / "head.json").read_text())["cfg"]["ensemble"] == 3
+    loaded = load_head(tmp_path)
+    np.testing.assert_allclose(loaded.transform(xte), head.transform(xte), rtol=0, atol=1e-6)
+    assert [loaded.model.get_layer(f"member{k}").name for k in (1, 2, 3)] == ["member1", "member2", "member3"]

@@ -20,6 +20,14 @@ and the last epoch within one standard error of the best is chosen (see validati
 a fresh model (scaler and whitening included) is then trained on train+valid for that many epochs, as LDA uses
 train+valid too; without it the chosen epoch's weights are kept. Without a validation split the model trains
 ``epochs`` epochs on the training items.
+
+``ensemble``: that many such models, each trained on its own (its epoch chosen, then refitted) from its own seed —
+the head's seed for the first (so ``ensemble: 1`` is the single model), then seeds derived from (seed, k)
+(member_seed) — which also reorders the batches. The song embedding is the members' unit-norm embeddings
+concatenated and re-normalised: the cosine of two songs is the mean of the members' cosines. The members are saved
+as one Keras model (each a nested model ``member1`` …), so saving, loading and the end-to-end phase see one model.
+With a validation split, the history records the validation MAP of the first n members together, for every n
+(``valid_map_by_members``, measured before the refit: the evidence for choosing ``ensemble``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Annotated
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.heads import KerasHead, Trainable, TrainOn, epoch_progress, seed_component
+from siamrec.models.heads import KerasHead, Trainable, TrainOn, epoch_progress, l2_normalise, seed_component
 from siamrec.schema import component, integer, list_of, number
 
 Positive = Annotated[float, number(0, lo_open=True)]
@@ -73,6 +81,24 @@ def build_projection(whitening: np.ndarray, hidden: list[int], dim: int, dropout
     return keras.Model(inp, out, name=name)
 
 
+def member_seed(seed: int, k: int) -> int:
+    """The seed of an ensemble's k-th member (0-based): the head's own seed for the first, then one derived from
+    (seed, k), so that runs with neighbouring seeds share no member."""
+    return int(seed) if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
+
+
+def join_members(members: list, name: str = "siamese"):
+    """One Keras model whose output (layer ``embedding``) is the members' unit-norm embeddings concatenated and
+    re-normalised: its cosine is the mean of the members' cosines. A single member is returned as it is."""
+    if len(members) == 1:
+        return members[0]
+    import keras
+
+    inp = keras.Input(tuple(members[0].input.shape[1:]), name="features")
+    joined = keras.layers.Concatenate(name="members")([m(inp) for m in members])
+    return keras.Model(inp, keras.layers.UnitNormalization(name="embedding")(joined), name=name)
+
+
 def map_standard_error(emb: np.ndarray, y: np.ndarray, groups: int = 20) -> float:
     """Standard error of the full-ranking MAP of the items (as queries against each other), estimated from the
     MAPs of up to ``groups`` disjoint sets of queries, each still ranked against all items."""
@@ -102,8 +128,7 @@ def validation_map_callback(x_valid: np.ndarray, y_valid: np.ndarray, batch_size
             self.chosen_epoch, self.chosen_weights = 0, None
 
         def on_epoch_end(self, epoch, logs=None):
-            emb = np.concatenate([np.asarray(self.model(x_valid[i:i + batch_size], training=False))
-                                  for i in range(0, len(x_valid), batch_size)])
+            emb = embed(self.model, x_valid, batch_size)
             value = retrieval_metrics(emb, y_valid, ks=(10,))["map"]
             if logs is not None:
                 logs["val_map"] = value
@@ -121,14 +146,15 @@ class SiameseHead(KerasHead):
     def __init__(self, *, loss: Annotated[dict, component("loss")],
                  whiten_eps: Annotated[float | None, number(0, null=True)],
                  hidden: Annotated[list, list_of(integer(1), what="a list of layer widths (integers >= 1)")],
-                 dim: Count, branches: Count, dropout: Annotated[float, number(0, 1, hi_open=True)], lr: Positive,
-                 epochs: Count, refit: bool, classes_per_batch: Annotated[int, integer(2)],
+                 dim: Count, branches: Count, ensemble: Count, dropout: Annotated[float, number(0, 1, hi_open=True)],
+                 lr: Positive, epochs: Count, refit: bool, classes_per_batch: Annotated[int, integer(2)],
                  m_per_class: Annotated[int, integer(2)], seed: Annotated[int, integer(0)], train_on: TrainOn,
                  finetune_backbone: bool, trainable: Trainable, backbone_lr: Positive, backbone_epochs: Count):
-        super().__init__(loss=loss, whiten_eps=whiten_eps, hidden=hidden, dim=dim, branches=branches, dropout=dropout,
-                         lr=lr, epochs=epochs, refit=refit, classes_per_batch=classes_per_batch,
-                         m_per_class=m_per_class, seed=seed, train_on=train_on, finetune_backbone=finetune_backbone,
-                         trainable=trainable, backbone_lr=backbone_lr, backbone_epochs=backbone_epochs)
+        super().__init__(loss=loss, whiten_eps=whiten_eps, hidden=hidden, dim=dim, branches=branches,
+                         ensemble=ensemble, dropout=dropout, lr=lr, epochs=epochs, refit=refit,
+                         classes_per_batch=classes_per_batch, m_per_class=m_per_class, seed=seed, train_on=train_on,
+                         finetune_backbone=finetune_backbone, trainable=trainable, backbone_lr=backbone_lr,
+                         backbone_epochs=backbone_epochs)
         self.train_on = train_on
 
     def fit(self, training) -> dict:
@@ -148,25 +174,54 @@ class SiameseHead(KerasHead):
                                                  self.cfg)}
 
     def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None):
-        c = self.cfg
-        epochs = int(c["epochs"])
-        has_valid = x_valid is not None and len(x_valid) > 1 and bool((np.asarray(y_valid).sum(axis=0) >= 2).any())
-        if not has_valid:
-            return self._train(x_train, y_train, epochs)[0]
-        history, chosen = self._train(x_train, y_train, epochs, (x_valid, y_valid))
-        note = (f"siamese: epoch {chosen} chosen, validation MAP {history['val_map'][chosen - 1]:.4f} "
-                f"(best {max(history['val_map']):.4f})")
-        if not c["refit"]:
-            print(note)
-            return {**history, "chosen_epoch": chosen}
-        print(f"{note}; training afresh on train+valid ({len(x_train) + len(x_valid)} items) for {chosen} epochs")
-        refit, _ = self._train(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), chosen)
-        return {**history, "refit_loss": refit["loss"], "chosen_epoch": chosen}
+        """Train the ensemble's members one after the other (see the module's doc) and join them."""
+        from siamrec.metrics import retrieval_metrics
 
-    def _train(self, x, y, epochs: int, valid=None) -> tuple[dict, int]:
-        """Fit scaler, whitening and a fresh model on (x, y) for ``epochs`` epochs. With ``valid`` = (x, y), the
-        validation MAP is logged per epoch and the model ends with the weights of the chosen epoch (see
-        validation_map_callback). Returns the history and the epoch kept (1-based)."""
+        c = self.cfg
+        epochs, n = int(c["epochs"]), int(c["ensemble"])
+        has_valid = x_valid is not None and len(x_valid) > 1 and bool((np.asarray(y_valid).sum(axis=0) >= 2).any())
+        members, histories, valid_embs = [], [], []
+        for k in range(n):
+            seed, name = member_seed(int(c["seed"]), k), "siamese" if n == 1 else f"member{k + 1}"
+            who = "siamese" if n == 1 else f"siamese member {k + 1}/{n} (seed {seed})"
+            if not has_valid:
+                model, history, _ = self._train(x_train, y_train, epochs, seed, name)
+                members.append(model)
+                histories.append(history)
+                continue
+            model, history, chosen = self._train(x_train, y_train, epochs, seed, name, (x_valid, y_valid))
+            valid_embs.append(embed(model, self.scale(x_valid)))
+            history = {**history, "chosen_epoch": chosen, "valid_map": history["val_map"][chosen - 1]}
+            note = (f"{who}: epoch {chosen} chosen, validation MAP {history['valid_map']:.4f} "
+                    f"(best {max(history['val_map']):.4f})")
+            if c["refit"]:
+                print(f"{note}; training afresh on train+valid ({len(x_train) + len(x_valid)} items) for {chosen} "
+                      "epochs")
+                model, refit, _ = self._train(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]),
+                                              chosen, seed, name)
+                history["refit_loss"] = refit["loss"]
+            else:
+                print(note)
+            members.append(model)
+            histories.append(history)
+        self.model = self.embedder = join_members(members)
+        if n == 1:
+            return histories[0]
+        # the first member's curves (drawn as the run's training curves), then every member's choice and the
+        # validation MAP of the first n members together
+        summary = {"members": [{k: h[k] for k in ("chosen_epoch", "valid_map") if k in h} for h in histories]}
+        if valid_embs:
+            by_members = {str(m): retrieval_metrics(l2_normalise(np.concatenate(valid_embs[:m], axis=1)), y_valid,
+                                                    ks=(10,))["map"] for m in range(1, n + 1)}
+            summary |= {"valid_map_by_members": by_members, "valid_map": by_members[str(n)]}
+            print(f"siamese ensemble of {n}: validation MAP of the first n members together: "
+                  + ", ".join(f"{m}: {v:.4f}" for m, v in by_members.items()))
+        return {**histories[0], **summary}
+
+    def _train(self, x, y, epochs: int, seed: int, name: str, valid=None) -> tuple:
+        """Fit scaler, whitening and a fresh model (built and batched from ``seed``) on (x, y) for ``epochs`` epochs.
+        With ``valid`` = (x, y), the validation MAP is logged per epoch and the model ends with the weights of the
+        chosen epoch (see validation_map_callback). Returns the model, the history and the epoch kept (1-based)."""
         import keras
 
         from siamrec.losses import build_loss
@@ -178,26 +233,31 @@ class SiameseHead(KerasHead):
         z = self.scale(x)
         eps = c["whiten_eps"]
         whitening = np.eye(z.shape[1], dtype=np.float32) if eps is None else whitening_matrix(z, float(eps))
-        seed_component(int(c["seed"]))
-        self.model = self.embedder = build_projection(
-            whitening, [int(h) for h in c["hidden"]], int(c["dim"]), float(c["dropout"]),
-            int(c["branches"]))
+        seed_component(seed)
+        model = build_projection(whitening, [int(h) for h in c["hidden"]], int(c["dim"]), float(c["dropout"]),
+                                 int(c["branches"]), name=name)
         usable_labels = int(((y != 0).sum(axis=0) >= 2).sum())
         try:
             loss = build_loss(c["loss"])
             sampler = ClassBalancedSampler(y, min(int(c["classes_per_batch"]), max(usable_labels, 2)),
-                                           int(c["m_per_class"]), seed=int(c["seed"]))
+                                           int(c["m_per_class"]), seed=seed)
         except ValueError as exc:
             raise SiamrecError(f"model=siamese: {exc}") from None
         # Training goes through a wrapper sharing the layers: the saved model stays uncompiled, so model.keras loads
         # without siamrec's loss registered and carries no optimizer state.
-        trainer = keras.Model(self.model.input, self.model.output, name="siamese_trainer")
+        trainer = keras.Model(model.input, model.output, name="siamese_trainer")
         trainer.compile(optimizer=keras.optimizers.Adam(float(c["lr"])), loss=loss)
         selector = None if valid is None else validation_map_callback(self.scale(valid[0]), valid[1])
         callbacks = [cb for cb in (selector, epoch_progress(epochs, "siamese")) if cb is not None]
         history = trainer.fit(as_keras_dataset(z, y, sampler), epochs=epochs, callbacks=callbacks, verbose=0)
         history = {k: [float(v) for v in values] for k, values in history.history.items()}
         if selector is None:
-            return history, epochs
-        self.model.set_weights(selector.chosen_weights)
-        return history, selector.chosen_epoch
+            return model, history, epochs
+        model.set_weights(selector.chosen_weights)
+        return model, history, selector.chosen_epoch
+
+
+def embed(model, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """The model's embeddings of the (scaled) rows ``x``, in batches."""
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False))
+                           for i in range(0, len(x), batch_size)])
