@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,12 @@ def test_bench_gtzan_features(tmp_path):
     out = run_script("bench_gtzan_features.py", "--seeds", 0, "--losses", "triplet_semihard", "--epochs", 1,
                      cwd=tmp_path)
     assert "summary: siamese (triplet_semihard, the default loss)" in out
+
+
+@pytest.mark.skipif(not (SHARED / "features" / "gtzan-choi2017").is_dir(), reason="no GTZAN features under SHARED")
+def test_bench_gtzan_features_scores_the_first_members_of_an_ensemble(tmp_path):
+    out = run_script("bench_gtzan_features.py", "--seeds", 0, "--models", "siamese", "--losses", "triplet_semihard",
+                     "--epochs", 1, "--members", 1, 2, "--extra", "model.dim=16", cwd=tmp_path)
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("siamese x")}
+    assert set(rows) == {"x1", "x2"}, out
+    assert all(re.fullmatch(r"0\.\d{4}", row[-4]) for row in rows.values()), out  # a validation MAP for each
