@@ -16,7 +16,8 @@ from conftest import head_from_yaml
 from siamrec.models.siamese import whitening_matrix
 
 # Small and quick: a few seconds per fit on one CPU core.
-FAST = {"hidden": [64], "dim": 32, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4}
+FAST = {"hidden": [64], "dim": 32, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4,
+        "ensemble": 1}
 
 
 def hidden_clusters(n_per_class=40, n_classes=5, seed=0):
