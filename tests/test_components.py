@@ -57,8 +57,8 @@ def test_a_toy_heads_settings_are_checked_from_its_constructor(tmp_path, feature
 
 def test_a_toy_loss_trains_a_siamese_head(tmp_path, features, capsys):
     run = tmp_path / "run"
-    small = ["model.hidden=[16]", "model.dim=8", "model.branches=2", "model.epochs=3", "model.classes_per_batch=3",
-             "model.m_per_class=4"]
+    small = ["model.hidden=[16]", "model.dim=8", "model.branches=2", "model.ensemble=1", "model.epochs=3",
+             "model.classes_per_batch=3", "model.m_per_class=4"]
     assert main(["train", "+model=siamese", "model.loss=toy_cosine", "model.loss.margin=0.1", *small,
                  f"hydra.run.dir={run}", *features]) == 0, capsys.readouterr().err
     saved = (run / ".hydra" / "config.yaml").read_text()
