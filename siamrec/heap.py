@@ -5,7 +5,8 @@ to 32 MiB, so later blocks of that size come from the heap, whose freed pages th
 real 4-minute songs (`python scripts/bench_extract.py --emotify rock --n 20 --minutes 4 --scale 3 --backbone
 musicnn_msd`), the extraction's memory grew 1.115× from song 10 to song 60 with glibc's default and 1.035× with a
 fixed 64 KiB threshold (`MALLOC_MMAP_THRESHOLD_=65536`), its peak fell from 1995 to 1802 MiB. A fixed threshold
-keeps large blocks mapped on their own, returned to the system when freed.
+keeps large blocks mapped on their own, returned to the system when freed. It costs inference ~0.6 ms of system
+time per musicnn patch (1.5 %); the decoding workers, whose memory stayed flat, keep glibc's default.
 """
 
 from __future__ import annotations
