@@ -12,19 +12,21 @@ time per musicnn patch (1.5 %); the decoding workers, whose memory stayed flat, 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 64 * 1024
 
 
+@functools.cache
 def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold for this process (see the module docstring); False where there is no glibc."""
+    """Fix glibc's mmap threshold for this process (see the module docstring); False where there is no glibc.
+    Process-wide, so done once: later calls (every Extractor) return the first answer. mallopt is looked up among
+    the symbols the process already has (ctypes.util.find_library would start `ldconfig` on every call)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # another C library (musl has no mallopt)
         return False
