@@ -276,6 +276,7 @@ class _State:
         self.near_limit = float(np.float32(1 - rules.dup_distance)) if rules.dup_distance > 0 else None
         self.artist_limit = 1 - rules.dup_distance_artist if rules.dup_distance_artist > 0 else None
         self.per_artist: dict[int, int] = {}
+        self.full: set[int] = set()  # the artists at max_per_artist
         self.album_at: dict[int, int] = {}
         self.versions: set[int] = set()
         self.mbids: set[int] = set()
@@ -317,25 +318,33 @@ class _State:
             self.heard_vectors[self.n_heard] = vector
             self._hear(-1, -1)
 
-    def take(self, c: int) -> None:
-        """Candidate c takes the next place."""
-        self.place += 1
-        self._remember(self.codes[c], self.rows[c])
-
     def _remember(self, codes: list[int], row: int, counted: bool = True) -> None:
+        """A chosen song or a seed (not `counted` for max_per_artist). Runs for every pick of every playlist, so
+        _hear is written out here."""
         artist, album, version, mbid = codes
-        if counted and artist >= 0:
-            self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
+        if artist >= 0:
+            if counted:
+                n = self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
+                if self.cap is not None and n >= self.cap:
+                    self.full.add(artist)
+            if self.artist_limit is not None:
+                self.heard_of_artist.setdefault(artist, []).append(self.n_heard)
+                self.heard_rows.append(row)
+                self.heard_artist.append(artist)
+                self.n_heard += 1
+            elif self.near_limit is not None:
+                self._hear(row, -1)
+        elif self.near_limit is not None:
+            self._hear(row, -1)
         if album >= 0:
             self.album_at[album] = self.place
         if version >= 0:
             self.versions.add(version)
         if mbid >= 0:
             self.mbids.add(mbid)
-        if self.near_limit is not None or (self.artist_limit is not None and artist >= 0):
-            self._hear(row, artist)
 
     def _hear(self, row: int, artist: int) -> None:
+        """A song the sound rules compare with (-1: no artist for the same-artist rule)."""
         self.heard_rows.append(row)
         if self.artist_limit is not None and artist >= 0:
             self.heard_of_artist.setdefault(artist, []).append(self.n_heard)
@@ -388,14 +397,15 @@ class _State:
             return False
         reached = np.array(self.reached).reshape(-1, 3)  # row, songs heard then, artist (-2: none heard then)
         rows = reached[:, 0]
-        sims = (self.radio.emb[rows] * self.radio.inv_norms[rows, None]) @ self._heard().T  # small: one thread
-        sims[np.arange(self.n_heard) >= reached[:, 1:2]] = -2.0  # the songs heard after each candidate
-        if self.near_limit is not None and sims.max() >= self.near_limit - MARGIN:
-            return True
-        if self.artist_limit is None:
-            return False
-        same = np.array(self.heard_artist) == reached[:, 2:3]
-        return bool(same.any() and sims[same].max() >= self.artist_limit - MARGIN)
+        sims = (self.radio.emb[rows] @ self._heard().T) * self.radio.inv_norms[rows, None]  # small: one thread
+        # each pair's limit: the same-artist one for a song heard of the candidate's artist, else the near-identical
+        # one (2: none), and never for the songs heard after the candidate reached the rules
+        near = 2.0 if self.near_limit is None else self.near_limit - MARGIN
+        limit = np.full(sims.shape, near, dtype=np.float32)
+        if self.artist_limit is not None:
+            limit[np.array(self.heard_artist) == reached[:, 2:3]] = min(near, self.artist_limit - MARGIN)
+        limit[np.arange(self.n_heard) >= reached[:, 1:2]] = 2.0
+        return bool((sims >= limit).any())
 
 
 @dataclass
@@ -571,11 +581,11 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
     This loop runs over every candidate of every ruled playlist, so it reads the state into local names and
     compares integer codes (-1, no tag, is never in the sets and dicts the chosen songs fill)."""
     state.add(rows, sims)
-    codes, per_artist, album_at = state.codes, state.per_artist, state.album_at
+    codes, full, album_at, cand_rows, cand_sims = state.codes, state.full, state.album_at, state.rows, state.sims
     versions, mbids = (state.versions, state.mbids) if state.dedupe else ((), ())
-    cap = state.cap if state.cap is not None else sys.maxsize
     gap, sound = state.gap, state.near_limit is not None or state.artist_limit is not None
-    pos, end = start, len(state.rows)
+    pos, end = start, len(cand_rows)
+    capped = 0  # refused by max_per_artist (the most frequent refusal: counted here, added to `dropped` at the end)
     while len(picks) < k:
         held, chosen, place = [], None, state.place + 1
         for i, c in enumerate(chain(waiting, range(pos, end))):
@@ -584,25 +594,28 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
                 why = "same song"
             elif mbid in mbids:
                 why = "same recording id"
-            elif per_artist.get(artist, 0) >= cap:
-                why = "max_per_artist"
+            elif artist in full:
+                capped += 1
+                continue
             elif sound and (why := state.sound_refusal(c, artist)):
                 pass
             elif gap and place - album_at.get(album, -gap) <= gap:
-                why = "album_gap"
+                held.append(c)
+                continue
             else:
                 chosen = c
                 break
-            if why == "album_gap":
-                held.append(c)
-            else:
-                dropped[why] += 1
+            dropped[why] += 1
         if chosen is None:
-            return held
+            waiting = held
+            break
         if i < len(waiting):
             waiting = held + waiting[i + 1:]
         else:
             waiting, pos = held, chosen + 1
-        state.take(chosen)
-        picks.append((state.rows[chosen], round(state.sims[chosen], 6)))
+        state.place = place
+        state._remember(codes[chosen], cand_rows[chosen])
+        picks.append((cand_rows[chosen], round(cand_sims[chosen], 6)))
+    if capped:
+        dropped["max_per_artist"] += capped
     return waiting
