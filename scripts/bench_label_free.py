@@ -94,7 +94,8 @@ def candidates(windows, layout) -> dict[str, np.ndarray]:
 def more_candidates(windows, layout) -> dict[str, np.ndarray]:
     """Further label-free song vectors (issue 19 item 3), each fitted on the whole library without labels: maps of
     the windows before pooling, other poolings, power normalisation, PCA and partial whitening, the taggram's logit,
-    and parts combined with equal weight (each centred or standardised, then L2-normalised)."""
+    parts combined with equal weight (each centred or standardised, then L2-normalised), and each song joined by its
+    nearest songs of the library (database-side augmentation)."""
     def rows(part):
         start = 0
         for name, width in layout.items():
@@ -118,10 +119,20 @@ def more_candidates(windows, layout) -> dict[str, np.ndarray]:
         lam, v = lam[::-1][:k], v[:, ::-1][:, :k]
         return z @ v / np.power(np.clip(lam, 1e-9, None), alpha / 2)
 
+    def neighbours_added(x, k: int):
+        """Database-side augmentation (query expansion of the library): each song's unit vector plus those of
+        its k nearest songs of the library (cosine, itself left out), renormalised."""
+        z = l2(x)
+        sims = z @ z.T
+        np.fill_diagonal(sims, -np.inf)
+        near = np.argsort(-sims, axis=1)[:, :k]
+        return l2(z + z[near].sum(axis=1))
+
     pen, tag, mp = rows("penultimate"), rows("taggram"), rows("max_pool")
     mean = np.stack([r.mean(axis=0) for r in pen])
     l2mean = np.stack([l2(r).mean(axis=0) for r in pen])
     logit = np.stack([np.log(np.clip(r, 1e-4, 1 - 1e-4) / (1 - np.clip(r, 1e-4, 1 - 1e-4))).mean(axis=0) for r in tag])
+    l2_ssqrt = ssqrt(centre(l2mean))
     return {
         "penultimate, windows L2-normalised, centre": centre(l2mean),
         "penultimate, windows L2-normalised, centre, signed sqrt": ssqrt(centre(l2mean)),
@@ -145,6 +156,9 @@ def more_candidates(windows, layout) -> dict[str, np.ndarray]:
             [l2(centre(mean)), l2(centre(np.stack([r.mean(axis=0) for r in mp])))], axis=1),
         "penultimate + max_pool, each standardised and L2-normalised": np.concatenate(
             [l2(centre(mean)), l2(normalised(np.stack([r.mean(axis=0) for r in mp]), "standardise"))], axis=1),
+        **{f"penultimate, centre, + {k} nearest songs (database-side augmentation)": neighbours_added(centre(mean), k)
+           for k in (3, 5, 8)},
+        "penultimate, windows L2-normalised, centre, signed sqrt, + 5 nearest songs": neighbours_added(l2_ssqrt, 5),
     }
 
 
