@@ -52,7 +52,15 @@ def test_api_playlists_follow_the_rules_and_their_query_parameters(run, tmp_path
     rock = client.get("/api/recommend", params={"seed": 0, "k": 5, "labels": "rock"}).json()
     assert [e["id"] for e in rock["playlist"]] == [15] and "only 1 of k=5" in rock["note"]
     bad = client.get("/api/recommend", params={"seed": 0, "max_per_artist": 0})
-    assert bad.status_code == 422
+    assert bad.status_code == 422 and "max_per_artist" in bad.json()["detail"]
+    for name, value in (("max_per_artist", "two"), ("dedupe", "maybe"), ("dup_distance", "near"), ("rules", "perhaps")):
+        bad = client.get("/api/recommend", params={"seed": 0, name: value})
+        assert bad.status_code == 422 and name in bad.json()["detail"], (name, bad.text)
+    # every rule is documented as a query parameter of the playlist endpoints
+    spec = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/recommend", "/api/export", "/api/path"):
+        names = {p["name"] for p in spec[path]["get"]["parameters"]}
+        assert {"rules", "max_per_artist", "album_gap", "dedupe", "labels", "exclude", "min_duration"} <= names, path
     # the server's own setting: none gives the plain list
     plain_server = TestClient(app_for(run, tmp_path, "recommend.rules=none"))
     assert [e["id"] for e in plain_server.get("/api/recommend", params={"seed": 0, "k": 10}).json()["playlist"]] \

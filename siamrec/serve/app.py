@@ -46,7 +46,7 @@ from siamrec.errors import SiamrecError
 from siamrec.rules import Rules
 from siamrec.serve.catalogue import EXPORT_FORMATS, NATIVE, Catalogue, PlaylistExists, UnknownSong
 from siamrec.serve.map2d import MapCache
-from siamrec.serve.radio import path_router, rules_query
+from siamrec.serve.radio import RULES_DOC, path_router, rules_query
 from siamrec.serve.subsonic import subsonic_router
 from siamrec.songs import Ambiguous
 
@@ -284,7 +284,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         return _bytes_response(what, "audio/wav", request.headers.get("range"))
 
     # ------------------------------------------------------------------ playlists
-    @app.get("/api/recommend")
+    @app.get("/api/recommend", openapi_extra=RULES_DOC)
     async def recommend_get(seed: list[str] = Query(..., description="song id (row), key, title or `artist - title`; "
                                                                       "repeat for several seeds", max_length=1000),
                             k: int = 10, exclude_group: bool = False, rules: Rules | None = Depends(ruled)):
@@ -402,7 +402,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
                 "y": xy[:, 1].round(5).tolist()}
 
     # ------------------------------------------------------------------ export
-    @app.get("/api/export")
+    @app.get("/api/export", openapi_extra=RULES_DOC)
     def export_get(seed: list[str] = Query(..., max_length=1000), k: int = 10, exclude_group: bool = False,
                    format: str = "m3u8", rules: Rules | None = Depends(ruled)):
         """The playlist of the seed(s) as a file: m3u8 (the seeds first, then the playlist; absolute paths,
