@@ -77,6 +77,7 @@ class Catalogue:
         self._index_lock = Lock()
         self._open_index(index_cfg)
         self._present: dict[int, bool] = {}
+        self._play: dict[int, str] = {}  # row -> native | wav | no, found on first use
         self._wav_cache: OrderedDict[int, bytes] = OrderedDict()
         self._wav_lock = Lock()
 
@@ -155,12 +156,20 @@ class Catalogue:
         return len(hits), hits[:limit]
 
     def song(self, row: int) -> dict:
-        ext = Path(self.paths[row]).suffix.lower()
-        playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
-        if playable != "no" and not self._exists(row):
-            playable = "no"
         return {"id": row, "key": self.keys[row], "name": self.names[row], **self.meta[row],
-                "labels": list(self.labels[row]), "group": self.groups[row], "playable": playable}
+                "labels": list(self.labels[row]), "group": self.groups[row], "playable": self._playable(row)}
+
+    def _playable(self, row: int) -> str:
+        """How the page plays the song: native, wav (transcoded) or no (a format browsers cannot play, or no file).
+        Found once per song (a file's presence is checked once; every playlist entry asks)."""
+        playable = self._play.get(row)
+        if playable is None:
+            ext = os.path.splitext(self.paths[row])[1].lower()
+            playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
+            if playable != "no" and not self._exists(row):
+                playable = "no"
+            self._play[row] = playable
+        return playable
 
     def _exists(self, row: int) -> bool:
         """Whether the song's file is there (checked once per song)."""
