@@ -17,7 +17,7 @@ similar down:
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
   "artist - title") and artists never played.
 
-Each pick keeps its similarity to the query. The search asks the index for 6·k neighbours (16·k from an exact
+Each pick keeps its similarity to the query. The search asks the index for 5·k neighbours (16·k from an exact
 scan, and at least ef_search from an HNSW index: both cost the same for any number up to that) and, while the
 rules leave fewer than k, searches again for twice what the share of songs passed so far needs to fill the empty
 places (at most ×4, up to an exact scan of the whole library); when even the whole library cannot fill k places
