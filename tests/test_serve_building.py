@@ -63,9 +63,14 @@ def test_the_page_shows_indexing_progress_then_the_library(tmp_path, monkeypatch
         base = wait_for(lambda: sockets and f"http://127.0.0.1:{sockets[0].getsockname()[1]}")
         status, page = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(get(base + "/")))
         assert "Indexing your library" in page and str(index) in page
-        status, body = get(base + "/api/progress")
-        progress = json.loads(body)
-        assert status == 200 and progress["state"] == "embedding" and (progress["done"], progress["total"]) == (3, 10)
+        # the page can answer before the indexing thread has written its first progress ("scanning" until then)
+        def embedding():
+            status, body = get(base + "/api/progress")
+            progress = json.loads(body) if status == 200 else {}
+            return progress if progress.get("state") == "embedding" else None
+
+        progress = wait_for(embedding)
+        assert (progress["done"], progress["total"]) == (3, 10)
         assert get(base + "/api/songs")[0] == 503  # the library is not there yet: a readable 503, not a hang
         built.set()
         status, songs = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(get(base + "/api/songs")))
