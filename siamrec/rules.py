@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -320,29 +319,20 @@ class _State:
             self._hear(-1, -1)
 
     def _remember(self, codes: list[int], row: int, counted: bool = True) -> None:
-        """A chosen song or a seed (not `counted` for max_per_artist). Runs for every pick of every playlist, so
-        _hear is written out here."""
+        """A chosen song or a seed (not `counted` for max_per_artist)."""
         artist, album, version, mbid = codes
-        if artist >= 0:
-            if counted:
-                n = self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
-                if self.cap is not None and n >= self.cap:
-                    self.full.add(artist)
-            if self.artist_limit is not None:
-                self.heard_of_artist.setdefault(artist, []).append(self.n_heard)
-                self.heard_rows.append(row)
-                self.heard_artist.append(artist)
-                self.n_heard += 1
-            elif self.near_limit is not None:
-                self._hear(row, -1)
-        elif self.near_limit is not None:
-            self._hear(row, -1)
+        if counted and artist >= 0:
+            n = self.per_artist[artist] = self.per_artist.get(artist, 0) + 1
+            if self.cap is not None and n >= self.cap:
+                self.full.add(artist)
         if album >= 0:
             self.album_at[album] = self.place
         if version >= 0:
             self.versions.add(version)
         if mbid >= 0:
             self.mbids.add(mbid)
+        if self.near_limit is not None or (self.artist_limit is not None and artist >= 0):
+            self._hear(row, artist)
 
     def _hear(self, row: int, artist: int) -> None:
         """A song the sound rules compare with (-1: no artist for the same-artist rule)."""
