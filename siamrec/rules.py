@@ -299,7 +299,7 @@ class _State:
         self.codes: list[list[int]] = []  # each candidate's [artist, album, version, mbid] codes
         self.units = None  # each candidate's unit vector (while a sound rule is on, song by song)
         self.sound: dict[int, list[float]] = {}  # candidate -> its similarities to the first songs heard
-        self.reached: list[int] = []  # sound_after: row, songs heard, artist, ... of each candidate at them
+        self.reached: list[int] = []  # sound_after: row, songs heard, artist, ... of each candidate at them (_fill)
 
     def add(self, rows: np.ndarray, sims: np.ndarray) -> None:
         """More candidates, numbered on from the last ones."""
@@ -363,15 +363,12 @@ class _State:
         return known
 
     def sound_refusal(self, c: int, artist: int) -> str | None:
-        """The sound rules for candidate c (of `artist`), which passed the rules before them: the rule that
-        refuses it, or None (always None with `sound_after`: c is noted for the check after the walk)."""
+        """The sound rules for candidate c (of `artist`), which passed the rules before them, song by song: the
+        rule that refuses it, or None."""
         if not self.n_heard:
             return None
         same = self.heard_of_artist.get(artist)
         if self.near_limit is None and same is None:
-            return None
-        if self.later:
-            self.reached += (self.rows[c], self.n_heard, artist if same is not None else -2)
             return None
         sims = self._similarities(c)
         if self.near_limit is not None and max(sims) >= self.near_limit:
@@ -383,20 +380,32 @@ class _State:
     def sound_would_refuse(self) -> bool:
         """Whether a sound rule, put off by `sound_after`, may have refused a candidate that reached it: its
         similarity to a song heard before then within MARGIN of the rule's limit (a matrix product rounds
-        differently from the walk's products, never by that much)."""
-        if not self.reached:
+        differently from the walk's products, never by that much). One gather of the unit vectors of the
+        candidates and of the songs heard, one small product (one thread)."""
+        if not self.reached or not self.n_heard:
             return False
-        reached = np.array(self.reached).reshape(-1, 3)  # row, songs heard then, artist (-2: none heard then)
-        rows = reached[:, 0]
-        sims = (self.radio.emb[rows] @ self._heard().T) * self.radio.inv_norms[rows, None]  # small: one thread
-        # each pair's limit: the same-artist one for a song heard of the candidate's artist, else the near-identical
-        # one (2: none), and never for the songs heard after the candidate reached the rules
-        near = 2.0 if self.near_limit is None else self.near_limit - MARGIN
-        limit = np.full(sims.shape, near, dtype=np.float32)
-        if self.artist_limit is not None:
-            limit[np.array(self.heard_artist) == reached[:, 2:3]] = min(near, self.artist_limit - MARGIN)
-        limit[np.arange(self.n_heard) >= reached[:, 1:2]] = 2.0
-        return bool((sims >= limit).any())
+        n = len(self.reached) // 3
+        rows = np.array(self.reached[0::3] + self.heard_rows)
+        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+        for j, vector in self.heard_vectors.items():  # seeds outside the library
+            units[n + j] = vector
+        sims = units[:n] @ units[n:].T
+        heard_then = np.array(self.reached[1::3])
+        # first a bound: each candidate's highest similarity to the songs heard before it (a running maximum;
+        # a candidate reached before any song was heard takes its whole row, a looser bound) under both limits,
+        # as in nearly every walk, and no rule could have refused it
+        lowest = min(2.0 if self.near_limit is None else self.near_limit,
+                     2.0 if self.artist_limit is None else self.artist_limit) - MARGIN
+        if np.maximum.accumulate(sims, axis=1)[np.arange(n), heard_then - 1].max() < lowest:
+            return False
+        hit = np.zeros(sims.shape, dtype=bool) if self.near_limit is None else sims >= self.near_limit - MARGIN
+        if self.artist_limit is not None:  # a song heard of the candidate's artist (-1: none, never the same)
+            artists = np.array(self.reached[2::3])
+            same = (np.array(self.heard_artist) == artists[:, None]) & (artists >= 0)[:, None]
+            hit |= same & (sims >= self.artist_limit - MARGIN)
+        # only the songs heard before the candidate reached the rules count
+        hit &= np.arange(self.n_heard) < heard_then[:, None]
+        return bool(hit.any())
 
 
 @dataclass
@@ -574,7 +583,10 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
     state.add(rows, sims)
     codes, full, album_at, cand_rows, cand_sims = state.codes, state.full, state.album_at, state.rows, state.sims
     versions, mbids = (state.versions, state.mbids) if state.dedupe else ((), ())
-    gap, sound = state.gap, state.near_limit is not None or state.artist_limit is not None
+    # the sound rules song by song, or (state.later) each candidate that reaches them noted with the number of
+    # songs heard then, for sound_would_refuse after the walk
+    later, reached = state.later, state.reached
+    gap, sound = state.gap, not later and (state.near_limit is not None or state.artist_limit is not None)
     pos, end = start, len(cand_rows)
     capped = 0  # refused by max_per_artist (the most frequent refusal: counted here, added to `dropped` at the end)
     while len(picks) < k:
@@ -592,6 +604,8 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
                 pass
             elif gap and place - album_at.get(album, -gap) <= gap:
                 held.append(c)
+                if later:
+                    reached += (cand_rows[c], state.n_heard, artist)
                 continue
             else:
                 chosen = c
@@ -605,6 +619,8 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
         else:
             waiting, pos = held, chosen + 1
         state.place = place
+        if later:
+            reached += (cand_rows[chosen], state.n_heard, codes[chosen][0])
         state._remember(codes[chosen], cand_rows[chosen])
         picks.append((cand_rows[chosen], round(cand_sims[chosen], 6)))
     if capped:
