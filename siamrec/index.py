@@ -47,6 +47,7 @@ class Index:
     """Search interface; `n` rows of dimension `dim`."""
 
     method = "base"
+    vectors: np.ndarray | None = None  # the unit vectors searched, (n, dim), when the index keeps them as one array
 
     def __init__(self, n: int, dim: int):
         self.n, self.dim = n, dim
@@ -75,7 +76,7 @@ class ExactIndex(Index):
     method = "exact"
 
     def __init__(self, emb, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
-        self.gallery = normalise(emb)
+        self.gallery = self.vectors = normalise(emb)
         super().__init__(*self.gallery.shape)
         self.block_rows = max(1, max_block_bytes // (_CELL_BYTES * self.n))
 
@@ -99,6 +100,10 @@ class FaissIndex(Index):
         super().__init__(index.ntotal, index.d)
         self.method = "hnsw" if isinstance(index, import_faiss().IndexHNSW) else "ivf"
         self.index, self.ef_search, self.nprobe = index, int(ef_search), int(nprobe)
+        if self.method == "hnsw":  # HNSW keeps the vectors in a flat array: a view of it (valid while self.index is)
+            storage = import_faiss().downcast_index(index.storage)
+            if isinstance(storage, import_faiss().IndexFlat):
+                self.vectors = import_faiss().rev_swig_ptr(storage.get_xb(), self.n * self.dim).reshape(self.n, self.dim)
 
     def _search(self, queries, k, exclude):
         faiss = import_faiss()

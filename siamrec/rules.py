@@ -307,7 +307,7 @@ class _State:
         self.sims += np.asarray(sims, dtype=np.float64).tolist()
         self.codes += self.songs.codes[rows].tolist()
         if (self.near_limit is not None or self.artist_limit is not None) and not self.later:
-            units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+            units = self.radio.units(rows)
             self.units = units if self.units is None else np.concatenate([self.units, units])
 
     def add_seed(self, row: int | None, vector: np.ndarray | None = None) -> None:
@@ -347,7 +347,7 @@ class _State:
         done = len(self.heard_units)
         if done < self.n_heard:
             rows = np.array(self.heard_rows[done:])
-            new = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+            new = self.radio.units(rows)
             for j, vector in self.heard_vectors.items():
                 if j >= done:
                     new[j - done] = vector
@@ -386,7 +386,7 @@ class _State:
             return False
         n = len(self.reached) // 3
         rows = np.array(self.reached[0::3] + self.heard_rows)
-        units = self.radio.emb[rows] * self.radio.inv_norms[rows, None]
+        units = self.radio.units(rows)
         for j, vector in self.heard_vectors.items():  # seeds outside the library
             units[n + j] = vector
         sims = units[:n] @ units[n:].T
@@ -437,8 +437,14 @@ class Radio:
         self.songs, self.index = songs, index
         self.n = len(self.emb)
 
+    def units(self, rows) -> np.ndarray:
+        """The unit vectors of `rows`: the index's own (ExactIndex, faiss HNSW: what a search has just read, still in
+        the CPU's caches, where the embeddings are not), else the embeddings scaled (faiss IVF)."""
+        table = self.index.vectors
+        return table[rows] if table is not None else self.emb[rows] * self.inv_norms[rows, None]
+
     def unit(self, row: int) -> np.ndarray:
-        return self.emb[row] * self.inv_norms[row]
+        return self.units([row])[0]
 
     def _neighbours(self, query: np.ndarray, wanted: int, drop: np.ndarray, keep: np.ndarray | None, scan=None):
         """(rows, sims) of the `wanted` nearest rows to the unit `query`, best first, the rows of `drop` and
@@ -462,7 +468,8 @@ class Radio:
 
     def scan(self, query: np.ndarray) -> np.ndarray:
         """The unit `query`'s cosine similarity to every song."""
-        return (self.emb @ query) * self.inv_norms
+        table = self.index.vectors
+        return table @ query if table is not None else (self.emb @ query) * self.inv_norms
 
     def _first_search(self, k: int, drop: int, exact: bool) -> int:
         """Neighbours to ask for first: a few per wanted song; an exact scan costs the same for any number

@@ -66,6 +66,23 @@ def test_faiss_recall_on_clustered_data(method):
     assert not (own == np.arange(50)[:, None]).any()
 
 
+def test_an_index_shows_the_unit_vectors_it_searches_when_it_keeps_them(tmp_path):
+    """The radio rules read the unit vectors of the songs a search has just returned from the index's own copy
+    (still in the CPU's caches): ExactIndex's gallery and HNSW's flat storage, also once saved and loaded; faiss
+    IVF keeps no such array (None: the rules scale the embeddings)."""
+    from siamrec.index import ExactIndex, load_index
+
+    emb = clustered(600, d=16) * np.linspace(0.5, 3, 600, dtype=np.float32)[:, None]
+    units = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.testing.assert_allclose(ExactIndex(emb).vectors, units, atol=1e-6)
+    pytest.importorskip("faiss")
+    hnsw = build_index(emb, "hnsw")
+    np.testing.assert_allclose(hnsw.vectors, units, atol=1e-6)
+    loaded = load_index(hnsw.save(tmp_path / "index.faiss"))
+    np.testing.assert_allclose(loaded.vectors[[5, 599, 0]], units[[5, 599, 0]], atol=1e-6)
+    assert build_index(emb, "ivf", ivf_nlist=4).vectors is None
+
+
 def test_auto_method_follows_the_catalogue_size(cfg_factory):
     from omegaconf import OmegaConf
 

@@ -224,8 +224,8 @@ def test_an_approximate_index_is_searched_once_for_most_playlists():
               "title": f"t{i}"} for i, c in enumerate(centre.tolist())]
     exact = ExactIndex(emb)
 
-    class Approximate:  # the exact neighbours, asked for as from an HNSW index
-        method, ef_search, searches = "hnsw", 128, 0
+    class Approximate:  # the exact neighbours, asked for as from an HNSW index (keeping no vectors, as IVF)
+        method, ef_search, searches, vectors = "hnsw", 128, 0, None
 
         def search(self, queries, k):
             self.searches += 1
