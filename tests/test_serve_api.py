@@ -369,6 +369,31 @@ def test_a_port_in_use_is_one_clear_line(synthetic, tmp_path, capsys):
     assert err.count("\n") == 1 and f"serve.port={port}: cannot listen" in err
 
 
+def test_the_served_library_is_out_of_the_garbage_collectors_reach(synthetic, tmp_path):
+    """serve's app freezes what it has made (the library's songs live as long as the server): a full collection
+    then no longer walks through every song's objects, and the playlists still answer."""
+    import gc
+    import socket
+
+    from siamrec.commands.serve import start_app
+
+    run, _ = synthetic
+    cfg = make_cfg("serve", [f"run={run}", PLAIN], tmp_path)
+    gc.unfreeze()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        try:
+            app = start_app(run, cfg, sock)
+            cat = app.state.catalogue
+            collected = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
+            held = [cat, cat.meta, cat.keys, cat.radio_songs, cat.radio_songs.titles]
+            assert all(gc.is_tracked(o) and id(o) not in collected for o in held)
+            playlist = TestClient(app).get("/api/recommend", params={"seed": 0, "k": 3}).json()["playlist"]
+            assert len(playlist) == 3
+        finally:
+            gc.unfreeze()
+
+
 def test_a_faiss_index_to_build_does_not_hold_up_the_start(synthetic, tmp_path, monkeypatch):
     """While the index is built (in the background, in memory) exact search answers; then faiss does."""
     pytest.importorskip("faiss")

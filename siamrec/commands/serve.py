@@ -60,11 +60,18 @@ def serve(cfg, run_dir) -> None:
 
 
 def start_app(run, cfg, sock):
-    """The web app of the index folder `run`, its map started; prints where it is."""
+    """The web app of the index folder `run`, its map started; prints where it is. The objects made so far (the
+    library's songs: a few per song) are moved out of the garbage collector's reach (gc.freeze): they live as long
+    as the server, and a full collection went through all of them, a pause of ~110 ms per 100,000 songs (about a
+    second per million) that fell on whichever requests were waiting (scripts/bench_serve.py)."""
+    import gc
+
     from siamrec.serve.app import create_app, plotly_js
 
     started = time.perf_counter()
     app = create_app(run, cfg)
+    gc.collect()
+    gc.freeze()
     cat = app.state.catalogue
     host, port = sock.getsockname()[:2]
     app.state.map.start()
