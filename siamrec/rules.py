@@ -432,7 +432,7 @@ class Radio:
 
     def __init__(self, emb: np.ndarray, songs: Songs, index):
         self.emb = np.asarray(emb, dtype=np.float32)
-        norms = np.linalg.norm(self.emb, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", self.emb, self.emb))  # not np.linalg.norm: see index.normalise
         self.inv_norms = (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         self.songs, self.index = songs, index
         self.n = len(self.emb)
