@@ -4,7 +4,7 @@ Emotify excerpts (400 real one-minute recordings), on group-aware stratified spl
 
     python scripts/bench_windows.py [--windows first spread:2 spread:4 all] [--backbones choi2017]
                                     [--labels genres emotions] [--seeds 0 1 2] [--models identity siamese]
-                                    [--minutes M] [--members 1 3 5] [--extra KEY=VALUE ...]
+                                    [--minutes M] [--members 1 3 5] [--blend 0.5 0.8] [--extra KEY=VALUE ...]
 
 --minutes M measures on songs of a real song's length instead of the one-minute excerpts: each genre's excerpts,
 in order, are joined into M-minute songs (a medley of consecutive excerpts of one genre keeps its genre; the
@@ -14,6 +14,10 @@ clip.max_windows=32` against the default cap of the window setting `all`.
 --members trains the Siamese head once with model.ensemble=max(members) and reports its first n members together
 as `siamese xN` for each n. Trained heads also show the validation MAP they chose by (before the refit on
 train+valid): the evidence a setting is chosen on, the test MAP being what it gives.
+
+--blend W ... scores, for each seed, the Siamese head's song vectors joined with the identity's (both unit-norm,
+scaled by √W and √(1 − W)), whose cosine is W · the head's + (1 − W) · the pretrained vectors': `blend W` rows. Only
+test MAPs (the head's validation songs are in its refit), so a look at what blending could give, not a choice.
 
 Features are cached under --cache (default a folder in /tmp), so a second run with other heads is fast. A second
 table per backbone has one row per window setting with the number of windows it reads from a 1-minute and a
@@ -49,6 +53,8 @@ def main() -> int:
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--minutes", type=float, help="join each genre's excerpts into songs of this length (genres only)")
+    p.add_argument("--blend", nargs="+", type=float, default=[],
+                   help="also score the Siamese head's vectors joined with the identity's, weight W on the head's")
     p.add_argument("--members", nargs="+", type=int, default=None,
                    help="siamese: train model.ensemble=max(N) and score the first n members for each n")
     args = p.parse_args()
@@ -87,6 +93,13 @@ def main() -> int:
                                 valid = f", valid map={test['valid_map']:.4f}" if "valid_map" in test else ""
                                 print(f"## {backbone} {windows} {labels} seed={seed} {name}: map={test['map']:.4f}"
                                       f"{valid} ({time.time() - t0:.0f} s)", flush=True)
+                        if args.blend:
+                            runs = [Path(tmp) / f"{backbone}-{windows}-{labels}-{seed}-{m}".replace(":", "_")
+                                    for m in ("identity", "siamese")]
+                            for weight, test in blends(*runs, args.blend, cfg.eval).items():
+                                results.setdefault((backbone, windows, labels, f"blend {weight:g}"), []).append(test)
+                                print(f"## {backbone} {windows} {labels} seed={seed} blend {weight:g}: "
+                                      f"map={test['map']:.4f}", flush=True)
     print(f"\nEmotify test MAP ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, pool={args.pool}, "
           f"seeds {args.seeds}, {time.time() - start:.0f} s in all)")
     def ms(tests, key):
@@ -120,6 +133,23 @@ def main() -> int:
         print(table(["clip.windows", "windows per 1-min song", "windows per 4-min song", *names,
                      f"mean of the {len(names)}"], rows))
     return 0
+
+
+def blends(identity_run: Path, siamese_run: Path, weights, eval_cfg) -> dict:
+    """{W: test metrics} of the two runs' unit song vectors joined, scaled by √(1 − W) and √W."""
+    from siamrec.evaluation import score_embeddings
+    from siamrec.models.heads import l2_normalise
+    from siamrec.runs import read_embeddings
+
+    (plain, items), (head, head_items) = read_embeddings(identity_run), read_embeddings(siamese_run)
+    if [it["key"] for it in items] != [it["key"] for it in head_items]:
+        raise SystemExit(f"{identity_run} and {siamese_run} list different songs")
+    labels = [it["labels"].split("|") if it["labels"] else [] for it in items]
+    names = sorted({lab for song in labels for lab in song})
+    y = np.array([[n in song for n in names] for song in labels], dtype=bool)
+    split = np.array([it["split"] for it in items])
+    return {w: score_embeddings(np.concatenate([np.sqrt(1 - w) * l2_normalise(plain), np.sqrt(w) * l2_normalise(head)],
+                                               axis=1), y, split, eval_cfg)["test"] for w in weights}
 
 
 def medleys(root: Path, minutes: float, folder: Path) -> Path:

@@ -142,6 +142,42 @@ def test_bench_windows(tmp_path, songs):
     assert "| first | 1 | 1 | " in out  # the per-setting table: one window per 1-min and per 4-min song
 
 
+def test_bench_windows_blends_join_the_heads_vectors_with_the_pretrained_ones(tmp_path):
+    """--blend W scores the two runs' unit vectors joined, weight W on the head's: W=0 is the identity run's test
+    MAP, W=1 the head's, and a blend is scored as the cosine W·head + (1 − W)·identity ranks the songs."""
+    import numpy as np
+
+    import bench_windows
+    from conftest import make_cfg
+    from siamrec.evaluation import score_embeddings
+    from siamrec.runs import write_embeddings
+
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = [[f"g{i % 3}"] for i in range(n)]
+    splits = ["train"] * 30 + ["valid"] * 10 + ["test"] * 20
+    keys = [f"s{i}" for i in range(n)]
+    y = np.array([[lab == [f"g{j}"] for j in range(3)] for lab in labels])
+    runs, vectors = [], []
+    for name, dim in (("identity", 12), ("siamese", 5)):
+        v = rng.normal(size=(n, dim)) + 0.8 * rng.normal(size=(3, dim))[np.arange(n) % 3] * (dim / 5)
+        run = tmp_path / name
+        run.mkdir()
+        write_embeddings(run, v * rng.uniform(0.5, 4, (n, 1)), keys, [""] * n, labels, splits)
+        runs.append(run)
+        vectors.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+    eval_cfg = make_cfg("evaluate", ["+model=identity"], tmp_path).eval
+    got = bench_windows.blends(*runs, [0.0, 0.3, 1.0], eval_cfg)
+    for w, v in ((0.0, vectors[0]), (1.0, vectors[1])):
+        assert got[w]["map"] == pytest.approx(score_embeddings(v, y, np.array(splits), eval_cfg)["test"]["map"], abs=1e-6)
+    cosine = 0.7 * vectors[0] @ vectors[0].T + 0.3 * vectors[1] @ vectors[1].T  # what the joined vectors rank by
+    top = np.linalg.eigh(cosine)
+    joined = top.eigenvectors * np.sqrt(np.clip(top.eigenvalues, 0, None))
+    assert got[0.3]["map"] == pytest.approx(score_embeddings(joined, y, np.array(splits), eval_cfg)["test"]["map"],
+                                            abs=1e-4)
+    assert got[0.3]["map"] not in (got[0.0]["map"], got[1.0]["map"])
+
+
 def test_bench_windows_medleys_join_one_genre_into_songs_of_the_length_asked(tmp_path, songs):
     import soundfile as sf
 
