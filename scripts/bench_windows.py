@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import SHARED, head_scores, table
+from benchkit import SHARED, head_scores, labels_and_split, table
 
 
 def main() -> int:
@@ -58,6 +58,8 @@ def main() -> int:
     p.add_argument("--members", nargs="+", type=int, default=None,
                    help="siamese: train model.ensemble=max(N) and score the first n members for each n")
     args = p.parse_args()
+    if any(not 0 <= w <= 1 for w in args.blend):
+        p.error(f"--blend {' '.join(f'{w:g}' for w in args.blend)}: each weight must be in [0, 1]")
     if not (Path(args.root) / "genres.csv").is_file():
         print(f"no Emotify manifests at {args.root}: set SIAMREC_SHARED or pass --root")
         return 2
@@ -144,10 +146,7 @@ def blends(identity_run: Path, siamese_run: Path, weights, eval_cfg) -> dict:
     (plain, items), (head, head_items) = read_embeddings(identity_run), read_embeddings(siamese_run)
     if [it["key"] for it in items] != [it["key"] for it in head_items]:
         raise SystemExit(f"{identity_run} and {siamese_run} list different songs")
-    labels = [it["labels"].split("|") if it["labels"] else [] for it in items]
-    names = sorted({lab for song in labels for lab in song})
-    y = np.array([[n in song for n in names] for song in labels], dtype=bool)
-    split = np.array([it["split"] for it in items])
+    y, split = labels_and_split(items)
     return {w: score_embeddings(np.concatenate([np.sqrt(1 - w) * l2_normalise(plain), np.sqrt(w) * l2_normalise(head)],
                                                axis=1), y, split, eval_cfg)["test"] for w in weights}
 

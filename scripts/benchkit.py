@@ -93,6 +93,14 @@ def write_run(folder: Path, emb: np.ndarray, keys: list[str], labels: list[str],
     return Path(folder)
 
 
+def labels_and_split(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """A run's items.csv rows as score_embeddings reads them: the label matrix (songs × labels) and the splits."""
+    labels = [it["labels"].split("|") if it["labels"] else [] for it in items]
+    names = sorted({lab for song in labels for lab in song})
+    y = np.array([[n in song for n in names] for song in labels], dtype=bool)
+    return y, np.array([it["split"] for it in items])
+
+
 def head_scores(run_dir: Path, cfg, members=None) -> dict:
     """A finished train run's scores per head: {name: test metrics plus `valid_map`, the validation MAP the head
     chose by (before any refit on train+valid; absent when it records none)}. With `members` (e.g. [1, 3, 5]) and
@@ -112,10 +120,7 @@ def head_scores(run_dir: Path, cfg, members=None) -> dict:
     if not members:
         return {name: {**test, **({"valid_map": history["valid_map"]} if "valid_map" in history else {})}}
     emb, items = read_embeddings(run_dir)
-    labels = [it["labels"].split("|") if it["labels"] else [] for it in items]
-    names = sorted({lab for song in labels for lab in song})
-    y = np.array([[n in song for n in names] for song in labels], dtype=bool)
-    split = np.array([it["split"] for it in items])
+    y, split = labels_and_split(items)
     dim, by_members = int(cfg.model.dim), history.get("valid_map_by_members", {"1": history.get("valid_map")})
     out = {}
     for n in members:

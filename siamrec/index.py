@@ -100,12 +100,13 @@ class FaissIndex(Index):
 
     def __init__(self, index, ef_search: int = 128, nprobe: int = 32):
         super().__init__(index.ntotal, index.d)
-        self.method = "hnsw" if isinstance(index, import_faiss().IndexHNSW) else "ivf"
+        faiss = import_faiss()
+        self.method = "hnsw" if isinstance(index, faiss.IndexHNSW) else "ivf"
         self.index, self.ef_search, self.nprobe = index, int(ef_search), int(nprobe)
         if self.method == "hnsw":  # HNSW keeps the vectors in a flat array: a view of it (valid while self.index is)
-            storage = import_faiss().downcast_index(index.storage)
-            if isinstance(storage, import_faiss().IndexFlat):
-                self.vectors = import_faiss().rev_swig_ptr(storage.get_xb(), self.n * self.dim).reshape(self.n, self.dim)
+            storage = faiss.downcast_index(index.storage)
+            if isinstance(storage, faiss.IndexFlat):
+                self.vectors = faiss.rev_swig_ptr(storage.get_xb(), self.n * self.dim).reshape(self.n, self.dim)
 
     def _search(self, queries, k, exclude):
         faiss = import_faiss()

@@ -142,6 +142,13 @@ def test_bench_windows(tmp_path, songs):
     assert "| first | 1 | 1 | " in out  # the per-setting table: one window per 1-min and per 4-min song
 
 
+def test_bench_windows_refuses_a_blend_weight_outside_0_1_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_windows.py"), "--blend", "0.5", "1.5"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].endswith("--blend 0.5 1.5: each weight must be in [0, 1]")
+
+
 def test_bench_windows_blends_join_the_heads_vectors_with_the_pretrained_ones(tmp_path):
     """--blend W scores the two runs' unit vectors joined, weight W on the head's: W=0 is the identity run's test
     MAP, W=1 the head's, and a blend is scored as the cosine W·head + (1 − W)·identity ranks the songs."""
