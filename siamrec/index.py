@@ -56,14 +56,19 @@ class Index:
 
     def search(self, queries, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64, similarities float32), both (n_queries, k), most similar first; `exclude[i]` is a row
-        left out of query i's results (or -1)."""
+        left out of query i's results (or -1; None: nothing left out)."""
         queries = normalise(queries)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have dim {queries.shape[1]} but the index {self.dim}")
-        exclude = np.full(len(queries), -1, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
-        if exclude.shape != (len(queries),) or ((exclude < -1) | (exclude >= self.n)).any():
-            raise ValueError(f"exclude must hold one row in [-1, {self.n}) per query")
-        available = self.n - int((exclude >= 0).any())
+        available = self.n
+        if exclude is not None:
+            exclude = np.asarray(exclude, np.int64)
+            if exclude.shape != (len(queries),) or ((exclude < -1) | (exclude >= self.n)).any():
+                raise ValueError(f"exclude must hold one row in [-1, {self.n}) per query")
+            if (exclude >= 0).any():
+                available -= 1
+            else:
+                exclude = None  # nothing to leave out: the searches skip that work (a ruled playlist's search)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
             raise ValueError(f"k must be an integer in [1, {available}] for this index, got {k!r}")
         return self._search(queries, int(k), exclude)
@@ -88,8 +93,9 @@ class ExactIndex(Index):
         for start in range(0, len(queries), self.block_rows):
             rows = slice(start, start + self.block_rows)
             block = queries[rows] @ self.gallery.T
-            own = np.flatnonzero(exclude[rows] >= 0)
-            block[own, exclude[rows][own]] = -np.inf
+            if exclude is not None:
+                own = np.flatnonzero(exclude[rows] >= 0)
+                block[own, exclude[rows][own]] = -np.inf
             indices[rows] = top_k(block, k)
             sims[rows] = np.take_along_axis(block, indices[rows], axis=1)
         return indices, sims
@@ -110,19 +116,19 @@ class FaissIndex(Index):
 
     def _search(self, queries, k, exclude):
         faiss = import_faiss()
-        wanted = k + int((exclude >= 0).any())
+        wanted = k if exclude is None else k + 1
         if self.method == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, wanted))
         else:
             params = faiss.SearchParametersIVF(nprobe=self.nprobe)
         sims, indices = self.index.search(queries, wanted, params=params)
-        dropped = indices == exclude[:, None]
-        keep = np.argsort(dropped, axis=1, kind="stable")[:, :k]  # the excluded row (if found) moves last
-        indices = np.take_along_axis(indices, keep, axis=1).astype(np.int64)
+        if exclude is not None:
+            keep = np.argsort(indices == exclude[:, None], axis=1, kind="stable")[:, :k]  # the excluded row moves last
+            indices, sims = np.take_along_axis(indices, keep, axis=1), np.take_along_axis(sims, keep, axis=1)
         if (indices < 0).any():
             raise SiamrecError(f"the faiss {self.method} index found fewer than k={k} neighbours; raise "
                                "index.ef_search / index.ivf_nprobe or use index=exact")
-        return indices, np.take_along_axis(sims, keep, axis=1)
+        return indices.astype(np.int64, copy=False), sims
 
     def save(self, path) -> Path:
         return atomic_write_bytes(path, import_faiss().serialize_index(self.index).tobytes())

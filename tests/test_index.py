@@ -48,6 +48,12 @@ def test_exact_index_matches_brute_force_and_leaves_excluded_rows_out(max_block_
     assert not (idx[:20] == np.arange(20)[:, None]).any()
     with pytest.raises(ValueError, match="k must be"):
         index.search(queries, 500, exclude=exclude)
+    # nothing left out (None, or -1 for every query): each gallery query finds itself first
+    ref_idx, _ = brute_force(queries, gallery, 7, np.full(30, -1))
+    for nothing in (None, np.full(30, -1)):
+        np.testing.assert_array_equal(index.search(queries, 7, exclude=nothing)[0], ref_idx)
+    assert (ref_idx[:20, 0] == np.arange(20)).all()
+    index.search(queries, 500)  # the whole gallery, when nothing is left out
 
 
 @pytest.mark.parametrize("method", ["hnsw", "ivf"])
@@ -64,6 +70,11 @@ def test_faiss_recall_on_clustered_data(method):
     # a query from the gallery never gets itself back when excluded
     own, _ = index.search(gallery[:50], 10, exclude=np.arange(50))
     assert not (own == np.arange(50)[:, None]).any()
+    # and finds itself first when nothing is left out (None, or -1 for each), as int64 rows
+    for nothing in (None, np.full(50, -1)):
+        found, sims = index.search(gallery[:50], 10, exclude=nothing)
+        assert found.dtype == np.int64 and found.shape == sims.shape == (50, 10)
+        assert (found[:, 0] == np.arange(50)).mean() >= 0.95
 
 
 def test_an_index_shows_the_unit_vectors_it_searches_when_it_keeps_them(tmp_path):
