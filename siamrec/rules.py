@@ -32,6 +32,7 @@ playlist is the same either way.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -304,7 +305,7 @@ class _State:
     def add(self, rows: np.ndarray, sims: np.ndarray) -> None:
         """More candidates, numbered on from the last ones."""
         self.rows += rows.tolist()
-        self.sims += np.asarray(sims, dtype=np.float64).tolist()
+        self.sims += sims.tolist()
         self.codes += self.songs.codes[rows].tolist()
         if (self.near_limit is not None or self.artist_limit is not None) and not self.later:
             units = self.radio.units(rows)
@@ -384,6 +385,16 @@ class _State:
         candidates and of the songs heard, one small product (one thread)."""
         if not self.reached or not self.n_heard:
             return False
+        lowest = min(2.0 if self.near_limit is None else self.near_limit,
+                     2.0 if self.artist_limit is None else self.artist_limit) - MARGIN
+        if not self.heard_vectors:
+            # first a bound, enough in nearly every walk: no two of the songs involved (the candidates that reached
+            # the sound rules, the songs heard) are within reach of either limit, so no rule could have refused one
+            units = self.radio.units(np.array(list(dict.fromkeys(self.reached[0::3] + self.heard_rows))))
+            gram = units @ units.T
+            np.fill_diagonal(gram, -2.0)
+            if gram.max() < lowest:
+                return False
         n = len(self.reached) // 3
         rows = np.array(self.reached[0::3] + self.heard_rows)
         units = self.radio.units(rows)
@@ -391,13 +402,6 @@ class _State:
             units[n + j] = vector
         sims = units[:n] @ units[n:].T
         heard_then = np.array(self.reached[1::3])
-        # first a bound: each candidate's highest similarity to the songs heard before it (a running maximum;
-        # a candidate reached before any song was heard takes its whole row, a looser bound) under both limits,
-        # as in nearly every walk, and no rule could have refused it
-        lowest = min(2.0 if self.near_limit is None else self.near_limit,
-                     2.0 if self.artist_limit is None else self.artist_limit) - MARGIN
-        if np.maximum.accumulate(sims, axis=1)[np.arange(n), heard_then - 1].max() < lowest:
-            return False
         hit = np.zeros(sims.shape, dtype=bool) if self.near_limit is None else sims >= self.near_limit - MARGIN
         if self.artist_limit is not None:  # a song heard of the candidate's artist (-1: none, never the same)
             artists = np.array(self.reached[2::3])
@@ -482,7 +486,7 @@ class Radio:
         with their versions, never chosen; `seed_vectors` are songs outside the library to dedupe against;
         `allowed` (a boolean row mask) limits the songs that may be chosen (e.g. those a player knows)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        query = query / max(math.sqrt(float(query @ query)), 1e-12)  # np.linalg.norm's own cost is 2 µs
         drop = np.array(sorted({int(s) for s in seeds}), dtype=np.int64)
         keep = self.songs.allowed_mask(rules)
         if allowed is not None:
@@ -509,7 +513,8 @@ class Radio:
         while True:
             rows, sims = self._neighbours(query, wanted, drop, keep, scan)
             if state.rows:  # widening: only the songs not looked at yet join the ones still waiting
-                new = ~np.isin(rows, state.rows)
+                seen = set(state.rows)
+                new = np.fromiter((r not in seen for r in rows.tolist()), dtype=bool, count=len(rows))
                 rows, sims = rows[new], sims[new]
             waiting = _fill(state, waiting, len(state.rows), rows, sims, picks, k, dropped)
             if len(picks) >= k or wanted >= self.n:
@@ -517,7 +522,10 @@ class Radio:
                     return None
                 if waiting and len(picks) < k:
                     dropped["album_gap"] += len(waiting)
-                return Playlist(picks, k, dropped, len(state.rows), self.n)
+                # each similarity rounded to 6 decimals in one step (Python's round costs ~0.5 µs a call; for
+                # float32 similarities numpy's rounding gives the same numbers)
+                sims = np.round(np.array([s for _, s in picks]), 6).tolist()
+                return Playlist([(r, s) for (r, _), s in zip(picks, sims)], k, dropped, len(state.rows), self.n)
             wanted = _wider(wanted, k - len(picks), len(picks) / max(len(state.rows), 1), self.n)
 
     def path(self, a: int, b: int, k: int, rules: Rules | None) -> tuple[list[dict], str | None]:
@@ -571,8 +579,9 @@ def _outside(rows: np.ndarray, drop: np.ndarray) -> np.ndarray | None:
     if len(drop) == 0:
         return None
     if len(drop) <= 8:  # a seed or a few: cheaper than np.isin's sort
-        ok = rows != drop[0]
-        for r in drop[1:]:
+        first, *rest = drop.tolist()
+        ok = rows != first
+        for r in rest:
             ok &= rows != r
         return ok
     return ~np.isin(rows, drop)
@@ -629,7 +638,7 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
         if later:
             reached += (cand_rows[chosen], state.n_heard, codes[chosen][0])
         state._remember(codes[chosen], cand_rows[chosen])
-        picks.append((cand_rows[chosen], round(cand_sims[chosen], 6)))
+        picks.append((cand_rows[chosen], cand_sims[chosen]))
     if capped:
         dropped["max_per_artist"] += capped
     return waiting
