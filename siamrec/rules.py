@@ -392,7 +392,7 @@ class _State:
             # the sound rules, the songs heard) are within reach of either limit, so no rule could have refused one
             units = self.radio.units(np.array(list(dict.fromkeys(self.reached[0::3] + self.heard_rows))))
             gram = units @ units.T
-            np.fill_diagonal(gram, -2.0)
+            gram.flat[::len(gram) + 1] = -2.0  # the diagonal (np.fill_diagonal's checks cost more than this)
             if gram.max() < lowest:
                 return False
         n = len(self.reached) // 3
@@ -607,7 +607,7 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
     capped = 0  # refused by max_per_artist (the most frequent refusal: counted here, added to `dropped` at the end)
     while len(picks) < k:
         held, chosen, place = [], None, state.place + 1
-        for i, c in enumerate(chain(waiting, range(pos, end))):
+        for c in chain(waiting, range(pos, end)) if waiting else range(pos, end):
             artist, album, version, mbid = codes[c]
             if version in versions:
                 why = "same song"
@@ -630,8 +630,8 @@ def _fill(state: _State, waiting: list[int], start: int, rows, sims, picks: list
         if chosen is None:
             waiting = held
             break
-        if i < len(waiting):
-            waiting = held + waiting[i + 1:]
+        if chosen < pos:  # a song that was waiting (all of them come before pos): the ones after it wait on
+            waiting = held + waiting[waiting.index(chosen) + 1:]
         else:
             waiting, pos = held, chosen + 1
         state.place = place
