@@ -97,7 +97,7 @@ def test_bench_page(tmp_path):
 def test_bench_serve(tmp_path):
     out = run_script("bench_serve.py", "--n", 300, "--requests", 64, "--only", "exact", "--radio", "--keep",
                      tmp_path / "k", cwd=tmp_path)
-    assert "| exact |" in out and "p95_32_ms=" in out and "the radio rules add" in out
+    assert "| exact |" in out and "p95_32_ms=" in out and "the radio rules add" in out and "rounds' ratios" in out
 
 
 @needs("faiss")
