@@ -23,8 +23,9 @@ rules leave fewer than k, searches again for twice what the share of songs passe
 places (at most ×4, up to an exact scan of the whole library); when even the whole library cannot fill k places
 the playlist is shorter and `note` says why, never padded. The rules read integer codes of each song (artist,
 album, artist + title version, recording id) made once when the library is read, so a request compares numbers
-gathered in one step per block of candidates. The sound rules are checked once the walk is done, in one small
-matrix product (each candidate that reached them against the songs heard before it); in the rare walk where a
+gathered in one step per block of candidates. The sound rules are checked once the walk is done: one small Gram
+matrix of the songs involved shows, in nearly every walk, that no two of them come near a limit; otherwise each
+candidate that reached the rules is checked against the songs heard before it, and in the rare walk where a
 similarity comes within MARGIN of a limit, the walk is made again with them applied song by song, so the
 playlist is the same either way.
 """
@@ -381,8 +382,9 @@ class _State:
     def sound_would_refuse(self) -> bool:
         """Whether a sound rule, put off by `sound_after`, may have refused a candidate that reached it: its
         similarity to a song heard before then within MARGIN of the rule's limit (a matrix product rounds
-        differently from the walk's products, never by that much). One gather of the unit vectors of the
-        candidates and of the songs heard, one small product (one thread)."""
+        differently from the walk's products, never by that much). First a bound (one Gram matrix of the distinct
+        songs involved), then, only when some pair comes within reach of a limit, the exact check: each candidate
+        against the songs heard before it reached the rules."""
         if not self.reached or not self.n_heard:
             return False
         lowest = min(2.0 if self.near_limit is None else self.near_limit,
