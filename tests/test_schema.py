@@ -49,6 +49,8 @@ def test_every_shipped_option_validates(overrides):
     ("data.min_label_count=0", ["data.min_label_count=0"]),
     ("+data.extensions=[wav]", ["unknown setting data.extensions"]),  # not a key of data=demo
     ("model.dim=102", ["model.dim=102 and model.branches=4", "multiple"]),
+    ("model.lda_share=[0,1.5]", ["model.lda_share=[0, 1.5]", "shares in [0, 1)"]),
+    ("model.lda_shrinkage=[2]", ["model.lda_shrinkage=[2]"]),
 ])
 def test_bad_values_and_unknown_keys_are_named(setting, words):
     cfg = strip_hydra(compose("train", ["+model=siamese", setting]))

@@ -10,14 +10,14 @@ import pytest
 
 from siamrec.errors import SiamrecError
 from siamrec.metrics import retrieval_metrics
-from siamrec.models.heads import load_head
+from siamrec.models.heads import l2_normalise, load_head
 from conftest import head_from_yaml
 
 from siamrec.models.siamese import whitening_matrix
 
 # Small and quick: a few seconds per fit on one CPU core.
 FAST = {"hidden": [64], "dim": 32, "branches": 2, "epochs": 12, "lr": 0.005, "classes_per_batch": 4, "m_per_class": 4,
-        "ensemble": 1}
+        "ensemble": 1, "lda_share": [0.0]}
 
 
 def hidden_clusters(n_per_class=40, n_classes=5, seed=0):
@@ -197,3 +197,52 @@ def test_an_ensemble_saves_and_loads_as_one_model(ensemble, tmp_path):
     loaded = load_head(tmp_path)
     np.testing.assert_allclose(loaded.transform(xte), head.transform(xte), rtol=0, atol=1e-6)
     assert [loaded.model.get_layer(f"member{k}").name for k in (1, 2, 3)] == ["member1", "member2", "member3"]
+
+
+@pytest.fixture(scope="module")
+def with_lda():
+    """A head whose LDA share is chosen on validation among 0, 0.25 and 0.5 (the hidden clusters are linear: the
+    projection finds them), its history and the data."""
+    (xtr, ytr), (xva, yva), (xte, yte) = split(*hidden_clusters())
+    head = head_from_yaml("siamese", **{**FAST, "seed": 0, "lda_share": [0, 0.25, 0.5]})
+    return head, head.fit_rows(xtr, ytr, xva, yva), (xtr, ytr, xva, yva, xte, yte)
+
+
+def test_an_lda_projection_joins_with_the_share_chosen_on_validation(with_lda, trained):
+    """The share is the validation-best of the listed ones; the cosine is (1 − share) · the MLP's + share · that of
+    an LDA (shrinkage chosen on validation, refitted on train + valid) of the standardised features."""
+    from siamrec.models.heads import LDAHead
+
+    head, history, (xtr, ytr, xva, yva, xte, yte) = with_lda
+    scores = history["valid_map_by_lda_share"]
+    assert set(scores) == {"0", "0.25", "0.5"} and history["lda_share"] == float(max(scores, key=scores.get)) > 0
+    single, _, _ = trained  # the same MLP (seed, data, settings) without the projection
+    lda = LDAHead(use_valid=True, shrinkage=head.cfg["lda_shrinkage"], train_on="songs")
+    lda.fit_rows(head.scale(xtr), ytr, head.scale(xva), yva)
+    mlp, proj = single.transform(xte), l2_normalise(lda.transform(head.scale(xte)))
+    share, emb = history["lda_share"], head.transform(xte)
+    assert emb.shape == (len(xte), FAST["dim"] + proj.shape[1])
+    np.testing.assert_allclose(emb @ emb.T, (1 - share) * mlp @ mlp.T + share * proj @ proj.T, atol=1e-5)
+    assert mean_ap(emb, yte) > mean_ap(mlp, yte)
+
+
+def test_a_head_with_lda_saves_and_loads_as_one_model(with_lda, tmp_path):
+    head, _, (*_, xte, _) = with_lda
+    head.save(tmp_path)
+    loaded = load_head(tmp_path)
+    np.testing.assert_allclose(loaded.transform(xte), head.transform(xte), rtol=0, atol=1e-6)
+    assert loaded.model.get_layer("lda").get_weights()[0].shape[1] == 4  # 5 labels: 4 discriminant directions
+
+
+def test_no_lda_for_tags_and_the_first_share_without_validation():
+    x, y = hidden_clusters(n_per_class=20)
+    tags = y.copy()
+    tags[::3, 0] = True  # some songs carry two tags: LDA cannot take them
+    tagged = head_from_yaml("siamese", **{**FAST, "epochs": 2, "lda_share": [0, 0.5]})
+    history = tagged.fit_rows(x[:60], tags[:60], x[60:80], tags[60:80])
+    assert "lda_share" not in history and tagged.transform(x[80:]).shape[1] == FAST["dim"]
+    fixed = head_from_yaml("siamese", **{**FAST, "epochs": 2, "lda_share": [0.25, 0.5]})
+    history = fixed.fit_rows(x[:80], y[:80], None, None)
+    assert history["lda_share"] == 0.25 and "valid_map_by_lda_share" not in history
+    assert fixed.transform(x[80:]).shape[1] == FAST["dim"] + 4
+
