@@ -167,6 +167,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
+    p.add_argument("--expand", type=int, default=None,
+                   help="query expansion of the scoring (default: the config's query_expansion)")
     args = p.parse_args()
     emotify, raga = shared / "audio" / "emotify", shared / "audio" / "ragaveda"
     if not (emotify / "genres.csv").is_file() or not raga.is_dir():
@@ -182,16 +184,19 @@ def main() -> int:
         for seed in args.seeds:
             data, windows, layout, cfg = window_features(
                 ["data=csv", f"data.manifest={emotify / (labels + '.csv')}", f"seed={seed}"], shared, args.cache)
+            expand = int(cfg.query_expansion) if args.expand is None else args.expand
             for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
-                m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names)["test"]["map"]
+                m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names,
+                                     expand=expand)["test"]["map"]
                 scores.setdefault(name, {}).setdefault(labels, []).append(m)
     data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}"], shared, args.cache)
     cross = OmegaConf.merge(cfg.eval, {"protocol": "cross"})
     for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
-        scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names)["test"]["map"]]
+        scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names,
+                                                     expand=expand)["test"]["map"]]
 
     print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: test MAP ({date.today()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Emotify seeds {args.seeds}, {time.time() - start:.0f} s in all)")
+          f"{os.cpu_count()} cores, Emotify seeds {args.seeds}, query expansion {expand}, {time.time() - start:.0f} s in all)")
     print("| song vector | Emotify genres | Emotify emotions | RagaVeda (leave-one-out) | mean of the three |\n"
           "|---|---|---|---|---|")
     for name, cols in scores.items():

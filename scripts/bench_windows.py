@@ -98,7 +98,7 @@ def main() -> int:
                         if args.blend:
                             runs = [Path(tmp) / f"{backbone}-{windows}-{labels}-{seed}-{m}".replace(":", "_")
                                     for m in ("identity", "siamese")]
-                            for weight, test in blends(*runs, args.blend, cfg.eval).items():
+                            for weight, test in blends(*runs, args.blend, cfg.eval, int(cfg.query_expansion)).items():
                                 results.setdefault((backbone, windows, labels, f"blend {weight:g}"), []).append(test)
                                 print(f"## {backbone} {windows} {labels} seed={seed} blend {weight:g}: "
                                       f"map={test['map']:.4f}", flush=True)
@@ -137,7 +137,7 @@ def main() -> int:
     return 0
 
 
-def blends(identity_run: Path, siamese_run: Path, weights, eval_cfg) -> dict:
+def blends(identity_run: Path, siamese_run: Path, weights, eval_cfg, expand: int) -> dict:
     """{W: test metrics} of the two runs' unit song vectors joined, scaled by √(1 − W) and √W."""
     from siamrec.evaluation import score_embeddings
     from siamrec.models.heads import l2_normalise
@@ -148,7 +148,7 @@ def blends(identity_run: Path, siamese_run: Path, weights, eval_cfg) -> dict:
         raise SystemExit(f"{identity_run} and {siamese_run} list different songs")
     y, split = labels_and_split(items)
     return {w: score_embeddings(np.concatenate([np.sqrt(1 - w) * l2_normalise(plain), np.sqrt(w) * l2_normalise(head)],
-                                               axis=1), y, split, eval_cfg)["test"] for w in weights}
+                                               axis=1), y, split, eval_cfg, expand=expand)["test"] for w in weights}
 
 
 def medleys(root: Path, minutes: float, folder: Path) -> Path:

@@ -104,8 +104,9 @@ def labels_and_split(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 def head_scores(run_dir: Path, cfg, members=None) -> dict:
     """A finished train run's scores per head: {name: test metrics plus `valid_map`, the validation MAP the head
     chose by (before any refit on train+valid; absent when it records none)}. With `members` (e.g. [1, 3, 5]) and
-    a Siamese run of model.ensemble >= max(members), one entry per n, `siamese x{n}`: the first n members together,
-    scored from the run's own embeddings (each member's unit-norm embedding is a block of model.dim columns)."""
+    a Siamese run of model.ensemble >= max(members), one entry per n, `siamese x{n}`: the first n members together
+    (without an LDA projection the run may have joined), scored from the run's own embeddings (each member's
+    unit-norm embedding is a block of model.dim columns)."""
     import json
 
     from siamrec.evaluation import score_embeddings
@@ -117,6 +118,8 @@ def head_scores(run_dir: Path, cfg, members=None) -> dict:
     history = json.loads(history_file.read_text()) if history_file.is_file() else {}
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     name = cfg.model.name if cfg.get("model") else "identity"
+    if "valid_map_by_lda_share" in history:  # the MAP the chosen share of an LDA projection had
+        history["valid_map"] = history["valid_map_by_lda_share"][f"{history['lda_share']:g}"]
     if not members:
         return {name: {**test, **({"valid_map": history["valid_map"]} if "valid_map" in history else {})}}
     emb, items = read_embeddings(run_dir)
@@ -124,7 +127,8 @@ def head_scores(run_dir: Path, cfg, members=None) -> dict:
     dim, by_members = int(cfg.model.dim), history.get("valid_map_by_members", {"1": history.get("valid_map")})
     out = {}
     for n in members:
-        scores = score_embeddings(l2_normalise(emb[:, :n * dim]), y, split, cfg.eval)["test"]
+        scores = score_embeddings(l2_normalise(emb[:, :n * dim]), y, split, cfg.eval,
+                                  expand=int(cfg.query_expansion))["test"]
         out[f"{name} x{n}"] = {**scores, **({"valid_map": by_members[str(n)]} if by_members.get(str(n)) else {})}
     return out
 

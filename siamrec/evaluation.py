@@ -10,16 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from siamrec.errors import SiamrecError
+from siamrec.index import ExactIndex
 from siamrec.metrics import retrieval_metrics
 
 PROTOCOLS = ("test", "test_vs_all", "cross")
 
 
-def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg) -> dict:
+def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg, expand: int = 0) -> dict:
     position = np.full(len(emb), -1)
     position[gallery] = np.arange(len(gallery))
+    seeds = emb[queries]
+    if expand:  # the ranking a playlist uses: each seed expanded with its nearest songs of the gallery
+        seeds = ExactIndex(emb[gallery]).with_expansion(expand).expanded(seeds, exclude=position[queries])
     return retrieval_metrics(
-        emb[queries], y[queries], emb[gallery], y[gallery], self_index=position[queries],
+        seeds, y[queries], emb[gallery], y[gallery], self_index=position[queries],
         ks=tuple(int(k) for k in eval_cfg["ks"]), relevance=eval_cfg["relevance"],
         jaccard_threshold=float(eval_cfg["jaccard_threshold"]),
     )
@@ -73,8 +77,11 @@ def _check_labels(y: np.ndarray, relevance: str, label_names=None) -> None:
                            "eval.relevance=jaccard")
 
 
-def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg, label_names=None) -> dict:
+def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg, label_names=None,
+                     expand: int = 0) -> dict:
     """metrics.json content: {'train'|'valid'|'test': {metric: value}, 'n_queries', 'skipped', 'protocol'}.
+    Songs are ranked as playlists rank them: for each query, by the query expanded with its `expand` nearest
+    songs of the gallery (the config's `query_expansion`; siamrec.index.Index.expanded).
 
     Labels that make the score meaningless (one label, or one every song carries) and a test split without a
     single scorable query are errors, not a MAP of 1.0 or NaN. 'p@10_ceiling' is the best P@10 any embedding
@@ -87,14 +94,14 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     everything = np.flatnonzero(np.asarray(y, dtype=bool).any(axis=1))  # songs without a label are not scored
     out: dict = {"protocol": protocol}
     if protocol == "cross":
-        out["test"] = _retrieval(emb, y, everything, everything, eval_cfg)
+        out["test"] = _retrieval(emb, y, everything, everything, eval_cfg, expand)
     else:
         for name in ("train", "valid", "test"):
             members = np.intersect1d(np.flatnonzero(split == name), everything)
             if len(members) < 2:
                 continue
             gallery = everything if (protocol == "test_vs_all" and name == "test") else members
-            out[name] = _retrieval(emb, y, members, gallery, eval_cfg)
+            out[name] = _retrieval(emb, y, members, gallery, eval_cfg, expand)
     if "test" not in out:
         raise SiamrecError("the test split has fewer than 2 items: give more data or a larger split.test")
     if out["test"]["n_queries"] == 0:

@@ -50,9 +50,37 @@ class Index:
 
     method = "base"
     vectors: np.ndarray | None = None  # the unit vectors searched, (n, dim), when the index keeps them as one array
+    expand = 0  # query expansion (with_expansion): a seed is searched as itself plus its `expand` nearest rows
 
     def __init__(self, n: int, dim: int):
         self.n, self.dim = n, dim
+
+    def with_expansion(self, expand: int) -> "Index":
+        """This index, its `expanded` queries taking `expand` neighbours (0: none); returns self."""
+        if isinstance(expand, bool) or not isinstance(expand, (int, np.integer)) or expand < 0:
+            raise ValueError(f"expand must be an integer >= 0, got {expand!r}")
+        self.expand = int(expand)
+        return self
+
+    def rows(self, idx) -> np.ndarray:
+        """The unit vectors of rows `idx` (any shape), shape idx.shape + (dim,)."""
+        return self.vectors[np.asarray(idx, dtype=np.int64)]
+
+    def expanded(self, queries, exclude=None) -> np.ndarray:
+        """Average query expansion: each unit query plus the unit vectors of its `expand` nearest rows, re-normalised;
+        the row `exclude[i]` (the seed, as in `search`) and rows equal to the query (the seed itself, a copy of it)
+        are not taken. A playlist ranked by the expanded query is ranked by the seed's neighbourhood, not by the seed
+        alone: it measured better on every real data set with labels (README, "Query expansion"). With `expand` 0,
+        or nothing else in the index, the queries normalised."""
+        queries = normalise(queries)
+        wanted = min(self.expand + 1, self.n - (0 if exclude is None or (np.asarray(exclude) < 0).all() else 1))
+        if self.expand == 0 or wanted < 1:
+            return queries
+        idx, sims = self.search(queries, wanted, exclude)
+        take = sims < 1.0 - 1e-6  # not the query itself
+        take &= np.cumsum(take, axis=1) <= self.expand
+        summed = np.einsum("qk,qkd->qd", take.astype(np.float32), self.rows(idx))
+        return normalise(queries + summed)
 
     def search(self, queries, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64, similarities float32), both (n_queries, k), most similar first; `exclude[i]` is a row
@@ -129,6 +157,15 @@ class FaissIndex(Index):
             raise SiamrecError(f"the faiss {self.method} index found fewer than k={k} neighbours; raise "
                                "index.ef_search / index.ivf_nprobe or use index=exact")
         return indices.astype(np.int64, copy=False), sims
+
+    def rows(self, idx) -> np.ndarray:
+        if self.vectors is not None:
+            return super().rows(idx)
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.method == "ivf" and not getattr(self, "_direct_map", False):  # reconstructing needs it: made once
+            import_faiss().extract_index_ivf(self.index).make_direct_map()
+            self._direct_map = True
+        return self.index.reconstruct_batch(idx.reshape(-1)).reshape(*idx.shape, self.dim)
 
     def save(self, path) -> Path:
         return atomic_write_bytes(path, import_faiss().serialize_index(self.index).tobytes())
@@ -251,6 +288,7 @@ def choose_method(n: int, index_cfg) -> str:
     return index_kind(index_cfg).method_for(n)
 
 
-def open_index(run_dir, emb, index_cfg, save: bool = True) -> Index:
-    """The configured index over a run's embeddings `emb` (see FaissSearch.open for what is kept in run_dir)."""
-    return index_kind(index_cfg).open(run_dir, emb, save)
+def open_index(run_dir, emb, index_cfg, save: bool = True, expand: int = 0) -> Index:
+    """The configured index over a run's embeddings `emb` (see FaissSearch.open for what is kept in run_dir), its
+    queries expanded with `expand` neighbours (the config's `query_expansion`)."""
+    return index_kind(index_cfg).open(run_dir, emb, save).with_expansion(expand)

@@ -242,12 +242,14 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
                extra_test: dict | None = None, plots: bool = True) -> dict:
     """Write a run's embeddings, items, metrics, sample playlists and pictures; print the test scores."""
     from siamrec.evaluation import score_embeddings
+    from siamrec.index import ExactIndex
     from siamrec.playlists import playlists, sample_seeds, write_playlists
     from siamrec.runs import write_metrics
 
     run_dir = Path(run_dir)
     save_embeddings(run_dir, data, emb)
-    metrics = score_embeddings(emb, data.y, data.split, cfg.eval, label_names=data.label_names)
+    expand = int(cfg.query_expansion)
+    metrics = score_embeddings(emb, data.y, data.split, cfg.eval, label_names=data.label_names, expand=expand)
     metrics["test"].update(extra_test or {})
     metrics["model"] = cfg.model.name if cfg.get("model") else "identity"
     write_metrics(run_dir, metrics)
@@ -256,7 +258,7 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
 
     lib = data.lib
     seeds = sample_seeds(lib.labels, data.split, seed=int(cfg.seed))
-    rows = playlists(emb[seeds], emb, lib.keys, lib.labels, lib.paths,
+    rows = playlists(emb[seeds], ExactIndex(emb).with_expansion(expand), lib.keys, lib.labels, lib.paths,
                      [(lib.keys[i], lib.labels[i]) for i in seeds], int(cfg.recommend.k),
                      self_index=np.asarray(seeds))
     write_playlists(run_dir / "playlists.csv", rows)

@@ -1,5 +1,6 @@
-"""Playlists: the k songs of a library most cosine-similar to a seed song, the seed itself left out, found with
-a siamrec.index search (exact unless an approximate index is given)."""
+"""Playlists: the k songs of a library most cosine-similar to a seed song (expanded with its nearest songs when
+the index expands queries: siamrec.index.Index.expanded), the seed itself left out, found with a siamrec.index
+search (exact unless an approximate index is given)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ COLUMNS = ("seed", "seed_labels", "rank", "key", "labels", "similarity", "path")
 def playlists(query_emb, gallery: Index | np.ndarray, gallery_keys, gallery_labels, gallery_paths, seeds, k: int,
               self_index=None) -> list[tuple]:
     """Rows (seed, seed_labels, rank, key, labels, similarity, path) for each query; `gallery` is an Index of
-    the gallery or its embeddings (searched exactly); `seeds` are (name, labels) of the queries;
+    the gallery (its query expansion applied) or its embeddings (searched exactly, no expansion); `seeds` are
+    (name, labels) of the queries; `similarity` is the cosine to the (expanded) query;
     `self_index[i]` is query i's row in the gallery (left out), or −1."""
     k = min(int(k), len(gallery_keys) - (0 if self_index is None else 1))
     if k < 1:
         return []
     index = gallery if isinstance(gallery, Index) else ExactIndex(gallery)
-    idx, sims = index.search(query_emb, k, exclude=self_index)
+    idx, sims = index.search(index.expanded(query_emb, self_index), k, exclude=self_index)
     rows = []
     for (name, seed_labels), row_idx, row_sims in zip(seeds, idx, sims):
         for rank, (j, s) in enumerate(zip(row_idx, row_sims), start=1):

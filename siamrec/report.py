@@ -150,7 +150,8 @@ def compare_runs(cfg, run_dir) -> dict:
             raise SiamrecError(f"runs={run} embeds other items or another split than {runs[0]}; "
                                "compare runs made on the same data and split")
         n_gallery = gallery_size(split, cfg.eval.protocol)
-        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg, n_gallery))
+        metrics = score_embeddings(emb, y, split, _eval_cfg(cfg, n_gallery),
+                                   expand=int(cfg.query_expansion))
         desc = _describe(run)
         name = f"{desc['model']}{'/' + desc['loss'] if desc['loss'] else ''} ({run.name})"
         rows.append(_row(desc, metrics["test"], cfg.eval.ks))
@@ -173,7 +174,8 @@ def block_study(cfg, run_dir, data, extractor, vectors: np.ndarray) -> dict:
     for names in sets:
         cols = extractor.columns(names)
         name = "+".join(map(str, names))
-        metrics = score_embeddings(vectors[:, cols], data.y, data.split, _eval_cfg(cfg, n_gallery))
+        metrics = score_embeddings(vectors[:, cols], data.y, data.split, _eval_cfg(cfg, n_gallery),
+                                   expand=int(cfg.query_expansion))
         rows.append(_row({"parts": name, "dims": len(cols)}, metrics["test"], cfg.eval.ks))
         curves[name] = metrics["test"]
         results[name] = metrics

@@ -488,6 +488,8 @@ class Radio:
         with their versions, never chosen; `seed_vectors` are songs outside the library to dedupe against;
         `allowed` (a boolean row mask) limits the songs that may be chosen (e.g. those a player knows)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if getattr(self.index, "expand", 0):  # ranked as the plain playlist is: by the seed and its nearest songs
+            query = self.index.expanded(query[None])[0]
         query = query / max(math.sqrt(float(query @ query)), 1e-12)  # np.linalg.norm's own cost is 2 µs
         drop = np.array(sorted({int(s) for s in seeds}), dtype=np.int64)
         keep = self.songs.allowed_mask(rules)

@@ -261,6 +261,7 @@ COMBINE = list_of(Check(lambda v: isinstance(v, Mapping) and isinstance(v.get("b
 SCHEMA: dict = {
     "seed": integer(0),
     "plots": boolean(),
+    "query_expansion": integer(0),
     "overwrite": boolean(),
     "run": path(null=True),
     "runs": list_of(path(), min_len=1, null=True, what="a non-empty list of run folders"),

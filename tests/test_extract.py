@@ -250,7 +250,8 @@ def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, li
     seeds.write_text(f"high/high_0.wav\n{new}\n{library / 'beats' / 'beats_3.mp3'}\n")
     rows = recommend(cfg_factory("recommend", f"run={out}", f"recommend.seed={seeds}", "recommend.k=4",
                                  f"recommend.out={tmp_path / 'p.json'}", "index=faiss", "index.method=hnsw",
-                                 "recommend.rules=none"),  # the plain list: a copy's twin is a duplicate to the rules
+                                 "recommend.rules=none",  # the plain list: a copy's twin is a duplicate to the rules
+                                 "query_expansion=0"),  # ranked by the seed alone: its twin first, at cosine 1
                      tmp_path)
     assert (out / "index.faiss").is_file()
     assert [r[0] for r in rows[::4]] == ["high/high_0.wav", str(new), "beats/beats_3.mp3"]

@@ -173,7 +173,9 @@ def test_recommend_with_a_list_of_seeds_writes_csv_and_json(tmp_path, cfg_factor
     assert all(r["seed"] != r["key"] for r in rows)
     playlists = json.loads((tmp_path / "playlists.json").read_text())
     assert list(playlists) == keys[:3] and all(len(p["playlist"]) == 5 for p in playlists.values())
-    exact, _ = build_index(emb).search(emb[:3], 5, exclude=np.arange(3))
+    # ranked by each seed expanded with its nearest songs (query_expansion), then searched exactly
+    expanding = build_index(emb).with_expansion(int(cfg_factory("recommend").query_expansion))
+    exact, _ = expanding.search(expanding.expanded(emb[:3], np.arange(3)), 5, exclude=np.arange(3))
     assert [[r["key"] for r in p["playlist"]] for p in playlists.values()] == [[keys[j] for j in row] for row in exact]
     assert (run / INDEX_FILE).is_file() == (index == "faiss")
 
@@ -203,3 +205,50 @@ def test_a_damaged_saved_index_is_built_again_not_a_traceback(tmp_path, cfg_fact
     assert "building the index again" in capsys.readouterr().out
     np.testing.assert_array_equal(again.search(emb[:5], 5)[0], first.search(emb[:5], 5)[0])
     assert open_index(tmp_path, emb, cfg).search(emb[:5], 5)[0].tolist() == first.search(emb[:5], 5)[0].tolist()
+
+
+def expanded_by_hand(emb, queries, expand, exclude):
+    """Average query expansion written out: each unit query plus the unit vectors of its `expand` most similar rows
+    other than the excluded one and rows equal to the query."""
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out = []
+    for q, ex in zip(queries, exclude):
+        q = q / np.linalg.norm(q)
+        sims = unit @ q
+        order = [j for j in np.argsort(-sims, kind="stable") if j != ex and sims[j] < 1 - 1e-6][:expand]
+        v = q + unit[order].sum(axis=0)
+        out.append(v / np.linalg.norm(v))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw", "ivf"])
+def test_query_expansion_adds_the_nearest_other_songs(method):
+    if method != "exact":
+        pytest.importorskip("faiss")
+    emb = clustered(2000, d=16)
+    emb[7] = emb[3]  # a copy of song 3: no more a neighbour of its twin than the song itself
+    index = build_index(emb, method, ivf_nprobe=64).with_expansion(4)
+    queries, exclude = emb[[3, 10, 11]], np.array([3, 10, -1])
+    np.testing.assert_allclose(index.rows([[3, 10]]), (emb / np.linalg.norm(emb, axis=1, keepdims=True))[[[3, 10]]],
+                               atol=1e-6)
+    np.testing.assert_allclose(index.expanded(queries, exclude), expanded_by_hand(emb, queries, 4, exclude), atol=1e-5)
+    plain = build_index(emb, method, ivf_nprobe=64)
+    np.testing.assert_allclose(plain.expanded(queries, exclude), queries / np.linalg.norm(queries, axis=1)[:, None],
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="expand must be an integer >= 0"):
+        plain.with_expansion(-1)
+
+
+def test_query_expansion_ranks_a_noisy_seed_by_its_cluster():
+    """A seed far out in its cluster is ranked by its neighbourhood: more of its own cluster comes first."""
+    from siamrec.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 20, 1000)
+    emb = (rng.normal(size=(20, 16))[labels] + 0.9 * rng.normal(size=(1000, 16))).astype(np.float32)
+    y = np.eye(20, dtype=bool)[labels]
+    own = np.arange(1000)
+    index = build_index(emb).with_expansion(5)
+    plain = retrieval_metrics(emb, y, emb, y, self_index=own)["map"]
+    expanded = retrieval_metrics(index.expanded(emb, own), y, emb, y, self_index=own)["map"]
+    assert expanded > plain + 0.02, (plain, expanded)

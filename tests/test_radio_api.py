@@ -110,7 +110,7 @@ def subsonic(served, monkeypatch):
     libopensonic = pytest.importorskip("libopensonic")
     monkeypatch.setenv("SIAMREC_SUBSONIC_USER", USER)
     monkeypatch.setenv("SIAMREC_SUBSONIC_PASSWORD", PASSWORD)
-    port = served()
+    port = served("query_expansion=0")  # similarities as the seed's own cosines, worked out from radio_lib's table
     conn = libopensonic.Connection("http://127.0.0.1", USER, PASSWORD, port=port)
     yield libopensonic, port, conn
     conn.cleanup()
@@ -200,3 +200,23 @@ def test_subsonic_credentials_when_unset(run, served, tmp_path, monkeypatch):
     port = served("serve.allow_remote=true")
     r = httpx.get(f"http://127.0.0.1:{port}/rest/ping", params={"f": "json"}).json()["subsonic-response"]
     assert r["status"] == "failed" and r["error"]["code"] == 40
+
+
+def test_the_server_ranks_by_the_seed_expanded_with_its_nearest_songs(run, tmp_path):
+    """Plain and ruled playlists rank by the seed expanded as `recommend` and scoring expand it (query_expansion)."""
+    from siamrec.index import ExactIndex
+
+    emb = np.load(run / "embeddings.npy")
+    expand = int(make_cfg("serve", [f"run={run}"], tmp_path).query_expansion)
+    assert expand > 0
+    index = ExactIndex(emb).with_expansion(expand)
+    query = index.expanded(emb[[0]], np.array([0]))[0]
+    cosine = index.vectors @ query
+    client = TestClient(app_for(run, tmp_path))
+    for rules in ("false", "true"):
+        got = client.get("/api/recommend", params={"seed": 0, "k": 10, "rules": rules}).json()["playlist"]
+        assert [e["similarity"] for e in got] == pytest.approx([float(cosine[e["id"]]) for e in got], abs=1e-5)
+    plain = client.get("/api/recommend", params={"seed": 0, "k": 10, "rules": "false"}).json()["playlist"]
+    assert [e["id"] for e in plain] == [int(j) for j in np.argsort(-cosine, kind="stable") if j != 0][:10]
+    seed_cosine = index.vectors @ index.vectors[0]
+    assert abs(plain[0]["similarity"] - seed_cosine[plain[0]["id"]]) > 1e-3  # not the seed's own cosine

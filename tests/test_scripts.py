@@ -174,7 +174,7 @@ def test_bench_windows_blends_join_the_heads_vectors_with_the_pretrained_ones(tm
         runs.append(run)
         vectors.append(v / np.linalg.norm(v, axis=1, keepdims=True))
     eval_cfg = make_cfg("evaluate", ["+model=identity"], tmp_path).eval
-    got = bench_windows.blends(*runs, [0.0, 0.3, 1.0], eval_cfg)
+    got = bench_windows.blends(*runs, [0.0, 0.3, 1.0], eval_cfg, 0)
     for w, v in ((0.0, vectors[0]), (1.0, vectors[1])):
         assert got[w]["map"] == pytest.approx(score_embeddings(v, y, np.array(splits), eval_cfg)["test"]["map"], abs=1e-6)
     cosine = 0.7 * vectors[0] @ vectors[0].T + 0.3 * vectors[1] @ vectors[1].T  # what the joined vectors rank by
@@ -211,6 +211,15 @@ def test_bench_gtzan_features(tmp_path):
     out = run_script("bench_gtzan_features.py", "--seeds", 0, "--losses", "triplet_semihard", "--epochs", 1,
                      cwd=tmp_path)
     assert "summary: siamese (triplet_semihard, the default loss)" in out
+
+
+@pytest.mark.skipif(not (SHARED / "features" / "gtzan-choi2017").is_dir(), reason="no GTZAN features under SHARED")
+def test_bench_expansion(tmp_path):
+    out = run_script("bench_expansion.py", "--sets", "gtzan", "--seeds", 0, "--ks", 0, 3, "--extra", "model.epochs=2",
+                     "model.ensemble=1", cwd=tmp_path)
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| [03] \|", line)]
+    assert [r[0].strip() for r in rows] == ["0", "3"], out
+    assert all(re.fullmatch(r"0\.\d{4}", r[1].strip()) for r in rows) and rows[0][1] != rows[1][1], out
 
 
 @pytest.mark.skipif(not (SHARED / "features" / "gtzan-choi2017").is_dir(), reason="no GTZAN features under SHARED")

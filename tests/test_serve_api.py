@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import serve_lib  # noqa: E402
 from conftest import make_cfg  # noqa: E402
 from siamrec.commands.recommend import recommend  # noqa: E402
+from siamrec.configs import compose  # noqa: E402
 from siamrec.errors import SiamrecError  # noqa: E402
 from siamrec.serve.app import create_app  # noqa: E402
 
@@ -106,6 +107,11 @@ def test_several_seeds_use_the_normalised_mean_and_leave_the_seeds_out(synthetic
     r = synth_client.post("/api/recommend", json={"seeds": [str(s) for s in seeds], "k": 6}).json()
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     q = unit[seeds].mean(axis=0)
+    q = q / np.linalg.norm(q)
+    # ... expanded with its nearest songs (the server's query_expansion), as every playlist's seed is
+    sims = unit @ q
+    near = np.argsort(-sims, kind="stable")[:int(compose("serve", [], return_hydra_config=False).query_expansion)]
+    q = q + unit[near].sum(axis=0)
     sims = unit @ (q / np.linalg.norm(q))
     sims[seeds] = -np.inf
     expected = list(np.argsort(-sims, kind="stable")[:6])
@@ -207,7 +213,7 @@ def test_upload_of_a_new_song_equals_recommend_for_that_file(trained, tmp_path):
     got = r.json()["playlist"]
     assert [e["key"] for e in got] == [row[3] for row in expected]
     np.testing.assert_allclose([e["similarity"] for e in got], [row[5] for row in expected], atol=1e-5)
-    assert got[0]["key"] == "drone/drone_2.flac" and got[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert "drone/drone_2.flac" in [e["key"] for e in got]  # its twin in the library, ranked by its neighbourhood
 
 
 def test_uploads_are_deleted_limited_and_undecodable_ones_get_one_message(trained, tmp_path, monkeypatch):

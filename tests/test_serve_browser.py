@@ -271,7 +271,7 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     page.evaluate("() => Plotly.relayout('map', {'xaxis.autorange': true, 'yaxis.autorange': true})")
     assert playlist_keys(page) == recommend_keys(trained, songs[target]["key"], 4, tmp_path)
 
-    # New song: upload a copy of a library song; its twin comes first
+    # New song: upload a copy of a library song; its twin is in its playlist
     twin = library / "high" / "high_3.flac"
     new = tmp_path / "नया गाना.flac"
     shutil.copy(twin, new)
@@ -279,7 +279,7 @@ def test_the_app_in_a_browser(page, trained, tmp_path):
     page.click("#upload-btn")
     page.wait_for_function("document.querySelector('#seed').textContent.includes('नया गाना')", timeout=60_000)
     assert playlist_keys(page) == recommend_keys(trained, str(new), 4, tmp_path)
-    assert playlist_keys(page)[0] == "high/high_3.flac"
+    assert "high/high_3.flac" in playlist_keys(page)  # ranked by its neighbourhood, its twin among them
     page.wait_for_timeout(300)
     shot = SCREENSHOT if os.environ.get("SIAMREC_SCREENSHOT") == "1" else tmp_path / "serve.png"
     shot.parent.mkdir(exist_ok=True)

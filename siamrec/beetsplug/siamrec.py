@@ -74,6 +74,13 @@ class SiamrecPlugin(BeetsPlugin):
                       + ("" if rank == 0 else f"  ({row['similarity']:+.3f})"))
 
 
+def default_expansion() -> int:
+    """siamrec's `query_expansion` as shipped (conf/config.yaml): the one place its default lives."""
+    from siamrec.configs import compose
+
+    return int(compose("recommend", [], return_hydra_config=False).query_expansion)
+
+
 def similar_rows(folder: Path, seed_path: str, n: int) -> list[dict]:
     """The seed's items.csv row, then its n most similar songs' rows (with 'similarity'), from the index `folder`."""
     import numpy as np
@@ -92,5 +99,6 @@ def similar_rows(folder: Path, seed_path: str, n: int) -> list[dict]:
         raise SiamrecError(f"{seed_path} is not in the index {folder}; update it with: python -m siamrec extract "
                            "data=beets")
     k = min(n, len(items) - 1)
-    idx, sims = ExactIndex(emb).search(emb[[row]], k, exclude=np.array([row]))
+    index = ExactIndex(emb).with_expansion(default_expansion())  # ranked as `python -m siamrec recommend` ranks
+    idx, sims = index.search(index.expanded(emb[[row]], np.array([row])), k, exclude=np.array([row]))
     return [dict(items[row], similarity=1.0)] + [dict(items[j], similarity=float(s)) for j, s in zip(idx[0], sims[0])]

@@ -131,7 +131,7 @@ def mpd(cfg, run_dir) -> Path:
     songs = Songs(items)
     rules = Rules.from_config(cfg.recommend.rules) or Rules()
     k = int(cfg.recommend.k)
-    radio = Radio(emb, songs, open_index(run, emb, cfg.index))
+    radio = Radio(emb, songs, open_index(run, emb, cfg.index, expand=int(cfg.query_expansion)))
     client = connect(cfg)
     mapping = LibraryMap(items, songs, music_dir_of(client, cfg))
     known = mapping.learn(client.listallinfo())

@@ -76,7 +76,7 @@ def recommend(cfg, run_dir) -> list[tuple]:
     keys = [it["key"] for it in items]
     labels = [tuple(filter(None, it["labels"].split("|"))) for it in items]
     paths = [it["path"] for it in items]
-    index = open_index(run, emb, cfg.index)
+    index = open_index(run, emb, cfg.index, expand=int(cfg.query_expansion))
     rules = Rules.from_config(cfg.recommend.rules)
     songs = Songs(items)
     if cfg.recommend.get("to") not in (None, ""):

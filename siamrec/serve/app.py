@@ -137,7 +137,7 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
     from omegaconf import OmegaConf
 
     serve_cfg = cfg.serve
-    cat = catalogue or Catalogue(run, cfg.index)
+    cat = catalogue or Catalogue(run, cfg.index, int(cfg.query_expansion))
     max_k = int(serve_cfg.max_k)
     max_upload_mb = float(serve_cfg.max_upload_mb)
     playlists_dir = Path(str(serve_cfg.playlists_dir or cat.run / "playlists")).expanduser()

@@ -56,8 +56,9 @@ def _labels(text: str) -> tuple[str, ...]:
 class Catalogue:
     """A run's library (embeddings.npy + items.csv) with its search index, held in memory."""
 
-    def __init__(self, run, index_cfg):
+    def __init__(self, run, index_cfg, expand: int = 0):
         self.run = Path(run)
+        self.expand = int(expand)  # query expansion of every playlist's seed (the config's query_expansion)
         emb, items = read_embeddings(self.run)
         if len(items) == 0:
             raise SiamrecError(f"run={run}: items.csv lists no songs")
@@ -90,7 +91,7 @@ class Catalogue:
         search answers, so the app starts at once; a saved one is loaded within `wait_s`."""
         self.index_ready = threading.Event()
         if choose_method(len(self.emb), index_cfg) == "exact":
-            self.index = ExactIndex(self.emb)
+            self.index = ExactIndex(self.emb).with_expansion(self.expand)
             self.index_ready.set()
             return
         import_faiss().omp_set_num_threads(1)  # one query at a time: OpenMP threads would only spin
@@ -98,7 +99,7 @@ class Catalogue:
 
         def build():
             try:
-                built = open_index(self.run, self.emb, index_cfg, save=False)
+                built = open_index(self.run, self.emb, index_cfg, save=False, expand=self.expand)
                 with self._index_lock:
                     self.index = built
             except Exception as exc:  # noqa: BLE001 - keep answering with exact search
@@ -110,7 +111,7 @@ class Catalogue:
             return
         print(f"building the faiss index of {len(self.emb)} songs in the background; exact search until then",
               flush=True)
-        exact = ExactIndex(self.emb)
+        exact = ExactIndex(self.emb).with_expansion(self.expand)
         with self._index_lock:
             if self.index is None:
                 self.index = exact
@@ -194,7 +195,7 @@ class Catalogue:
             return [self._entry(self.by_key[f[3]], f[2], f[5]) for f in found]
         query = normalise(normalise(self.emb[rows]).mean(axis=0, keepdims=True))
         groups = {self.groups[r] for r in rows} if exclude_group else set()
-        return self._search(query, k, drop=set(rows), drop_groups=groups)
+        return self._search(self.index.expanded(query), k, drop=set(rows), drop_groups=groups)
 
     @property
     def radio(self) -> Radio:
