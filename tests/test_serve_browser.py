@@ -365,6 +365,28 @@ def test_requests_leaving_localhost_are_caught(page):
     assert page.outside == ["http://example.invalid/x"]
 
 
+def test_a_slow_answer_to_an_earlier_click_does_not_replace_a_later_playlist(browser, grouped_server):
+    """Ticking "exclude same artist" and then raising k sends two requests; when the first is answered last, the
+    page keeps the second's playlist and k (it once showed the stale one: a flaky failure under load)."""
+    for page in open_page(browser, grouped_server):
+        songs = page.request.get(grouped_server + "api/songs").json()
+        page.wait_for_function(f"document.querySelectorAll('#library-list tr').length === {len(songs)}")
+        page.click("#library-list tr[data-id='0'] .seed-btn")
+        page.wait_for_function("document.querySelectorAll('#playlist tbody tr').length === 10")
+        page.evaluate("""() => { const real = window.fetch; window.fetch = async (url, options) => {
+            const response = await real(url, options);  // the k=10 answers come 1.5 s late
+            if (String(url).includes("k=10")) await new Promise((done) => setTimeout(done, 1500));
+            return response; }; }""")
+        page.check("#exclude-group")  # asks with k=10: answered late
+        page.fill("#k", "200")
+        page.dispatch_event("#k", "change")  # asks with the songs there are
+        want = len([x for x in songs if x["group"] != "artist0"])
+        page.wait_for_function(f"document.querySelectorAll('#playlist tbody tr').length === {want}")
+        page.wait_for_timeout(2500)  # the late k=10 answer has come by now
+        assert len(page.eval_on_selector_all("#playlist tbody tr", "rows => rows")) == want
+        assert page.input_value("#k") == str(want)
+
+
 def test_groups_are_shown_and_can_be_excluded(browser, grouped_server):
     for page in open_page(browser, grouped_server):
         songs = page.request.get(grouped_server + "api/songs").json()

@@ -151,6 +151,10 @@ function k() { return Math.max(1, Math.min(state.info.max_k, parseInt($("#k").va
 
 async function setSeeds(ids) { state.seeds = ids; state.upload = null; updatePath(); await refresh(); }
 
+// Every playlist asked for takes the next number; an answer is shown only if no playlist was asked for after it (a
+// slow answer to an earlier click must not replace a later playlist, nor put back its k)
+let playlistSeq = 0;
+
 async function refresh() {
   message("");
   if (state.upload) { return uploadSong(); }
@@ -159,10 +163,11 @@ async function refresh() {
   state.seeds.forEach((id) => params.append("seed", id));
   params.set("k", k());
   params.set("exclude_group", $("#exclude-group").checked);
+  const seq = ++playlistSeq;
   try {
     const result = await (await api(`/api/recommend?${params}`)).json();
-    showPlaylist(result);
-  } catch (e) { message(e.message); }
+    if (seq === playlistSeq) showPlaylist(result);
+  } catch (e) { if (seq === playlistSeq) message(e.message); }
 }
 
 function showPlaylist(result) {
@@ -211,11 +216,13 @@ async function songPath() {
   if (a === null || b === null) return;
   message("");
   const steps = Math.max(1, Math.min(state.info.max_k, parseInt($("#path-k").value, 10) || 12));
+  const seq = ++playlistSeq;
   try {
     const r = await (await api(`/api/path?${new URLSearchParams({ from: a, to: b, k: steps })}`)).json();
+    if (seq !== playlistSeq) return;
     showPlaylist({ path: true, name: `${r.from.name} → ${r.to.name}`, seeds: [],
       playlist: r.path.map((s) => ({ ...s, rank: s.step })), warnings: r.note ? [r.note] : [] });
-  } catch (e) { message(e.message); }
+  } catch (e) { if (seq === playlistSeq) message(e.message); }
 }
 
 // ------------------------------------------------------------------ saved playlists
@@ -247,6 +254,7 @@ function openSaved(p) {
   if (!p.ids.length) { message(`${p.name}: none of its songs is in this library`); return; }
   const [first, ...rest] = p.ids;
   state.seeds = []; state.upload = null;
+  ++playlistSeq;  // an answer still on its way is for a playlist no longer wanted
   showPlaylist({ saved: p.name, seeds: [state.songs[first]],
     playlist: rest.map((id, i) => ({ ...state.songs[id], rank: i + 1, similarity: null })) });
   $("#save-name").value = p.name;
@@ -276,13 +284,14 @@ async function uploadSong() {
   form.append("k", k());
   $("#upload-status").textContent = `embedding ${file.name}…`;
   $("#upload-btn").disabled = true;
+  const seq = ++playlistSeq;
   try {
     const result = await (await api("/api/recommend", { method: "POST", body: form })).json();
     $("#upload-status").textContent = "";
-    showPlaylist(result);
+    if (seq === playlistSeq) showPlaylist(result);
   } catch (e) {
     $("#upload-status").textContent = "";
-    message(e.message);
+    if (seq === playlistSeq) message(e.message);
   } finally { $("#upload-btn").disabled = false; }
 }
 
