@@ -51,6 +51,7 @@ def test_every_shipped_option_validates(overrides):
     ("model.dim=102", ["model.dim=102 and model.branches=4", "multiple"]),
     ("model.lda_share=[0,1.5]", ["model.lda_share=[0, 1.5]", "shares in [0, 1)"]),
     ("model.lda_shrinkage=[2]", ["model.lda_shrinkage=[2]"]),
+    ("query_expansion=-1", ["query_expansion=-1", "an integer >= 0"]),
 ])
 def test_bad_values_and_unknown_keys_are_named(setting, words):
     cfg = strip_hydra(compose("train", ["+model=siamese", setting]))
