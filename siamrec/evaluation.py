@@ -50,15 +50,13 @@ def relevant_counts(yq: np.ndarray, yg: np.ndarray, self_index: np.ndarray, rele
     return counts
 
 
-def p_at_k_ceiling(emb_len: int, y, queries, gallery, eval_cfg, k: int = 10) -> float:
-    """The best P@k any embedding could reach on these queries: a query with fewer than k relevant songs in its
-    gallery cannot fill k places with them (a small test split caps P@10 well below 1)."""
+def test_relevant_counts(emb_len: int, y, queries, gallery, eval_cfg) -> np.ndarray:
+    """How many relevant songs each scorable query has in its gallery (the query itself left out; 0s dropped)."""
     position = np.full(emb_len, -1)
     position[gallery] = np.arange(len(gallery))
     counts = relevant_counts(y[queries], y[gallery], position[queries], eval_cfg["relevance"],
                              float(eval_cfg["jaccard_threshold"]))
-    scorable = counts[counts > 0]
-    return float(np.mean(np.minimum(scorable, k) / k)) if len(scorable) else float("nan")
+    return counts[counts > 0]
 
 
 def _check_labels(y: np.ndarray, relevance: str, label_names=None) -> None:
@@ -85,7 +83,8 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
 
     Labels that make the score meaningless (one label, or one every song carries) and a test split without a
     single scorable query are errors, not a MAP of 1.0 or NaN. 'p@10_ceiling' is the best P@10 any embedding
-    could reach on the test queries (below 1 when they have fewer than 10 relevant songs each)."""
+    could reach on the test queries (below 1 when they have fewer than 10 relevant songs each); 'median_relevant' is
+    the median number of relevant songs a test query has in its gallery, 'query_expansion' the `expand` used."""
     protocol = eval_cfg["protocol"]
     if protocol not in PROTOCOLS:
         raise SiamrecError(f"eval.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}")
@@ -117,7 +116,11 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     out["skipped"] = out["test"]["n_skipped"]
     test_queries = everything if protocol == "cross" else np.intersect1d(np.flatnonzero(split == "test"), everything)
     test_gallery = everything if protocol in ("cross", "test_vs_all") else test_queries
-    out["p@10_ceiling"] = p_at_k_ceiling(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
+    counts = test_relevant_counts(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
+    # the best P@10 any embedding could reach: a query with fewer than 10 relevant songs cannot fill 10 places
+    out["p@10_ceiling"] = float(np.mean(np.minimum(counts, 10) / 10))
+    out["median_relevant"] = float(np.median(counts))
+    out["query_expansion"] = int(expand)
     return out
 
 

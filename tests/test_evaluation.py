@@ -198,3 +198,23 @@ def test_scoring_ranks_each_query_expanded_with_its_nearest_songs_of_the_gallery
                                      ks=tuple(EVAL["ks"]))["map"]
         assert got[part]["map"] == pytest.approx(expected, abs=1e-6)
     assert got["test"]["map"] != score_embeddings(emb, y, split, EVAL)["test"]["map"]
+
+
+def test_a_test_split_with_fewer_relevant_songs_than_the_expansion_says_so(capsys):
+    """Expansion adds a query's k nearest songs; when a test query has fewer than k relevant songs in its gallery
+    some of them are necessarily of another label, so the printed scores say so (once), and only then."""
+    from siamrec.pipeline import print_scores
+
+    x, y, split = clustered(n_per=12, labels=4)  # 6 test songs per label: 5 relevant others each
+    few = score_embeddings(x, y, split, EVAL, expand=8)
+    assert few["median_relevant"] == 5 and few["query_expansion"] == 8
+    print_scores(few)
+    out = capsys.readouterr().out
+    assert out.count("note:") == 1 and "query_expansion=8" in out and "5 relevant songs" in out
+    for enough in (score_embeddings(x, y, split, EVAL, expand=5), score_embeddings(x, y, split, EVAL)):
+        print_scores(enough)
+        assert "note:" not in capsys.readouterr().out
+    vs_all = score_embeddings(x, y, split, OmegaConf.merge(EVAL, {"protocol": "test_vs_all"}), expand=8)
+    assert vs_all["median_relevant"] == 11  # the whole library holds 11 other songs of each label
+    print_scores(vs_all)
+    assert "note:" not in capsys.readouterr().out
