@@ -124,6 +124,18 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     return out
 
 
+def expansion_note(metrics: dict) -> str | None:
+    """A line for scores whose test queries have fewer relevant songs (median) than query expansion adds to them:
+    some added songs are then of another label, so the scores understate the model (None when that is not so)."""
+    expand, relevant = metrics.get("query_expansion", 0), metrics.get("median_relevant")
+    if not expand or relevant is None or relevant >= expand:
+        return None
+    return (f"note: each query is expanded with its {expand} nearest songs (query_expansion={expand}), but a test "
+            f"query has {relevant:g} relevant songs in its gallery (median), so expansion pulls in songs of other "
+            "labels and can lower these scores; a larger test split or eval.protocol=test_vs_all gives it more, "
+            "query_expansion=0 ranks by the seed alone")
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict:
     """Single-label: accuracy (argmax). Multi-label (sigmoid, predicted where p ≥ threshold): sample-wise
     accuracy |y∩ŷ|/|y∪ŷ|, exact match, micro and macro F1."""

@@ -275,6 +275,8 @@ def finish_run(cfg, run_dir, data: Data, emb: np.ndarray, history: dict | None =
 
 
 def print_scores(metrics: dict) -> None:
+    from siamrec.evaluation import expansion_note
+
     test = metrics["test"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float) and
                       (k in ("map", "map@10", "p@10", "map@r", "accuracy", "micro_f1")))
@@ -283,9 +285,6 @@ def print_scores(metrics: dict) -> None:
         capped = (f" (P@10 can reach at most {ceiling:.4f} here: the test queries have fewer than 10 relevant "
                   "songs each; eval.protocol=test_vs_all ranks the whole library)")
     print(f"test ({metrics['protocol']}, {test['n_queries']} queries, {test['n_skipped']} skipped): {shown}{capped}")
-    expand, relevant = metrics.get("query_expansion", 0), metrics.get("median_relevant")
-    if expand and relevant is not None and relevant < expand:
-        print(f"note: each query is expanded with its {expand} nearest songs (query_expansion={expand}), but a test "
-              f"query has {relevant:g} relevant songs in its gallery (median), so expansion pulls in songs of other "
-              "labels and can lower these scores; a larger test split or eval.protocol=test_vs_all gives it more, "
-              "query_expansion=0 ranks by the seed alone")
+    note = expansion_note(metrics)
+    if note:
+        print(note)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.evaluation import score_embeddings
+from siamrec.evaluation import expansion_note, score_embeddings
 from siamrec.runs import existing_run, read_embeddings, write_csv, write_metrics
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
@@ -161,6 +161,9 @@ def compare_runs(cfg, run_dir) -> dict:
     map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"runs": results})
     print(table)
+    notes = {expansion_note(m) for m in results.values()} - {None}
+    for note in sorted(notes):
+        print(note)
     return results
 
 
@@ -183,4 +186,7 @@ def block_study(cfg, run_dir, data, extractor, vectors: np.ndarray) -> dict:
     map_at_k_plot(run_dir, curves, n_gallery)
     write_metrics(run_dir, {"study": results})
     print(table)
+    notes = {expansion_note(m) for m in results.values()} - {None}
+    for note in sorted(notes):
+        print(note)
     return results

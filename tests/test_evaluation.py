@@ -80,7 +80,7 @@ def features_data(tmp_path):
             "data.key_column=key", "split.valid=0.2", "split.test=0.3"]
 
 
-def test_report_compares_runs_on_the_same_items(tmp_path, cfg_factory, features_data):
+def test_report_compares_runs_on_the_same_items(tmp_path, cfg_factory, features_data, capsys):
     runs = []
     for model in ("identity", "lda"):
         run = tmp_path / model
@@ -89,7 +89,12 @@ def test_report_compares_runs_on_the_same_items(tmp_path, cfg_factory, features_
         runs.append(run)
     out = tmp_path / "report"
     out.mkdir()
+    capsys.readouterr()
     results = evaluate(cfg_factory("evaluate", f"runs=[{runs[0]},{runs[1]}]"), out)
+    # ~4 test songs per label, 3 relevant others, below the default expansion's 5: said once, after the table
+    assert max(m["median_relevant"] for m in results.values()) < 5
+    printed = capsys.readouterr().out
+    assert printed.count("note: each query is expanded") == 1 and printed.index("note:") > printed.index("| lda")
     rows = read_csv(out / "report.csv")
     assert [r["model"] for r in rows] == ["identity", "lda"]
     for run, row in zip(runs, rows):
