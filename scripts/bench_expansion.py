@@ -13,6 +13,12 @@ A playlist is ranked by the seed expanded with its k nearest songs (siamrec.inde
 * the label-free default (`+model=identity`, no training, so its test songs are as unseen as validation ones):
   test MAP on Emotify's genres and emotions and RagaVeda leave-one-out (69 clips, eval.protocol=cross).
 
+A second table: seeds of a rare kind. Expansion adds a seed's k nearest songs; when the seed's label has fewer
+songs than that in the library, some of them are necessarily of other labels. For every label in turn, the
+gallery (the same split) keeps only `--rare` songs of that label (drawn at random, `--draws` times) and every song
+of the others; the figure is the MAP of those few songs as seeds, mean over labels, draws and seeds. It is the
+listener's case of a style with a handful of songs in a large library.
+
 Every figure is a mean over the seeds (RagaVeda has none). The shared data is read from $SIAMREC_SHARED, or
 ../shared next to the repository.
 """
@@ -37,17 +43,31 @@ from benchkit import SHARED, labels_and_split, table
 import bench_gtzan_features as gtzan
 
 
-def scores(run: Path, cfg, split_name: str, ks, protocol: str | None = None) -> dict[int, float]:
-    """{k: MAP of the run's `split_name` songs ranked with query expansion k}."""
+def scores(run: Path, cfg, split_name: str, ks, rare: int, draws: int,
+           protocol: str | None = None) -> tuple[dict[int, float], dict[int, float]]:
+    """({k: MAP of the run's `split_name` songs ranked with query expansion k}, {k: MAP of the seeds of a label cut
+    to `rare` songs in that gallery, the other labels whole; mean over labels and `draws` random cuts})."""
     from omegaconf import OmegaConf
 
-    from siamrec.evaluation import score_embeddings
+    from siamrec.evaluation import retrieval, score_embeddings
     from siamrec.runs import read_embeddings
 
     emb, items = read_embeddings(run)
     y, split = labels_and_split(items)
     eval_cfg = OmegaConf.merge(cfg.eval, {"protocol": protocol}) if protocol else cfg.eval
-    return {k: score_embeddings(emb, y, split, eval_cfg, expand=k)[split_name]["map"] for k in ks}
+    whole = {k: score_embeddings(emb, y, split, eval_cfg, expand=k)[split_name]["map"] for k in ks}
+    songs = np.flatnonzero(y.any(axis=1) & ((split == split_name) | (protocol == "cross")))
+    rng, few = np.random.default_rng(0), {k: [] for k in ks}
+    for label in range(y.shape[1]):
+        mine = songs[y[songs, label]]
+        if len(mine) <= rare:
+            continue
+        for _ in range(draws):
+            kept = rng.choice(mine, rare, replace=False)
+            gallery = np.concatenate([songs[~y[songs, label]], kept])
+            for k in ks:
+                few[k].append(retrieval(emb, y, kept, gallery, eval_cfg, expand=k)["map"])
+    return whole, {k: float(np.mean(v)) for k, v in few.items()}
 
 
 def one_run(command: str, overrides: list[str], seed: int, run: Path):
@@ -71,13 +91,16 @@ def main() -> int:
                    choices=["gtzan", "genres", "emotions", "raga"])
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for the Siamese runs (e.g. model.epochs=2)")
+    p.add_argument("--rare", type=int, default=3, help="songs a rare kind keeps in the gallery (second table)")
+    p.add_argument("--draws", type=int, default=10, help="random cuts of each label to --rare songs")
     args = p.parse_args()
     emotify, raga = SHARED / "audio" / "emotify", SHARED / "audio" / "ragaveda"
     if not (SHARED / gtzan.FEATURES / "gtzan_genre.csv").is_file() or not (emotify / "genres.csv").is_file():
         print(f"no GTZAN features / Emotify audio under {SHARED}: set SIAMREC_SHARED")
         return 2
     audio = ["backbone=musicnn_msd", "clip.windows=all", f"paths.cache={args.cache}", f"paths.shared={SHARED}"]
-    columns: dict[str, list[dict[int, float]]] = {}
+    columns: dict[str, list[tuple[dict[int, float], dict[int, float]]]] = {}
+    rare = (args.rare, args.draws)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="bench_expansion_") as tmp:
         for name in args.sets:
@@ -87,37 +110,37 @@ def main() -> int:
                     cfg = one_run("train", [*gtzan.data_overrides(SHARED), "+model=siamese", "model.refit=false",
                                                   *args.extra],
                                   seed, run)
-                    columns.setdefault("GTZAN, siamese, valid", []).append(scores(run, cfg, "valid", args.ks))
+                    columns.setdefault("GTZAN, siamese, valid", []).append(scores(run, cfg, "valid", args.ks, *rare))
                 elif name == "raga":
                     cfg = one_run("evaluate", ["+model=identity", "data=folder", f"data.root={raga}", *audio], seed, run)
                     columns.setdefault("RagaVeda, identity, leave-one-out", []).append(
-                        scores(run, cfg, "test", args.ks, protocol="cross"))
+                        scores(run, cfg, "test", args.ks, *rare, protocol="cross"))
                 else:
                     data = ["data=csv", f"data.manifest={emotify / (name + '.csv')}", *audio]
                     cfg = one_run("train", [*data, "+model=siamese", "model.refit=false", *args.extra], seed, run)
-                    columns.setdefault(f"Emotify {name}, siamese, valid", []).append(scores(run, cfg, "valid", args.ks))
+                    columns.setdefault(f"Emotify {name}, siamese, valid", []).append(scores(run, cfg, "valid", args.ks, *rare))
                     cfg = one_run("evaluate", [*data, "+model=identity"], seed, Path(f"{run}-identity"))
                     columns.setdefault(f"Emotify {name}, identity, test", []).append(scores(run.with_name(
-                        f"{run.name}-identity"), cfg, "test", args.ks))
+                        f"{run.name}-identity"), cfg, "test", args.ks, *rare))
                 print(f"  done: {name} seed {seed} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     print(f"\nMAP per query expansion k ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, seeds "
           f"{args.seeds}, {time.time() - start:.0f} s in all); siamese: model.refit=false, its validation split")
     names = list(columns)
-    rows = []
-    for k in args.ks:
-        rows.append([str(k), *[f"{np.mean([c[k] for c in columns[n]]):.4f}" for n in names]])
     trained = [n for n in names if "siamese" in n]
     free = [n for n in names if "identity" in n]
-    headers = ["query_expansion", *names]
-    if trained:
-        headers.append("mean, trained (valid)")
-        for row, k in zip(rows, args.ks):
-            row.append(f"{np.mean([np.mean([c[k] for c in columns[n]]) for n in trained]):.4f}")
-    if free:
-        headers.append("mean, label-free (test)")
-        for row, k in zip(rows, args.ks):
-            row.append(f"{np.mean([np.mean([c[k] for c in columns[n]]) for n in free]):.4f}")
-    print(table(headers, rows))
+    for which, title in ((0, None), (1, f"\nMAP of the seeds of a rare kind: each label in turn cut to {args.rare} songs "
+                                        f"in the gallery, the others whole ({args.draws} random cuts per label)")):
+        if title:
+            print(title)
+        mean = {n: {k: float(np.mean([c[which][k] for c in columns[n]])) for k in args.ks} for n in names}
+        rows = [[str(k), *[f"{mean[n][k]:.4f}" for n in names]] for k in args.ks]
+        headers = ["query_expansion", *names]
+        for group, head in ((trained, "mean, trained (valid)"), (free, "mean, label-free (test)")):
+            if group:
+                headers.append(head)
+                for row, k in zip(rows, args.ks):
+                    row.append(f"{np.mean([mean[n][k] for n in group]):.4f}")
+        print(table(headers, rows))
     return 0
 
 

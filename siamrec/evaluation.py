@@ -16,7 +16,9 @@ from siamrec.metrics import retrieval_metrics
 PROTOCOLS = ("test", "test_vs_all", "cross")
 
 
-def _retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg, expand: int = 0) -> dict:
+def retrieval(emb, y, queries: np.ndarray, gallery: np.ndarray, eval_cfg, expand: int = 0) -> dict:
+    """Retrieval metrics of the rows `queries` of `emb` ranking the rows `gallery` (a query in the gallery is left out
+    of its own ranking), each query expanded with its `expand` nearest songs of the gallery as playlists are."""
     position = np.full(len(emb), -1)
     position[gallery] = np.arange(len(gallery))
     seeds = emb[queries]
@@ -93,14 +95,14 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     everything = np.flatnonzero(np.asarray(y, dtype=bool).any(axis=1))  # songs without a label are not scored
     out: dict = {"protocol": protocol}
     if protocol == "cross":
-        out["test"] = _retrieval(emb, y, everything, everything, eval_cfg, expand)
+        out["test"] = retrieval(emb, y, everything, everything, eval_cfg, expand)
     else:
         for name in ("train", "valid", "test"):
             members = np.intersect1d(np.flatnonzero(split == name), everything)
             if len(members) < 2:
                 continue
             gallery = everything if (protocol == "test_vs_all" and name == "test") else members
-            out[name] = _retrieval(emb, y, members, gallery, eval_cfg, expand)
+            out[name] = retrieval(emb, y, members, gallery, eval_cfg, expand)
     if "test" not in out:
         raise SiamrecError("the test split has fewer than 2 items: give more data or a larger split.test")
     if out["test"]["n_queries"] == 0:
