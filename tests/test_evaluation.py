@@ -82,10 +82,10 @@ def features_data(tmp_path):
 
 def test_report_compares_runs_on_the_same_items(tmp_path, cfg_factory, features_data, capsys):
     runs = []
-    for model in ("identity", "lda"):
+    for model in ("identity", "lda"):  # ranked with 5 neighbours, as the report below
         run = tmp_path / model
         run.mkdir()
-        train(cfg_factory("train", f"+model={model}", *features_data), run)
+        train(cfg_factory("train", f"+model={model}", *features_data, "query_expansion=5"), run)
         runs.append(run)
     out = tmp_path / "report"
     out.mkdir()
