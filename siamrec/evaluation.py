@@ -52,7 +52,7 @@ def relevant_counts(yq: np.ndarray, yg: np.ndarray, self_index: np.ndarray, rele
     return counts
 
 
-def test_relevant_counts(emb_len: int, y, queries, gallery, eval_cfg) -> np.ndarray:
+def scorable_relevant_counts(emb_len: int, y, queries, gallery, eval_cfg) -> np.ndarray:
     """How many relevant songs each scorable query has in its gallery (the query itself left out; 0s dropped)."""
     position = np.full(emb_len, -1)
     position[gallery] = np.arange(len(gallery))
@@ -118,7 +118,7 @@ def score_embeddings(emb: np.ndarray, y: np.ndarray, split: np.ndarray, eval_cfg
     out["skipped"] = out["test"]["n_skipped"]
     test_queries = everything if protocol == "cross" else np.intersect1d(np.flatnonzero(split == "test"), everything)
     test_gallery = everything if protocol in ("cross", "test_vs_all") else test_queries
-    counts = test_relevant_counts(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
+    counts = scorable_relevant_counts(len(emb), np.asarray(y, dtype=bool), test_queries, test_gallery, eval_cfg)
     # the best P@10 any embedding could reach: a query with fewer than 10 relevant songs cannot fill 10 places
     out["p@10_ceiling"] = float(np.mean(np.minimum(counts, 10) / 10))
     out["median_relevant"] = float(np.median(counts))
