@@ -166,9 +166,11 @@ def test_the_causes_of_skipped_files_are_printed_at_the_end_of_the_command(tmp_p
     code = cli.main(["evaluate", "+model=identity", *audio_args(audio_folder), f"paths.cache={tmp_path / 'cache'}",
                      "features.workers=0", "backbone=choi2017", f"hydra.run.dir={run}"])
     assert code == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
     assert lines[-1] == str(run)
     assert lines[-4].startswith("skipped 2 of 20 files (10.0 %) that could not be decoded, listed in ")
+    assert out.count("1 × ") == 2  # the causes are printed once, at the end
     text, noise = sorted(lines[-3:-1])  # audioread's reason depends on the decoders installed
     assert text.startswith("  1 × 'cannot be decoded: libsndfile: Format not recognised; audioread: ")
     assert noise.startswith("  1 × 'cannot be decoded: libsndfile: data not recognised as audio; audioread: ")

@@ -28,9 +28,10 @@ def failure_causes(paths, failures: list[tuple[int, str]], examples: int = 2) ->
 
 
 def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_failed_fraction: float) -> None:
-    """failed.csv in the run folder and the failures' causes, grouped: printed now, and again at the end of the
-    command when more than 1 % of the files failed (a systematic failure must not pass for a few bad files); a clear
-    error, with the causes, when more than `max_failed_fraction` failed."""
+    """failed.csv in the run folder and the failures' causes, grouped, printed once: now when they are a few bad files
+    (1 % of the files or fewer); at the end of the command, where nothing scrolls them away, when there are more (a
+    systematic failure must not pass for a few bad files), with one line now saying so; a clear error, with the
+    causes, when more than `max_failed_fraction` failed."""
     if not failures:
         return
     rows = [(keys[i], paths[i], reason) for i, reason in failures]
@@ -44,9 +45,12 @@ def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_f
             f"{'; '.join(causes)}; all are listed in {listed}")
     report = (f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded, listed in {listed}:"
               + "".join(f"\n  {cause}" for cause in causes))
-    print(report)
     if n > NOTED_FAILED_FRACTION * total:
+        print(f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded: their causes are "
+              "listed at the end")
         closing_note(report)
+    else:
+        print(report)
 
 
 def padding_note(path: str, window_seconds: float, what: str = "seed") -> str | None:
