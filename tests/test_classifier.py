@@ -4,6 +4,7 @@ penultimate layer is the embedding; single-label (softmax) and multi-label (sigm
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import head_from_yaml
 from siamrec.metrics import retrieval_metrics
 from siamrec.models.classifier import ClassifierHead, class_weights, is_multilabel
 from siamrec.models.heads import load_head
+from siamrec.runs import read_csv
 
 FAST = {"hidden": 16, "head_epochs": 40, "head_batch_size": 16, "head_lr": 0.01, "dropout": 0.0, "head_patience": 40}
 
@@ -99,7 +101,10 @@ def test_train_fits_the_baseline_on_feature_rows_and_scores_its_predictions(tmp_
     settings = [f"model.{k}={v}" for k, v in FAST.items()]
     run = tmp_path / "run"
     assert main(["train", "+model=baseline", *settings, f"hydra.run.dir={run}", *data]) == 0, capsys.readouterr().err
-    assert "fitting classifier on" in capsys.readouterr().out
+    fitted = re.search(r"fitting classifier on (\d+) training songs and (\d+) validation songs \((\d+)-d features\)",
+                       capsys.readouterr().out)
+    splits = [row["split"] for row in read_csv(run / "items.csv")]
+    assert fitted and fitted.groups() == (str(splits.count("train")), str(splits.count("valid")), str(x.shape[1]))
     head = json.loads((run / "head.json").read_text())
     assert head["target"] == "siamrec.models.classifier.ClassifierHead" and head["cfg"]["hidden"] == FAST["hidden"]
     metrics = json.loads((run / "metrics.json").read_text())

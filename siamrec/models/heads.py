@@ -52,8 +52,9 @@ class Head:
         """Fit on `training`'s rows of the train and valid splits (fit_rows); returns the history."""
         x_tr, y_tr = training.rows("train", train_on=self.train_on)
         x_va, y_va = training.rows("valid")
-        print(f"fitting {self.kind} on {len(x_tr)} training {training.unit(self.train_on)} of "
-              f"{training.count('train')} songs ({x_tr.shape[1]}-d features)")
+        unit, songs = training.unit(self.train_on), training.count("train")
+        rows = f"{len(x_tr)} training songs" if unit == "songs" else f"{len(x_tr)} training {unit} of {songs} songs"
+        print(f"fitting {self.kind} on {rows} and {len(x_va)} validation songs ({x_tr.shape[1]}-d features)")
         return self.fit_rows(x_tr, y_tr, x_va, y_va)
 
     def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
