@@ -133,7 +133,7 @@ def expansion_note(metrics: dict) -> str | None:
     if not expand or relevant is None or relevant >= expand:
         return None
     return (f"note: each query is expanded with its {expand} nearest songs (query_expansion={expand}), but a test "
-            f"query has {relevant:g} relevant songs in its gallery (median), so expansion pulls in songs of other "
+            f"query has {relevant:g} relevant song{'' if relevant == 1 else 's'} in its gallery (median), so expansion pulls in songs of other "
             "labels and can lower these scores; a larger test split or eval.protocol=test_vs_all gives it more, "
             "query_expansion=0 ranks by the seed alone")
 

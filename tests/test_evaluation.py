@@ -216,6 +216,8 @@ def test_a_test_split_with_fewer_relevant_songs_than_the_expansion_says_so(capsy
     print_scores(few)
     out = capsys.readouterr().out
     assert out.count("note:") == 1 and "query_expansion=8" in out and "5 relevant songs" in out
+    print_scores({**few, "median_relevant": 1})
+    assert "has 1 relevant song in its gallery" in capsys.readouterr().out
     for enough in (score_embeddings(x, y, split, EVAL, expand=5), score_embeddings(x, y, split, EVAL)):
         print_scores(enough)
         assert "note:" not in capsys.readouterr().out
