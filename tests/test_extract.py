@@ -260,6 +260,35 @@ def test_the_extracted_library_serves_recommend_with_new_songs_and_faiss(run, li
     assert len(json.loads((tmp_path / "p.json").read_text())) == 3
 
 
+def test_a_new_seed_enters_an_m3u8_playlist_with_its_own_tags(run, library, tmp_path, cfg_factory, capsys):
+    """recommend out=FILE.m3u8 with new songs as seeds: each comes first in its playlist under its tags' artist,
+    title and length, as library songs do; an untagged one under its file stem, with its length."""
+    import shutil
+
+    from mutagen.flac import FLAC
+
+    from siamrec.m3u import read_entries
+
+    tagged, bare = tmp_path / "ਨਵਾਂ.flac", tmp_path / "नया गीत.flac"
+    for new in (tagged, bare):
+        shutil.copy(library / "drone" / "drone_1.flac", new)
+        FLAC(new).delete()
+    tags = FLAC(tagged)
+    tags["title"], tags["artist"] = "ਮਿੱਟੀ ਦਾ ਬਾਵਾ", "Maan"
+    tags.save()
+    seconds = round(sf.info(str(tagged)).duration)
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"{tagged}\n{bare}\n", encoding="utf-8")
+    out = tmp_path / "p.m3u8"
+    recommend(cfg_factory("recommend", f"run={run}", f"recommend.seed={seeds}", "recommend.k=2",
+                          f"recommend.out={out}"), tmp_path)
+    assert "2 playlists (2 new songs embedded," in capsys.readouterr().out
+    text = out.read_text(encoding="utf-8")
+    assert f"#EXTINF:{seconds},Maan - ਮਿੱਟੀ ਦਾ ਬਾਵਾ\n{tagged}\n" in text
+    assert f"#EXTINF:{seconds},नया गीत\n{bare}\n" in text
+    assert [entry[1] for entry in read_entries(out)][::3] == [str(tagged), str(bare)]
+
+
 def test_ctrl_c_keeps_every_finished_song_and_says_how_to_finish(run, library, tmp_path, cfg_factory, monkeypatch):
     from siamrec.embedder import SongEmbedder
 

@@ -106,7 +106,8 @@ def recommend(cfg, run_dir) -> list[tuple]:
         written = write_playlists(Path(run_dir) / "playlists.csv", rows)
     how = "radio rules" if rules is not None else "no rules"
     seeds_as = f"each seed with its {index.expand} nearest songs" if index.expand else "each seed alone"
-    print(f"{len(seeds)} playlists ({len(new_songs)} new songs embedded, {index.method} search, {seeds_as}, {how}) "
+    plural = ("s" * (len(seeds) != 1), "s" * (len(new_songs) != 1))
+    print(f"{len(seeds)} playlist{plural[0]} ({len(new_songs)} new song{plural[1]} embedded, {index.method} search, {seeds_as}, {how}) "
           f"written to {written}")
     return rows
 
@@ -115,6 +116,18 @@ def _entry(songs: Songs, row: int, path: str) -> dict:
     duration = songs.durations[row]
     return {"path": path, "title": songs.titles[row], "artist": songs.artists[row] if songs.titles[row] else "",
             "duration": None if duration != duration else float(duration)}
+
+
+def _new_song_entry(path: Path) -> dict:
+    """A new seed's M3U8 entry: its title, artist and length from its tags, else its file stem."""
+    from siamrec.data.tags import read_tags
+
+    try:
+        tags = read_tags(str(path))
+    except Exception:  # noqa: BLE001 - a damaged tag only costs the entry its metadata
+        tags = {}
+    return {"path": str(path), "title": tags.get("title") or path.stem,
+            "artist": tags.get("artist", "") if tags.get("title") else "", "duration": tags.get("duration")}
 
 
 def _write_out(cfg, rows, songs: Songs, finder: SongFinder, seeds, self_index) -> Path:
@@ -133,7 +146,7 @@ def _write_out(cfg, rows, songs: Songs, finder: SongFinder, seeds, self_index) -
             if row >= 0:
                 entries.append(_entry(songs, int(row), finder.items[int(row)]["path"]))
             elif Path(str(seed)).expanduser().is_file():
-                entries.append({"path": str(Path(str(seed)).expanduser()), "title": Path(str(seed)).stem})
+                entries.append(_new_song_entry(Path(str(seed)).expanduser()))
         j = finder.by_key[key]
         entries.append(_entry(songs, j, finder.items[j]["path"]))
     return write_m3u8(out, entries, relative_to=cfg.recommend.get("relative_to"))
