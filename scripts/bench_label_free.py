@@ -167,6 +167,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="the Emotify songs scored, ranked among themselves (valid: a check on songs the candidates "
+                        "were not compared on)")
     p.add_argument("--expand", type=int, default=None,
                    help="query expansion of the scoring (default: the config's query_expansion)")
     args = p.parse_args()
@@ -187,7 +190,7 @@ def main() -> int:
             expand = int(cfg.query_expansion) if args.expand is None else args.expand
             for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
                 m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names,
-                                     expand=expand)["test"]["map"]
+                                     expand=expand)[args.split]["map"]
                 scores.setdefault(name, {}).setdefault(labels, []).append(m)
     data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}"], shared, args.cache)
     cross = OmegaConf.merge(cfg.eval, {"protocol": "cross"})
@@ -195,7 +198,7 @@ def main() -> int:
         scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names,
                                                      expand=expand)["test"]["map"]]
 
-    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: test MAP ({date.today()}, {platform.machine()}, "
+    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: MAP of Emotify's {args.split} songs ({date.today()}, {platform.machine()}, "
           f"{os.cpu_count()} cores, Emotify seeds {args.seeds}, query expansion {expand}, {time.time() - start:.0f} s in all)")
     print("| song vector | Emotify genres | Emotify emotions | RagaVeda (leave-one-out) | mean of the three |\n"
           "|---|---|---|---|---|")

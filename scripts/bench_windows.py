@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--labels", nargs="+", default=["genres", "emotions"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=["identity", "siamese"])
-    p.add_argument("--pool", default="mean")
+    p.add_argument("--pool", default=None, help="clip.pool (default: the backbone's own)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "siamrec-bench-cache"))
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--minutes", type=float, help="join each genre's excerpts into songs of this length (genres only)")
@@ -82,7 +82,8 @@ def main() -> int:
                             ensemble = [f"model.ensemble={max(members)}"] if members else []
                             cfg = strip_hydra(compose(command, [
                                 f"+model={model}", "data=csv", f"data.manifest={Path(args.root) / (labels + '.csv')}",
-                                f"backbone={backbone}", f"clip.windows={windows}", f"clip.pool={args.pool}",
+                                f"backbone={backbone}", f"clip.windows={windows}",
+                                *([f"clip.pool={args.pool}"] if args.pool else []),
                                 f"seed={seed}", f"paths.cache={args.cache}", f"paths.shared={shared}", "plots=false",
                                 *args.extra, *ensemble]))
                             seed_everything(seed)
@@ -102,7 +103,8 @@ def main() -> int:
                                 results.setdefault((backbone, windows, labels, f"blend {weight:g}"), []).append(test)
                                 print(f"## {backbone} {windows} {labels} seed={seed} blend {weight:g}: "
                                       f"map={test['map']:.4f}", flush=True)
-    print(f"\nEmotify test MAP ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, pool={args.pool}, "
+    pool = args.pool or "the backbone's"
+    print(f"\nEmotify test MAP ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, pool={pool}, "
           f"seeds {args.seeds}, {time.time() - start:.0f} s in all)")
     def ms(tests, key):
         if any(key not in t for t in tests):

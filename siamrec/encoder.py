@@ -9,9 +9,10 @@ are saved with the run, so new songs are encoded the same way.
 
 Then `features.normalise`, a label-free affine map fitted on the songs of the library (never on labels) and saved
 with the run, so that train, evaluate, recommend, extract and serve apply the same map to every song, new songs
-included: `none`; `centre` (subtract the library's mean song: the default, measured best for the label-free
-identity model, README "Backbones, windows and song vectors"); `standardise` (per dimension); `whiten` (PCA
-whitening of the standardised vectors, `features.whiten_eps` in units of the mean eigenvalue). A song's window
+included: `none`; `centre` (subtract the library's mean song); `centre_sqrt` (centre, then the signed square root
+of every coordinate, which evens out a few dominant ones); `standardise` (per dimension); `whiten` (PCA whitening of
+the standardised vectors, `features.whiten_eps` in units of the mean eigenvalue). Measured for the label-free
+identity model in README "Backbones, windows and song vectors". A song's window
 rows (model.train_on=windows) go through the same map, so heads trained on windows see what they are scored on.
 A library indexed without a training run (`extract` without run=) is fitted at the end of each extract over all its
 songs (fit_library_normaliser: the store keeps the raw vectors, the fit goes to library_normalise.json).
@@ -42,12 +43,12 @@ class Member:
         return self.extractor.columns(self.parts)
 
 
-NORMALISE = ("none", "centre", "standardise", "whiten")
+NORMALISE = ("none", "centre", "centre_sqrt", "standardise", "whiten")
 
 
 class Normaliser:
-    """x → (x − mean) · T, fitted on the library's song vectors without labels (see the module docstring); the
-    identity until fitted."""
+    """x → (x − mean) · T (centre_sqrt: then sign · √|·|), fitted on the library's song vectors without labels (see
+    the module docstring); the identity until fitted."""
 
     def __init__(self, kind: str = "none", whiten_eps: float = 1.0, mean=None, transform=None):
         if kind not in NORMALISE:
@@ -76,6 +77,8 @@ class Normaliser:
         y = np.asarray(x, np.float32) - self.mean
         if self.transform is not None:
             y = y * self.transform if self.transform.ndim == 1 else y @ self.transform
+        if self.kind == "centre_sqrt":
+            y = np.sign(y) * np.sqrt(np.abs(y))
         return y.astype(np.float32)
 
     def spec(self) -> dict:

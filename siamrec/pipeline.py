@@ -149,8 +149,9 @@ class TrainingSet:
 
     def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
         if train_on == "windows" and self.cfg.clip.pool != "mean":
-            raise SiamrecError("model.train_on=windows trains on window vectors, which have no standard deviation: "
-                               "use clip.pool=mean with it")
+            raise SiamrecError(f"model.train_on=windows trains on each window's vector as it is, which only "
+                               f"clip.pool=mean pools the same way (clip.pool={self.cfg.clip.pool} here): use "
+                               "clip.pool=mean with it")
         return self._song_features(keep_windows=train_on == "windows").rows(*splits, train_on=train_on)
 
     def backbone(self, what: str, head_on_windows: bool = False):

@@ -276,11 +276,11 @@ SCHEMA: dict = {
         "sr": number(0, lo_open=True), "duration": number(0, lo_open=True),
         "offset": Check(_offset_ok, "start, middle or a number of seconds >= 0"),
         "windows": Check(_windows_ok, "first, all or spread:K with K an integer >= 1"),
-        "hop": number(0, lo_open=True, null=True), "max_windows": integer(1), "pool": choice("mean", "mean_std"),
+        "hop": number(0, lo_open=True, null=True), "max_windows": integer(1), "pool": choice("mean", "mean_std", "unit_mean"),
     },
     "features": {
         "parts": list_of(string(), null=True, what="a list of part names"), "combine": COMBINE,
-        "normalise": choice("none", "centre", "standardise", "whiten"), "whiten_eps": number(0),
+        "normalise": choice("none", "centre", "centre_sqrt", "standardise", "whiten"), "whiten_eps": number(0),
         "batch_size": integer(1), "workers": integer(0, null=True), "cache": boolean(),
         "threads": integer(1, null=True), "runtime": choice("onnxruntime", "tensorflow"),
     },

@@ -133,9 +133,32 @@ def test_stream_keeps_the_order_and_reports_failures_in_place(tmp_path):
 
 def test_pooled_layout_and_pooling():
     assert pooled_parts({"a": 2, "b": 3}, "mean_std") == {"a": 2, "b": 3, "a_std": 2, "b_std": 3}
+    assert pooled_parts({"a": 2, "b": 3}, "unit_mean") == {"a": 2, "b": 3}
     f = np.array([[1.0, 2.0], [3.0, 6.0]])
-    np.testing.assert_allclose(pool_windows(f, "mean"), [2, 4])
-    np.testing.assert_allclose(pool_windows(f, "mean_std"), [2, 4, 1, 2])
+    np.testing.assert_allclose(pool_windows(f, "mean", {"a": 2}), [2, 4])
+    np.testing.assert_allclose(pool_windows(f, "mean_std", {"a": 2}), [2, 4, 1, 2])
+
+
+def test_unit_mean_pooling_weighs_every_window_of_every_part_alike():
+    """clip.pool=unit_mean: each window's vector of each part scaled to unit length, then the mean; a window ten
+    times louder in one part weighs no more there, and the other part is untouched by it."""
+    rng = np.random.default_rng(0)
+    parts = {"a": 3, "b": 2}
+    f = rng.normal(size=(4, 5)).astype(np.float32)
+    a, b = f[:, :3], f[:, 3:]
+    want = np.concatenate([(a / np.linalg.norm(a, axis=1, keepdims=True)).mean(0),
+                           (b / np.linalg.norm(b, axis=1, keepdims=True)).mean(0)])
+    before = f.copy()
+    np.testing.assert_allclose(pool_windows(f, "unit_mean", parts), want, rtol=1e-5)
+    np.testing.assert_array_equal(f, before)  # the window features are not changed in place
+    loud = f.copy()
+    loud[0, :3] *= 10
+    np.testing.assert_allclose(pool_windows(loud, "unit_mean", parts), want, rtol=1e-5)
+    assert not np.allclose(pool_windows(loud, "mean", parts), pool_windows(f, "mean", parts))
+    silent = f.copy()
+    silent[1, 3:] = 0  # a zero window stays zero (no division by zero)
+    got = pool_windows(silent, "unit_mean", parts)
+    assert np.isfinite(got).all() and np.allclose(got[:3], want[:3])
 
 
 def test_the_fingerprint_changes_with_every_clip_and_backbone_setting(monkeypatch):
@@ -368,7 +391,7 @@ def test_normaliser_is_the_identity_until_fitted_and_round_trips_through_its_spe
     from siamrec.encoder import Normaliser
 
     x = np.random.default_rng(0).normal(loc=3.0, scale=[1.0, 10.0, 0.1], size=(50, 3)).astype(np.float32)
-    for kind in ("none", "centre", "standardise", "whiten"):
+    for kind in ("none", "centre", "centre_sqrt", "standardise", "whiten"):
         norm = Normaliser(kind)
         np.testing.assert_array_equal(norm(x), x)
         norm.fit(x)
@@ -377,6 +400,10 @@ def test_normaliser_is_the_identity_until_fitted_and_round_trips_through_its_spe
     std = Normaliser("standardise")
     std.fit(x)
     np.testing.assert_allclose(std(x).std(axis=0), 1.0, rtol=1e-3)
+    root = Normaliser("centre_sqrt")
+    root.fit(x)
+    centred = x - x.mean(axis=0)
+    np.testing.assert_allclose(root(x), np.sign(centred) * np.sqrt(np.abs(centred)), rtol=1e-4, atol=1e-5)
     with pytest.raises(SiamrecError, match="features.normalise='pca'"):
         Normaliser("pca")
 

@@ -81,6 +81,20 @@ def test_the_lead_s_new_keys_validate():
     assert schema.problems(cfg) == []
 
 
+def test_windows_pooling_and_normalisation_follow_the_backbone_unless_set():
+    """Each backbone's YAML recommends the clip.windows, clip.pool and features.normalise measured for it; a setting
+    given on the command line wins."""
+    def chosen(*overrides):
+        cfg = strip_hydra(compose("train", ["+model=identity", *overrides]))
+        assert schema.problems(cfg) == []
+        return cfg.clip.windows, cfg.clip.pool, cfg.features.normalise
+
+    assert chosen() == ("all", "unit_mean", "centre_sqrt")  # musicnn_msd, the default backbone
+    assert chosen("backbone=choi2017") == ("spread:4", "mean", "centre")
+    assert chosen("clip.pool=mean", "features.normalise=centre") == ("all", "mean", "centre")
+    assert chosen("backbone=choi2017", "clip.pool=unit_mean") == ("spread:4", "unit_mean", "centre")
+
+
 def test_unset_mandatory_values_are_left_to_the_command():
     cfg = strip_hydra(compose("train", ["data=folder"]))  # data.root: ???
     assert schema.problems(cfg) == []

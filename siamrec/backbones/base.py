@@ -70,8 +70,10 @@ class Bundle:
     prepare_max_windows: int = 256  # prepare() sees at most this many (seeded, random) windows
 
     def __init__(self, pretrained: bool = True, weights: str | None = None, download: bool = True,
-                 url: str | None = None, windows: str | None = None, **params):
-        # windows: the clip.windows this backbone recommends (clip.windows follows it unless set); not a model setting
+                 url: str | None = None, windows: str | None = None, pool: str | None = None,
+                 normalise: str | None = None, **params):
+        # windows, pool, normalise: the clip.windows, clip.pool and features.normalise this backbone recommends (they
+        # follow it unless set); not model settings
         self.pretrained = bool(pretrained)
         self.weights = weights
         self.download = bool(download)

@@ -398,7 +398,8 @@ class MusicnnMSD(Bundle):
 
     def __init__(self, name: str = "musicnn_msd", sample_rate: int = SR, window_seconds: float | None = None,
                  pretrained: bool = True, weights: str | None = None, download: bool = True, url: str | None = None,
-                 windows: str | None = None, **params):
+                 windows: str | None = None, pool: str | None = None, normalise: str | None = None, **params):
+        # windows, pool, normalise: what clip and features follow unless set (the base class says); not model settings
         if window_seconds is not None and abs(float(window_seconds) - self.window_samples / SR) > 1e-6:
             raise SiamrecError(f"backbone.window_seconds={window_seconds}: musicnn_msd reads windows of "
                                f"{self.window_samples / SR} s (one 3-s patch with its frames' context); keep it")

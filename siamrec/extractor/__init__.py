@@ -3,7 +3,7 @@
     clip.py          the `clip` settings checked against the backbone; the plan of a song's windows
     decoding.py      decode (worker processes: seek, read, mono, resample to the bundle's rate; siamrec.data.audio)
     batching.py      the Extractor: batches of windows → the bundle's model (siamrec.inference) → window features
-    pooling.py       pool the windows of a song (clip.pool: mean | mean_std) → one vector per song
+    pooling.py       pool the windows of a song (clip.pool: mean | mean_std | unit_mean) → one vector per song
     cache.py         file digests and the feature cache (train/evaluate: keyed by content and fingerprint)
     fingerprints.py  the hash of everything that changes a song vector
     failures.py      files that could not be decoded: skipped, grouped by cause, reported

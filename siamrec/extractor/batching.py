@@ -136,7 +136,7 @@ class Extractor:
     def pool_songs(self, window_feats: list[np.ndarray]) -> np.ndarray:
         if not window_feats:
             return np.empty((0, self.dim), np.float32)
-        return np.stack([pool_windows(f, self.pool) for f in window_feats]).astype(np.float32)
+        return np.stack([pool_windows(f, self.pool, self.bundle.parts) for f in window_feats]).astype(np.float32)
 
     def song_features(self, paths: list[str], keep_windows: bool = False, use_cache: bool = True,
                       desc: str = "features") -> SongFeatures:
@@ -171,6 +171,6 @@ class Extractor:
         return out
 
     def _put(self, out: SongFeatures, i: int, feats: np.ndarray) -> None:
-        out.vectors[i] = pool_windows(feats, self.pool)
+        out.vectors[i] = pool_windows(feats, self.pool, self.bundle.parts)
         if out.windows is not None:
             out.windows[i] = feats

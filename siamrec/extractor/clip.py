@@ -5,7 +5,7 @@ from __future__ import annotations
 from siamrec.data.audio import WindowPlan, parse_windows, window_start
 from siamrec.errors import SiamrecError
 
-POOLS = ("mean", "mean_std")
+POOLS = ("mean", "mean_std", "unit_mean")
 
 
 def plain(node) -> dict:

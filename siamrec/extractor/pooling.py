@@ -6,7 +6,7 @@ import numpy as np
 
 def pooled_parts(parts: dict[str, int], pool: str) -> dict[str, int]:
     """The layout of a pooled song vector: the parts (means), then with mean_std the parts' standard deviations."""
-    return dict(parts) if pool == "mean" else {**parts, **{f"{p}_std": w for p, w in parts.items()}}
+    return {**parts, **{f"{p}_std": w for p, w in parts.items()}} if pool == "mean_std" else dict(parts)
 
 
 def part_columns(layout: dict[str, int], names, owner: str = "the backbone") -> np.ndarray:
@@ -19,7 +19,17 @@ def part_columns(layout: dict[str, int], names, owner: str = "the backbone") -> 
     return columns(layout, names + [f"{n}_std" for n in names if f"{n}_std" in layout], owner)
 
 
-def pool_windows(feats: np.ndarray, pool: str) -> np.ndarray:
-    """One vector from a song's (n_windows, dim) window features."""
+def pool_windows(feats: np.ndarray, pool: str, parts: dict[str, int]) -> np.ndarray:
+    """One vector from a song's (n_windows, dim) window features, whose columns are `parts` in order: their mean;
+    `mean_std` appends their standard deviation; `unit_mean` first scales each window's vector of each part to unit
+    length (a loud or dense window weighs no more than a quiet one)."""
+    if pool == "unit_mean":
+        feats = np.array(feats, dtype=np.float32)
+        start = 0
+        for width in parts.values():
+            block = feats[:, start:start + width]
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+            feats[:, start:start + width] = block / np.where(norms > 0, norms, 1.0)
+            start += width
     mean = feats.mean(axis=0)
-    return mean if pool == "mean" else np.concatenate([mean, feats.std(axis=0)])
+    return np.concatenate([mean, feats.std(axis=0)]) if pool == "mean_std" else mean
