@@ -214,14 +214,31 @@ def test_extract_without_a_run_then_only_what_changed(music, tmp_path, monkeypat
     assert len(rows) == 3 and all(r[3] in items and r[3] != "New/new.flac" for r in rows)
 
 
-def test_an_index_folder_keeps_its_backbone(music, tmp_path):
+def test_an_index_folder_keeps_its_backbone_and_says_which_settings_differ(music, tmp_path, capsys):
+    """An index folder made with other settings (e.g. defaults changed by an upgrade) is refused in one line naming
+    each setting it was made with and the one asked for now, and the overrides that use it as it is; with them, it
+    is updated without embedding a song again."""
     from siamrec.commands.extract import extract
     from siamrec.errors import SiamrecError
 
     out = tmp_path / "index"
     extract(library_cfg(tmp_path, music, f"extract.out={out}"), tmp_path / "run")
-    with pytest.raises(SiamrecError, match="other clip settings"):
-        extract(library_cfg(tmp_path, music, f"extract.out={out}", "clip.windows=all"), tmp_path / "run2")
+    with pytest.raises(SiamrecError) as e:
+        extract(library_cfg(tmp_path, music, f"extract.out={out}", "clip.windows=all", "clip.pool=unit_mean",
+                            "features.normalise=centre_sqrt"), tmp_path / "run2")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for was, now in (("clip.pool=mean", "unit_mean"), ("clip.windows=first", "all"),
+                     ("features.normalise=centre", "centre_sqrt")):
+        assert f"{was} (now {now})" in msg
+    keep = msg.split("add '")[1].split("'")[0]
+    assert keep == "clip.pool=mean clip.windows=first features.normalise=centre"
+    capsys.readouterr()
+    extract(library_cfg(tmp_path, music, f"extract.out={out}", "clip.windows=all", "clip.pool=unit_mean",
+                        "features.normalise=centre_sqrt", *keep.split()), tmp_path / "run3")
+    assert f"0 embedded, {len(items_of(out))} reused from the store" in capsys.readouterr().out
+    with pytest.raises(SiamrecError, match="another backbone"):
+        extract(library_cfg(tmp_path, music, f"extract.out={out}", "backbone.seed=8"), tmp_path / "run4")
 
 
 def test_the_default_index_folder_is_one_per_library_under_the_user_data_dir(tmp_path, monkeypatch):

@@ -144,6 +144,9 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
     return out
 
 
+RECOMMENDED = ("windows", "pool", "normalise")  # a backbone YAML's recommendations to clip and features
+
+
 def pretrained_model(cfg, out: Path, lib) -> Path:
     """`out` as a model folder: the identity model of cfg.backbone with cfg.clip (extractor.json, backbone.keras,
     head.json), made on the first extract into `out` and kept, so the store's fingerprint stays the same and an
@@ -159,17 +162,32 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     if spec_file.is_file() and head_file.is_file():
         try:
-            member = json.loads(spec_file.read_text(encoding="utf-8"))["members"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+            spec = json.loads(spec_file.read_text(encoding="utf-8"))
+            member = spec["members"][0]
+            saved = {**{f"clip.{k}": v for k, v in member["clip"].items() if k not in ("sr", "duration")},
+                     "features.normalise": (spec.get("normalise") or {}).get("kind", "none")}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise SiamrecError(f"extract.out={out}: its extractor.json is damaged; delete the folder to index "
                                "the library again") from None
-        clip = {**OmegaConf.to_container(cfg.clip, resolve=True)}
-        saved_clip = {k: v for k, v in member.get("clip", {}).items() if k not in ("sr", "duration")}
-        if member.get("backbone") != backbone or saved_clip != {k: v for k, v in clip.items()
-                                                                 if k not in ("sr", "duration")}:
-            raise SiamrecError(f"extract.out={out} was indexed with backbone {member.get('backbone', {}).get('name')} "
-                               "and other clip settings than these; use its settings, another extract.out, or "
-                               "delete the folder to index the library again")
+        # what a backbone recommends to clip and features (windows, pool, normalise) is compared as those settings
+        model_keys = {k: v for k, v in backbone.items() if k not in RECOMMENDED}
+        if {k: v for k, v in member.get("backbone", {}).items() if k not in RECOMMENDED} != model_keys:
+            raise SiamrecError(f"extract.out={out} was indexed with another backbone "
+                               f"({member.get('backbone', {}).get('name')}); use it (backbone=...), another "
+                               "extract.out, or delete the folder to index the library again")
+        now = {**{f"clip.{k}": v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items()
+                  if k not in ("sr", "duration")}, "features.normalise": str(cfg.features.normalise)}
+        differ = [key for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+        if differ:
+            def shown(value):
+                return "null" if value is None else value
+
+            keep = " ".join(f"{key}={shown(saved.get(key))}" for key in differ)
+            raise SiamrecError(
+                f"extract.out={out} was indexed with other settings: "
+                f"{', '.join(f'{key}={shown(saved.get(key))} (now {shown(now.get(key))})' for key in differ)}; add "
+                f"'{keep}' to use it as it is, or delete the folder (or give another extract.out) to index the "
+                "library again with these")
         return out
     if cfg.get("model"):  # extract without run= embeds with the pretrained backbone as it is: no head to fit
         require_head(cfg, "extract").untrained(cfg.model.name, "extract")
