@@ -148,7 +148,7 @@ class TrainingSet:
         return train_on if self.is_audio else "songs"
 
     def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
-        if train_on == "windows" and self.cfg.clip.pool != "mean":
+        if train_on == "windows" and self.is_audio and self.cfg.clip.pool != "mean":  # the schema says it first
             raise SiamrecError(f"model.train_on=windows trains on each window's vector as it is, which only "
                                f"clip.pool=mean pools the same way (clip.pool={self.cfg.clip.pool} here): use "
                                "clip.pool=mean with it")

@@ -416,6 +416,12 @@ def _cross_checks(node: Mapping) -> list[str]:
     valid, test = _number(split, "valid"), _number(split, "test")
     if valid is not None and test is not None and valid + test >= 1:
         out.append(f"split.valid={valid} and split.test={test}: together they must leave songs for training (< 1)")
+    clip = node.get("clip") if isinstance(node.get("clip"), Mapping) else {}
+    data = node.get("data") if isinstance(node.get("data"), Mapping) else {}
+    if model.get("train_on") == "windows" and data.get("source") != "features" and clip.get("pool", "mean") != "mean":
+        out.append(f"model.train_on=windows trains on each window's vector as it is, which only clip.pool=mean pools "
+                   f"the same way (clip.pool={clip.get('pool')} here, the backbone's default unless set): add "
+                   "clip.pool=mean")
     serve = node.get("serve") if isinstance(node.get("serve"), Mapping) else {}
     k, max_k = _number(serve, "k"), _number(serve, "max_k")
     if k is not None and max_k is not None and k > max_k:

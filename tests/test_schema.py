@@ -75,7 +75,7 @@ def test_model_keys_are_checked_per_model():
 def test_the_lead_s_new_keys_validate():
     cfg = strip_hydra(compose("train", [
         "+model=siamese", "model.train_on=windows", "clip.windows=spread:4", "clip.hop=2.5",
-        "clip.max_windows=64", "clip.pool=mean_std", "features.parts=[block1,block2]", "extract.engine=ray",
+        "clip.max_windows=64", "clip.pool=mean", "features.parts=[block1,block2]", "extract.engine=ray",
         "features.combine=[{backbone:musicnn_msd,parts:[penultimate]}]", "model.trainable=last:2",
         "extract.engine.actors=2", "extract.engine.num_gpus=0.5", "seed=1"]))
     assert schema.problems(cfg) == []
@@ -93,6 +93,18 @@ def test_windows_pooling_and_normalisation_follow_the_backbone_unless_set():
     assert chosen("backbone=choi2017") == ("spread:4", "mean", "centre")
     assert chosen("clip.pool=mean", "features.normalise=centre") == ("all", "mean", "centre")
     assert chosen("backbone=choi2017", "clip.pool=unit_mean") == ("spread:4", "unit_mean", "centre")
+
+
+def test_training_on_windows_asks_for_plain_mean_pooling_of_audio_only():
+    """model.train_on=windows trains on the windows' own vectors: with musicnn's default clip.pool=unit_mean the
+    settings are refused before any work, in one line saying what to add; precomputed features have no windows."""
+    windows = ["+model=siamese", "model.train_on=windows"]
+    found = schema.problems(strip_hydra(compose("train", windows)))
+    assert found == ["model.train_on=windows trains on each window's vector as it is, which only clip.pool=mean pools "
+                     "the same way (clip.pool=unit_mean here, the backbone's default unless set): add clip.pool=mean"]
+    assert schema.problems(strip_hydra(compose("train", [*windows, "clip.pool=mean"]))) == []
+    features = ["data=features", "data.features=[a.npy]", "data.labels=a.csv"]
+    assert schema.problems(strip_hydra(compose("train", [*windows, *features]))) == []
 
 
 def test_unset_mandatory_values_are_left_to_the_command():
