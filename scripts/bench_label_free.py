@@ -1,10 +1,11 @@
 """What should a listener without labels get? Test MAP of label-free song vectors of the default backbone
 (musicnn): its parts, their pooling, and a normalisation fitted on the listener's own library without labels.
 
-    python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR]
+    python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR] [--split test|valid] [--expand K]
 
 Columns: Emotify genres and emotions (400 real one-minute excerpts; csv manifests with groups; group-aware
-stratified splits, seeds 0-2; test songs ranked against test songs, as `evaluate +model=identity`) and RagaVeda
+stratified splits, seeds 0-2; test songs ranked against test songs, as `evaluate +model=identity`; `--split valid`
+scores the validation songs instead, songs a candidate chosen on the test columns was not compared on) and RagaVeda
 leave-one-out (69 real raga clips, every clip a query against the other 68: eval.protocol=cross). The
 normalisations are fitted on every song of the library (the listener's whole collection; no label is used).
 
@@ -198,8 +199,9 @@ def main() -> int:
         scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names,
                                                      expand=expand)["test"]["map"]]
 
-    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: MAP of Emotify's {args.split} songs ({date.today()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Emotify seeds {args.seeds}, query expansion {expand}, {time.time() - start:.0f} s in all)")
+    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: MAP of Emotify's {args.split} songs "
+          f"({date.today()}, {platform.machine()}, {os.cpu_count()} cores, Emotify seeds {args.seeds}, query "
+          f"expansion {expand}, {time.time() - start:.0f} s in all)")
     print("| song vector | Emotify genres | Emotify emotions | RagaVeda (leave-one-out) | mean of the three |\n"
           "|---|---|---|---|---|")
     for name, cols in scores.items():

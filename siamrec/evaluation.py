@@ -132,8 +132,9 @@ def expansion_note(metrics: dict) -> str | None:
     expand, relevant = metrics.get("query_expansion", 0), metrics.get("median_relevant")
     if not expand or relevant is None or relevant >= expand:
         return None
+    songs = "song" if relevant == 1 else "songs"
     return (f"note: each query is expanded with its {expand} nearest songs (query_expansion={expand}), but a test "
-            f"query has {relevant:g} relevant song{'' if relevant == 1 else 's'} in its gallery (median), so expansion pulls in songs of other "
+            f"query has {relevant:g} relevant {songs} in its gallery (median), so expansion pulls in songs of other "
             "labels and can lower these scores; a larger test split or eval.protocol=test_vs_all gives it more, "
             "query_expansion=0 ranks by the seed alone")
 

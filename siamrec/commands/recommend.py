@@ -106,9 +106,9 @@ def recommend(cfg, run_dir) -> list[tuple]:
         written = write_playlists(Path(run_dir) / "playlists.csv", rows)
     how = "radio rules" if rules is not None else "no rules"
     seeds_as = f"each seed with its {index.expand} nearest songs" if index.expand else "each seed alone"
-    plural = ("s" * (len(seeds) != 1), "s" * (len(new_songs) != 1))
-    print(f"{len(seeds)} playlist{plural[0]} ({len(new_songs)} new song{plural[1]} embedded, {index.method} search, {seeds_as}, {how}) "
-          f"written to {written}")
+    lists, songs_new = f"{len(seeds)} playlist" + "s" * (len(seeds) != 1), f"{len(new_songs)} new song" + "s" * (
+        len(new_songs) != 1)
+    print(f"{lists} ({songs_new} embedded, {index.method} search, {seeds_as}, {how}) written to {written}")
     return rows
 
 
