@@ -239,6 +239,9 @@ def test_an_index_folder_keeps_its_backbone_and_says_which_settings_differ(music
     assert f"0 embedded, {len(items_of(out))} reused from the store" in capsys.readouterr().out
     with pytest.raises(SiamrecError, match="another backbone"):
         extract(library_cfg(tmp_path, music, f"extract.out={out}", "backbone.seed=8"), tmp_path / "run4")
+    (out / "extractor.json").write_text('{"members": [', encoding="utf-8")
+    with pytest.raises(SiamrecError, match=f"the index folder {out}: its extractor.json is damaged"):
+        extract(library_cfg(tmp_path, music, f"extract.out={out}"), tmp_path / "run5")
 
 
 def test_the_default_index_folder_is_one_per_library_under_the_user_data_dir(tmp_path, monkeypatch):

@@ -167,12 +167,12 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
             saved = {**{f"clip.{k}": v for k, v in member["clip"].items() if k not in ("sr", "duration")},
                      "features.normalise": (spec.get("normalise") or {}).get("kind", "none")}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise SiamrecError(f"extract.out={out}: its extractor.json is damaged; delete the folder to index "
+            raise SiamrecError(f"the index folder {out}: its extractor.json is damaged; delete the folder to index "
                                "the library again") from None
         # what a backbone recommends to clip and features (windows, pool, normalise) is compared as those settings
         model_keys = {k: v for k, v in backbone.items() if k not in RECOMMENDED}
         if {k: v for k, v in member.get("backbone", {}).items() if k not in RECOMMENDED} != model_keys:
-            raise SiamrecError(f"extract.out={out} was indexed with another backbone "
+            raise SiamrecError(f"the index folder {out} was made with another backbone "
                                f"({member.get('backbone', {}).get('name')}); use it (backbone=...), another "
                                "extract.out, or delete the folder to index the library again")
         now = {**{f"clip.{k}": v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items()
@@ -184,7 +184,7 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
 
             keep = " ".join(f"{key}={shown(saved.get(key))}" for key in differ)
             raise SiamrecError(
-                f"extract.out={out} was indexed with other settings: "
+                f"the index folder {out} was made with other settings: "
                 f"{', '.join(f'{key}={shown(saved.get(key))} (now {shown(now.get(key))})' for key in differ)}; add "
                 f"'{keep}' to use it as it is, or delete the folder (or give another extract.out) to index the "
                 "library again with these")
