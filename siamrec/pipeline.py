@@ -11,6 +11,7 @@ from siamrec.data.library import Library
 from siamrec.data.sources import load_library
 from siamrec.data.split import make_split, write_split
 from siamrec.errors import SiamrecError
+from siamrec.schema import windows_pool_problem
 from siamrec.runs import mark_finished, write_embeddings, write_json
 
 
@@ -148,10 +149,9 @@ class TrainingSet:
         return train_on if self.is_audio else "songs"
 
     def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
-        if train_on == "windows" and self.is_audio and self.cfg.clip.pool != "mean":  # the schema says it first
-            raise SiamrecError(f"model.train_on=windows trains on each window's vector as it is, which only "
-                               f"clip.pool=mean pools the same way (clip.pool={self.cfg.clip.pool} here): use "
-                               "clip.pool=mean with it")
+        problem = windows_pool_problem(train_on, "audio" if self.is_audio else "features", self.cfg.clip.pool)
+        if problem:  # the schema refuses it before any work; this guards a train(cfg) called without it
+            raise SiamrecError(problem)
         return self._song_features(keep_windows=train_on == "windows").rows(*splits, train_on=train_on)
 
     def backbone(self, what: str, head_on_windows: bool = False):

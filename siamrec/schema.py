@@ -276,7 +276,8 @@ SCHEMA: dict = {
         "sr": number(0, lo_open=True), "duration": number(0, lo_open=True),
         "offset": Check(_offset_ok, "start, middle or a number of seconds >= 0"),
         "windows": Check(_windows_ok, "first, all or spread:K with K an integer >= 1"),
-        "hop": number(0, lo_open=True, null=True), "max_windows": integer(1), "pool": choice("mean", "mean_std", "unit_mean"),
+        "hop": number(0, lo_open=True, null=True), "max_windows": integer(1),
+        "pool": choice("mean", "mean_std", "unit_mean"),
     },
     "features": {
         "parts": list_of(string(), null=True, what="a list of part names"), "combine": COMBINE,
@@ -319,14 +320,15 @@ STUDY = {"name": choice("blocks"),
 
 
 def _show(value) -> str:
-    return repr(value) if isinstance(value, str) else _plain(value)
+    return repr(value) if isinstance(value, str) else override_value(value)
 
 
-def _plain(value) -> str:
+def override_value(value) -> str:
+    """`value` as a command-line override writes it (null, true, [a, b], {k: v})."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, Sequence) and not isinstance(value, str):
-        return "[" + ", ".join(_plain(v) for v in value) + "]"
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -404,6 +406,15 @@ def _number(node, *keys):
     return node if _is_num(node) else None
 
 
+def windows_pool_problem(train_on, source, pool) -> str | None:
+    """Training on windows (`model.train_on=windows`) trains on each window's own vector, which only clip.pool=mean
+    pools the same way; precomputed features (data source `features`) have no windows. The line, or None."""
+    if train_on != "windows" or source == "features" or pool == "mean":
+        return None
+    return (f"model.train_on=windows trains on each window's vector as it is, which only clip.pool=mean pools the "
+            f"same way (clip.pool={pool} here, the backbone's default unless set): add clip.pool=mean")
+
+
 def _cross_checks(node: Mapping) -> list[str]:
     """Settings that are each fine but do not go together."""
     out = []
@@ -418,10 +429,9 @@ def _cross_checks(node: Mapping) -> list[str]:
         out.append(f"split.valid={valid} and split.test={test}: together they must leave songs for training (< 1)")
     clip = node.get("clip") if isinstance(node.get("clip"), Mapping) else {}
     data = node.get("data") if isinstance(node.get("data"), Mapping) else {}
-    if model.get("train_on") == "windows" and data.get("source") != "features" and clip.get("pool", "mean") != "mean":
-        out.append(f"model.train_on=windows trains on each window's vector as it is, which only clip.pool=mean pools "
-                   f"the same way (clip.pool={clip.get('pool')} here, the backbone's default unless set): add "
-                   "clip.pool=mean")
+    windows = windows_pool_problem(model.get("train_on"), data.get("source"), clip.get("pool", "mean"))
+    if windows:
+        out.append(windows)
     serve = node.get("serve") if isinstance(node.get("serve"), Mapping) else {}
     k, max_k = _number(serve, "k"), _number(serve, "max_k")
     if k is not None and max_k is not None and k > max_k:

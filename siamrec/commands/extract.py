@@ -31,6 +31,7 @@ from siamrec.pipeline import Data, require_head, save_embeddings
 from siamrec.progress import Progress
 from siamrec.runs import (atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished,
                           write_embeddings, write_json)
+from siamrec.schema import override_value
 from siamrec.store import FeatureStore, run_fingerprint
 
 
@@ -147,6 +148,12 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
 RECOMMENDED = ("windows", "pool", "normalise")  # a backbone YAML's recommendations to clip and features
 
 
+def _index_settings(clip: dict, normalise: str) -> dict:
+    """The settings an index folder's song vectors depend on besides the backbone: its clip (but the rate and window
+    length, which the backbone fixes) and features.normalise, keyed as the command line names them."""
+    return {**{f"clip.{k}": v for k, v in clip.items() if k not in ("sr", "duration")}, "features.normalise": normalise}
+
+
 def pretrained_model(cfg, out: Path, lib) -> Path:
     """`out` as a model folder: the identity model of cfg.backbone with cfg.clip (extractor.json, backbone.keras,
     head.json), made on the first extract into `out` and kept, so the store's fingerprint stays the same and an
@@ -164,8 +171,7 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
         try:
             spec = json.loads(spec_file.read_text(encoding="utf-8"))
             member = spec["members"][0]
-            saved = {**{f"clip.{k}": v for k, v in member["clip"].items() if k not in ("sr", "duration")},
-                     "features.normalise": (spec.get("normalise") or {}).get("kind", "none")}
+            saved = _index_settings(member["clip"], (spec.get("normalise") or {}).get("kind", "none"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise SiamrecError(f"the index folder {out}: its extractor.json is damaged; delete the folder to index "
                                "the library again") from None
@@ -175,19 +181,15 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
             raise SiamrecError(f"the index folder {out} was made with another backbone "
                                f"({member.get('backbone', {}).get('name')}); use it (backbone=...), another "
                                "extract.out, or delete the folder to index the library again")
-        now = {**{f"clip.{k}": v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items()
-                  if k not in ("sr", "duration")}, "features.normalise": str(cfg.features.normalise)}
+        now = _index_settings(OmegaConf.to_container(cfg.clip, resolve=True), str(cfg.features.normalise))
         differ = [key for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
         if differ:
-            def shown(value):
-                return "null" if value is None else value
-
-            keep = " ".join(f"{key}={shown(saved.get(key))}" for key in differ)
+            was = [f"{key}={override_value(saved.get(key))}" for key in differ]
             raise SiamrecError(
                 f"the index folder {out} was made with other settings: "
-                f"{', '.join(f'{key}={shown(saved.get(key))} (now {shown(now.get(key))})' for key in differ)}; add "
-                f"'{keep}' to use it as it is, or delete the folder (or give another extract.out) to index the "
-                "library again with these")
+                f"{', '.join(f'{w} (now {override_value(now.get(key))})' for w, key in zip(was, differ))}; add "
+                f"'{' '.join(was)}' to use it as it is, or delete the folder (or give another extract.out) to index "
+                "the library again with these")
         return out
     if cfg.get("model"):  # extract without run= embeds with the pretrained backbone as it is: no head to fit
         require_head(cfg, "extract").untrained(cfg.model.name, "extract")

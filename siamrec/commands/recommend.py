@@ -106,9 +106,10 @@ def recommend(cfg, run_dir) -> list[tuple]:
         written = write_playlists(Path(run_dir) / "playlists.csv", rows)
     how = "radio rules" if rules is not None else "no rules"
     seeds_as = f"each seed with its {index.expand} nearest songs" if index.expand else "each seed alone"
-    lists, songs_new = f"{len(seeds)} playlist" + "s" * (len(seeds) != 1), f"{len(new_songs)} new song" + "s" * (
-        len(new_songs) != 1)
-    print(f"{lists} ({songs_new} embedded, {index.method} search, {seeds_as}, {how}) written to {written}")
+    lists = "playlist" if len(seeds) == 1 else "playlists"
+    songs_word = "song" if len(new_songs) == 1 else "songs"
+    print(f"{len(seeds)} {lists} ({len(new_songs)} new {songs_word} embedded, {index.method} search, {seeds_as}, "
+          f"{how}) written to {written}")
     return rows
 
 
@@ -120,12 +121,9 @@ def _entry(songs: Songs, row: int, path: str) -> dict:
 
 def _new_song_entry(path: Path) -> dict:
     """A new seed's M3U8 entry: its title, artist and length from its tags, else its file stem."""
-    from siamrec.data.tags import read_tags
+    from siamrec.data.tags import read_tags_or_none
 
-    try:
-        tags = read_tags(str(path))
-    except Exception:  # noqa: BLE001 - a damaged tag only costs the entry its metadata
-        tags = {}
+    tags = read_tags_or_none(str(path)) or {}  # a damaged tag only costs the entry its metadata
     return {"path": str(path), "title": tags.get("title") or path.stem,
             "artist": tags.get("artist", "") if tags.get("title") else "", "duration": tags.get("duration")}
 

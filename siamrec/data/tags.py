@@ -109,7 +109,8 @@ CACHE_BATCH = 2000   # tags read are stored every this many files (an interrupte
 PARALLEL_FROM = 500  # this many files or more are read in one worker process per core
 
 
-def _read_or_none(path: str):
+def read_tags_or_none(path: str) -> dict | None:
+    """read_tags, or None when the file's tags are damaged."""
     try:
         return read_tags(path)
     except Exception:  # noqa: BLE001 - any damage in a tag header
@@ -121,7 +122,7 @@ def _read_all(paths: list[str]):
     are many, here otherwise."""
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers < 2 or len(paths) < PARALLEL_FROM:
-        yield from map(_read_or_none, paths)
+        yield from map(read_tags_or_none, paths)
         return
     import multiprocessing as mp
     import signal
@@ -129,7 +130,7 @@ def _read_all(paths: list[str]):
     # workers ignore Ctrl-C: the main process handles it (and keeps the tags stored so far)
     with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
                                       initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-        yield from pool.imap(_read_or_none, paths, chunksize=64)
+        yield from pool.imap(read_tags_or_none, paths, chunksize=64)
 
 
 class TagCache:
