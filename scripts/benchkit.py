@@ -118,8 +118,6 @@ def head_scores(run_dir: Path, cfg, members=None) -> dict:
     history = json.loads(history_file.read_text()) if history_file.is_file() else {}
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     name = cfg.model.name if cfg.get("model") else "identity"
-    if "valid_map_by_lda_share" in history:  # the MAP the chosen share of an LDA projection had
-        history["valid_map"] = history["valid_map_by_lda_share"][f"{history['lda_share']:g}"]
     if not members:
         return {name: {**test, **({"valid_map": history["valid_map"]} if "valid_map" in history else {})}}
     emb, items = read_embeddings(run_dir)

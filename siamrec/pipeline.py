@@ -111,6 +111,32 @@ def base_features(cfg, data: Data, run_dir, encoder=None, keep_windows: bool = F
     return audio_features(encoder or make_encoder(cfg, data), data, cfg, run_dir, keep_windows, fit=True)
 
 
+def input_configs(cfg, head, data: Data) -> list[tuple[str, object]]:
+    """The inputs `train` chooses the head's among on the validation split (Head.input_choices), as (name, config)
+    pairs, the config's features.combine extended by the choice; a backbone already in the input is not appended
+    twice. Only the first when there is nothing to choose by: given features (data=features) or no validation
+    split."""
+    from omegaconf import OmegaConf
+
+    from siamrec.encoder import backbone_config
+
+    def named(item) -> str:  # the backbone's own name (choi2017 is choi2017_theano)
+        return str(backbone_config(str(item["backbone"]))["name"])
+
+    given = [dict(item) for item in cfg.features.get("combine") or []]
+    present = {str(cfg.backbone.name), *map(named, given)}
+    choices, seen = [], set()
+    for entry in head.input_choices():
+        combine = given + [dict(item) for item in entry if named(item) not in present]
+        name = " + ".join([str(cfg.backbone.name), *map(named, combine)])
+        if name not in seen:
+            seen.add(name)
+            choices.append((name, OmegaConf.merge(cfg, {"features": {"combine": combine}})))
+    if not data.is_audio or not data.mask("valid").any():
+        return choices[:1]
+    return choices
+
+
 class TrainingSet:
     """What a head trains on (Head.fit), each part made when the head first asks for it, so each head takes what
     it needs and nothing else is computed:

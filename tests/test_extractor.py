@@ -280,6 +280,50 @@ def test_combined_backbones_are_standardised_saved_and_reapplied(toy_library, tm
         np.testing.assert_allclose(r, by_key[it["key"]], rtol=1e-4, atol=1e-5)
 
 
+def test_train_chooses_the_heads_input_on_validation_and_keeps_the_chosen_one(toy_library, tmp_path, cfg_factory,
+                                                                              shared, capsys):
+    """model.inputs: train fits the head on each input (another backbone appended or not) and keeps the one with the
+    best validation MAP: the history records both, the run saves the chosen input's encoder, and the run is the
+    very run trained on that input alone (the head built afresh, from the same seeds)."""
+    from siamrec.commands.train import train
+    from siamrec.embedder import embed_new_songs
+    from siamrec.runs import read_embeddings
+
+    other = "{backbone:choi2017_keras2,parts:[block5]}"
+    data = ["data=folder", f"data.root={toy_library}", *TOY, "features.parts=[low]", "plots=false",
+            f"paths.shared={shared}", "split.valid=0.34", "split.test=0.34", "+model=siamese", "model.epochs=3",
+            "model.m_per_class=2", "model.branches=1", "model.ensemble=1", "model.lda_share=[0]"]
+    chosen_run = tmp_path / "chosen"
+    chosen_run.mkdir()
+    train(cfg_factory("train", *data, f"model.inputs=[[],[{other}]]"), chosen_run)
+    history = json.loads((chosen_run / "history.json").read_text())
+    scores = history["valid_map_by_input"]
+    assert list(scores) == ["toy8k", "toy8k + choi2017_keras2"]
+    assert history["input"] == max(scores, key=scores.get)
+    members = json.loads((chosen_run / "extractor.json").read_text())["members"]
+    combined = history["input"] == "toy8k + choi2017_keras2"
+    assert len(members) == (2 if combined else 1)
+
+    alone_run = tmp_path / "alone"
+    alone_run.mkdir()
+    cfg = cfg_factory("train", *data, "model.inputs=[[]]", f"features.combine=[{other if combined else ''}]")
+    train(cfg, alone_run)
+    assert "valid_map_by_input" not in json.loads((alone_run / "history.json").read_text())
+    emb, items = read_embeddings(chosen_run)
+    np.testing.assert_allclose(emb, read_embeddings(alone_run)[0], rtol=1e-5, atol=1e-6)
+    row = [it["key"] for it in items].index("mid/mid_3.wav")  # new songs get the chosen input too
+    np.testing.assert_allclose(embed_new_songs(chosen_run, [str(toy_library / "mid" / "mid_3.wav")], cfg)[0],
+                               emb[row], rtol=1e-4, atol=1e-5)
+    print(f"chosen: {history['input']} ({scores})")
+
+    few_run = tmp_path / "few"  # one validation song per label: no validation MAP, so the first input is kept
+    few_run.mkdir()
+    capsys.readouterr()
+    train(cfg_factory("train", *data, f"model.inputs=[[],[{other}]]", "split.valid=0.17"), few_run)
+    assert "no validation MAP to choose the input by; input toy8k kept" in capsys.readouterr().out
+    assert len(json.loads((few_run / "extractor.json").read_text())["members"]) == 1
+
+
 def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_does(toy_library, tmp_path,
                                                                                      cfg_factory, monkeypatch):
     """With features.parts null, fine-tuning and end-to-end training embed the library in the backbone's default

@@ -216,6 +216,7 @@ def test_an_lda_projection_joins_with_the_share_chosen_on_validation(with_lda, t
     head, history, (xtr, ytr, xva, yva, xte, yte) = with_lda
     scores = history["valid_map_by_lda_share"]
     assert set(scores) == {"0", "0.25", "0.5"} and history["lda_share"] == float(max(scores, key=scores.get)) > 0
+    assert history["valid_map"] == scores[f"{history['lda_share']:g}"]  # the head's own, what train chooses by
     single, _, _ = trained  # the same MLP (seed, data, settings) without the projection
     lda = LDAHead(use_valid=True, shrinkage=head.cfg["lda_shrinkage"], train_on="songs")
     lda.fit_rows(head.scale(xtr), ytr, head.scale(xva), yva)

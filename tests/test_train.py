@@ -265,3 +265,30 @@ def test_the_same_song_vectors_and_seed_give_the_same_siamese_head_from_audio_or
     for wa, wb in zip(a, b):
         np.testing.assert_array_equal(wa, wb)
     np.testing.assert_allclose(read_embeddings(audio)[0], read_embeddings(feats)[0], atol=1e-6)
+
+
+def test_the_inputs_to_choose_among_need_audio_a_validation_split_and_a_backbone_not_yet_in_the_input(cfg_factory):
+    """input_configs: each model.inputs entry appended to features.combine (a backbone already in the input is not
+    appended again, a repeated choice not tried twice); nothing to choose without audio or without validation songs,
+    or when the head trains through the backbone."""
+    from types import SimpleNamespace
+
+    from siamrec.pipeline import input_configs, require_head
+
+    def data(audio=True, valid=True):
+        return SimpleNamespace(is_audio=audio, mask=lambda *names: np.array([valid and "valid" in names]))
+
+    inputs = "model.inputs=[[],[{backbone:musicnn_msd}],[{backbone:choi2017}],[{backbone:musicnn_msd}]]"
+    cfg = cfg_factory("train", "+model=siamese", inputs)
+    head = require_head(cfg, "train")
+    choices = input_configs(cfg, head, data())
+    assert [name for name, _ in choices] == ["choi2017_theano", "choi2017_theano + musicnn_msd"]
+    assert list(choices[0][1].features.combine) == []
+    assert [dict(c) for c in choices[1][1].features.combine] == [{"backbone": "musicnn_msd"}]
+    assert [name for name, _ in input_configs(cfg, head, data(valid=False))] == ["choi2017_theano"]
+    assert [name for name, _ in input_configs(cfg, head, data(audio=False))] == ["choi2017_theano"]
+    given = cfg_factory("train", "+model=siamese", inputs, "features.combine=[{backbone:choi2017_keras2}]")
+    assert [name for name, _ in input_configs(given, require_head(given, "train"), data())] == [
+        "choi2017_theano + choi2017_keras2", "choi2017_theano + choi2017_keras2 + musicnn_msd"]
+    through = cfg_factory("train", "+model=siamese", inputs, "model.finetune_backbone=true")
+    assert len(input_configs(through, require_head(through, "train"), data())) == 1

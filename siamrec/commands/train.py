@@ -6,7 +6,31 @@ backbone to train through; whatever it is, this command does the same steps."""
 from __future__ import annotations
 
 from siamrec.errors import SiamrecError
-from siamrec.pipeline import TrainingSet, finish_run, load_data, require_head
+from siamrec.pipeline import TrainingSet, finish_run, input_configs, load_data, require_head
+
+
+def fit_head(head, inputs, data, run_dir):
+    """(head, training set, history): `head` fitted on the one input, or, with several (input_configs), a head
+    built afresh (so from the same seeds) fitted on each and the one with the best validation MAP kept, the first
+    on a tie; the history then records every input's (`valid_map_by_input`)."""
+    if len(inputs) == 1:
+        training = TrainingSet(inputs[0][1], data, run_dir)
+        return head, training, head.fit(training)
+    fitted = []
+    for name, cfg in inputs:
+        print(f"input {name}:")
+        head = require_head(cfg, "train")
+        training = TrainingSet(cfg, data, run_dir)
+        history = head.fit(training)
+        if "valid_map" not in history:  # e.g. no label has two validation songs
+            print(f"{head.kind}: no validation MAP to choose the input by; input {name} kept")
+            return head, training, history
+        fitted.append((name, head, training, history))
+    scores = {name: history["valid_map"] for name, _, _, history in fitted}
+    name, head, training, history = max(fitted, key=lambda f: f[3]["valid_map"])  # max keeps the first on a tie
+    shown = ", ".join(f"{n}: {v:.4f}" for n, v in scores.items())
+    print(f"{head.kind}: input {name} chosen on validation (MAP {shown})")
+    return head, training, {**history, "input": name, "valid_map_by_input": scores}
 
 
 def train(cfg, run_dir) -> dict:
@@ -14,8 +38,7 @@ def train(cfg, run_dir) -> dict:
     data = load_data(cfg, run_dir)
     if not data.mask("train").any():
         raise SiamrecError("the train split is empty: give split.train=FILE (split=files) or use split=stratified")
-    training = TrainingSet(cfg, data, run_dir)
-    history = head.fit(training)
+    head, training, history = fit_head(head, input_configs(cfg, head, data), data, run_dir)
     vectors = training.song_vectors()
     training.save(run_dir)
     head.save(run_dir)

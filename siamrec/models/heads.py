@@ -13,6 +13,8 @@ which `train` and `evaluate` call without asking what kind of head it is:
   a head takes what it needs. Row heads only implement `fit_rows`.
 * `transform(x)` → embeddings of song vectors (as the run's encoder gives them).
 * `test_metrics(training)` → extra test scores (classification heads), {} by default.
+* `input_choices()` → the inputs `train` chooses the head's among on the validation split (extra backbones
+  appended to the song vector); only the configured input by default.
 * `save(run_dir)` / `load_head(run_dir)`: head.json + its weights.
 """
 
@@ -66,6 +68,11 @@ class Head:
     def test_metrics(self, training) -> dict:
         """Scores of the test songs beyond retrieval (a classifier's accuracy, F1); none by default."""
         return {}
+
+    def input_choices(self) -> list[list]:
+        """The inputs `train` chooses among on the validation split, each a list of backbones appended to the
+        configured input (features.combine entries; [] is the input as configured): none to choose by default."""
+        return [[]]
 
     def untrained(self, name: str, command: str) -> None:
         """Used without training (`command` without run=): a head that must be fitted first says so."""

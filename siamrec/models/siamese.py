@@ -37,6 +37,13 @@ ones by the validation MAP of the members before their refit joined with an LDA 
 directions that separate the labels linearly, the MLPs what lies beyond them: together they rank better than
 either on GTZAN's and Emotify's validation splits (README, "Ensembles of heads"). Multi-label data and a single
 listed share of 0 leave it out; without a validation split the first listed share is used.
+
+``inputs``: what ``train`` chooses the head's input among (Head.input_choices, siamrec.pipeline.input_configs):
+each entry a list of backbones appended to the configured song vector as ``features.combine``'s are, ``[]`` the
+input as configured. With audio and a validation split, a head is built afresh (from the same seeds) and fitted on
+each, and the one with the best validation MAP (``valid_map`` above) is kept (``valid_map_by_input`` in the
+history); the run saves that input's encoder, so new songs get it too. Training through the backbone or on its
+windows needs one backbone: the input is then the configured one.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import numpy as np
 from siamrec.errors import SiamrecError
 from siamrec.models.heads import (KerasHead, Shrinkage, Trainable, TrainOn, epoch_progress, l2_normalise,
                                   seed_component)
-from siamrec.schema import component, integer, list_of, number
+from siamrec.schema import COMBINE, component, integer, list_of, number
 
 Positive = Annotated[float, number(0, lo_open=True)]
 Count = Annotated[int, integer(1)]
@@ -185,14 +192,23 @@ class SiameseHead(KerasHead):
                  finetune_backbone: bool, trainable: Trainable, backbone_lr: Positive, backbone_epochs: Count,
                  lda_share: Annotated[list, list_of(number(0, 1, hi_open=True), min_len=1,
                                                     what="a list of shares in [0, 1) (e.g. [0, 0.25, 0.5])")],
-                 lda_shrinkage: Shrinkage):
-        super().__init__(loss=loss, whiten_eps=whiten_eps, hidden=hidden, dim=dim, branches=branches,
+                 lda_shrinkage: Shrinkage,
+                 inputs: Annotated[list, list_of(COMBINE, min_len=1,
+                                                 what="a list of features.combine lists (e.g. [[], [{backbone: choi2017}]])")]):
+        super().__init__(loss=loss, inputs=inputs, whiten_eps=whiten_eps, hidden=hidden, dim=dim, branches=branches,
                          ensemble=ensemble, lda_share=lda_share, lda_shrinkage=lda_shrinkage, dropout=dropout, lr=lr,
                          epochs=epochs, refit=refit,
                          classes_per_batch=classes_per_batch, m_per_class=m_per_class, seed=seed, train_on=train_on,
                          finetune_backbone=finetune_backbone, trainable=trainable, backbone_lr=backbone_lr,
                          backbone_epochs=backbone_epochs)
         self.train_on = train_on
+
+    def input_choices(self) -> list[list]:
+        """`inputs`; only the configured one when the head trains through the backbone or on its windows (both
+        need one backbone)."""
+        if self.cfg["finetune_backbone"] or self.train_on == "windows":
+            return [[]]
+        return [list(entry) for entry in self.cfg["inputs"]]
 
     def fit(self, training) -> dict:
         """The projection on the song (or window) rows; with finetune_backbone, then on through the backbone: the
@@ -278,6 +294,7 @@ class SiameseHead(KerasHead):
             scores = {s: retrieval_metrics(joined_cosines(members, lda, s), y_valid, ks=(10,))["map"] for s in shares}
             share = max(shares, key=lambda s: scores[s])  # ties: the first listed
             history["valid_map_by_lda_share"] = {f"{s:g}": v for s, v in scores.items()}
+            history["valid_map"] = scores[share]  # the head's, as it ranks songs (the members' alone at share 0)
             print(f"siamese: LDA share {share:g} chosen on validation (MAP "
                   + ", ".join(f"{s:g}: {v:.4f}" for s, v in scores.items()) + ")")
         if share == 0:
