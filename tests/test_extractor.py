@@ -323,6 +323,14 @@ def test_train_chooses_the_heads_input_on_validation_and_keeps_the_chosen_one(to
     assert "no validation MAP to choose the input by; input toy8k kept" in capsys.readouterr().out
     assert len(json.loads((few_run / "extractor.json").read_text())["members"]) == 1
 
+    broken_run = tmp_path / "broken"  # an input that cannot be made is left out, saying why; the run goes on
+    broken_run.mkdir()
+    train(cfg_factory("train", *data, "model.inputs=[[],[{backbone:choi2017_keras2,parts:[nope]}]]"), broken_run)
+    out = capsys.readouterr().out
+    assert "siamese: input toy8k + choi2017_keras2 left out: " in out and "nope" in out
+    assert json.loads((broken_run / "history.json").read_text())["valid_map_by_input"].keys() == {"toy8k"}
+    assert len(json.loads((broken_run / "extractor.json").read_text())["members"]) == 1
+
 
 def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_does(toy_library, tmp_path,
                                                                                      cfg_factory, monkeypatch):

@@ -12,16 +12,23 @@ from siamrec.pipeline import TrainingSet, finish_run, input_configs, load_data, 
 def fit_head(head, inputs, data, run_dir):
     """(head, training set, history): `head` fitted on the one input, or, with several (input_configs), a head
     built afresh (so from the same seeds) fitted on each and the one with the best validation MAP kept, the first
-    on a tie; the history then records every input's (`valid_map_by_input`)."""
+    on a tie; the history then records every input's (`valid_map_by_input`). An input other than the first that
+    cannot be made (SiamrecError: another backbone's weights missing offline, ...) is left out, saying why."""
     if len(inputs) == 1:
         training = TrainingSet(inputs[0][1], data, run_dir)
         return head, training, head.fit(training)
     fitted = []
-    for name, cfg in inputs:
+    for k, (name, cfg) in enumerate(inputs):
         print(f"input {name}:")
         head = require_head(cfg, "train")
         training = TrainingSet(cfg, data, run_dir)
-        history = head.fit(training)
+        try:
+            history = head.fit(training)
+        except SiamrecError as e:  # e.g. another backbone's weights not found offline: the others still count
+            if not k:
+                raise
+            print(f"{head.kind}: input {name} left out: {e}")
+            continue
         if "valid_map" not in history:  # e.g. no label has two validation songs
             print(f"{head.kind}: no validation MAP to choose the input by; input {name} kept")
             return head, training, history
