@@ -86,8 +86,8 @@ def seed_everything(seed) -> None:
 
 
 def check_parts(job_cfg) -> None:
-    """features.parts and each features.combine entry's parts name parts of their backbone (a non-empty list, or
-    null for the backbone's default parts): checked against the bundle's class before any work. The bundle's
+    """features.parts and the parts of each features.combine and model.inputs entry name parts of their backbone
+    (a non-empty list, or null for the backbone's default parts): checked against the bundle's class before any work. The bundle's
     module (Keras) is imported only when parts are given."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
@@ -96,10 +96,15 @@ def check_parts(job_cfg) -> None:
     from siamrec.configs import conf_dir
 
     given = [("features.parts", job_cfg.get("backbone"), job_cfg.features.get("parts"))]
-    for k, item in enumerate(job_cfg.features.get("combine") or []):
+    entries = [(f"features.combine[{k}]", item) for k, item in enumerate(job_cfg.features.get("combine") or [])]
+    model = job_cfg.get("model") or {}
+    entries += [(f"model.inputs[{i}][{k}]", item) for i, entry in enumerate(model.get("inputs") or [])
+                for k, item in enumerate(entry or [])]
+    for key, item in entries:
+        if not hasattr(item, "get") or "backbone" not in item:
+            continue  # the schema says what is wrong with it
         yaml = conf_dir() / "backbone" / f"{item['backbone']}.yaml"
-        given.append((f"features.combine[{k}].parts", OmegaConf.load(yaml) if yaml.is_file() else None,
-                      item.get("parts")))
+        given.append((f"{key}.parts", OmegaConf.load(yaml) if yaml.is_file() else None, item.get("parts")))
     for key, backbone, parts in given:
         if parts is None or backbone is None or "_target_" not in backbone:
             continue

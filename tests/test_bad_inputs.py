@@ -148,6 +148,8 @@ CASES = [
      ["features.parts=['penultimat']", "penultimate", "max_pool"], False),
     ("combine_parts_empty", ["train", "+model=lda", "features.combine=[{{backbone: musicnn_msd, parts: []}}]"], 2,
      ["features.combine[0].parts=[]", "penultimate"], False),
+    ("inputs_parts_unknown", ["train", "+model=siamese", "model.inputs=[[],[{{backbone: musicnn_msd, parts: [tagram]}}]]"],
+     2, ["model.inputs[1][0].parts=['tagram']", "taggram"], False),
     # issue 21: an error names the file at fault
     ("labels_only_separators", [*FEATURES, "data.labels={only_separators}"], 1,
      ["only_separators.csv", "none of the 24 items has a label", "'|'"], False),

@@ -323,13 +323,27 @@ def test_train_chooses_the_heads_input_on_validation_and_keeps_the_chosen_one(to
     assert "no validation MAP to choose the input by; input toy8k kept" in capsys.readouterr().out
     assert len(json.loads((few_run / "extractor.json").read_text())["members"]) == 1
 
-    broken_run = tmp_path / "broken"  # an input that cannot be made is left out, saying why; the run goes on
-    broken_run.mkdir()
-    train(cfg_factory("train", *data, "model.inputs=[[],[{backbone:choi2017_keras2,parts:[nope]}]]"), broken_run)
+
+def test_an_input_that_cannot_be_made_is_left_out_of_the_choice_saying_why(toy_library, tmp_path, cfg_factory,
+                                                                           monkeypatch, capsys):
+    """Offline without Choi 2017's weights, the choice goes on with the inputs that can be made."""
+    import siamrec.backbones.choi2017 as choi
+
+    from siamrec.commands.train import train
+
+    def offline(*args, **kwargs):
+        raise SiamrecError("choi2017: no local copy of the weights, and the download failed (offline)")
+
+    monkeypatch.setattr(choi, "resolve_file", offline)
+    run = tmp_path / "run"
+    run.mkdir()
+    train(cfg_factory("train", "data=folder", f"data.root={toy_library}", *TOY, "features.parts=[low]", "plots=false",
+                      "split.valid=0.34", "split.test=0.34", "+model=siamese", "model.epochs=2", "model.m_per_class=2",
+                      "model.branches=1", "model.ensemble=1", "model.inputs=[[],[{backbone:choi2017}]]"), run)
     out = capsys.readouterr().out
-    assert "siamese: input toy8k + choi2017_keras2 left out: " in out and "nope" in out
-    assert json.loads((broken_run / "history.json").read_text())["valid_map_by_input"].keys() == {"toy8k"}
-    assert len(json.loads((broken_run / "extractor.json").read_text())["members"]) == 1
+    assert "siamese: input toy8k + choi2017_theano left out: choi2017: no local copy of the weights" in out
+    assert json.loads((run / "history.json").read_text())["valid_map_by_input"].keys() == {"toy8k"}
+    assert len(json.loads((run / "extractor.json").read_text())["members"]) == 1
 
 
 def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_does(toy_library, tmp_path,
