@@ -177,6 +177,27 @@ def test_the_causes_of_skipped_files_are_printed_at_the_end_of_the_command(tmp_p
     assert text.endswith("' (e.g. text.wav)") and noise.endswith("' (e.g. noise.mp3)")
 
 
+@pytest.mark.parametrize("bad", [1, 5])
+def test_the_same_files_skipped_again_in_one_run_are_not_reported_twice(tmp_path, capsys, bad):
+    """train reads the library once per input it chooses among: the same failures of the same run are said once,
+    whether at once (1 of 200 files) or at the end (5 of 200)."""
+    from siamrec.extractor import report_failures
+    from siamrec.runs import take_closing_notes
+
+    take_closing_notes()
+    keys = [f"song{i}" for i in range(200)]
+    failures = [(i, "cannot be decoded: the file is empty (0 bytes)") for i in range(bad)]
+    for _ in range(2):
+        report_failures(tmp_path, keys, [f"/music/{k}.mp3" for k in keys], failures, 0.2)
+    out, notes = capsys.readouterr().out, take_closing_notes()
+    said = out + "".join(notes)
+    assert said.count(f"skipped {bad} of 200 files") == 1 + (bad == 5)  # at the end: one line now, the report last
+    assert said.count(f"{bad} × 'cannot be decoded: the file is empty (0 bytes)'") == 1
+    assert len(notes) == (bad == 5)
+    report_failures(tmp_path / "other", keys, [f"/music/{k}.mp3" for k in keys], failures, 0.2)  # another run: said
+    assert f"{bad} × " in capsys.readouterr().out + "".join(take_closing_notes())
+
+
 def test_too_many_failures_stop_the_run(tmp_path, cfg_factory, audio_folder):
     for label in ("drone", "high", "beats"):
         for i in range(3):

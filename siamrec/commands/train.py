@@ -30,7 +30,8 @@ def fit_head(head, inputs, data, run_dir):
             print(f"{head.kind}: input {name} left out: {e}")
             continue
         if "valid_map" not in history:  # e.g. no label has two validation songs
-            print(f"{head.kind}: no validation MAP to choose the input by; input {name} kept")
+            print(f"{head.kind}: no validation MAP to choose the input by (too few validation songs: a label needs "
+                  f"two); input {name} kept")
             return head, training, history
         fitted.append((name, head, training, history))
     scores = {name: history["valid_map"] for name, _, _, history in fitted}

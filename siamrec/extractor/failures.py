@@ -9,6 +9,7 @@ from siamrec.errors import SiamrecError
 from siamrec.runs import closing_note, printable, write_csv
 
 NOTED_FAILED_FRACTION = 0.01  # more skipped files than this: their causes are repeated at the end of the command
+_PRINTED: set[str] = set()    # reports printed already (train reads a library once per input it chooses among)
 
 
 def failure_causes(paths, failures: list[tuple[int, str]], examples: int = 2) -> list[str]:
@@ -45,6 +46,9 @@ def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_f
             f"{'; '.join(causes)}; all are listed in {listed}")
     report = (f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded, listed in {listed}:"
               + "".join(f"\n  {cause}" for cause in causes))
+    if report in _PRINTED:  # the same files of the same run: said already
+        return
+    _PRINTED.add(report)
     if n > NOTED_FAILED_FRACTION * total:
         print(f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded: their causes are "
               "listed at the end")
