@@ -87,8 +87,8 @@ def seed_everything(seed) -> None:
 
 def check_parts(job_cfg) -> None:
     """features.parts and the parts of each features.combine and model.inputs entry name parts of their backbone
-    (a non-empty list, or null for the backbone's default parts): checked against the bundle's class before any work. The bundle's
-    module (Keras) is imported only when parts are given."""
+    (a non-empty list, or null for the backbone's default parts): checked against the bundle's class before any
+    work. The bundle's module (Keras) is imported only when parts are given."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
