@@ -107,6 +107,7 @@ def page(browser, server):
 def open_page(browser, url):
     context = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
     page = context.new_page()
+    page.set_default_timeout(60_000)  # the suite's other worker may be training: a first render can take > 30 s
     page.outside, page.errors = [], []
 
     def guard(route):
