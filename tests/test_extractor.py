@@ -296,6 +296,10 @@ def test_train_chooses_the_heads_input_on_validation_and_keeps_the_chosen_one(to
     chosen_run = tmp_path / "chosen"
     chosen_run.mkdir()
     train(cfg_factory("train", *data, f"model.inputs=[[],[{other}]]"), chosen_run)
+    said = capsys.readouterr().out
+    assert ("siamese: its input is chosen on the validation split among 2: toy8k, toy8k + choi2017_keras2 "
+            "(model.inputs=[[]]: the first only)") in said
+    assert "input 1/2, toy8k:" in said and "input 2/2, toy8k + choi2017_keras2:" in said
     history = json.loads((chosen_run / "history.json").read_text())
     scores = history["valid_map_by_input"]
     assert list(scores) == ["toy8k", "toy8k + choi2017_keras2"]

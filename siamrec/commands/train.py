@@ -17,9 +17,11 @@ def fit_head(head, inputs, data, run_dir):
     if len(inputs) == 1:
         training = TrainingSet(inputs[0][1], data, run_dir)
         return head, training, head.fit(training)
+    print(f"{head.kind}: its input is chosen on the validation split among {len(inputs)}: "
+          f"{', '.join(name for name, _ in inputs)} (model.inputs=[[]]: the first only)")
     fitted = []
     for k, (name, cfg) in enumerate(inputs):
-        print(f"input {name}:")
+        print(f"input {k + 1}/{len(inputs)}, {name}:")
         head = require_head(cfg, "train")
         training = TrainingSet(cfg, data, run_dir)
         try:
