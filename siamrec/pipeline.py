@@ -123,18 +123,18 @@ def input_configs(cfg, head, data: Data) -> list[tuple[str, object]]:
     def named(item) -> str:  # the backbone's own name (choi2017 is choi2017_theano)
         return str(backbone_config(str(item["backbone"]))["name"])
 
-    given = [dict(item) for item in cfg.features.get("combine") or []]
-    present = {str(cfg.backbone.name), *map(named, given)}
-    choices, seen = [], set()
-    for entry in head.input_choices():
-        combine = given + [dict(item) for item in entry if named(item) not in present]
-        name = " + ".join([str(cfg.backbone.name), *map(named, combine)])
-        if name not in seen:
-            seen.add(name)
-            choices.append((name, OmegaConf.merge(cfg, {"features": {"combine": combine}})))
+    entries = head.input_choices()
     if not data.is_audio or not data.mask("valid").any():
-        return choices[:1]
-    return choices
+        entries = entries[:1]  # nothing to choose by: no other input is looked at
+    given = [(named(item), dict(item)) for item in cfg.features.get("combine") or []]
+    present = {str(cfg.backbone.name), *(name for name, _ in given)}
+    choices = {}
+    for entry in entries:
+        added = [(named(item), dict(item)) for item in entry]
+        combine = given + [(name, item) for name, item in added if name not in present]
+        name = " + ".join([str(cfg.backbone.name), *(name for name, _ in combine)])
+        choices.setdefault(name, OmegaConf.merge(cfg, {"features": {"combine": [item for _, item in combine]}}))
+    return list(choices.items())
 
 
 class TrainingSet:
