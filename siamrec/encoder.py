@@ -284,13 +284,14 @@ def runtime_of(cfg) -> dict:
             "model_cache": Path(cache).expanduser() if cache else None}
 
 
-def backbone_config(name: str) -> dict:
-    """The resolved config of `backbone=NAME` (conf/backbone/NAME.yaml, its defaults list applied)."""
+def backbone_config(name: str, setting: str = "features.combine") -> dict:
+    """The resolved config of `backbone=NAME` (conf/backbone/NAME.yaml, its defaults list applied); `setting` is
+    the one that named it, for the error when there is no such backbone."""
     from omegaconf import OmegaConf
 
     from siamrec.configs import compose, group_options
 
     if name not in group_options("backbone"):
-        raise SiamrecError(f"features.combine: no backbone {name!r}; choose from {group_options('backbone')}")
+        raise SiamrecError(f"{setting}: no backbone {name!r}; choose from {group_options('backbone')}")
     cfg = compose("backbone", [f"backbone={name}"], return_hydra_config=False)
     return OmegaConf.to_container(cfg.backbone, resolve=True)

@@ -120,13 +120,13 @@ def input_configs(cfg, head, data: Data) -> list[tuple[str, object]]:
 
     from siamrec.encoder import backbone_config
 
-    def named(item) -> str:  # the backbone's own name (choi2017 is choi2017_theano)
-        return str(backbone_config(str(item["backbone"]))["name"])
+    def named(item, setting="model.inputs") -> str:  # the backbone's own name (choi2017 is choi2017_theano)
+        return str(backbone_config(str(item["backbone"]), setting)["name"])
 
     entries = head.input_choices()
     if not data.is_audio or not data.mask("valid").any():
         entries = entries[:1]  # nothing to choose by: no other input is looked at
-    given = [(named(item), dict(item)) for item in cfg.features.get("combine") or []]
+    given = [(named(item, "features.combine"), dict(item)) for item in cfg.features.get("combine") or []]
     present = {str(cfg.backbone.name), *(name for name, _ in given)}
     choices = {}
     for entry in entries:

@@ -201,17 +201,21 @@ def _module_source(module: str):
 
 @lru_cache(maxsize=None)
 def _type_aliases(module: str) -> dict:
-    """The names a constructor's annotations in `module` may use: the schema's own, the module's type aliases
-    (Margin = Annotated[float, number(0)]) and those it imports from a module of its own package (read the same
-    way, so a head may use the aliases of siamrec.models.heads)."""
+    """The names a constructor's annotations in `module` may use: the schema's own (and the checks it imports from
+    the schema, such as COMBINE), the module's type aliases (Margin = Annotated[float, number(0)]) and those it
+    imports from a module of its own package (read the same way, so a head may use the aliases of
+    siamrec.models.heads)."""
     import ast
 
     names = _annotation_names()
     tree = _module_source(module)
     package = module.split(".")[0]
     for node in tree.body if tree is not None else []:
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package \
-                and node.module != module and node.module != __name__:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == __name__:
+            here = globals()  # the schema's own checks (COMBINE, ...), imported by name
+            names.update({a.asname or a.name: here[a.name] for a in node.names if isinstance(here.get(a.name), Check)})
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package \
+                and node.module != module:
             theirs = _type_aliases(node.module)
             names.update({a.asname or a.name: theirs[a.name] for a in node.names if a.name in theirs})
         elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

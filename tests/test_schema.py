@@ -52,6 +52,8 @@ def test_every_shipped_option_validates(overrides):
     ("model.lda_share=[0,1.5]", ["model.lda_share=[0, 1.5]", "shares in [0, 1)"]),
     ("model.lda_shrinkage=[2]", ["model.lda_shrinkage=[2]"]),
     ("query_expansion=-1", ["query_expansion=-1", "an integer >= 0"]),
+    ("model.inputs=abc", ["model.inputs='abc'", "a list of features.combine lists"]),  # a check from the schema
+    ("model.inputs=[[{backbone:choi2017,layers:[a]}]]", ["model.inputs=[[{backbone: choi2017, layers: [a]}]]"]),
 ])
 def test_bad_values_and_unknown_keys_are_named(setting, words):
     cfg = strip_hydra(compose("train", ["+model=siamese", setting]))

@@ -313,3 +313,6 @@ def test_the_inputs_to_choose_among_need_audio_a_validation_split_and_a_backbone
         "choi2017_theano + choi2017_keras2", "choi2017_theano + choi2017_keras2 + musicnn_msd"]
     through = cfg_factory("train", "+model=siamese", inputs, "model.finetune_backbone=true")
     assert len(input_configs(through, require_head(through, "train"), data())) == 1
+    unknown = cfg_factory("train", "+model=siamese", "model.inputs=[[],[{backbone:nosuch}]]")
+    with pytest.raises(SiamrecError, match=r"^model.inputs: no backbone 'nosuch'; choose from .*musicnn_msd"):
+        input_configs(unknown, require_head(unknown, "train"), data())
