@@ -12,6 +12,9 @@ from siamrec.errors import SiamrecError, first_line
 # name with spaces, quotes, parentheses, '=' inside, any script) is a positional argument.
 _OVERRIDE = re.compile(r"^(\+\+|\+|~)?[A-Za-z_][A-Za-z0-9_.\-@/]*(=|$)")
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+# Hydra's grammar reads letters of other scripts (Gurmukhi, Devanagari, é) only inside quotes; a value holding them and
+# none of the grammar's own characters is passed quoted, which is the same string (data.root=~/ਸੰਗੀਤ as typed).
+_GRAMMAR_CHARS = set("'\"\\[]{}(),=$")
 
 
 def is_override(arg: str) -> bool:
@@ -53,7 +56,10 @@ def split_args(command: str, args: list[str], aliases: dict) -> tuple[list[str],
         if command == "recommend" and key in ("to", "recommend.to"):  # a song name, outside Hydra's grammar
             flags["to"] = value
             continue
-        overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
+        if not value.isascii() and not _GRAMMAR_CHARS.intersection(value):
+            overrides.append(f"{aliases.get(key, key)}='{value}'")
+        else:
+            overrides.append(f"{aliases[key]}={value}" if key in aliases else arg)
     return overrides, positional, flags
 
 

@@ -42,6 +42,26 @@ def test_bad_command_or_override_is_one_line_and_non_zero(args, needle):
     assert "Traceback" not in out.stderr
 
 
+def test_a_setting_in_gurmukhi_or_devanagari_is_taken_as_typed(tmp_path):
+    """Hydra's grammar reads other scripts only quoted: a folder named in Gurmukhi reaches the command as typed
+    (here it does not exist, so the command names it), instead of a grammar error."""
+    for name in ("ਸੰਗੀਤ ਦਾ ਖ਼ਜ਼ਾਨਾ", "नया संगीत", "Musique é"):
+        folder = tmp_path / name
+        out = run_cli("extract", "data=library", f"data.root={folder}", f"extract.out={tmp_path / 'index'}")
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip() == (f"siamrec extract: error: data.root={folder}: no such folder; point it at the "
+                                      "folder of your music"), out.stderr
+
+
+def test_only_values_outside_the_grammar_are_quoted():
+    from siamrec.overrides import split_args
+
+    overrides, _, _ = split_args("extract", ["data.root=/m/ਸੰਗੀਤ", "+x.y=é b", "data.root=[ਸ]", "p=ਸ(1)", "seed=1",
+                                             "~data.group", "data.root=/m/${oc.env:HOME}ਸ"], {})
+    assert overrides == ["data.root='/m/ਸੰਗੀਤ'", "+x.y='é b'", "data.root=[ਸ]", "p=ਸ(1)", "seed=1", "~data.group",
+                         "data.root=/m/${oc.env:HOME}ਸ"]
+
+
 def write_features(tmp_path, multilabel: bool, n=60, d=12, seed=0):
     """Feature rows around label centres, a label CSV and split lists naming items by file."""
     rng = np.random.default_rng(seed)
