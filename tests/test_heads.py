@@ -148,6 +148,17 @@ def test_report_failures_lists_them_and_stops_only_above_the_allowed_fraction(tm
         report_failures(tmp_path, keys, paths, [(i, "broken") for i in range(3)], 0.2)
     msg = str(e.value)
     assert "3 of 10" in msg and "data.max_failed_fraction=0.2" in msg and "failed.csv" in msg and "\n" not in msg
+    # what to do: the fraction it names lets the same files go (skipped and listed), and no smaller one in hundredths
+    for n, total in ((3, 10), (2, 7), (29, 100)):
+        ks, ps, failed = [f"k{i}" for i in range(total)], [f"/music/{i}.mp3" for i in range(total)], \
+            [(i, "broken") for i in range(n)]
+        with pytest.raises(SiamrecError) as e:
+            report_failures(tmp_path, ks, ps, failed, 0.0)
+        assert "repair or remove them" in str(e.value)
+        allowed = float(str(e.value).rsplit("data.max_failed_fraction=", 1)[1])
+        report_failures(tmp_path, ks, ps, failed, allowed)
+        with pytest.raises(SiamrecError):
+            report_failures(tmp_path, ks, ps, failed, allowed - 0.01)
 
 
 def test_a_systematic_failure_is_reported_by_cause_once_at_the_end(tmp_path, capsys):

@@ -3,6 +3,7 @@ error past data.max_failed_fraction); and the note on songs shorter than a windo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from siamrec.errors import SiamrecError
@@ -41,9 +42,13 @@ def report_failures(run_dir, keys, paths, failures: list[tuple[int, str]], max_f
     n, total = len(rows), len(paths)
     causes = failure_causes(paths, failures)
     if n > max_failed_fraction * total:
+        allowed = math.ceil(100 * n / total) / 100  # the smallest fraction in hundredths that lets these files go
+        if n > allowed * total:  # rounding (29 / 100 is 0.29, but 0.29 · 100 < 29)
+            allowed = round(allowed + 0.01, 2)
         raise SiamrecError(
             f"{n} of {total} audio files failed to decode (more than data.max_failed_fraction={max_failed_fraction}): "
-            f"{'; '.join(causes)}; all are listed in {listed}")
+            f"{'; '.join(causes)}; all are listed in {listed}: repair or remove them, or go on without them with "
+            f"data.max_failed_fraction={allowed:g}")
     report = (f"skipped {n} of {total} files ({100 * n / total:.1f} %) that could not be decoded, listed in {listed}:"
               + "".join(f"\n  {cause}" for cause in causes))
     if report in _PRINTED:  # the same files of the same run: said already
