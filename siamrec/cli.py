@@ -31,7 +31,8 @@ from siamrec.errors import SiamrecError  # noqa: E402
 from siamrec.heap import return_freed_memory  # noqa: E402
 from siamrec.messages import composition_error, disk_error, interrupted  # noqa: E402
 from siamrec.overrides import escape, split_args, take_config_dirs, with_run_overrides, with_search_path  # noqa: E402
-from siamrec.run_folder import make_run_dir, plan_run_dir, remove_if_empty, remove_if_unused  # noqa: E402
+from siamrec.run_folder import (make_run_dir, missing_parents, plan_run_dir, remove_if_empty,  # noqa: E402
+                                remove_if_unused)
 from siamrec.runlog import RunLog  # noqa: E402
 
 # from the first allocation on, large freed blocks go back to the system (siamrec.heap: flat memory over a library)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except SiamrecError as exc:
         return fail(f"error: {exc}", 2)
 
-    created = not run_dir.exists()
+    created, parents = not run_dir.exists(), missing_parents(run_dir)  # outputs/DATE/ too, when it is new
     finished = False
     from siamrec.runs import take_closing_notes
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except SiamrecError as exc:
         message, code = f"error: {exc}", 1
     except KeyboardInterrupt as exc:
-        removed = created and remove_if_empty(run_dir)
+        removed = created and remove_if_empty(run_dir, parents)
         message, code = interrupted(run_dir if run_dir.is_dir() else None, removed, exc), 130
     except OSError as exc:
         disk = disk_error(exc)
@@ -235,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         message, code = f"error: {disk}", 1
     finally:
         if not finished and created:  # a failed command leaves no empty run folder behind
-            remove_if_empty(run_dir)
+            remove_if_empty(run_dir, parents)
     for note in take_closing_notes():  # e.g. why many files were skipped, where it cannot scroll away
         print(note)
     if message:
         return fail(message, code)
-    if created and remove_if_unused(run_dir):  # serve, recommend out=FILE: nothing was written there
+    if created and remove_if_unused(run_dir, parents):  # serve, recommend out=FILE: nothing was written there
         if isinstance(result, Path):
             print(result)
         return 0

@@ -59,25 +59,38 @@ def make_run_dir(run_dir: Path, job_cfg, overrides: list[str]) -> Path:
     return run_dir
 
 
-def remove_if_empty(run_dir: Path | None) -> bool:
-    """Remove a run folder this command created when it holds nothing but its record; True if removed."""
+def missing_parents(run_dir: Path) -> list[Path]:
+    """The folders above `run_dir` that do not exist yet (the deepest first): making the run folder makes them
+    (outputs/, outputs/DATE/), and removing it removes those left empty."""
+    return [p for p in run_dir.parents if not p.exists()]
+
+
+def _remove(run_dir: Path, parents: list[Path]) -> bool:
+    """Remove `run_dir`, then those of `parents` (the folders its making made) it leaves empty; True if removed."""
     import shutil
 
-    if run_dir is None or not run_dir.is_dir() or contents(run_dir):
-        return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in parents:
+        try:
+            parent.rmdir()  # only when empty: another run made there since is kept, and so is its folder
+        except OSError:
+            break
     return not run_dir.exists()
 
 
-def remove_if_unused(run_dir: Path) -> bool:
-    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
-    chatter is kept with its folder); True if removed."""
-    import shutil
+def remove_if_empty(run_dir: Path | None, parents: list[Path] = ()) -> bool:
+    """Remove a run folder this command created (and the `parents` it made, if left empty) when it holds nothing
+    but its record; True if removed."""
+    if run_dir is None or not run_dir.is_dir() or contents(run_dir):
+        return False
+    return _remove(run_dir, list(parents))
 
+
+def remove_if_unused(run_dir: Path, parents: list[Path] = ()) -> bool:
+    """Remove a run folder that holds nothing but its .hydra/ record (not even a run.log: a log of library
+    chatter is kept with its folder), and the `parents` it made if left empty; True if removed."""
     try:
         unused = run_dir.is_dir() and all(p.name == ".hydra" for p in run_dir.iterdir())
     except OSError:
         return False
-    if unused:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return unused and not run_dir.exists()
+    return unused and _remove(run_dir, list(parents))

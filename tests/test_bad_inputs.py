@@ -174,8 +174,8 @@ def call(args, capsys):
 @pytest.mark.parametrize("case, args, code, words, may_remain", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(env, capsys, case, args, code, words, may_remain):
     args = [a.format(**env) for a in args]
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append(f"hydra.run.dir={env['out']}")
+    if not any(a.startswith("hydra.run.dir=") for a in args):  # a run folder two levels below a new one, as
+        args.append(f"hydra.run.dir={env['out'] / 'DATE' / 'TIME'}")  # outputs/DATE/TIME below a new outputs/
     args.append(f"paths.cache={env['cache']}")
     before = {p: p.read_bytes() for p in env["run"].rglob("*") if p.is_file()}
     got, out, err = call(args, capsys)
@@ -186,8 +186,23 @@ def test_bad_input_is_one_clear_line(env, capsys, case, args, code, words, may_r
     for word in words:
         assert word in lines[0], (word, lines[0])
     if not may_remain:
-        assert not env["out"].exists(), sorted(env["out"].rglob("*"))  # a failed command leaves no run folder
+        assert not env["out"].exists(), sorted(env["out"].rglob("*"))  # a failed command leaves no run folder,
+        # nor the empty folders it made for it
     assert {p: p.read_bytes() for p in env["run"].rglob("*") if p.is_file()} == before  # the run is untouched
+
+
+def test_a_failed_command_leaves_no_dated_folder_but_keeps_what_was_there(tmp_path, monkeypatch, capsys):
+    """The default run folder is outputs/DATE/TIME: a command that fails removes it and the DATE and outputs
+    folders it made for it, and never a folder that was there before (or that holds another run)."""
+    monkeypatch.chdir(tmp_path)
+    assert call(["recommend", f"run={tmp_path / 'no-such-run'}", "song"], capsys)[0] == 1
+    assert not (tmp_path / "outputs").exists(), sorted((tmp_path / "outputs").rglob("*"))
+    earlier = tmp_path / "outputs" / "2026-01-01" / "10-00-00" / "finished.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    assert call(["recommend", f"run={tmp_path / 'no-such-run'}", "song"], capsys)[0] == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "outputs").rglob("*")) == [
+        "outputs/2026-01-01", "outputs/2026-01-01/10-00-00", "outputs/2026-01-01/10-00-00/finished.json"]
 
 
 def test_no_tensorflow_and_no_run_folder_before_the_config_is_valid(tmp_path):
