@@ -404,7 +404,7 @@ def existing_run(path) -> Path:
     and every file it records is present with the recorded size (and, for the model files, the recorded
     sha256), so a half-written, damaged or tampered run is one line naming the file, never a later traceback."""
     if path in (None, ""):
-        raise SiamrecError("run is not set: pass run=PATH/TO/RUN_FOLDER (a folder under outputs/ printed by train)")
+        raise SiamrecError("run is not set: pass run=PATH/TO/RUN_FOLDER (a folder printed by train or extract)")
     run = Path(str(path)).expanduser()
     if not run.is_dir():
         raise SiamrecError(f"run={run}: not a finished siamrec run (no such folder); pass a folder printed by train")

@@ -310,6 +310,25 @@ def test_serve_data_library_builds_the_index_then_serves_it(music, tmp_path, mon
     assert len(app.state.catalogue) == 7 and app.state.catalogue.run == folder
 
 
+def test_recommend_and_mpd_take_the_library_as_serve_does(music, tmp_path, monkeypatch):
+    """recommend data=library data.root=~/Music SONG: the library's index is built (or updated) first, as serve
+    and mpd do, and the seed is found in it by its title; no run= is needed."""
+    from siamrec.commands.extract import run_or_library
+    from siamrec.commands.recommend import recommend
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    cfg = library_cfg(tmp_path, music, "recommend.seed=Raga Yaman", "recommend.k=3", "recommend.rules=none",
+                      command="recommend")
+    rows = recommend(cfg, tmp_path / "run")
+    (folder,) = (tmp_path / "data" / "siamrec" / "libraries").iterdir()
+    assert len(items_of(folder)) == 7
+    assert [r[0] for r in rows] == ["Ustad/Ragas/03 Raga.mp3"] * 3
+    assert len({r[3] for r in rows}) == 3 and "Ustad/Ragas/03 Raga.mp3" not in {r[3] for r in rows}
+    assert (tmp_path / "run" / "playlists.csv").is_file()
+    assert run_or_library(library_cfg(tmp_path, music, command="mpd"), tmp_path / "run2") == folder
+    assert not (tmp_path / "run2").exists()  # the index folder is the library's, not the command's
+
+
 @pytest.mark.parametrize("ext", [".flac", ".mp3", ".opus", ".ogg", ".wav", ".aiff", ".m4a"])
 def test_read_tags_of_every_format(tmp_path, ext):
     """title, artists, genres (a ';' list), MusicBrainz id and duration from each tag format mutagen writes."""

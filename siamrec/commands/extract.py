@@ -49,6 +49,14 @@ def output_folder(cfg, run_dir) -> Path:
     return Path(run_dir)
 
 
+def run_or_library(cfg, run_dir) -> Path:
+    """The finished run folder `run=` names; without run=, for a listener's library (data=library|beets), its
+    index folder, built or updated first as `extract` does (only new and changed songs are embedded)."""
+    if not cfg.get("run") and cfg.data.source in LISTENER_SOURCES:
+        return extract(cfg, run_dir)
+    return existing_run(cfg.run)
+
+
 def extract(cfg, run_dir) -> Path:
     run = existing_run(cfg.run) if cfg.get("run") else None  # before anything is written
     out = output_folder(cfg, run_dir)

@@ -22,7 +22,7 @@ import numpy as np
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.rules import Radio, Rules, Songs, normal_artist, normal_title
-from siamrec.runs import existing_run, read_embeddings
+from siamrec.runs import read_embeddings
 
 PASSWORD_ENV = "MPD_PASSWORD"
 TAIL_PARTS = 3  # path components compared when MPD's music folder is not known
@@ -121,12 +121,9 @@ def music_dir_of(client, cfg) -> str | None:
 
 
 def mpd(cfg, run_dir) -> Path:
-    if not cfg.get("run") and cfg.data.source in ("library", "beets"):  # your music: build or update its index
-        from siamrec.commands.extract import extract
+    from siamrec.commands.extract import run_or_library
 
-        run = extract(cfg, run_dir)
-    else:
-        run = existing_run(cfg.run)
+    run = run_or_library(cfg, run_dir)  # run=, or your music's index, built or updated first
     emb, items = read_embeddings(run)
     songs = Songs(items)
     rules = Rules.from_config(cfg.recommend.rules) or Rules()

@@ -1,4 +1,5 @@
-"""`recommend run=RUN seed=SONG k=10`: playlists of the run's library for one seed song or many.
+"""`recommend run=RUN seed=SONG k=10`: playlists of the run's library for one seed song or many
+(`recommend data=library data.root=~/Music SONG`: of your music's index, built or updated first, as `serve` does).
 
 A seed may be a song of the library (its stored embedding is used and it is left out of its own playlist), named
 by key, id (row), path, title or `artist - title` (siamrec.songs.SongFinder: the web app finds seeds the same way),
@@ -23,7 +24,7 @@ from siamrec.index import open_index
 from siamrec.m3u import write_m3u8
 from siamrec.playlists import playlists, print_playlist, write_playlists
 from siamrec.rules import Radio, Rules, Songs
-from siamrec.runs import existing_run, read_embeddings, read_text, write_csv, write_json
+from siamrec.runs import read_embeddings, read_text, write_csv, write_json
 from siamrec.songs import SongFinder
 
 MAX_PRINTED = 10  # playlists printed in full; with more seeds only the files are named
@@ -55,7 +56,9 @@ def _seed_list(seed) -> list[str]:
 
 
 def recommend(cfg, run_dir) -> list[tuple]:
-    run = existing_run(cfg.run)
+    from siamrec.commands.extract import run_or_library
+
+    run = run_or_library(cfg, run_dir)  # run=, or your music's index (data=library|beets), built or updated first
     emb, items = read_embeddings(run)
     k = cfg.recommend.k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
