@@ -329,7 +329,10 @@ def test_recommend_and_mpd_take_the_library_as_serve_does(music, tmp_path, monke
     assert not (tmp_path / "run2").exists()  # the index folder is the library's, not the command's
 
 
-@pytest.mark.parametrize("ext", [".flac", ".mp3", ".opus", ".ogg", ".wav", ".aiff", ".m4a"])
+FFMPEG_WRITTEN = {".m4a": "aac", ".wma": "wmav2", ".wv": "wavpack"}  # formats only ffmpeg writes (and reads)
+
+
+@pytest.mark.parametrize("ext", [".flac", ".mp3", ".opus", ".ogg", ".wav", ".aiff", ".m4a", ".wma", ".wv"])
 def test_read_tags_of_every_format(tmp_path, ext):
     """title, artists, genres (a ';' list), MusicBrainz id and duration from each tag format mutagen writes."""
     from mutagen.id3 import TCON, TIT2, TPE1, UFID
@@ -338,16 +341,32 @@ def test_read_tags_of_every_format(tmp_path, ext):
 
     path = tmp_path / f"song{ext}"
     y = (0.1 * np.random.default_rng(0).normal(size=16000)).astype(np.float32)
-    if ext == ".m4a":
+    if ext in FFMPEG_WRITTEN:
         if not shutil.which("ffmpeg"):
-            pytest.skip("ffmpeg is not installed (it writes the M4A test file)")
+            pytest.skip(f"ffmpeg is not installed (it writes the {ext} test file)")
         sf.write(tmp_path / "src.wav", y, 16000)
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", "aac", str(path)],
-                       check=True)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", FFMPEG_WRITTEN[ext],
+                        str(path)], check=True)
+    if ext == ".m4a":
         from mutagen.easymp4 import EasyMP4
 
         f = EasyMP4(path)
         f.update({"title": GURMUKHI, "artist": ["A", "B"], "genre": "Punjabi; Folk", "musicbrainz_trackid": MBID})
+        f.save()
+    elif ext == ".wma":  # ASF, as Windows Media Player writes it
+        from mutagen.asf import ASF
+
+        f = ASF(path)
+        f.tags.update({"Title": GURMUKHI, "Author": ["A", "B"], "WM/Genre": "Punjabi; Folk",
+                       "MusicBrainz/Track Id": MBID})
+        f.save()
+    elif ext == ".wv":  # APEv2, as foobar2000 writes it
+        from mutagen.wavpack import WavPack
+
+        f = WavPack(path)
+        if f.tags is None:
+            f.add_tags()
+        f.tags.update({"Title": GURMUKHI, "Artist": ["A", "B"], "Genre": "Punjabi; Folk", "MUSICBRAINZ_TRACKID": MBID})
         f.save()
     else:
         fmt = {".flac": ("FLAC", None), ".mp3": ("MP3", "MPEG_LAYER_III"), ".opus": ("OGG", "OPUS"),
@@ -369,6 +388,43 @@ def test_read_tags_of_every_format(tmp_path, ext):
     tags = read_tags(str(path))
     assert (tags["title"], tags["artist"], tags["genre"], tags["mbid"]) == (GURMUKHI, "A & B", ["punjabi", "folk"], MBID)
     assert tags["duration"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_formats_only_ffmpeg_reads_are_listed_decoded_and_played(tmp_path):
+    """WMA, WavPack, WebM and ADTS AAC files of a listener's folder are songs: the scan lists them, every window is
+    decoded as a whole-file librosa.load gives it, and the web page gets WavPack and WMA as WAV (WavPack sample
+    for sample: it is lossless)."""
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed (it writes and reads these formats)")
+    import librosa
+
+    from siamrec.data.audio import AUDIO_EXTENSIONS, WindowPlan, decode_windows
+    from siamrec.data.tags import scan
+    from siamrec.serve.catalogue import TRANSCODED, _pcm16
+
+    rng = np.random.default_rng(0)
+    source = (np.stack([np.sin(np.arange(3 * 22050) * f) for f in (0.05, 0.07)], axis=1) * 0.3
+              + 0.01 * rng.normal(size=(3 * 22050, 2)))
+    sf.write(tmp_path / "src.wav", source, 22050, subtype="PCM_16")
+    music = tmp_path / "Music" / "Artist"
+    music.mkdir(parents=True)
+    for ext, codec in ((".wma", "wmav2"), (".wv", "wavpack"), (".webm", "libopus"), (".aac", "aac")):
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", codec,
+                        str(music / f"song{ext}")], check=True)
+    songs, _ = scan(tmp_path / "Music", AUDIO_EXTENSIONS, tmp_path / "tags.sqlite", progress=False)
+    assert sorted(s.rel for s in songs) == ["Artist/song.aac", "Artist/song.webm", "Artist/song.wma", "Artist/song.wv"]
+    plan = WindowPlan(sr=16000, window=8000, hop=8000, mode="all")
+    for s in songs:
+        windows = decode_windows(s.path, plan)
+        whole, _ = librosa.load(s.path, sr=16000)
+        assert len(windows) == len(whole) // 8000, s.rel
+        for i, w in enumerate(windows):
+            assert np.allclose(w, whole[i * 8000:(i + 1) * 8000], atol=1e-4), (s.rel, i)
+    assert {".wma", ".wv"} <= TRANSCODED
+    y, sr = _pcm16(str(music / "song.wv"))
+    assert sr == 22050 and np.array_equal(y, sf.read(tmp_path / "src.wav", dtype="int16")[0])
+    y, sr = _pcm16(str(music / "song.wma"))
+    assert sr in (22050, 44100) and y.shape[1] == 2 and y.dtype == np.int16
 
 
 def test_a_large_scan_reads_tags_in_worker_processes_with_the_same_result(music, tmp_path, monkeypatch):

@@ -36,8 +36,24 @@ DECODER_VERSION = 2
 # floor in samples (4 MPEG-1 frames, 8 MPEG-2 frames) covers low sample rates, whose frames last longer.
 WARMUP_SECONDS = 0.2
 WARMUP_FRAMES = 4608
-AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "au", "aiff", "aif", "m4a")
+# what soundfile reads, then what librosa/audioread reads through ffmpeg (AAC, WMA, WavPack, Monkey's Audio, Musepack,
+# TTA, Matroska and WebM audio): without ffmpeg those fail to decode, each listed with the reason
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "au", "aiff", "aif", "aifc", "caf", "w64", "m4a",
+                    "aac", "wma", "wv", "ape", "mpc", "tta", "mka", "webm")
 WINDOW_MODES = ("first", "spread", "all")
+
+
+def load_whole(path: str, mono: bool = True) -> tuple[np.ndarray, int]:
+    """A whole file through librosa/audioread (ffmpeg, GStreamer or MAD) at its own rate, for the formats soundfile
+    does not read: float32 samples, (n,) mono or (channels, n), and the rate. Raises what the backend raises."""
+    import warnings
+
+    import librosa
+
+    with warnings.catch_warnings():  # librosa warns that soundfile failed and that audioread is deprecated
+        warnings.simplefilter("ignore")
+        y, sr = librosa.load(path, sr=None, mono=mono, dtype=np.float32)
+    return y, int(sr)
 
 
 class AudioError(Exception):
@@ -164,13 +180,7 @@ class _ArrayReader:
     warmup = 0
 
     def __init__(self, path: str):
-        import warnings
-
-        import librosa
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.y, self.native_sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
+        self.y, self.native_sr = load_whole(path)
         self.frames = len(self.y)
 
     def read(self, lo: int, hi: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from siamrec.runs import read_text, write_csv
 from siamrec.schema import integer, number, path
 
 SPLITS = ("train", "valid", "test")
-KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv", "wma", "aac"}
+KNOWN_EXTENSIONS = frozenset(AUDIO_EXTENSIONS) | {"npy", "txt", "csv"}
 
 
 def make_split(lib: Library, split_cfg) -> np.ndarray:

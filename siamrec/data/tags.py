@@ -3,7 +3,7 @@
 `scan(root, extensions, cache_file)` walks the folder tree (hidden files and folders, macOS `._*` included, are
 skipped) and returns one `Song` per audio file with its tags: title, artist, album, albumartist, genre (several),
 date, tracknumber, duration (seconds) and MusicBrainz recording id, from ID3 (MP3, WAV, AIFF), Vorbis comments
-(FLAC, Ogg, Opus) and MP4 atoms (M4A). Tags of a file whose size and mtime are unchanged since the last scan come
+(FLAC, Ogg, Opus), MP4 atoms (M4A), ASF (WMA) and APEv2 (WavPack, Monkey's Audio, Musepack, TTA). Tags of a file whose size and mtime are unchanged since the last scan come
 from the cache (an SQLite file, one row per path), so a second scan of an unchanged library only lists and stats
 the files. A file whose tags cannot be read is kept with no tags (counted in the scan's `unreadable`).
 """
@@ -25,8 +25,13 @@ TEXT_TAGS = ("title", "artist", "album", "albumartist", "date", "tracknumber")
 ID3_FRAMES = {"title": "TIT2", "artist": "TPE1", "album": "TALB", "albumartist": "TPE2", "date": "TDRC",
               "tracknumber": "TRCK"}
 MBID_KEYS = ("musicbrainz_trackid", "musicbrainz_recordingid")  # the recording id, as Picard and beets write it
+# the same tags under the names of the formats mutagen offers no "easy" view of: ASF (WMA) and APEv2 (WavPack,
+# Monkey's Audio, Musepack, TTA), lower-cased; used where the file has no tag of the common name
+KEY_ALIASES = {"author": "artist", "wm/albumtitle": "album", "wm/albumartist": "albumartist",
+               "album artist": "albumartist", "wm/genre": "genre", "wm/year": "date", "year": "date",
+               "wm/tracknumber": "tracknumber", "track": "tracknumber", "musicbrainz/track id": "musicbrainz_trackid"}
 GENRE_SEPARATORS = re.compile(r"\s*[;/|,]\s*|\x00")
-CACHE_VERSION = 1  # bump when what read_tags returns changes: cached rows of another version are read again
+CACHE_VERSION = 2  # bump when what read_tags returns changes: cached rows of another version are read again
 
 
 @dataclass
@@ -74,6 +79,16 @@ def _id3_tags(tags) -> dict:
     return out
 
 
+def _values(value) -> list:
+    """A tag's values as a list: mutagen gives lists (Vorbis, MP4, ASF), or one value, or an APEv2 text value
+    holding several (iterating it gives each)."""
+    from mutagen.apev2 import APETextValue
+
+    if isinstance(value, list):
+        return value
+    return list(value) if isinstance(value, APETextValue) else [value]
+
+
 def read_tags(path: str) -> dict:
     """The tags of one file ({} when it has none or mutagen does not know the format); raises on a damaged file."""
     import mutagen
@@ -89,8 +104,10 @@ def read_tags(path: str) -> dict:
     tags = f.tags
     if tags is None:
         return out
-    raw = _id3_tags(tags) if isinstance(tags, ID3) else {k.lower(): list(v) if isinstance(v, list) else [v]
-                                                          for k, v in tags.items()}
+    raw = _id3_tags(tags) if isinstance(tags, ID3) else {k.lower(): _values(v) for k, v in tags.items()}
+    for name, common in KEY_ALIASES.items():
+        if name in raw and common not in raw:
+            raw[common] = raw[name]
     for name in TEXT_TAGS:
         value = " & ".join(normalise_text(v) for v in raw.get(name, ()) if normalise_text(v)) \
             if name == "artist" else _first(raw.get(name))

@@ -30,15 +30,33 @@ from siamrec.rules import Radio, Rules, Songs
 from siamrec.runs import atomic_write_text, read_embeddings, strict_json
 from siamrec.songs import META, SongFinder, display_name, fold, meta
 
-# formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads them)
+# formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads the first five,
+# librosa/audioread through ffmpeg the others)
 NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
-          ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".webm": "audio/webm"}
-TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc"}
+          ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".webm": "audio/webm", ".aac": "audio/aac"}
+TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".wma", ".wv", ".ape", ".mpc", ".tta", ".mka"}
 EXPORT_FORMATS = {"m3u8": "audio/x-mpegurl; charset=utf-8", "csv": "text/csv; charset=utf-8",
                   "json": "application/json"}
 EXPORT_COLUMNS = COLUMNS + META  # recommend out=FILE's columns, then the song's metadata
 COVER_FILES = ("cover", "folder", "front")  # cover art beside a file: cover.jpg, folder.jpg, front.jpg (.jpeg, .png)
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+def _pcm16(path: str) -> tuple[np.ndarray, int]:
+    """A whole file as (frames, channels) int16 samples and its rate: soundfile, else librosa/audioread (ffmpeg)."""
+    import soundfile as sf
+
+    try:
+        return sf.read(path, dtype="int16", always_2d=True)
+    except Exception as first:  # noqa: BLE001 - soundfile does not read it (WMA, WavPack, ...): ask ffmpeg
+        from siamrec.data.audio import load_whole
+
+        try:
+            y, sr = load_whole(path, mono=False)
+        except Exception:  # noqa: BLE001 - neither reads it: soundfile's reason
+            raise first from None
+        y = np.atleast_2d(y).T
+        return np.clip(np.round(y * 32768), -32768, 32767).astype(np.int16), sr  # 16-bit sources exactly
 
 
 class UnknownSong(KeyError):
@@ -265,7 +283,7 @@ class Catalogue:
         import soundfile as sf
 
         try:
-            y, sr = sf.read(path, dtype="int16", always_2d=True)
+            y, sr = _pcm16(path)
         except Exception as exc:  # noqa: BLE001 - a broken file of the library: say so, no traceback
             raise SiamrecError(f"{self.keys[row]}: cannot be read for playback ({exc})") from None
         buf = io.BytesIO()
