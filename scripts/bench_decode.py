@@ -11,9 +11,15 @@ with the LAME header; FLAC and WAV for comparison) and measures, in this process
   (siamrec.data.audio.WARMUP_SECONDS / WARMUP_FRAMES before each window) and without it (`extra` is its cost), and,
   for scale, a whole-file librosa.load at 16 kHz (what the original extractor does).
 
+With --long-minutes M it also writes one stereo 44.1 kHz AAC (M4A) file of M minutes with ffmpeg (a raga, a DJ
+mix: a format soundfile does not read, so audioread decodes it) and prints, each measured in a fresh process, the
+peak resident memory and wall time of decoding its musicnn windows with the reader (which keeps at most
+`_AudioreadReader.KEEP_SECONDS` of a file in memory and streams a longer one) and of a whole-file librosa.load at
+its own rate (what the reader did before).
+
 Each figure is printed on its own line, `name: value unit`; the last line is the command that produced them.
 
-    python scripts/bench_decode.py [--n 5] [--seconds 30] [--repeat 3]
+    python scripts/bench_decode.py [--n 5] [--seconds 30] [--repeat 3] [--long-minutes 60]
 """
 
 from __future__ import annotations
@@ -84,11 +90,47 @@ def cpu_ms(fn, paths, repeat: int) -> float:
     return best
 
 
+PEAK = """
+import resource, sys, time, warnings
+warnings.simplefilter("ignore")
+t = time.perf_counter()
+{call}
+print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), round(time.perf_counter() - t, 1))
+"""
+
+
+def long_file_figures(folder: Path, minutes: float) -> None:
+    """Peak memory and time of decoding one long M4A, the reader against librosa.load (each in a fresh process)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ffmpeg"):
+        print("long file: ffmpeg is not installed (it writes the M4A file): no figures")
+        return
+    path = folder / "long.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency=220:duration={minutes * 60}:sample_rate=44100", "-f", "lavfi", "-i",
+                    f"anoisesrc=duration={minutes * 60}:sample_rate=44100:amplitude=0.05", "-filter_complex",
+                    "[0][1]amerge=inputs=2", "-c:a", "aac", "-b:a", "128k", str(path)], check=True)
+    calls = {
+        "the reader's musicnn windows": "import siamrec.data.audio as a; a.decode_windows("
+                                        f"{str(path)!r}, a.WindowPlan(sr=16000, window=48128, context=256, "
+                                        "hop=47872, mode='all', max_windows=64))",
+        "whole-file librosa.load at its own rate": f"import librosa; librosa.load({str(path)!r}, sr=None)",
+    }
+    for name, call in calls.items():
+        out = subprocess.run([sys.executable, "-c", PEAK.format(call=call)], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent.parent)
+        mib, seconds = out.stdout.split()[-2:]
+        print(f"{minutes:g}-min M4A, {name}: peak {mib} MiB, {seconds} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5, help="songs per shape")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--long-minutes", type=float, default=0, help="also decode one M4A this long (0: not)")
     args = parser.parse_args()
 
     import librosa
@@ -136,6 +178,8 @@ def main() -> int:
                   f"{with_warmup:.1f} ms/file, without: {no_warmup:.1f} ms/file "
                   f"(extra {with_warmup - no_warmup:.1f} ms, {100 * (with_warmup / no_warmup - 1):.0f} %)")
             print(f"{shape} whole-file librosa.load at 16 kHz: {cpu_ms(whole, paths, args.repeat):.1f} ms/file")
+        if args.long_minutes > 0:
+            long_file_figures(Path(tmp), args.long_minutes)
     print("command: python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]]))
     return 0
 

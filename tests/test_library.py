@@ -390,15 +390,20 @@ def test_read_tags_of_every_format(tmp_path, ext):
     assert tags["duration"] == pytest.approx(1.0, abs=0.1)
 
 
-def test_formats_only_ffmpeg_reads_are_listed_decoded_and_played(tmp_path):
+@pytest.mark.parametrize("keep_seconds", [600, 1], ids=["kept", "streamed"])
+def test_formats_only_ffmpeg_reads_are_listed_decoded_and_played(tmp_path, monkeypatch, keep_seconds):
     """WMA, WavPack, WebM and ADTS AAC files of a listener's folder are songs: the scan lists them, every window is
-    decoded as a whole-file librosa.load gives it, and the web page gets WavPack and WMA as WAV (WavPack sample
-    for sample: it is lossless)."""
+    decoded as a whole-file librosa.load gives it — also when the file is longer than the reader keeps in memory
+    and is decoded again, forward, as the windows ask — and the web page gets WavPack and WMA as WAV (WavPack
+    sample for sample: it is lossless)."""
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed (it writes and reads these formats)")
     import librosa
 
+    import siamrec.data.audio as audio
     from siamrec.data.audio import AUDIO_EXTENSIONS, WindowPlan, decode_windows
+
+    monkeypatch.setattr(audio._AudioreadReader, "KEEP_SECONDS", keep_seconds)
     from siamrec.data.tags import scan
     from siamrec.serve.catalogue import TRANSCODED, _pcm16
 
@@ -413,13 +418,14 @@ def test_formats_only_ffmpeg_reads_are_listed_decoded_and_played(tmp_path):
                         str(music / f"song{ext}")], check=True)
     songs, _ = scan(tmp_path / "Music", AUDIO_EXTENSIONS, tmp_path / "tags.sqlite", progress=False)
     assert sorted(s.rel for s in songs) == ["Artist/song.aac", "Artist/song.webm", "Artist/song.wma", "Artist/song.wv"]
-    plan = WindowPlan(sr=16000, window=8000, hop=8000, mode="all")
+    plan = WindowPlan(sr=16000, window=8000, context=1000, hop=6000, mode="all")  # overlapping windows
     for s in songs:
         windows = decode_windows(s.path, plan)
         whole, _ = librosa.load(s.path, sr=16000)
-        assert len(windows) == len(whole) // 8000, s.rel
+        whole = np.concatenate([np.zeros(1000, np.float32), whole, np.zeros(8000, np.float32)])
+        assert len(windows) == (len(whole) - 9000 - 6000) // 6000 + 1, s.rel
         for i, w in enumerate(windows):
-            assert np.allclose(w, whole[i * 8000:(i + 1) * 8000], atol=1e-4), (s.rel, i)
+            assert np.allclose(w, whole[i * 6000:i * 6000 + 8000], atol=1e-4), (s.rel, i)
     assert {".wma", ".wv"} <= TRANSCODED
     y, sr = _pcm16(str(music / "song.wv"))
     assert sr == 22050 and np.array_equal(y, sf.read(tmp_path / "src.wav", dtype="int16")[0])

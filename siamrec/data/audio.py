@@ -174,20 +174,61 @@ class _SoundFileReader:
         self.file.close()
 
 
-class _ArrayReader:
-    """A whole file decoded at once (formats soundfile cannot read)."""
+class _AudioreadReader:
+    """A file soundfile cannot read, decoded by audioread (ffmpeg, GStreamer or MAD) as librosa.load decodes it:
+    interleaved 16-bit blocks, scaled by 1/32768, mixed to mono. The first pass counts its frames and keeps them
+    when the file is at most `KEEP_SECONDS` long; a longer one (a raga of an hour, a DJ mix: an hour of 44.1 kHz
+    stereo would take ~2.8 GB through librosa.load) is decoded again on reading, forward, keeping only what the
+    windows ask for (they ask in ascending order), so memory stays bounded."""
 
     warmup = 0
+    KEEP_SECONDS = 600
 
     def __init__(self, path: str):
-        self.y, self.native_sr = load_whole(path)
-        self.frames = len(self.y)
+        self.path = path
+        kept, self.frames, keep = [], 0, True
+        for block in self._blocks():
+            self.frames += len(block)
+            if keep:
+                kept.append(block)
+                keep = self.frames <= self.KEEP_SECONDS * self.native_sr
+                if not keep:
+                    kept = []
+        self.y = (np.concatenate(kept) if kept else np.zeros(0, np.float32)) if keep else None  # None: stream
+        self._stream, self._buf, self._buf_lo = None, np.zeros(0, np.float32), 0
+
+    def _blocks(self):
+        """The file's mono float32 blocks, in order (sets native_sr)."""
+        import audioread
+
+        with audioread.audio_open(self.path) as f:
+            self.native_sr, channels = int(f.samplerate), int(f.channels)
+            carry = b""
+            for buf in f:
+                buf = carry + bytes(buf)
+                whole = len(buf) // (2 * channels) * 2 * channels  # complete frames only; the rest joins the next
+                carry = buf[whole:]
+                x = np.frombuffer(buf[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
+                yield x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x
 
     def read(self, lo: int, hi: int) -> np.ndarray:
-        return self.y[lo:hi]
+        if self.y is not None:
+            return self.y[lo:hi]
+        if self._stream is None or lo < self._buf_lo:  # first read, or one behind the buffer: decode from the start
+            self._stream, self._buf, self._buf_lo = self._blocks(), np.zeros(0, np.float32), 0
+        while self._buf_lo + len(self._buf) < hi:
+            block = next(self._stream, None)
+            if block is None:
+                break
+            end = self._buf_lo + len(self._buf) + len(block)
+            self._buf = np.concatenate([self._buf[max(lo - self._buf_lo, 0):], block])  # drop what lies before lo
+            self._buf_lo = end - len(self._buf)
+        start = max(lo - self._buf_lo, 0)
+        return self._buf[start:max(hi - self._buf_lo, start)]
 
     def close(self):
-        pass
+        if self._stream is not None:
+            self._stream.close()
 
 
 def _why(exc: Exception) -> str:
@@ -207,7 +248,7 @@ def _open(path: str):
         return _SoundFileReader(path)
     except Exception as first:  # noqa: BLE001 - soundfile cannot read it: try librosa/audioread
         try:
-            return _ArrayReader(path)
+            return _AudioreadReader(path)
         except Exception as second:  # noqa: BLE001
             if os.path.getsize(path) == 0:
                 raise AudioError(path, "cannot be decoded: the file is empty (0 bytes)") from None
