@@ -184,6 +184,20 @@ def test_formats_browsers_cannot_play_are_sent_as_wav_with_ranges(synth_client, 
     assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{n}"
 
 
+def test_transcoded_songs_kept_for_replays_are_bounded_in_bytes(synth_client, monkeypatch):
+    import siamrec.serve.catalogue as catalogue
+
+    cat = synth_client.app.state.catalogue
+    a, b = [s["id"] for s in synth_client.get("/api/songs").json() if s["playable"] == "wav"][:2]
+    assert synth_client.get(f"/api/audio/{a}").status_code == 200
+    monkeypatch.setattr(catalogue, "WAV_CACHE_BYTES", 1)  # no room: only the newest is kept
+    assert synth_client.get(f"/api/audio/{b}").status_code == 200
+    assert list(cat._wav_cache) == [b]
+    monkeypatch.setattr(catalogue, "WAV_CACHE_BYTES", 1 << 30)
+    assert synth_client.get(f"/api/audio/{a}").status_code == 200
+    assert list(cat._wav_cache) == [b, a]  # within 8 songs and 1 GiB: both kept, oldest first
+
+
 @pytest.mark.parametrize("attempt", [
     "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/etc/passwd",
     "%2Fetc%2Fpasswd", "..\\..\\etc\\passwd", "drone/../../../etc/passwd", "15", "-1", "999999", "१२", "²",

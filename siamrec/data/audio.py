@@ -43,17 +43,22 @@ AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "oga", "opus", "mp3", "au", "aiff", "a
 WINDOW_MODES = ("first", "spread", "all")
 
 
-def load_whole(path: str, mono: bool = True) -> tuple[np.ndarray, int]:
-    """A whole file through librosa/audioread (ffmpeg, GStreamer or MAD) at its own rate, for the formats soundfile
-    does not read: float32 samples, (n,) mono or (channels, n), and the rate. Raises what the backend raises."""
-    import warnings
+def audioread_blocks(path: str):
+    """A file through audioread (ffmpeg, GStreamer or MAD), for the formats soundfile does not read, as librosa.load
+    decodes it: yields (rate, channels, block) for each block in order, `block` the interleaved 16-bit PCM bytes of
+    complete frames (a frame split between two of audioread's buffers goes with the second). Raises what the
+    backend raises; the file is closed when the generator ends or is closed."""
+    import audioread
 
-    import librosa
-
-    with warnings.catch_warnings():  # librosa warns that soundfile failed and that audioread is deprecated
-        warnings.simplefilter("ignore")
-        y, sr = librosa.load(path, sr=None, mono=mono, dtype=np.float32)
-    return y, int(sr)
+    with audioread.audio_open(path) as f:
+        sr, channels = int(f.samplerate), int(f.channels)
+        frame, carry = 2 * channels, b""
+        for buf in f:
+            buf = carry + bytes(buf)
+            whole = len(buf) // frame * frame
+            carry = buf[whole:]
+            if whole:
+                yield sr, channels, buf[:whole]
 
 
 class AudioError(Exception):
@@ -183,6 +188,7 @@ class _AudioreadReader:
 
     warmup = 0
     KEEP_SECONDS = 600
+    native_sr = 0  # set by the first block (a file that decodes to nothing has none: no audio samples)
 
     def __init__(self, path: str):
         self.path = path
@@ -199,17 +205,9 @@ class _AudioreadReader:
 
     def _blocks(self):
         """The file's mono float32 blocks, in order (sets native_sr)."""
-        import audioread
-
-        with audioread.audio_open(self.path) as f:
-            self.native_sr, channels = int(f.samplerate), int(f.channels)
-            carry = b""
-            for buf in f:
-                buf = carry + bytes(buf)
-                whole = len(buf) // (2 * channels) * 2 * channels  # complete frames only; the rest joins the next
-                carry = buf[whole:]
-                x = np.frombuffer(buf[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
-                yield x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x
+        for self.native_sr, channels, block in audioread_blocks(self.path):
+            x = np.frombuffer(block, "<i2").astype(np.float32) * np.float32(1 / 32768)
+            yield x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         if self.y is not None:

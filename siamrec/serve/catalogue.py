@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import re
+import struct
 from bisect import bisect_right
 from collections import OrderedDict
 from pathlib import Path
@@ -35,6 +36,8 @@ from siamrec.songs import META, SongFinder, display_name, fold, meta
 NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
           ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".webm": "audio/webm", ".aac": "audio/aac"}
 TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".wma", ".wv", ".ape", ".mpc", ".tta", ".mka"}
+WAV_CACHE_SONGS, WAV_CACHE_BYTES = 8, 1 << 30  # transcoded songs kept for replays and range requests: the newest
+                                               # 8, fewer when they hold more than 1 GiB (always the newest one)
 EXPORT_FORMATS = {"m3u8": "audio/x-mpegurl; charset=utf-8", "csv": "text/csv; charset=utf-8",
                   "json": "application/json"}
 EXPORT_COLUMNS = COLUMNS + META  # recommend out=FILE's columns, then the song's metadata
@@ -42,21 +45,31 @@ COVER_FILES = ("cover", "folder", "front")  # cover art beside a file: cover.jpg
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
-def _pcm16(path: str) -> tuple[np.ndarray, int]:
-    """A whole file as (frames, channels) int16 samples and its rate: soundfile, else librosa/audioread (ffmpeg)."""
+def _wav(path: str) -> bytes:
+    """A whole file as 16-bit WAV bytes: read by soundfile, else the 16-bit PCM audioread decodes (WMA, WavPack, ...:
+    ffmpeg) with a WAV header put in front, never held as floats (an hour of 44.1 kHz stereo is 635 MB as PCM)."""
     import soundfile as sf
 
     try:
-        return sf.read(path, dtype="int16", always_2d=True)
-    except Exception as first:  # noqa: BLE001 - soundfile does not read it (WMA, WavPack, ...): ask ffmpeg
-        from siamrec.data.audio import load_whole
+        y, sr = sf.read(path, dtype="int16", always_2d=True)
+    except Exception as first:  # noqa: BLE001 - soundfile does not read it: ask ffmpeg
+        from siamrec.data.audio import audioread_blocks
 
         try:
-            y, sr = load_whole(path, mono=False)
+            blocks = list(audioread_blocks(path))
         except Exception:  # noqa: BLE001 - neither reads it: soundfile's reason
             raise first from None
-        y = np.atleast_2d(y).T
-        return np.clip(np.round(y * 32768), -32768, 32767).astype(np.int16), sr  # 16-bit sources exactly
+        if not blocks:
+            raise first from None
+        sr, channels, _ = blocks[0]
+        n = sum(len(b) for _, _, b in blocks)
+        header = b"".join([b"RIFF", struct.pack("<I", 36 + n), b"WAVEfmt ",
+                           struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * channels * 2, channels * 2, 16),
+                           b"data", struct.pack("<I", n)])
+        return b"".join([header, *(b for _, _, b in blocks)])
+    buf = io.BytesIO()
+    sf.write(buf, y, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 class UnknownSong(KeyError):
@@ -280,18 +293,14 @@ class Catalogue:
             if row in self._wav_cache:
                 self._wav_cache.move_to_end(row)
                 return "wav", self._wav_cache[row]
-        import soundfile as sf
-
         try:
-            y, sr = _pcm16(path)
+            data = _wav(path)
         except Exception as exc:  # noqa: BLE001 - a broken file of the library: say so, no traceback
             raise SiamrecError(f"{self.keys[row]}: cannot be read for playback ({exc})") from None
-        buf = io.BytesIO()
-        sf.write(buf, y, sr, format="WAV", subtype="PCM_16")
-        data = buf.getvalue()
         with self._wav_lock:
             self._wav_cache[row] = data
-            while len(self._wav_cache) > 8:
+            while len(self._wav_cache) > 1 and (len(self._wav_cache) > WAV_CACHE_SONGS or
+                                                sum(map(len, self._wav_cache.values())) > WAV_CACHE_BYTES):
                 self._wav_cache.popitem(last=False)
         return "wav", data
 
