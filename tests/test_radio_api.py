@@ -202,6 +202,31 @@ def test_subsonic_credentials_when_unset(run, served, tmp_path, monkeypatch):
     assert r["status"] == "failed" and r["error"]["code"] == 40
 
 
+def test_a_song_streamed_as_wav_tells_subsonic_clients_so(run, tmp_path, monkeypatch):
+    """A format browsers and players do not all play (AIFF here; WMA, WavPack, ... alike) is streamed as WAV: its
+    entry keeps the file's own suffix and type and adds Subsonic's transcodedSuffix and transcodedContentType."""
+    import soundfile as sf
+
+    from siamrec.runs import mark_finished
+
+    items = run / "items.csv"
+    items.write_text(items.read_text(encoding="utf-8").replace("03 A3.flac", "03 A3.aiff"), encoding="utf-8")
+    (run / "music" / "A feat. Z" / "Alb2" / "03 A3.flac").unlink()
+    sf.write(run / "music" / "A feat. Z" / "Alb2" / "03 A3.aiff", np.zeros(800), 8000, format="AIFF")
+    mark_finished(run)
+    monkeypatch.setenv("SIAMREC_SUBSONIC_USER", USER)
+    monkeypatch.setenv("SIAMREC_SUBSONIC_PASSWORD", PASSWORD)
+    client = TestClient(app_for(run, tmp_path))
+    auth = {"u": USER, "p": PASSWORD, "v": "1.16.1", "c": "test", "f": "json"}
+    aiff = client.get("/rest/getSong", params={"id": 3, **auth}).json()["subsonic-response"]["song"]
+    assert (aiff["suffix"], aiff["transcodedSuffix"], aiff["transcodedContentType"]) == ("aiff", "wav", "audio/wav")
+    assert aiff["contentType"] in ("audio/x-aiff", "audio/aiff")  # the file's own type (the system's MIME table)
+    flac = client.get("/rest/getSong", params={"id": 4, **auth}).json()["subsonic-response"]["song"]
+    assert flac["suffix"] == "flac" and flac["contentType"] == "audio/flac" and "transcodedSuffix" not in flac
+    streamed = client.get("/rest/stream", params={"id": 3, **auth})
+    assert streamed.headers["content-type"] == "audio/wav" and streamed.content[:4] == b"RIFF"
+
+
 def test_the_server_ranks_by_the_seed_expanded_with_its_nearest_songs(run, tmp_path):
     """Plain and ruled playlists rank by the seed expanded as `recommend` and scoring expand it (query_expansion)."""
     from siamrec.index import ExactIndex

@@ -39,7 +39,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from siamrec.errors import SiamrecError
-from siamrec.serve.catalogue import NATIVE, UnknownSong
+from siamrec.serve.catalogue import NATIVE, TRANSCODED, UnknownSong
 from siamrec.songs import fold
 
 API_VERSION = "1.16.1"
@@ -48,6 +48,13 @@ XMLNS = "http://subsonic.org/restapi"
 USER_ENV, PASSWORD_ENV = "SIAMREC_SUBSONIC_USER", "SIAMREC_SUBSONIC_PASSWORD"
 # Subsonic error codes
 MISSING, WRONG_CREDENTIALS, NOT_FOUND, GENERIC = 10, 40, 70, 0
+
+
+def _file_type(suffix: str) -> str | None:
+    """The MIME type of a file the browser does not play as it is (Subsonic's contentType is the file's own)."""
+    import mimetypes
+
+    return (mimetypes.guess_type("x." + suffix)[0] or "application/octet-stream") if suffix else None
 
 
 class SubsonicError(Exception):
@@ -199,8 +206,10 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
                  "title": meta.titles[r] or cat.names[r], "artist": meta.artists[r] or None,
                  "album": meta.albums[r] or None, "genre": cat.labels[r][0] if cat.labels[r] else None,
                  "duration": None if duration != duration else int(round(duration)), "path": cat.keys[r],
-                 "suffix": suffix or None, "contentType": NATIVE.get("." + suffix, "audio/wav" if suffix else None),
+                 "suffix": suffix or None, "contentType": NATIVE.get("." + suffix) or _file_type(suffix),
                  "musicBrainzId": meta.mbids[r] or None}
+        if "." + suffix in TRANSCODED:  # streamed as WAV: the client is told, as Subsonic says, by these two
+            entry.update({"transcodedSuffix": "wav", "transcodedContentType": "audio/wav"})
         if meta.artist_norm[r]:
             entry["artistId"] = _short_id("ar-", meta.artist_norm[r])
             if meta.albums[r]:
