@@ -427,6 +427,11 @@ def test_formats_only_ffmpeg_reads_are_listed_decoded_and_played(tmp_path, monke
         assert len(windows) == (len(whole) - 9000 - 6000) // 6000 + 1, s.rel
         for i, w in enumerate(windows):
             assert np.allclose(w, whole[i * 6000:i * 6000 + 8000], atol=1e-4), (s.rel, i)
+    reader = audio._AudioreadReader(str(music / "song.wv"))  # streamed: a read behind the last decodes afresh
+    native, _ = librosa.load(str(music / "song.wv"), sr=None)
+    for lo, hi in ((30000, 31000), (100, 200), (len(native) - 50, len(native) + 50)):
+        assert np.allclose(reader.read(lo, hi), native[lo:hi], atol=1e-6), (lo, hi)
+    reader.close()
     assert {".wma", ".wv"} <= TRANSCODED
     y, sr = sf.read(io.BytesIO(_wav(str(music / "song.wv"))), dtype="int16")
     assert sr == 22050 and np.array_equal(y, sf.read(tmp_path / "src.wav", dtype="int16")[0])

@@ -213,6 +213,7 @@ class _AudioreadReader:
         if self.y is not None:
             return self.y[lo:hi]
         if self._stream is None or lo < self._buf_lo:  # first read, or one behind the buffer: decode from the start
+            self.close()
             self._stream, self._buf, self._buf_lo = self._blocks(), np.zeros(0, np.float32), 0
         while self._buf_lo + len(self._buf) < hi:
             block = next(self._stream, None)
