@@ -283,6 +283,42 @@ def test_odd_files_never_stop_a_scan(tmp_path):
         load_library(library_cfg(tmp_path, tmp_path / "nope").data, cfg.paths)
 
 
+def test_linked_folders_are_listed_once_and_unreadable_ones_are_said(tmp_path, monkeypatch, capsys):
+    """A link back up (Music/All -> Music), a second link to a folder and a link to a folder outside: every song
+    once (a loop listed every song again at each level until the path grew too long); a folder that cannot be read
+    is named, not silently left out."""
+    import siamrec.data.tags as tags
+    from siamrec.data.sources import load_library
+
+    root = tmp_path / "Music"
+    (root / "Artist").mkdir(parents=True)
+    outside = tmp_path / "Elsewhere"
+    outside.mkdir()
+    rng = np.random.default_rng(0)
+    for path in (root / "Artist" / "one.flac", root / "two.flac", outside / "three.flac"):
+        sf.write(path, 0.1 * rng.normal(size=8000).astype(np.float32), 8000)
+    (root / "All").symlink_to(root)                  # a loop
+    (root / "Same artist").symlink_to(root / "Artist")  # a second way into a folder
+    (root / "More").symlink_to(outside)               # a folder kept elsewhere
+    (root / "Locked").mkdir()
+    scandir = os.scandir
+
+    def locked(path):
+        if str(path).endswith("Locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(tags.os, "scandir", locked)
+    cfg = library_cfg(tmp_path, root)
+    lib = load_library(cfg.data, cfg.paths)
+    songs = sorted(lib.keys)
+    assert len(songs) == 3 and songs[-1] == "two.flac", songs  # each once, through whichever way came first
+    assert {k.rsplit("/", 1)[-1] for k in songs} == {"one.flac", "two.flac", "three.flac"}
+    assert lib.report["unreadable_folders"] == ["Locked"]
+    out = capsys.readouterr().out
+    assert "1 folder could not be read, so its songs are not in the library" in out and "Locked" in out
+
+
 def test_evaluate_scores_only_the_labelled_songs(music, tmp_path):
     from siamrec.commands.evaluate import evaluate
 

@@ -129,11 +129,19 @@ def from_library(data_cfg, paths_cfg) -> Library:
         shown = ", ".join(printable(r) for r in report["unreadable"][:SHOWN_UNREADABLE])
         print(f"{len(report['unreadable'])} files have tags mutagen cannot read (kept untagged): {shown}"
               + (" ..." if len(report["unreadable"]) > SHOWN_UNREADABLE else ""))
+    if report["unreadable_folders"]:
+        shown = ", ".join(printable(r) for r in report["unreadable_folders"][:SHOWN_UNREADABLE])
+        n = len(report["unreadable_folders"])
+        print(f"{n} {'folder' if n == 1 else 'folders'} could not be read, so {'its' if n == 1 else 'their'} songs "
+              f"are not in the library (check the permissions): {shown}"
+              + (" ..." if len(report["unreadable_folders"]) > SHOWN_UNREADABLE else ""))
     if renamed:
         print(f"{len(renamed)} file names are not UTF-8; they are kept with their odd bytes written as \\xNN, "
               f"e.g. {renamed[0]} (listed in data_report.json)")
     report = {"source": "library", "root": str(root), "tags_read": report["read"], "tags_cached": report["cached"],
               "unreadable_tags": [printable(r) for r in report["unreadable"]],
+              **({"unreadable_folders": [printable(r) for r in report["unreadable_folders"]]}
+                 if report["unreadable_folders"] else {}),
               **({"non_utf8_names": renamed} if renamed else {})}
     return _library(keys, [s.path for s in songs], tags_list, data_cfg, report)
 

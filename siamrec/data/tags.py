@@ -175,16 +175,25 @@ class TagCache:
         self.db.close()
 
 
-def walk(root: str, extensions) -> list[Song]:
-    """The audio files below `root` (recursive, sorted; names starting with '.' skipped), with size and mtime."""
+def walk(root: str, extensions) -> tuple[list[Song], list[str]]:
+    """The audio files below `root` (recursive, sorted; names starting with '.' skipped), with size and mtime, and
+    the folders that could not be read ('/'-separated below root). Links are followed, but a folder is listed once:
+    a link back up (a loop) or a second link to the same folder adds no song twice."""
     found: list[Song] = []
+    unreadable: list[str] = []
+    seen: set[tuple[int, int]] = set()
     stack = [(root, "")]
     while stack:
         folder, rel = stack.pop()
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(folder))
         except OSError:
-            continue  # an unreadable folder: its songs are not listed
+            unreadable.append(rel.rstrip("/") or ".")  # no permission, or gone: said, its songs are not listed
+            continue
         for e in entries:
             if e.name.startswith("."):
                 continue
@@ -197,14 +206,15 @@ def walk(root: str, extensions) -> list[Song]:
             except OSError:
                 continue  # vanished while listed, or a broken link
     found.sort(key=lambda s: s.rel)
-    return found
+    return found, sorted(unreadable)
 
 
 def scan(root, extensions, cache_file, progress: bool = True) -> tuple[list[Song], dict]:
-    """The songs below `root` with their tags, and a report {files, read, cached, unreadable: [rel, ...]}."""
+    """The songs below `root` with their tags, and a report {files, read, cached, unreadable: [rel, ...] (files whose
+    tags are damaged), unreadable_folders: [rel, ...]}."""
     root = os.path.abspath(os.path.expanduser(str(root)))
     exts = {f".{str(e).lower().lstrip('.')}" for e in extensions}
-    songs = walk(root, exts)
+    songs, folders = walk(root, exts)
     cache = TagCache(cache_file)
     try:
         cached = cache.under(root)
@@ -231,4 +241,5 @@ def scan(root, extensions, cache_file, progress: bool = True) -> tuple[list[Song
         cache.put(fresh)
     finally:
         cache.close()
-    return songs, {"files": len(songs), "read": len(todo), "cached": len(songs) - len(todo), "unreadable": unreadable}
+    return songs, {"files": len(songs), "read": len(todo), "cached": len(songs) - len(todo), "unreadable": unreadable,
+                   "unreadable_folders": folders}
