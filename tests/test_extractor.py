@@ -100,6 +100,34 @@ def test_context_reads_zeros_before_the_song_and_real_samples_after_the_window_s
 
 
 # --- pooling and the extractor ------------------------------------------------------------------------------------
+def test_the_same_songs_through_the_same_model_are_extracted_once_per_process(tmp_path, monkeypatch):
+    """Without the feature cache, a second extractor of the same model (each head input builds its own) gets the
+    songs' vectors without decoding them again; a changed file, or another model, is extracted afresh."""
+    import os
+
+    from siamrec.extractor.batching import Extractor
+    from toy_bundle import song
+
+    calls = []
+    stream = Extractor.stream
+
+    def counted(self, items, *args, **kwargs):
+        calls.append(len(items))
+        return stream(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(Extractor, "stream", counted)
+    paths = [str(song(tmp_path / f"{n}.wav", [f])) for n, f in (("a", 220), ("b", 880))]
+    first = toy_extractor().song_features(paths)
+    again = toy_extractor().song_features(paths)
+    assert calls == [2] and np.array_equal(first.vectors, again.vectors)
+    again.vectors[:] = 0  # the caller's copy: what is remembered is not changed through it
+    assert np.array_equal(toy_extractor().song_features(paths).vectors, first.vectors) and calls == [2]
+    os.utime(paths[1], ns=(1, 1))  # the file changed (its mtime)
+    toy_extractor().song_features(paths)
+    other = toy_extractor({"pool": "mean_std"}).song_features(paths)
+    assert calls == [2, 2, 2] and other.vectors.shape[1] == 2 * first.vectors.shape[1]
+
+
 def test_a_song_of_two_halves_pools_between_its_halves(tmp_path):
     from toy_bundle import song
 

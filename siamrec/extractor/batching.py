@@ -10,13 +10,26 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from siamrec.extractor.cache import FeatureCache, FileDigests
+from siamrec.extractor.cache import FeatureCache, FileDigests, file_stat
 from siamrec.extractor.clip import check_clip, plain, window_plan
 from siamrec.extractor.decoding import decode_stream
 from siamrec.extractor.fingerprints import fingerprint
 from siamrec.extractor.pooling import part_columns, pool_windows, pooled_parts
 from siamrec.heap import return_freed_memory
 from siamrec.inference import inference_threads, make_runner
+
+
+# The last song_features call's result in this process, by (fingerprint, the files and their size and mtime): the
+# same songs through the same model are not extracted twice in one command, with or without the feature cache (a head
+# choosing among inputs builds each input's encoder, and every input starts with the configured backbone's vectors).
+_LAST: dict = {}
+
+
+def _stamp(path: str):
+    try:
+        return file_stat(path)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -141,6 +154,17 @@ class Extractor:
     def song_features(self, paths: list[str], keep_windows: bool = False, use_cache: bool = True,
                       desc: str = "features") -> SongFeatures:
         """Pooled vectors of the songs (NaN rows for files that failed), cached per file when a cache is set."""
+        key = None if keep_windows else (self.fingerprint, tuple((p, _stamp(p)) for p in paths))
+        if key is not None and key in _LAST:
+            last = _LAST[key]
+            return SongFeatures(last.vectors.copy(), None, list(last.failures), last.n_cached)
+        out = self._song_features(paths, keep_windows, use_cache, desc)
+        if key is not None:
+            _LAST.clear()
+            _LAST[key] = SongFeatures(out.vectors.copy(), None, list(out.failures), out.n_cached)
+        return out
+
+    def _song_features(self, paths: list[str], keep_windows: bool, use_cache: bool, desc: str) -> SongFeatures:
         out = SongFeatures(np.full((len(paths), self.dim), np.nan, dtype=np.float32),
                            [None] * len(paths) if keep_windows else None)
         cache = FeatureCache(self.cache_root / "features", self.fingerprint) if use_cache and self.cache_root else None
