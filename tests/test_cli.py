@@ -51,6 +51,19 @@ def test_a_setting_in_gurmukhi_or_devanagari_is_taken_as_typed(tmp_path):
         assert out.returncode == 1, out.stderr
         assert out.stderr.strip() == (f"siamrec extract: error: data.root={folder}: no such folder; point it at the "
                                       "folder of your music"), out.stderr
+        assert not (tmp_path / "index").exists()  # nothing is written for a folder that is not there
+
+
+def test_a_mistyped_music_folder_leaves_no_index_folder_behind(tmp_path):
+    """extract and serve data=library with a data.root that is not there: one line, and no index folder under the
+    user's data directory, no outputs/ folder."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    for command in ("extract", "serve"):
+        out = subprocess.run([sys.executable, "-m", "siamrec", command, "data=library",
+                              f"data.root={tmp_path / 'ਸੰਗੀਤ'}"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 1 and "no such folder" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))
 
 
 def test_only_values_outside_the_grammar_are_quoted():

@@ -39,7 +39,12 @@ LISTENER_SOURCES = ("library", "beets")  # a listener's library: its index folde
 
 
 def output_folder(cfg, run_dir) -> Path:
-    """Where extract writes: extract.out, else a listener library's own index folder, else the run folder."""
+    """Where extract writes: extract.out, else a listener library's own index folder, else the run folder. A music
+    folder that is not there gets none (a mistyped data.root leaves nothing behind)."""
+    if cfg.data.source == "library":
+        from siamrec.data.music import music_root
+
+        music_root(cfg.data)
     if cfg.extract.out:
         return Path(str(cfg.extract.out)).expanduser()
     if cfg.data.source in LISTENER_SOURCES:

@@ -98,15 +98,21 @@ def _library(keys, paths, tags_list, data_cfg, report) -> Library:
     return lib
 
 
-def from_library(data_cfg, paths_cfg) -> Library:
-    """data=library: every audio file below data.root, with its tags."""
-    _check(data_cfg)
+def music_root(data_cfg) -> Path:
+    """data.root, checked to be a folder (before anything is read or written for it)."""
     root_text = data_cfg.root
     if root_text in (None, "", "???"):
         raise SiamrecError("data.root is not set: pass data.root=~/Music (the folder of your music)")
     root = Path(str(root_text)).expanduser()
     if not root.is_dir():
         raise SiamrecError(f"data.root={root}: no such folder; point it at the folder of your music")
+    return root
+
+
+def from_library(data_cfg, paths_cfg) -> Library:
+    """data=library: every audio file below data.root, with its tags."""
+    _check(data_cfg)
+    root = music_root(data_cfg)
     extensions = data_cfg.extensions or AUDIO_EXTENSIONS
     cache_file = Path(str(paths_cfg.cache)).expanduser() / "tags.sqlite"
     songs, report = scan(root, extensions, cache_file)
