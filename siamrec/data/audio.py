@@ -16,7 +16,9 @@ length. Every window holds the samples a whole-file `librosa.load(path, sr=plan.
   earlier frames).
 - When resampling, the window is read with a margin on both sides, aligned to the resampling grid, so that resampling
   it gives the same samples as resampling the whole song.
-Formats soundfile cannot read fall back to librosa/audioread, which decodes the whole file once.
+Formats soundfile cannot read (AAC, WMA, WavPack, ...) are decoded by audioread (ffmpeg) as librosa.load decodes
+them, from the start: a file of up to 10 minutes is kept whole, a longer one is decoded again and streamed past
+its windows, so memory stays bounded.
 """
 
 from __future__ import annotations

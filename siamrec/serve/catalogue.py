@@ -31,8 +31,8 @@ from siamrec.rules import Radio, Rules, Songs
 from siamrec.runs import atomic_write_text, read_embeddings, strict_json
 from siamrec.songs import META, SongFinder, display_name, fold, meta
 
-# formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads the first five,
-# librosa/audioread through ffmpeg the others)
+# formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads au/snd, aiff/aif/aifc,
+# caf and w64; audioread through ffmpeg the others)
 NATIVE = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
           ".opus": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".webm": "audio/webm", ".aac": "audio/aac"}
 TRANSCODED = {".au", ".snd", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".wma", ".wv", ".ape", ".mpc", ".tta", ".mka"}
