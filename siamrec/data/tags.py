@@ -79,19 +79,10 @@ def _id3_tags(tags) -> dict:
     return out
 
 
-def _values(value) -> list:
-    """A tag's values as a list: mutagen gives lists (Vorbis, MP4, ASF), or one value, or an APEv2 text value
-    holding several (iterating it gives each)."""
-    from mutagen.apev2 import APETextValue
-
-    if isinstance(value, list):
-        return value
-    return list(value) if isinstance(value, APETextValue) else [value]
-
-
 def read_tags(path: str) -> dict:
     """The tags of one file ({} when it has none or mutagen does not know the format); raises on a damaged file."""
     import mutagen
+    from mutagen.apev2 import APETextValue
     from mutagen.id3 import ID3
 
     f = mutagen.File(path, easy=True)
@@ -104,7 +95,11 @@ def read_tags(path: str) -> dict:
     tags = f.tags
     if tags is None:
         return out
-    raw = _id3_tags(tags) if isinstance(tags, ID3) else {k.lower(): _values(v) for k, v in tags.items()}
+    # each tag's values as a list: mutagen gives lists (Vorbis, MP4, ASF), one value, or an APEv2 text value
+    # holding several (iterating it gives each)
+    raw = _id3_tags(tags) if isinstance(tags, ID3) else {
+        k.lower(): v if isinstance(v, list) else list(v) if isinstance(v, APETextValue) else [v]
+        for k, v in tags.items()}
     for name, common in KEY_ALIASES.items():
         if name in raw and common not in raw:
             raw[common] = raw[name]
