@@ -4,6 +4,7 @@ library (py-opensonic) against the app served by uvicorn on a loopback port."""
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import threading
 import time
@@ -225,6 +226,37 @@ def test_a_song_streamed_as_wav_tells_subsonic_clients_so(run, tmp_path, monkeyp
     assert flac["suffix"] == "flac" and flac["contentType"] == "audio/flac" and "transcodedSuffix" not in flac
     streamed = client.get("/rest/stream", params={"id": 3, **auth})
     assert streamed.headers["content-type"] == "audio/wav" and streamed.content[:4] == b"RIFF"
+
+
+def test_apple_lossless_m4a_is_played_as_wav(run, tmp_path):
+    """iTunes' lossless rips are .m4a files holding ALAC, which browsers do not play: the page gets them as WAV,
+    sample for sample; an .m4a holding AAC is sent as it is."""
+    import shutil
+    import subprocess
+
+    import soundfile as sf
+
+    from siamrec.runs import mark_finished
+
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed (it writes and reads Apple Lossless)")
+    folder = run / "music" / "A feat. Z" / "Alb2"
+    source = (0.3 * np.sin(np.arange(8000) * 0.05)[:, None] * [1.0, 0.5]).astype(np.float32)
+    sf.write(tmp_path / "src.wav", source, 8000, subtype="PCM_16")
+    for name, codec in (("03 A3.m4a", "alac"), ("A4.m4a", "aac")):
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", codec,
+                        str(folder / name)], check=True)
+    items = run / "items.csv"
+    items.write_text(items.read_text(encoding="utf-8").replace("03 A3.flac", "03 A3.m4a"), encoding="utf-8")
+    mark_finished(run)
+    client = TestClient(app_for(run, tmp_path))
+    got = client.get("/api/audio/3")
+    assert got.status_code == 200 and got.headers["content-type"] == "audio/wav"
+    y, sr = sf.read(io.BytesIO(got.content), dtype="int16")
+    assert sr == 8000 and np.array_equal(y, sf.read(tmp_path / "src.wav", dtype="int16")[0])
+    from siamrec.serve.catalogue import _lossless_mp4
+
+    assert _lossless_mp4(str(folder / "03 A3.m4a")) and not _lossless_mp4(str(folder / "A4.m4a"))
 
 
 def test_the_server_ranks_by_the_seed_expanded_with_its_nearest_songs(run, tmp_path):

@@ -45,6 +45,18 @@ COVER_FILES = ("cover", "folder", "front")  # cover art beside a file: cover.jpg
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
+def _lossless_mp4(path: str) -> bool:
+    """An .m4a holding Apple Lossless (iTunes' lossless rips), which browsers do not play: sent as WAV."""
+    if not path.lower().endswith(".m4a"):
+        return False
+    from mutagen.mp4 import MP4
+
+    try:
+        return MP4(path).info.codec == "alac"
+    except Exception:  # noqa: BLE001 - a damaged header: sent as it is, as before
+        return False
+
+
 def _wav(path: str) -> bytes:
     """A whole file as 16-bit WAV bytes: read by soundfile, else the 16-bit PCM audioread decodes (WMA, WavPack, ...:
     ffmpeg) with a WAV header put in front, never held as floats (an hour of 44.1 kHz stereo is 635 MB as PCM)."""
@@ -287,7 +299,7 @@ class Catalogue:
         if not path or not os.path.isfile(path):
             raise UnknownSong(str(row))
         ext = Path(path).suffix.lower()
-        if ext not in TRANSCODED:
+        if ext not in TRANSCODED and not _lossless_mp4(path):
             return "file", path
         with self._wav_lock:
             if row in self._wav_cache:
