@@ -257,6 +257,8 @@ def test_apple_lossless_m4a_is_played_as_wav(run, tmp_path):
     from siamrec.serve.catalogue import _lossless_mp4
 
     assert _lossless_mp4(str(folder / "03 A3.m4a")) and not _lossless_mp4(str(folder / "A4.m4a"))
+    cat = client.app.state.catalogue
+    assert cat.transcoded(3) and not cat.transcoded(4)  # what Subsonic's transcodedSuffix is given by
 
 
 def test_the_server_ranks_by_the_seed_expanded_with_its_nearest_songs(run, tmp_path):

@@ -293,13 +293,17 @@ class Catalogue:
         return {"rank": int(rank), **self.song(row), "similarity": float(similarity)}
 
     # ---------------------------------------------------------------- audio
+    def transcoded(self, row: int) -> bool:
+        """Whether the song is sent as WAV: a format browsers do not play, or an .m4a holding Apple Lossless."""
+        path = self.paths[row] or ""
+        return Path(path).suffix.lower() in TRANSCODED or _lossless_mp4(path)
+
     def audio(self, row: int) -> tuple[str, str | bytes]:
         """("file", path) for a format browsers play, ("wav", bytes) for one transcoded to WAV."""
         path = self.paths[row]
         if not path or not os.path.isfile(path):
             raise UnknownSong(str(row))
-        ext = Path(path).suffix.lower()
-        if ext not in TRANSCODED and not _lossless_mp4(path):
+        if not self.transcoded(row):
             return "file", path
         with self._wav_lock:
             if row in self._wav_cache:

@@ -39,7 +39,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from siamrec.errors import SiamrecError
-from siamrec.serve.catalogue import NATIVE, TRANSCODED, UnknownSong
+from siamrec.serve.catalogue import NATIVE, UnknownSong
 from siamrec.songs import fold
 
 API_VERSION = "1.16.1"
@@ -208,7 +208,7 @@ def subsonic_router(cat, serve_cfg, rules) -> APIRouter:
                  "duration": None if duration != duration else int(round(duration)), "path": cat.keys[r],
                  "suffix": suffix or None, "contentType": NATIVE.get("." + suffix) or _file_type(suffix),
                  "musicBrainzId": meta.mbids[r] or None}
-        if "." + suffix in TRANSCODED:  # streamed as WAV: the client is told, as Subsonic says, by these two
+        if cat.transcoded(r):  # streamed as WAV: the client is told, as Subsonic says, by these two
             entry.update({"transcodedSuffix": "wav", "transcodedContentType": "audio/wav"})
         if meta.artist_norm[r]:
             entry["artistId"] = _short_id("ar-", meta.artist_norm[r])
