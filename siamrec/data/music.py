@@ -98,6 +98,12 @@ def _library(keys, paths, tags_list, data_cfg, report) -> Library:
     return lib
 
 
+def _first_few(names: list[str]) -> str:
+    """The first SHOWN_UNREADABLE names, printable, and ' ...' when there are more."""
+    return (", ".join(printable(r) for r in names[:SHOWN_UNREADABLE])
+            + (" ..." if len(names) > SHOWN_UNREADABLE else ""))
+
+
 def music_root(data_cfg) -> Path:
     """data.root, checked to be a folder (before anything is read or written for it)."""
     root_text = data_cfg.root
@@ -132,15 +138,12 @@ def from_library(data_cfg, paths_cfg) -> Library:
                 tags["artist"] = printable(parts[-2])
         tags_list.append(tags)
     if report["unreadable"]:
-        shown = ", ".join(printable(r) for r in report["unreadable"][:SHOWN_UNREADABLE])
-        print(f"{len(report['unreadable'])} files have tags mutagen cannot read (kept untagged): {shown}"
-              + (" ..." if len(report["unreadable"]) > SHOWN_UNREADABLE else ""))
+        print(f"{len(report['unreadable'])} files have tags mutagen cannot read (kept untagged): "
+              f"{_first_few(report['unreadable'])}")
     if report["unreadable_folders"]:
-        shown = ", ".join(printable(r) for r in report["unreadable_folders"][:SHOWN_UNREADABLE])
         n = len(report["unreadable_folders"])
         print(f"{n} {'folder' if n == 1 else 'folders'} could not be read, so {'its' if n == 1 else 'their'} songs "
-              f"are not in the library (check the permissions): {shown}"
-              + (" ..." if len(report["unreadable_folders"]) > SHOWN_UNREADABLE else ""))
+              f"are not in the library (check the permissions): {_first_few(report['unreadable_folders'])}")
     if renamed:
         print(f"{len(renamed)} file names are not UTF-8; they are kept with their odd bytes written as \\xNN, "
               f"e.g. {renamed[0]} (listed in data_report.json)")
