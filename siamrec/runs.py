@@ -196,6 +196,12 @@ def printable(text):
         return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
+def first_few(names, shown: int = 3) -> str:
+    """The first `shown` names, printable, and ' ...' when there are more (a one-line message's list)."""
+    names = list(names)
+    return ", ".join(printable(n) for n in names[:shown]) + (" ..." if len(names) > shown else "")
+
+
 _CLOSING_NOTES: list[str] = []
 
 

@@ -100,7 +100,7 @@ def test_interrupted_extraction_resumes_and_equals_an_uninterrupted_one(run, lib
     assert (summary["embedded"], summary["reused"], decoded) == (0, 12, [])
 
 
-def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, cfg_factory):
+def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, cfg_factory, capsys):
     import shutil
 
     lib = tmp_path / "lib"
@@ -124,6 +124,24 @@ def test_the_store_never_serves_a_stale_or_missing_row(run, library, tmp_path, c
     # the touched song's new size/mtime were stored: the next look-up is a fast one, nothing is hashed or decoded
     extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
     assert json.loads((out / "extract.json").read_text())["reused"] == 12
+
+    # songs deleted or moved since the last extract: left out of the index, counted and named in one line
+    shutil.move(lib / "high" / "high_3.mp3", lib / "drone" / "high_3_moved.mp3")
+    (lib / "drone" / "drone_1.flac").unlink()
+    capsys.readouterr()
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    summary = json.loads((out / "extract.json").read_text())
+    assert (summary["gone"], summary["rows"]) == (2, 11)
+    assert "2 song(s) of the index are no longer in the library (deleted, moved or renamed) and were left out of " \
+           "it: drone/drone_1.flac, high/high_3.mp3" in capsys.readouterr().out
+    assert set(by_key(out)) == set(before) - {"drone/drone_1.flac", "high/high_3.mp3"} | {"drone/high_3_moved.mp3"}
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)  # said once: the index now has the library's songs
+    assert json.loads((out / "extract.json").read_text())["gone"] == 0
+    assert "no longer in the library" not in capsys.readouterr().out
+    shutil.move(lib / "drone" / "high_3_moved.mp3", lib / "high" / "high_3.mp3")
+    sf.write(lib / "drone" / "drone_1.flac", tone(1760.0, 3.0, 22050, np.random.default_rng(5)), 22050)
+    extract(extract_cfg(cfg_factory, run, lib, out), tmp_path)
+    after = by_key(out)
 
     # a deleted shard: only its songs are embedded again, every song is present, no other shard is touched
     shards = sorted((out / "store").glob("shard-*.npz"))

@@ -29,8 +29,8 @@ from siamrec.errors import SiamrecError
 from siamrec.extractor import decode_workers, report_failures
 from siamrec.pipeline import Data, require_head, save_embeddings
 from siamrec.progress import Progress
-from siamrec.runs import (atomic_write_bytes, existing_run, mark_finished, model_files, unmark_finished,
-                          write_embeddings, write_json)
+from siamrec.runs import (atomic_write_bytes, existing_run, first_few, mark_finished, model_files, read_csv,
+                          unmark_finished, write_embeddings, write_json)
 from siamrec.schema import override_value
 from siamrec.store import FeatureStore, run_fingerprint
 
@@ -136,6 +136,7 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
         if run is None:  # the pretrained model: features.normalise fitted on the library as it is now
             emb = fit_library_normaliser(model, RunEmbedder(model, finished=False).spec, emb)
         kept = lib.subset(rows)
+        gone = gone_songs(out, lib.keys)
         write_embeddings(out, emb, kept.keys, kept.paths, kept.labels, [""] * len(kept), kept.groups, kept.meta)
         if run is not None:
             for path in [*model_files(run), run / LIBRARY_NORMALISER]:
@@ -148,9 +149,12 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
     summary = {"items": len(lib), "embedded": embedded, "reused": len(found), "failed": len(failures),
                "damaged_shards": [p.name for p in store.damaged], "engine": engine.name,
                **getattr(engine, "stats", {}),
-               "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
+               "gone": len(gone), "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
     write_json(out / "extract.json", summary)
     _print_summary(summary)
+    if gone:
+        print(f"extract: {len(gone)} song(s) of the index are no longer in the library (deleted, moved or renamed) "
+              f"and were left out of it: {first_few(gone)}")
     (out / "failed.csv").unlink(missing_ok=True)
     report_failures(out, lib.keys, lib.paths, failures, float(cfg.data.max_failed_fraction))
     mark_finished(out)
@@ -211,6 +215,19 @@ def pretrained_model(cfg, out: Path, lib) -> Path:
     encoder.save(out)
     IdentityHead().save(out)  # last: a folder with head.json holds a whole model
     return out
+
+
+def gone_songs(out: Path, keys) -> list[str]:
+    """The songs of the index in `out` (its items.csv, from the last extract) that the library no longer has."""
+    items = out / "items.csv"
+    if not items.is_file():
+        return []
+    try:
+        before = [item["key"] for item in read_csv(items, f"the index folder {out}")]
+    except (SiamrecError, KeyError):  # damaged: it is written afresh below, and there is nothing to compare
+        return []
+    now = set(keys)
+    return [key for key in before if key not in now]
 
 
 def _print_summary(summary: dict) -> None:

@@ -23,12 +23,11 @@ from siamrec.data.library import Library
 from siamrec.data.sources import Extensions, FailedFraction, File, MinLabelCount, Source
 from siamrec.data.tags import normalise_genres, normalise_text, scan
 from siamrec.errors import SiamrecError
-from siamrec.runs import printable
+from siamrec.runs import first_few, printable
 from siamrec.schema import path, string
 
 LABELS = ("genre", "folder", "none")
 GROUPS = ("artist", "album", "none")
-SHOWN_UNREADABLE = 3
 
 
 Labels = Literal["genre", "folder", "none"]
@@ -98,12 +97,6 @@ def _library(keys, paths, tags_list, data_cfg, report) -> Library:
     return lib
 
 
-def _first_few(names: list[str]) -> str:
-    """The first SHOWN_UNREADABLE names, printable, and ' ...' when there are more."""
-    return (", ".join(printable(r) for r in names[:SHOWN_UNREADABLE])
-            + (" ..." if len(names) > SHOWN_UNREADABLE else ""))
-
-
 def music_root(data_cfg) -> Path:
     """data.root, checked to be a folder (before anything is read or written for it)."""
     root_text = data_cfg.root
@@ -139,11 +132,11 @@ def from_library(data_cfg, paths_cfg) -> Library:
         tags_list.append(tags)
     if report["unreadable"]:
         print(f"{len(report['unreadable'])} files have tags mutagen cannot read (kept untagged): "
-              f"{_first_few(report['unreadable'])}")
+              f"{first_few(report['unreadable'])}")
     if report["unreadable_folders"]:
         n = len(report["unreadable_folders"])
         print(f"{n} {'folder' if n == 1 else 'folders'} could not be read, so {'its' if n == 1 else 'their'} songs "
-              f"are not in the library (check the permissions): {_first_few(report['unreadable_folders'])}")
+              f"are not in the library (check the permissions): {first_few(report['unreadable_folders'])}")
     if renamed:
         print(f"{len(renamed)} file names are not UTF-8; they are kept with their odd bytes written as \\xNN, "
               f"e.g. {renamed[0]} (listed in data_report.json)")
