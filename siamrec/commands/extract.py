@@ -149,7 +149,8 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
     summary = {"items": len(lib), "embedded": embedded, "reused": len(found), "failed": len(failures),
                "damaged_shards": [p.name for p in store.damaged], "engine": engine.name,
                **getattr(engine, "stats", {}),
-               "gone": len(gone), "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept), "out": str(out)}
+               "gone": len(gone), "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept),
+               "out": str(out)}
     write_json(out / "extract.json", summary)
     _print_summary(summary)
     if gone:
