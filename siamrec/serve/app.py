@@ -12,7 +12,7 @@ GET  /api/path?from=A&to=B&k=12     a song path from A's sound to B's
 /rest/...                           OpenSubsonic sonic similarity for Subsonic clients (siamrec.serve.subsonic)
 POST /api/recommend                 JSON {"seeds": [...], "k": K, "exclude_group": false}, or multipart
                                     (file=<audio>, k=K): the playlist of a new song, embedded with the run's model
-GET  /api/audio/{id}                a song's audio (HTTP range requests; .au/.aiff transcoded to WAV)
+GET  /api/audio/{id}                a song's audio (HTTP range requests; formats browsers do not play: WAV)
 GET  /api/cover/{id}                its cover art (embedded picture, else cover|folder|front.jpg beside it); 404 none
 GET  /api/map                       the 2-D map (202 while it is being computed)
 GET  /api/export?seed=ID&format=    the playlist as m3u8 (the seed first) | csv | json; POST for any list of ids
@@ -273,7 +273,8 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
 
     @app.get("/api/audio/{song_id}")
     def audio(song_id: str, request: Request):
-        """The song's audio; supports HTTP range requests (206 + Content-Range). .au/.aiff are sent as WAV."""
+        """The song's audio; supports HTTP range requests (206 + Content-Range). A format browsers do not play (AIFF,
+        AU, WMA, WavPack, Monkey's Audio, Apple Lossless .m4a, ...) is sent as 16-bit WAV."""
         row = row_of(song_id)
         try:
             kind, what = cat.audio(row)
