@@ -58,12 +58,15 @@ def _lossless_mp4(path: str) -> bool:
 
 
 def _wav(path: str) -> bytes:
-    """A whole file as 16-bit WAV bytes: read by soundfile, else the 16-bit PCM audioread decodes (WMA, WavPack, ...:
-    ffmpeg) with a WAV header put in front, never held as floats (an hour of 44.1 kHz stereo is 635 MB as PCM)."""
+    """A whole file as 16-bit WAV bytes: the 16-bit PCM soundfile reads, else the one audioread decodes (WMA,
+    WavPack, ...: ffmpeg), with a WAV header put in front; never held as floats (an hour of 44.1 kHz stereo is 635 MB
+    as PCM)."""
     import soundfile as sf
 
     try:
         y, sr = sf.read(path, dtype="int16", always_2d=True)
+        channels, pcm = y.shape[1], [y.astype("<i2", copy=False).tobytes()]
+        del y
     except Exception as first:  # noqa: BLE001 - soundfile does not read it: ask ffmpeg
         from siamrec.data.audio import audioread_blocks
 
@@ -74,14 +77,12 @@ def _wav(path: str) -> bytes:
         if not blocks:
             raise first from None
         sr, channels, _ = blocks[0]
-        n = sum(len(b) for _, _, b in blocks)
-        header = b"".join([b"RIFF", struct.pack("<I", 36 + n), b"WAVEfmt ",
-                           struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * channels * 2, channels * 2, 16),
-                           b"data", struct.pack("<I", n)])
-        return b"".join([header, *(b for _, _, b in blocks)])
-    buf = io.BytesIO()
-    sf.write(buf, y, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+        pcm = [b for _, _, b in blocks]
+    n = sum(map(len, pcm))
+    header = b"".join([b"RIFF", struct.pack("<I", 36 + n), b"WAVEfmt ",
+                       struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * channels * 2, channels * 2, 16),
+                       b"data", struct.pack("<I", n)])
+    return b"".join([header, *pcm])
 
 
 class UnknownSong(KeyError):
