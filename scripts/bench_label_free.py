@@ -1,7 +1,7 @@
 """What should a listener without labels get? Test MAP of label-free song vectors of the default backbone
 (musicnn): its parts, their pooling, and a normalisation fitted on the listener's own library without labels.
 
-    python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR] [--split test|valid] [--expand K]
+    python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR] [--split test|valid] [--expand K] [--extra ...]
 
 Columns: Emotify genres and emotions (400 real one-minute excerpts; csv manifests with groups; group-aware
 stratified splits, seeds 0-2; test songs ranked against test songs, as `evaluate +model=identity`; `--split valid`
@@ -173,6 +173,8 @@ def main() -> int:
                         "were not compared on)")
     p.add_argument("--expand", type=int, default=None,
                    help="query expansion of the scoring (default: the config's query_expansion)")
+    p.add_argument("--extra", nargs="*", default=[],
+                   help="more overrides of the extraction, e.g. backbone=musicnn_mtt (a musicnn backbone)")
     args = p.parse_args()
     emotify, raga = shared / "audio" / "emotify", shared / "audio" / "ragaveda"
     if not (emotify / "genres.csv").is_file() or not raga.is_dir():
@@ -187,19 +189,21 @@ def main() -> int:
     for labels in ("genres", "emotions"):
         for seed in args.seeds:
             data, windows, layout, cfg = window_features(
-                ["data=csv", f"data.manifest={emotify / (labels + '.csv')}", f"seed={seed}"], shared, args.cache)
+                ["data=csv", f"data.manifest={emotify / (labels + '.csv')}", f"seed={seed}", *args.extra], shared,
+                args.cache)
             expand = int(cfg.query_expansion) if args.expand is None else args.expand
             for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
                 m = score_embeddings(x, data.y, data.split, cfg.eval, data.label_names,
                                      expand=expand)[args.split]["map"]
                 scores.setdefault(name, {}).setdefault(labels, []).append(m)
-    data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}"], shared, args.cache)
+    data, windows, layout, cfg = window_features(["data=folder", f"data.root={raga}", *args.extra], shared, args.cache)
     cross = OmegaConf.merge(cfg.eval, {"protocol": "cross"})
     for name, x in {**candidates(windows, layout), **more_candidates(windows, layout)}.items():
         scores[name]["raga"] = [score_embeddings(x, data.y, data.split, cross, data.label_names,
                                                      expand=expand)["test"]["map"]]
 
-    print(f"\nLabel-free song vectors, musicnn_msd, clip.windows=all: MAP of Emotify's {args.split} songs "
+    print(f"\nLabel-free song vectors, {cfg.backbone.name}{' ' + ' '.join(args.extra) if args.extra else ''}, "
+          f"clip.windows=all: MAP of Emotify's {args.split} songs "
           f"({date.today()}, {platform.machine()}, {os.cpu_count()} cores, Emotify seeds {args.seeds}, query "
           f"expansion {expand}, {time.time() - start:.0f} s in all)")
     print("| song vector | Emotify genres | Emotify emotions | RagaVeda (leave-one-out) | mean of the three |\n"

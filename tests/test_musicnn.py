@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,7 +226,7 @@ def _tf_with_legacy_layers():
     return TF("tensorflow")
 
 
-def _original_model(ckpt, monkeypatch):
+def _original_model(ckpt, monkeypatch, release: str = "MSD_musicnn"):
     """The original musicnn graph (musicnn.models.define_model), in its own tf.Graph, restored from `ckpt`."""
     for module in ("musicnn", "tf_keras"):
         if importlib.util.find_spec(module) is None:
@@ -239,7 +240,7 @@ def _original_model(ckpt, monkeypatch):
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, mn.N_FRAMES, mn.N_MELS])
         is_training = tf.compat.v1.placeholder(tf.bool)
-        logits, _, _, _, _, _, _, max_pool, penultimate = original.define_model(x, is_training, "MSD_musicnn", 50)
+        logits, _, _, _, _, _, _, max_pool, penultimate = original.define_model(x, is_training, release, 50)
         fetch = {"taggram": tf.nn.sigmoid(logits), "max_pool": max_pool, "penultimate": penultimate}
         sess = tf.compat.v1.Session(graph=graph)
         tf.compat.v1.train.Saver().restore(sess, str(ckpt) + "/")
@@ -255,7 +256,56 @@ def test_tag_names_are_the_originals():
         pytest.skip("musicnn not installed (test-only: pip install --no-deps musicnn==0.1.0)")
     from musicnn import configuration
 
-    assert list(mn.MSD_TAGS) == list(configuration.MSD_LABELS)
+    assert list(mn.MusicnnMSD.tags) == list(configuration.MSD_LABELS)
+    assert list(mn.MusicnnMTT.tags) == list(configuration.MTT_LABELS)
+
+
+def _packaged_checkpoint(folder: str):
+    """A checkpoint folder of the installed musicnn package (test-only; the wheel ships MSD_musicnn and MTT_musicnn)."""
+    spec = importlib.util.find_spec("musicnn")
+    if spec is None:
+        pytest.skip("musicnn not installed (test-only: pip install --no-deps musicnn==0.1.0)")
+    return Path(list(spec.submodule_search_locations)[0]) / folder
+
+
+@pytest.mark.filterwarnings("ignore:`tf.layers.*deprecated:UserWarning")  # the original's TF-1 layers
+def test_mtt_release_equals_the_original(tmp_path, monkeypatch):
+    """musicnn_mtt: its published files are found in the cache by their sha256 (no download), converted, and the
+    port gives what the ORIGINAL graph restored from the same checkpoint gives, on songs made here."""
+    import shutil
+
+    from hydra.utils import instantiate
+
+    ckpt = _packaged_checkpoint("MTT_musicnn")
+    cache = tmp_path / "cache"
+    (cache / "weights" / mn.MTT_RELEASE.subdir).mkdir(parents=True)
+    for f in mn.MTT_RELEASE.files:
+        shutil.copyfile(ckpt / f.file, cache / "weights" / mn.MTT_RELEASE.subdir / f.file)
+    bundle = instantiate(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "backbone" /
+                                        "musicnn_mtt.yaml"), download=False)
+    assert isinstance(bundle, mn.MusicnnMTT) and bundle.spec()["release"] == "MTT_musicnn"
+    assert bundle.spec() != mn.MusicnnMSD().spec()  # other weights, other fingerprints of the features
+    port = bundle.build(OmegaConf.create({"cache": str(cache)}))
+    assert (cache / "weights" / mn.converted_file("musicnn_mtt")).is_file()
+    run_original, sess = _original_model(ckpt, monkeypatch, "MTT_musicnn")
+    try:
+        for seed, seconds in ((0, 9.0), (1, 14.0)):
+            y = synthetic_song(seconds, seed)
+            ref = run_original(mel_patches(librosa_logmel(y, float16=True)))
+            got = port.predict_on_batch(patch_windows(y))
+            for part, tol in (("penultimate", 1e-4), ("max_pool", 2e-3), ("taggram", 2e-5)):
+                np.testing.assert_allclose(np.asarray(got[part]), ref[part], rtol=0, atol=tol, err_msg=part)
+    finally:
+        sess.close()
+    # a changed file is refused, never used
+    damaged = tmp_path / "damaged"
+    (damaged / "weights" / mn.MTT_RELEASE.subdir).mkdir(parents=True)
+    for f in mn.MTT_RELEASE.files:
+        shutil.copyfile(ckpt / f.file, damaged / "weights" / mn.MTT_RELEASE.subdir / f.file)
+    with open(damaged / "weights" / mn.MTT_RELEASE.subdir / ".index", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(SiamrecError, match="sha256 differs"):
+        mn.MusicnnMTT(download=False).build(OmegaConf.create({"cache": str(damaged)}))
 
 
 @pytest.mark.filterwarnings("ignore:`tf.layers.*deprecated:UserWarning")  # the original's TF-1 layers
@@ -268,7 +318,7 @@ def test_port_equals_the_original_on_raga_clips(tmp_path, monkeypatch):
     root, ckpt = _shared_checkpoint()
     run_original, sess = _original_model(ckpt, monkeypatch)
     port = mn.MusicnnMSD().build(OmegaConf.create({"cache": str(tmp_path / "cache"), "shared": str(root)}))
-    converted = tmp_path / "cache" / "weights" / mn.CONVERTED_FILE
+    converted = tmp_path / "cache" / "weights" / mn.converted_file("musicnn_msd")
     assert converted.is_file() and "ISC" in converted.with_name("LICENSE").read_text()
     # built again from the cached conversion alone (no shared data, no download)
     cached = mn.MusicnnMSD(download=False).build(OmegaConf.create({"cache": str(tmp_path / "cache")}))

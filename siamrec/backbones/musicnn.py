@@ -1,4 +1,7 @@
-"""musicnn (Pons & Serra 2019), the MSD_musicnn tagger, in Keras 3: 16 kHz waveform → log-mel → musicnn.
+"""musicnn (Pons & Serra 2019), the MSD_musicnn and MTT_musicnn taggers, in Keras 3: 16 kHz waveform → log-mel →
+musicnn. The two releases share the network and differ in their weights and their 50 tags: ``musicnn_msd`` was
+trained on the Million Song Dataset (genres, eras, moods), ``musicnn_mtt`` on MagnaTagATune (instruments, voices,
+moods, styles).
 
 The original (github.com/jordipons/musicnn, ISC licence, see MUSICNN_LICENSE next to this file) is a TensorFlow-1
 graph fed with log-mel patches computed outside the model. Here the whole chain is one Keras model whose input is a
@@ -32,19 +35,22 @@ Network (as ``musicnn.models.build_musicnn`` with num_filt_midend=64, num_units_
   dropout is inactive.
 
 Outputs: ``penultimate`` (200), ``max_pool`` (753), ``taggram`` (50) and ``tags`` (the taggram again, for the
-``tag`` command). The 50 tags are the MSD top-50 in the same order as Choi 2017's.
+``tag`` command). musicnn_msd's 50 tags are the MSD top-50 in the same order as Choi 2017's; musicnn_mtt's are
+MagnaTagATune's top-50 in the original's order.
 
-Weights: the MSD_musicnn TF-1 checkpoint as published (``.index`` + ``.data-00000-of-00001``, sha256-checked),
+Weights: the release's TF-1 checkpoint as published (``.index`` + ``.data-00000-of-00001``, sha256-checked),
 found in the cache, in the shared data or downloaded (``siamrec.backbones.base.resolve_file``), or given explicitly
 with ``backbone.weights=DIR`` (a folder holding the checkpoint, a checkpoint prefix, or a converted ``.npz``). It is
 read with ``tf.train`` (no musicnn code), mapped onto the Keras layers, and the converted arrays are cached once in
-``paths.cache/weights/musicnn/musicnn_msd.weights.npz`` with the ISC licence next to them.
+``paths.cache/weights/musicnn/NAME.weights.npz`` (NAME: musicnn_msd, musicnn_mtt) with the ISC licence next to
+them.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -61,15 +67,43 @@ CONTEXT_SAMPLES = N_FFT // 2  # 256
 BN_EPSILON = 1e-3
 
 
-# the published checkpoint (folder musicnn/MSD_musicnn/ of github.com/jordipons/musicnn, unchanged since 2019-08-01)
-_BASE_URL = "https://raw.githubusercontent.com/jordipons/musicnn/516acb2a0ff5ef73f64547898e018e793152c506/musicnn/MSD_musicnn/"
-CHECKPOINT_FILES = (
-    WeightFile(".index", "87f3e0f3550c8d3bafc840374003e5c8af5eeb5ecf6add61af09a7822d3282c8", _BASE_URL + ".index"),
-    WeightFile(".data-00000-of-00001", "8579734ee6388f799ed0def4bbd0d1fdcbeaf213ef2a9dc860917bd76a303de6",
-               _BASE_URL + ".data-00000-of-00001"),
+# MagnaTagATune's 50 tags in the order of musicnn_mtt's outputs (musicnn/configuration.py, MTT_LABELS)
+MTT_TAGS = (
+    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano", "ambient",
+    "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing", "vocals", "no vocals",
+    "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal", "pop", "soft", "sitar", "solo", "man",
+    "classic", "choir", "voice", "new age", "dance", "male voice", "female vocal", "beats", "harp", "cello",
+    "no voice", "weird", "country", "metal", "female voice", "choral",
 )
-CHECKPOINT_SUBDIR = "musicnn/MSD_musicnn"
-CONVERTED_FILE = "musicnn/musicnn_msd.weights.npz"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A published musicnn checkpoint: its folder (in github.com/jordipons/musicnn's musicnn/, in the cache and in
+    the shared data under weights/musicnn/) and its two files for inference (.index and .data-00000-of-00001)."""
+
+    folder: str
+    index_sha256: str
+    data_sha256: str
+
+    @property
+    def subdir(self) -> str:
+        return f"musicnn/{self.folder}"
+
+    @property
+    def files(self) -> tuple[WeightFile, ...]:
+        # pinned to commit 516acb2 of github.com/jordipons/musicnn; the files are unchanged since 2019-08-01 and
+        # byte-identical to the PyPI wheel musicnn 0.1.0's (same git blob ids)
+        base = ("https://raw.githubusercontent.com/jordipons/musicnn/516acb2a0ff5ef73f64547898e018e793152c506/"
+                f"musicnn/{self.folder}/")
+        return (WeightFile(".index", self.index_sha256, base + ".index"),
+                WeightFile(".data-00000-of-00001", self.data_sha256, base + ".data-00000-of-00001"))
+
+
+MSD_RELEASE = Release("MSD_musicnn", "87f3e0f3550c8d3bafc840374003e5c8af5eeb5ecf6add61af09a7822d3282c8",
+                      "8579734ee6388f799ed0def4bbd0d1fdcbeaf213ef2a9dc860917bd76a303de6")
+MTT_RELEASE = Release("MTT_musicnn", "da2d7bb670b2b31e9bc441bb1bd75eca31b5b061f963cc1f9630c1aff3238f57",
+                      "041f3935e981a65cea739842d30c188d3a7d2adf4410955c8668eb3de4a5acab")
 CONVERSION_VERSION = 1
 LICENSE_FILE = Path(__file__).with_name("MUSICNN_LICENSE")
 
@@ -90,7 +124,7 @@ GROUPS = {"frontend": [k for k, _ in _FRONTEND], "midend": [k for k, _ in _MIDEN
           "backend": [k for k, _ in _BACKEND]}
 BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
 
-# checkpoint variable → shape (the published MSD_musicnn)
+# checkpoint variable → shape (both published releases)
 CHECKPOINT_SHAPES: dict[str, tuple[int, ...]] = {}
 for _scope, _c in (("batch_normalization", 1), ("batch_normalization_1", 204), ("batch_normalization_2", 204),
                    ("batch_normalization_3", 51), ("batch_normalization_4", 51), ("batch_normalization_5", 51),
@@ -237,7 +271,7 @@ def musicnn_network(mel) -> dict:
     h = keras.layers.Dense(200, activation="relu", name="backend_dense")(h)
     penultimate = _bn("backend_bn_dense")(h)
     h = keras.layers.Dropout(0.5, name="backend_dropout_dense")(penultimate)
-    logits = keras.layers.Dense(len(MSD_TAGS), name="backend_logits")(h)
+    logits = keras.layers.Dense(len(MSD_TAGS), name="backend_logits")(h)  # 50 tags in either release
     taggram = keras.layers.Activation("sigmoid", name="taggram")(logits)
     tags = keras.layers.Identity(name="tags")(taggram)
     return {"penultimate": penultimate, "max_pool": max_pool, "taggram": taggram, "tags": tags}
@@ -267,7 +301,7 @@ def mel_input_model(model: keras.Model) -> keras.Model:
 
 # --- weights ----------------------------------------------------------------------------------------------------
 def read_checkpoint(prefix: str | Path, source=None) -> dict[str, np.ndarray]:
-    """The MSD_musicnn variables of a TF-1 checkpoint (prefix: 'DIR/' for the published files), shape-checked
+    """The musicnn variables of a TF-1 checkpoint (prefix: 'DIR/' for the published files), shape-checked
     and finite-checked; Adam slots are ignored."""
     import tensorflow as tf
 
@@ -281,10 +315,10 @@ def read_checkpoint(prefix: str | Path, source=None) -> dict[str, np.ndarray]:
     arrays = {}
     for name, shape in CHECKPOINT_SHAPES.items():
         if name not in shapes:
-            raise SiamrecError(f"backbone.weights={source}: variable {name} missing; not the MSD_musicnn checkpoint")
+            raise SiamrecError(f"backbone.weights={source}: variable {name} missing; not a musicnn checkpoint")
         if tuple(shapes[name]) != shape:
             raise SiamrecError(f"backbone.weights={source}: {name} has shape {tuple(shapes[name])}, "
-                               f"expected {shape}; not the MSD_musicnn checkpoint")
+                               f"expected {shape}; not a musicnn checkpoint")
         arrays[name] = np.asarray(reader.get_tensor(name), dtype=np.float32)
     check_finite_weights(arrays, source)
     return arrays
@@ -316,7 +350,7 @@ def set_weights(model: keras.Model, arrays: dict[str, np.ndarray], source) -> No
         for p, current in zip(names, layer.get_weights()):
             key = f"{layer_name}/{p}"
             if key not in arrays:
-                raise SiamrecError(f"backbone.weights={source}: {key} missing; not converted MSD_musicnn weights")
+                raise SiamrecError(f"backbone.weights={source}: {key} missing; not converted musicnn weights")
             if tuple(arrays[key].shape) != tuple(current.shape):
                 raise SiamrecError(f"backbone.weights={source}: {key} has shape {tuple(arrays[key].shape)}, "
                                    f"expected {tuple(current.shape)}")
@@ -332,14 +366,20 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise SiamrecError(f"backbone.weights={path}: not a converted musicnn weight file ({exc})") from None
 
 
-def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None) -> tuple[dict, Path]:
-    """Converted weights of the published checkpoint: from the cache, or converted once (and cached)."""
+def converted_file(name: str) -> str:
+    """Where the converted weights of bundle `name` are cached, under paths.cache/weights/."""
+    return f"musicnn/{name}.weights.npz"
+
+
+def published_arrays(release: Release, name: str, paths_cfg, download_ok: bool = True,
+                     url: str | None = None) -> tuple[dict, Path]:
+    """Converted weights of a published checkpoint: from the cache, or converted once (and cached)."""
     from siamrec.runs import atomic_write_bytes, read_checked_npz, write_checked_npz
 
     cache_root = Path(str(paths_cfg.cache)).expanduser() / "weights"
-    converted = cache_root / CONVERTED_FILE
+    converted = cache_root / converted_file(name)
     # the converted file is reused only for the same checkpoint and the same conversion (bump on mapping changes)
-    source_id = np.array(f"conversion {CONVERSION_VERSION}: " + ",".join(f.sha256 for f in CHECKPOINT_FILES))
+    source_id = np.array(f"conversion {CONVERSION_VERSION}: " + ",".join(f.sha256 for f in release.files))
     if converted.is_file():
         try:
             arrays = read_checked_npz(converted)  # sha256-checked on every load
@@ -349,12 +389,12 @@ def published_arrays(paths_cfg, download_ok: bool = True, url: str | None = None
         except Exception:  # noqa: BLE001 - a damaged (bit-flipped, truncated) cache entry is converted again below
             pass
     found = []
-    for spec in CHECKPOINT_FILES:
+    for spec in release.files:
         spec_url = url.rstrip("/") + "/" + spec.file if url else None
-        found.append(resolve_file(spec, CHECKPOINT_SUBDIR, paths_cfg, download_ok=download_ok, url=spec_url))
+        found.append(resolve_file(spec, release.subdir, paths_cfg, download_ok=download_ok, url=spec_url))
     with tempfile.TemporaryDirectory(prefix="musicnn_ckpt_") as tmp:
         # the two files may come from different places (cache / shared): gather them under one prefix
-        for spec, path in zip(CHECKPOINT_FILES, found):
+        for spec, path in zip(release.files, found):
             shutil.copyfile(path, Path(tmp) / spec.file)
         arrays = keras_arrays(read_checkpoint(tmp + "/", source=found[0].parent))
     write_checked_npz(converted, {**arrays, "__source__": source_id})
@@ -378,8 +418,8 @@ def explicit_arrays(weights: str | Path) -> dict[str, np.ndarray]:
             return keras_arrays(read_checkpoint(str(indexes[0])[: -len(".index")], source=p))
     elif Path(str(p) + ".index").is_file():
         return keras_arrays(read_checkpoint(p, source=p))
-    raise SiamrecError(f"backbone.weights={p}: give the folder of the MSD_musicnn checkpoint (.index and "
-                       ".data-00000-of-00001), a checkpoint prefix, or a converted musicnn_msd.weights.npz")
+    raise SiamrecError(f"backbone.weights={p}: give the folder of a musicnn checkpoint (.index and "
+                       ".data-00000-of-00001), a checkpoint prefix, or a converted NAME.weights.npz")
 
 
 # --- the bundle -------------------------------------------------------------------------------------------------
@@ -387,6 +427,7 @@ class MusicnnMSD(Bundle):
     """musicnn trained on the Million Song Dataset (50 tags), Pons & Serra 2019 (see the module docstring)."""
 
     name = "musicnn_msd"
+    release = MSD_RELEASE
     sample_rate = SR
     window_samples = WINDOW_SAMPLES
     hop_samples = PATCH_SAMPLES
@@ -396,24 +437,25 @@ class MusicnnMSD(Bundle):
     default_parts = ("penultimate",)  # measured best on real audio (README, "Backbones, windows and song vectors")
     tags = MSD_TAGS
 
-    def __init__(self, name: str = "musicnn_msd", sample_rate: int = SR, window_seconds: float | None = None,
+    def __init__(self, name: str | None = None, sample_rate: int = SR, window_seconds: float | None = None,
                  pretrained: bool = True, weights: str | None = None, download: bool = True, url: str | None = None,
                  windows: str | None = None, pool: str | None = None, normalise: str | None = None, **params):
         # windows, pool, normalise: what clip and features follow unless set (the base class says); not model settings
         if window_seconds is not None and abs(float(window_seconds) - self.window_samples / SR) > 1e-6:
-            raise SiamrecError(f"backbone.window_seconds={window_seconds}: musicnn_msd reads windows of "
+            raise SiamrecError(f"backbone.window_seconds={window_seconds}: {self.name} reads windows of "
                                f"{self.window_samples / SR} s (one 3-s patch with its frames' context); keep it")
-        if str(name) != self.name:
+        if name is not None and str(name) != self.name:
             raise SiamrecError(f"backbone.name={name}: this bundle is {self.name}")
         if int(sample_rate) != SR:
-            raise SiamrecError(f"backbone.sample_rate={sample_rate}: musicnn_msd was trained at {SR} Hz; "
+            raise SiamrecError(f"backbone.sample_rate={sample_rate}: {self.name} was trained at {SR} Hz; "
                                f"keep {SR} (clip.sr follows it)")
         if params:
-            raise SiamrecError(f"backbone: unknown setting(s) {sorted(params)} for musicnn_msd")
+            raise SiamrecError(f"backbone: unknown setting(s) {sorted(params)} for {self.name}")
         super().__init__(pretrained=pretrained, weights=weights, download=download, url=url)
 
     def spec(self) -> dict:
-        return {**super().spec(), "frontend": "librosa-mel-slaney96-float16-log10(1e4x+1)", "release": "MSD_musicnn"}
+        return {**super().spec(), "frontend": "librosa-mel-slaney96-float16-log10(1e4x+1)",
+                "release": self.release.folder}
 
     def build(self, paths_cfg) -> keras.Model:
         model = build_musicnn()
@@ -421,7 +463,8 @@ class MusicnnMSD(Bundle):
             if self.weights:
                 arrays, source = explicit_arrays(self.weights), self.weights
             else:
-                arrays, source = published_arrays(paths_cfg, download_ok=self.download, url=self.url)
+                arrays, source = published_arrays(self.release, self.name, paths_cfg, download_ok=self.download,
+                                                  url=self.url)
             set_weights(model, arrays, source)
         return model
 
@@ -436,3 +479,12 @@ class MusicnnMSD(Bundle):
     def onnx_split(self, model):
         # ONNX has no float64 FFT with librosa's rounding: the front end runs in NumPy, the network is exported
         return logmel_numpy, mel_input_model(model)
+
+
+class MusicnnMTT(MusicnnMSD):
+    """musicnn trained on MagnaTagATune (50 tags: instruments, voices, moods, styles), Pons & Serra 2019: the same
+    network as musicnn_msd, other weights and tags."""
+
+    name = "musicnn_mtt"
+    release = MTT_RELEASE
+    tags = MTT_TAGS

@@ -1,4 +1,4 @@
-"""`tag FILE...`: the pretrained MSD convnet's 50-tag predictions for songs."""
+"""`tag FILE...`: the backbone tagger's predictions for songs (musicnn: MSD or MagnaTagATune tags; Choi: MSD)."""
 
 from __future__ import annotations
 
