@@ -151,8 +151,6 @@ def test_saved_model_reloads(random_model, tmp_path):
 
 
 def test_conf_instantiates_the_bundle():
-    from pathlib import Path
-
     from hydra.utils import instantiate
 
     cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "backbone" / "musicnn_msd.yaml")
@@ -268,19 +266,25 @@ def _packaged_checkpoint(folder: str):
     return Path(list(spec.submodule_search_locations)[0]) / folder
 
 
+def _cache_holding(release, ckpt: Path, root: Path) -> Path:
+    """A paths.cache folder holding the release's published files, copied from `ckpt`, where lookups find them."""
+    import shutil
+
+    folder = root / "weights" / release.subdir
+    folder.mkdir(parents=True)
+    for f in release.files:
+        shutil.copyfile(ckpt / f.file, folder / f.file)
+    return root
+
+
 @pytest.mark.filterwarnings("ignore:`tf.layers.*deprecated:UserWarning")  # the original's TF-1 layers
 def test_mtt_release_equals_the_original(tmp_path, monkeypatch):
     """musicnn_mtt: its published files are found in the cache by their sha256 (no download), converted, and the
     port gives what the ORIGINAL graph restored from the same checkpoint gives, on songs made here."""
-    import shutil
-
     from hydra.utils import instantiate
 
     ckpt = _packaged_checkpoint("MTT_musicnn")
-    cache = tmp_path / "cache"
-    (cache / "weights" / mn.MTT_RELEASE.subdir).mkdir(parents=True)
-    for f in mn.MTT_RELEASE.files:
-        shutil.copyfile(ckpt / f.file, cache / "weights" / mn.MTT_RELEASE.subdir / f.file)
+    cache = _cache_holding(mn.MTT_RELEASE, ckpt, tmp_path / "cache")
     bundle = instantiate(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "backbone" /
                                         "musicnn_mtt.yaml"), download=False)
     assert isinstance(bundle, mn.MusicnnMTT) and bundle.spec()["release"] == "MTT_musicnn"
@@ -298,10 +302,7 @@ def test_mtt_release_equals_the_original(tmp_path, monkeypatch):
     finally:
         sess.close()
     # a changed file is refused, never used
-    damaged = tmp_path / "damaged"
-    (damaged / "weights" / mn.MTT_RELEASE.subdir).mkdir(parents=True)
-    for f in mn.MTT_RELEASE.files:
-        shutil.copyfile(ckpt / f.file, damaged / "weights" / mn.MTT_RELEASE.subdir / f.file)
+    damaged = _cache_holding(mn.MTT_RELEASE, ckpt, tmp_path / "damaged")
     with open(damaged / "weights" / mn.MTT_RELEASE.subdir / ".index", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(SiamrecError, match="sha256 differs"):
