@@ -319,6 +319,50 @@ def test_linked_folders_are_listed_once_and_unreadable_ones_are_said(tmp_path, m
     assert "1 folder could not be read, so its songs are not in the library" in out and "Locked" in out
 
 
+def test_albums_ripped_to_one_file_with_a_cue_sheet_are_said(tmp_path, capsys):
+    """An album ripped to one file with a CUE sheet beside it is one song: the scan names it with its tracks, whether
+    the sheet names the file or the WAV it was converted from, in UTF-8 with a BOM or in a legacy code page. A
+    one-track sheet, a sheet of one file per track and a sheet whose file is not there name nothing."""
+    from siamrec.data.sources import load_library
+
+    root = tmp_path / "Music"
+    rng = np.random.default_rng(0)
+    files = ["ਕਲਾਕਾਰ/Album One/Album One.flac", "Two/CDImage.flac", "Single/song.flac", "Multi/01.flac",
+             "Multi/02.flac", "Other/kept.flac"]
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, 0.1 * rng.normal(size=8000).astype(np.float32), 8000)
+
+    def sheet(*entries, title="Album"):
+        lines = [f'TITLE "{title}"']
+        for name, tracks in entries:
+            lines.append(f'FILE "{name}" WAVE')
+            for t in tracks:
+                lines += [f"  TRACK {t:02d} AUDIO", f'    TITLE "Track {t}"', f"    INDEX 01 0{t}:00:00"]
+        return "\r\n".join(lines) + "\r\n"
+
+    sheets = {"ਕਲਾਕਾਰ/Album One/Album One.cue": ("\ufeff" + sheet(("Album One.wav", [1, 2, 3]), title="ਗੀਤ"), "utf-8"),
+              "Two/CDImage.flac.cue": (sheet(("CDImage.flac", [1, 2]), title="Café"), "cp1252"),
+              "Single/song.cue": (sheet(("song.flac", [1])), "utf-8"),
+              "Multi/album.cue": (sheet(("01.flac", [1]), ("02.flac", [2])), "utf-8"),
+              "Other/gone.cue": (sheet(("missing.flac", [1, 2, 3, 4, 5])), "utf-8")}
+    for rel, (text, encoding) in sheets.items():
+        (root / rel).write_bytes(text.encode(encoding))
+    cfg = library_cfg(tmp_path, root)
+    lib = load_library(cfg.data, cfg.paths)
+    assert sorted(lib.keys) == sorted(files)  # the sheets are not songs
+    assert lib.report["cue_albums"] == [{"file": "Two/CDImage.flac", "tracks": 2},
+                                        {"file": "ਕਲਾਕਾਰ/Album One/Album One.flac", "tracks": 3}]
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "CUE sheet" in x)
+    assert line.startswith("2 files are whole albums with a CUE sheet beside them, embedded as one song each")
+    assert "Two/CDImage.flac (2 tracks)" in line and "Album One.flac (3 tracks)" in line and "shnsplit" in line
+    for rel in ("ਕਲਾਕਾਰ/Album One/Album One.cue", "Two/CDImage.flac.cue"):
+        (root / rel).unlink()
+    lib = load_library(cfg.data, cfg.paths)
+    assert "cue_albums" not in lib.report and "CUE" not in capsys.readouterr().out
+
+
 def test_evaluate_scores_only_the_labelled_songs(music, tmp_path):
     from siamrec.commands.evaluate import evaluate
 

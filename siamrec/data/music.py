@@ -137,6 +137,14 @@ def from_library(data_cfg, paths_cfg) -> Library:
         n = len(report["unreadable_folders"])
         print(f"{n} {'folder' if n == 1 else 'folders'} could not be read, so {'its' if n == 1 else 'their'} songs "
               f"are not in the library (check the permissions): {first_few(report['unreadable_folders'])}")
+    albums = report["cue_albums"]
+    if albums:
+        n = len(albums)
+        print(f"{n} {'file is a whole album' if n == 1 else 'files are whole albums'} with a CUE sheet beside "
+              f"{'it' if n == 1 else 'them'}, embedded as one song each (not track by track): "
+              f"{first_few(f'{rel} ({tracks} tracks)' for rel, tracks in albums)}; split "
+              f"{'it' if n == 1 else 'them'} into one file per track (e.g. shnsplit -f ALBUM.cue -o flac ALBUM.flac) "
+              "for recommendations song by song (listed in data_report.json)")
     if renamed:
         print(f"{len(renamed)} file names are not UTF-8; they are kept with their odd bytes written as \\xNN, "
               f"e.g. {renamed[0]} (listed in data_report.json)")
@@ -144,6 +152,8 @@ def from_library(data_cfg, paths_cfg) -> Library:
               "unreadable_tags": [printable(r) for r in report["unreadable"]],
               **({"unreadable_folders": [printable(r) for r in report["unreadable_folders"]]}
                  if report["unreadable_folders"] else {}),
+              **({"cue_albums": [{"file": printable(rel), "tracks": tracks} for rel, tracks in albums]}
+                 if albums else {}),
               **({"non_utf8_names": renamed} if renamed else {})}
     return _library(keys, [s.path for s in songs], tags_list, data_cfg, report)
 

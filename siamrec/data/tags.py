@@ -5,7 +5,8 @@ skipped) and returns one `Song` per audio file with its tags: title, artist, alb
 date, tracknumber, duration (seconds) and MusicBrainz recording id, from ID3 (MP3, WAV, AIFF), Vorbis comments
 (FLAC, Ogg, Opus), MP4 atoms (M4A), ASF (WMA) and APEv2 (WavPack, Monkey's Audio, Musepack, TTA). Tags of a file whose size and mtime are unchanged since the last scan come
 from the cache (an SQLite file, one row per path), so a second scan of an unchanged library only lists and stats
-the files. A file whose tags cannot be read is kept with no tags (counted in the scan's `unreadable`).
+the files. A file whose tags cannot be read is kept with no tags (counted in the scan's `unreadable`). An album
+ripped to one file with a CUE sheet beside it is one song; the scan names such files (`cue_albums`).
 """
 
 from __future__ import annotations
@@ -170,12 +171,13 @@ class TagCache:
         self.db.close()
 
 
-def walk(root: str, extensions) -> tuple[list[Song], list[str]]:
-    """The audio files below `root` (recursive, sorted; names starting with '.' skipped), with size and mtime, and
-    the folders that could not be read ('/'-separated below root). Links are followed, but a folder is listed once:
-    a link back up (a loop) or a second link to the same folder adds no song twice."""
+def walk(root: str, extensions) -> tuple[list[Song], list[str], list[tuple[str, str]]]:
+    """The audio files below `root` (recursive, sorted; names starting with '.' skipped), with size and mtime, the
+    folders that could not be read ('/'-separated below root) and the CUE sheets (path, rel). Links are followed,
+    but a folder is listed once: a link back up (a loop) or a second link to the same folder adds no song twice."""
     found: list[Song] = []
     unreadable: list[str] = []
+    sheets: list[tuple[str, str]] = []
     seen: set[tuple[int, int]] = set()
     stack = [(root, "")]
     while stack:
@@ -198,18 +200,72 @@ def walk(root: str, extensions) -> tuple[list[Song], list[str]]:
                 elif os.path.splitext(e.name)[1].lower() in extensions and e.is_file():
                     st = e.stat()
                     found.append(Song(e.path, rel + e.name, st.st_size, st.st_mtime_ns))
+                elif e.name.lower().endswith(".cue") and e.is_file():
+                    sheets.append((e.path, rel + e.name))
             except OSError:
                 continue  # vanished while listed, or a broken link
     found.sort(key=lambda s: s.rel)
-    return found, sorted(unreadable)
+    return found, sorted(unreadable), sorted(sheets, key=lambda p: p[1])
+
+
+CUE_FILE = re.compile(r'^\s*FILE\s+(?:"([^"]+)"|(\S+))', re.IGNORECASE)
+CUE_TRACK = re.compile(r"^\s*TRACK\s+\d+\s+AUDIO\b", re.IGNORECASE)
+CUE_MAX_BYTES = 1 << 20  # a CUE sheet is a few kB; a larger .cue is not one
+
+
+def cue_tracks(path: str) -> dict[str, int]:
+    """{file named by a FILE line (its last path component): its number of audio tracks} of a CUE sheet ({} when
+    it cannot be read). Sheets are UTF-8 (with or without BOM) or, as older rippers wrote them, a legacy code page:
+    read as Latin-1 then, which keeps ASCII names right."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(CUE_MAX_BYTES + 1)
+    except OSError:
+        return {}
+    if len(raw) > CUE_MAX_BYTES:
+        return {}
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    tracks: dict[str, int] = {}
+    current = None
+    for line in text.splitlines():
+        m = CUE_FILE.match(line)
+        if m:
+            current = (m.group(1) or m.group(2)).replace("\\", "/").rsplit("/", 1)[-1]
+            tracks.setdefault(current, 0)
+        elif current is not None and CUE_TRACK.match(line):
+            tracks[current] += 1
+    return tracks
+
+
+def cue_albums(sheets: list[tuple[str, str]], songs: list[Song]) -> list[tuple[str, int]]:
+    """The library's files that a CUE sheet beside them splits into two or more tracks (an album ripped to one
+    file), as (rel, tracks). A sheet's FILE is matched by name in the sheet's folder, else by stem (a sheet written
+    for Album.wav beside the Album.flac it was converted to)."""
+    by_rel = {s.rel: s.rel for s in songs}
+    by_stem: dict[tuple[str, str], str] = {}
+    for s in songs:
+        folder, _, name = s.rel.rpartition("/")
+        by_stem.setdefault((folder, os.path.splitext(name)[0].casefold()), s.rel)
+    albums: dict[str, int] = {}
+    for path, rel in sheets:
+        folder = rel.rpartition("/")[0]
+        for name, n in cue_tracks(path).items():
+            prefix = f"{folder}/" if folder else ""
+            song = by_rel.get(prefix + name) or by_stem.get((folder, os.path.splitext(name)[0].casefold()))
+            if song is not None and n >= 2:
+                albums[song] = max(n, albums.get(song, 0))
+    return sorted(albums.items())
 
 
 def scan(root, extensions, cache_file, progress: bool = True) -> tuple[list[Song], dict]:
     """The songs below `root` with their tags, and a report {files, read, cached, unreadable: [rel, ...] (files whose
-    tags are damaged), unreadable_folders: [rel, ...]}."""
+    tags are damaged), unreadable_folders: [rel, ...], cue_albums: [(rel, tracks), ...] (see cue_albums)}."""
     root = os.path.abspath(os.path.expanduser(str(root)))
     exts = {f".{str(e).lower().lstrip('.')}" for e in extensions}
-    songs, folders = walk(root, exts)
+    songs, folders, sheets = walk(root, exts)
     cache = TagCache(cache_file)
     try:
         cached = cache.under(root)
@@ -237,4 +293,4 @@ def scan(root, extensions, cache_file, progress: bool = True) -> tuple[list[Song
     finally:
         cache.close()
     return songs, {"files": len(songs), "read": len(todo), "cached": len(songs) - len(todo), "unreadable": unreadable,
-                   "unreadable_folders": folders}
+                   "unreadable_folders": folders, "cue_albums": cue_albums(sheets, songs)}
