@@ -323,7 +323,7 @@ def test_albums_ripped_to_one_file_with_a_cue_sheet_are_said(tmp_path, capsys):
     """An album ripped to one file with a CUE sheet beside it is one song: the scan names it with its tracks, whether
     the sheet names the file or the WAV it was converted from, in UTF-8 with a BOM or in a legacy code page. A
     one-track sheet, a sheet of one file per track and a sheet whose file is not there name nothing."""
-    from siamrec.data.sources import load_library
+    from siamrec.commands.extract import extract
 
     root = tmp_path / "Music"
     rng = np.random.default_rng(0)
@@ -348,19 +348,22 @@ def test_albums_ripped_to_one_file_with_a_cue_sheet_are_said(tmp_path, capsys):
               "Other/gone.cue": (sheet(("missing.flac", [1, 2, 3, 4, 5])), "utf-8")}
     for rel, (text, encoding) in sheets.items():
         (root / rel).write_bytes(text.encode(encoding))
-    cfg = library_cfg(tmp_path, root)
-    lib = load_library(cfg.data, cfg.paths)
-    assert sorted(lib.keys) == sorted(files)  # the sheets are not songs
-    assert lib.report["cue_albums"] == [{"file": "Two/CDImage.flac", "tracks": 2},
-                                        {"file": "ਕਲਾਕਾਰ/Album One/Album One.flac", "tracks": 3}]
+    index = tmp_path / "index"
+    cfg = library_cfg(tmp_path, root, f"extract.out={index}")
+    extract(cfg, tmp_path / "run")
+    assert sorted(items_of(index)) == sorted(files)  # the sheets are not songs
+    report = json.loads((index / "data_report.json").read_text(encoding="utf-8"))  # beside the index it describes
+    assert report["cue_albums"] == [{"file": "Two/CDImage.flac", "tracks": 2},
+                                    {"file": "ਕਲਾਕਾਰ/Album One/Album One.flac", "tracks": 3}]
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "CUE sheet" in x)
     assert line.startswith("2 files are whole albums with a CUE sheet beside them, embedded as one song each")
     assert "Two/CDImage.flac (2 tracks)" in line and "Album One.flac (3 tracks)" in line and "shnsplit" in line
     for rel in ("ਕਲਾਕਾਰ/Album One/Album One.cue", "Two/CDImage.flac.cue"):
         (root / rel).unlink()
-    lib = load_library(cfg.data, cfg.paths)
-    assert "cue_albums" not in lib.report and "CUE" not in capsys.readouterr().out
+    extract(cfg, tmp_path / "run2")
+    report = json.loads((index / "data_report.json").read_text(encoding="utf-8"))
+    assert "cue_albums" not in report and report["source"] == "library" and "CUE" not in capsys.readouterr().out
 
 
 def test_evaluate_scores_only_the_labelled_songs(music, tmp_path):

@@ -152,6 +152,7 @@ def _extract(cfg, run: Path | None, out: Path, progress: Progress) -> Path:
                "gone": len(gone), "wall_s": round(wall, 3), "files_per_s": round(embedded / wall, 3), "rows": len(kept),
                "out": str(out)}
     write_json(out / "extract.json", summary)
+    write_json(out / "data_report.json", lib.report)  # what the scan found (folders not read, CUE albums, ...)
     _print_summary(summary)
     if gone:
         print(f"extract: {len(gone)} song(s) of the index are no longer in the library (deleted, moved or renamed) "

@@ -141,7 +141,7 @@ def from_library(data_cfg, paths_cfg) -> Library:
     if albums:
         n = len(albums)
         print(f"{n} {'file is a whole album' if n == 1 else 'files are whole albums'} with a CUE sheet beside "
-              f"{'it' if n == 1 else 'them'}, embedded as one song each (not track by track): "
+              f"{'it' if n == 1 else 'them'}, embedded as one song{'' if n == 1 else ' each'} (not track by track): "
               f"{first_few(f'{rel} ({tracks} tracks)' for rel, tracks in albums)}; split "
               f"{'it' if n == 1 else 'them'} into one file per track (e.g. shnsplit -f ALBUM.cue -o flac ALBUM.flac) "
               "for recommendations song by song (listed in data_report.json)")
