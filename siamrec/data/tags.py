@@ -244,7 +244,7 @@ def cue_albums(sheets: list[tuple[str, str]], songs: list[Song]) -> list[tuple[s
     """The library's files that a CUE sheet beside them splits into two or more tracks (an album ripped to one
     file), as (rel, tracks). A sheet's FILE is matched by name in the sheet's folder, else by stem (a sheet written
     for Album.wav beside the Album.flac it was converted to)."""
-    by_rel = {s.rel: s.rel for s in songs}
+    rels = {s.rel for s in songs}
     by_stem: dict[tuple[str, str], str] = {}
     for s in songs:
         folder, _, name = s.rel.rpartition("/")
@@ -253,8 +253,8 @@ def cue_albums(sheets: list[tuple[str, str]], songs: list[Song]) -> list[tuple[s
     for path, rel in sheets:
         folder = rel.rpartition("/")[0]
         for name, n in cue_tracks(path).items():
-            prefix = f"{folder}/" if folder else ""
-            song = by_rel.get(prefix + name) or by_stem.get((folder, os.path.splitext(name)[0].casefold()))
+            named = f"{folder}/{name}" if folder else name
+            song = named if named in rels else by_stem.get((folder, os.path.splitext(name)[0].casefold()))
             if song is not None and n >= 2:
                 albums[song] = max(n, albums.get(song, 0))
     return sorted(albums.items())
