@@ -17,8 +17,10 @@ from siamrec.errors import SiamrecError
 # MusicBrainz recording id) follows the first five; an empty cell is unknown. Folders written before the metadata
 # columns existed (the first five only) are read with the metadata empty.
 BASE_COLUMNS = ("key", "path", "labels", "split", "group")
-META_COLUMNS = ("title", "artist", "album", "duration", "mbid")
+META_COLUMNS = ("title", "artist", "album", "duration", "mbid", "codec")
 ITEM_COLUMNS = BASE_COLUMNS + META_COLUMNS
+# items.csv as older siamrecs wrote it, still read (the missing metadata empty): without metadata, without codec
+OLDER_ITEM_COLUMNS = (BASE_COLUMNS, ITEM_COLUMNS[:-1])
 
 
 def _umask() -> int:
@@ -296,12 +298,12 @@ def read_embeddings(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[dict[s
         raise SiamrecError(f"run={run_dir}: {items_path.name} is damaged or truncated ({_gist(exc)}); {redo}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     items = list(reader)
-    if tuple(reader.fieldnames or ()) not in (ITEM_COLUMNS, BASE_COLUMNS):
+    if tuple(reader.fieldnames or ()) not in OLDER_ITEM_COLUMNS + (ITEM_COLUMNS,):
         raise SiamrecError(f"run={run_dir}: {items_path.name} has columns {list(reader.fieldnames or [])}, not "
                            f"{','.join(ITEM_COLUMNS)}; {redo}")
     if not text.endswith("\n") or any(None in it.values() or None in it for it in items):
         raise SiamrecError(f"run={run_dir}: {items_path.name} is truncated (its last row is incomplete); {redo}")
-    for it in items:  # an older folder: no metadata columns
+    for it in items:  # an older folder: fewer metadata columns
         for c in META_COLUMNS:
             it.setdefault(c, "")
     if len(items) != len(emb):

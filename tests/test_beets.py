@@ -66,6 +66,7 @@ def test_extract_a_beets_library_then_beet_similar(beets_home, tmp_path):
     assert (first["title"], first["artist"], first["album"], first["mbid"], first["labels"], first["group"]) == (
         GURMUKHI, "Gurdas Maan", "Live", MBID, "punjabi|folk", "Gurdas Maan")
     assert float(first["duration"]) == pytest.approx(3.0, abs=0.05)
+    assert first["codec"] == "flac"  # beets' format, which tells the page an .m4a of Apple Lossless plays as WAV
     untagged = items[str(music / "Unknown Artist" / "Some Album" / "track 7.flac")]
     assert untagged["labels"] == "" and untagged["title"]  # beets titles an untagged file itself; it stays listed
 

@@ -8,6 +8,7 @@ import io
 import socket
 import threading
 import time
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -259,6 +260,50 @@ def test_apple_lossless_m4a_is_played_as_wav(run, tmp_path):
     assert _lossless_mp4(str(folder / "03 A3.m4a")) and not _lossless_mp4(str(folder / "A4.m4a"))
     cat = client.app.state.catalogue
     assert cat.transcoded(3) and not cat.transcoded(4)  # what Subsonic's transcodedSuffix is given by
+
+
+def test_the_tag_scan_records_apple_lossless_and_the_page_marks_it_wav_without_reading_files(run, tmp_path,
+                                                                                             monkeypatch):
+    """The tag scan keeps an MP4's codec in items.csv, so the song list says an ALAC .m4a is played as WAV (the
+    page marks it) without reading any file's header; an AAC .m4a stays native."""
+    import shutil
+    import subprocess
+
+    import soundfile as sf
+
+    import siamrec.serve.catalogue as catalogue
+    from siamrec.data.tags import read_tags
+    from siamrec.runs import mark_finished, read_embeddings, write_embeddings
+
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed (it writes Apple Lossless)")
+    sf.write(tmp_path / "src.wav", 0.3 * np.sin(np.arange(8000) * 0.05), 8000, subtype="PCM_16")
+    emb, items = read_embeddings(run)
+    for row, codec in ((3, "alac"), (4, "aac")):
+        path = Path(items[row]["path"]).with_suffix(".m4a")
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "src.wav"), "-c:a", codec, str(path)],
+                       check=True)
+        items[row]["path"] = str(path)
+    tags = [read_tags(items[row]["path"]) for row in (3, 4)]
+    assert tags[0]["codec"] == "alac" and tags[1]["codec"].startswith("mp4a")
+    for row, t in zip((3, 4), tags):
+        items[row].update(t)
+    write_embeddings(run, emb, [i["key"] for i in items], [i["path"] for i in items],
+                     [tuple(filter(None, i["labels"].split("|"))) for i in items], [i["split"] for i in items],
+                     [i["group"] for i in items], items)
+    mark_finished(run)
+
+    def no_reading(path):
+        raise AssertionError(f"{path}: a file's header was read to list the songs")
+
+    monkeypatch.setattr(catalogue, "_lossless_mp4", no_reading)
+    client = TestClient(app_for(run, tmp_path))
+    songs = {s["id"]: s for s in client.get("/api/songs").json()}
+    assert songs[3]["playable"] == "wav" and songs[4]["playable"] == "native"
+    cat = client.app.state.catalogue
+    assert cat.transcoded(3) and not cat.transcoded(4)
+    got = client.get("/api/audio/3")
+    assert got.headers["content-type"] == "audio/wav" and got.content[:4] == b"RIFF"
 
 
 def test_the_server_ranks_by_the_seed_expanded_with_its_nearest_songs(run, tmp_path):

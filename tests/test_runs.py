@@ -40,10 +40,15 @@ def test_items_carry_the_song_metadata_and_older_folders_read_with_it_empty(tmp_
     write_embeddings(tmp_path, np.ones((3, 2)), ["a", "b", "c"], ["", "", ""], [(), (), ()], ["", "", ""],
                      meta=meta)
     header = (tmp_path / "items.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header == "key,path,labels,split,group,title,artist,album,duration,mbid"
+    assert header == "key,path,labels,split,group,title,artist,album,duration,mbid,codec"
     _, items = read_embeddings(tmp_path)
     assert [(i["title"], i["artist"], i["album"], i["duration"], i["mbid"]) for i in items] == [
         ("ਮਿੱਟੀ ਦਾ ਬਾਵਾ", "Gurdas Maan", "Live", "241.500", "abc"), ("", "", "", "", ""), ("only a title", "", "", "", "")]
+    # a folder written before the codec column existed
+    (tmp_path / "items.csv").write_text("key,path,labels,split,group,title,artist,album,duration,mbid\n"
+                                        "a,,,,a,T,,,,m\nb,,,,b,,,,,\nc,,,,c,,,,,\n", encoding="utf-8")
+    _, items = read_embeddings(tmp_path)
+    assert [(i["title"], i["mbid"], i["codec"]) for i in items] == [("T", "m", ""), ("", "", ""), ("", "", "")]
     # a folder written before the metadata columns existed
     (tmp_path / "items.csv").write_text("key,path,labels,split,group\na,,,,a\nb,,,,b\nc,,,,c\n", encoding="utf-8")
     _, items = read_embeddings(tmp_path)

@@ -198,6 +198,8 @@ def beets_tags(item) -> dict:
         tags["duration"] = round(float(item.get("length")), 3)
     if item.get("mb_trackid"):
         tags["mbid"] = str(item.get("mb_trackid"))
+    if item.get("format"):  # beets' name of the codec: MP3, FLAC, AAC, ALAC, ...
+        tags["codec"] = str(item.get("format")).lower()
     return tags
 
 

@@ -2,7 +2,8 @@
 
 `scan(root, extensions, cache_file)` walks the folder tree (hidden files and folders, macOS `._*` included, are
 skipped) and returns one `Song` per audio file with its tags: title, artist, album, albumartist, genre (several),
-date, tracknumber, duration (seconds) and MusicBrainz recording id, from ID3 (MP3, WAV, AIFF), Vorbis comments
+date, tracknumber, duration (seconds), MusicBrainz recording id and, for MP4, the codec (`alac` marks Apple
+Lossless, which browsers do not play), from ID3 (MP3, WAV, AIFF), Vorbis comments
 (FLAC, Ogg, Opus), MP4 atoms (M4A), ASF (WMA) and APEv2 (WavPack, Monkey's Audio, Musepack, TTA). Tags of a file whose size and mtime are unchanged since the last scan come
 from the cache (an SQLite file, one row per path), so a second scan of an unchanged library only lists and stats
 the files. A file whose tags cannot be read is kept with no tags (counted in the scan's `unreadable`). An album
@@ -32,7 +33,7 @@ KEY_ALIASES = {"author": "artist", "wm/albumtitle": "album", "wm/albumartist": "
                "album artist": "albumartist", "wm/genre": "genre", "wm/year": "date", "year": "date",
                "wm/tracknumber": "tracknumber", "track": "tracknumber", "musicbrainz/track id": "musicbrainz_trackid"}
 GENRE_SEPARATORS = re.compile(r"\s*[;/|,]\s*|\x00")
-CACHE_VERSION = 2  # bump when what read_tags returns changes: cached rows of another version are read again
+CACHE_VERSION = 3  # bump when what read_tags returns changes: cached rows of another version are read again
 
 
 @dataclass
@@ -93,6 +94,9 @@ def read_tags(path: str) -> dict:
     length = getattr(getattr(f, "info", None), "length", None)
     if length:
         out["duration"] = round(float(length), 3)
+    codec = getattr(getattr(f, "info", None), "codec", None)  # MP4's: "alac", "mp4a.40.2", ...
+    if isinstance(codec, str) and codec:
+        out["codec"] = codec
     tags = f.tags
     if tags is None:
         return out

@@ -114,6 +114,7 @@ class Catalogue:
         self.groups = [(it.get("group") or "").strip() or it["key"] for it in items]
         self.has_groups = len(set(self.groups)) < len(self.groups)
         self.meta = [meta(it) for it in items]
+        self.codecs = [it.get("codec") or "" for it in items]  # from the tag scan; "" when unknown (older index)
         self.names = [display_name(it) for it in items]
         self.finder = SongFinder(items)
         self.by_key = self.finder.by_key
@@ -211,6 +212,8 @@ class Catalogue:
         if playable is None:
             ext = os.path.splitext(self.paths[row])[1].lower()
             playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
+            if playable == "native" and self.codecs[row] == "alac":
+                playable = "wav"
             if playable != "no" and not self._exists(row):
                 playable = "no"
             self._play[row] = playable
@@ -295,9 +298,12 @@ class Catalogue:
 
     # ---------------------------------------------------------------- audio
     def transcoded(self, row: int) -> bool:
-        """Whether the song is sent as WAV: a format browsers do not play, or an .m4a holding Apple Lossless."""
+        """Whether the song is sent as WAV: a format browsers do not play, or an .m4a holding Apple Lossless (the
+        codec the tag scan read; an index without it has the file's header read)."""
         path = self.paths[row] or ""
-        return Path(path).suffix.lower() in TRANSCODED or _lossless_mp4(path)
+        if Path(path).suffix.lower() in TRANSCODED or self.codecs[row] == "alac":
+            return True
+        return not self.codecs[row] and _lossless_mp4(path)
 
     def audio(self, row: int) -> tuple[str, str | bytes]:
         """("file", path) for a format browsers play, ("wav", bytes) for one transcoded to WAV."""
