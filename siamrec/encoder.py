@@ -153,9 +153,6 @@ class SongEncoder:
                       desc: str = "features", fit: bool = False) -> SongFeatures:
         """Vectors of the songs (NaN rows for files any backbone failed on); with `fit`, the standardisation of
         combined backbones and the normaliser are fitted on these songs first."""
-        if keep_windows and self.combined:
-            raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
-                               "in length; use model.train_on=songs with features.combine")
         results = [m.extractor.song_features(paths, keep_windows=keep_windows, use_cache=use_cache,
                                              desc=desc if not self.combined else f"{desc} ({m.extractor.bundle.name})")
                    for m in self.members]
@@ -171,11 +168,25 @@ class SongEncoder:
                 self.normaliser.fit(vectors[ok])
             vectors[ok] = self.normaliser(vectors[ok])
         windows = None
-        if keep_windows:
-            wcols = self.members[0].extractor.bundle.part_columns(self.members[0].parts) \
-                if self.members[0].parts else slice(None)
-            windows = [self.normaliser(w[:, wcols]) if w is not None else None for w in results[0].windows]
+        if keep_windows:  # each song's window features as its backbones gave them, one array per backbone
+            windows = [None if any(r.windows[i] is None for r in results) else [r.windows[i] for r in results]
+                       for i in range(len(paths))]
         return SongFeatures(vectors, windows, sorted(failures.items()), min(r.n_cached for r in results))
+
+    def window_vectors(self, windows: list[np.ndarray]) -> np.ndarray:
+        """Each window's own vector (model.train_on=windows; one backbone): its parts, normalised."""
+        if self.combined:
+            raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
+                               "in length; use model.train_on=songs or subsets with features.combine")
+        m = self.members[0]
+        cols = m.extractor.bundle.part_columns(m.parts) if m.parts else slice(None)
+        return self.normaliser(windows[0][:, cols])
+
+    def pooled(self, windows: list[np.ndarray]) -> np.ndarray:
+        """The song vector of these windows (one array per backbone), made as song_features makes a song's from all
+        of its windows."""
+        blocks = [m.extractor.pool_songs([w])[:, m.columns] for m, w in zip(self.members, windows)]
+        return self.normaliser(self._combine(blocks))[0]
 
     def stream(self, items, want_digest: bool = False, desc: str = "extract"):
         """Yield (index, vector or None, error or None, digest) for the (index, path) `items`, in order."""

@@ -63,25 +63,40 @@ def load_data(cfg, run_dir) -> Data:
 
 @dataclass
 class Features:
-    """The input features of the heads: one row per kept item (`x`), and, when asked for, each song's window rows."""
+    """The input features of the heads: one row per kept item (`x`), and, when asked for, each song's window
+    features (one array per backbone) with the encoder that turns them into rows."""
 
     data: Data
     x: np.ndarray
     windows: list | None = None
+    encoder: object | None = None  # siamrec.encoder.SongEncoder
 
-    def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
-        """(features, labels) of the items in `splits`: one row per song, or one per window, each window with its
-        song's labels (a song's windows stay in its split)."""
+    def rows(self, *splits: str, train_on: str = "songs", subsets: tuple[int, float, int] | None = None):
+        """(features, labels) of the items in `splits`: one row per song; with train_on=windows one per window,
+        each with its song's labels; with train_on=subsets each song's row followed by `subsets` = (count,
+        fraction, seed): count more rows per song, each pooled from a random fraction of each backbone's windows
+        of the song (a song's windows stay in its split). Without windows (data=features): one row per song."""
         idx = np.flatnonzero(self.data.mask(*splits))
         y = self.data.y
         if train_on == "songs" or self.windows is None or not len(idx):
             return self.x[idx], y[idx]
-        return window_rows(self.windows, y, idx)
+        if train_on == "windows":
+            return window_rows({i: self.encoder.window_vectors(self.windows[i]) for i in idx}, y, idx)
+        count, fraction, seed = subsets
+        rng = np.random.default_rng(seed)
+        rows, labels = [self.x[idx]], [y[idx]]
+        for i in idx:
+            song = self.windows[i]
+            rows += [self.encoder.pooled([w[np.sort(rng.choice(len(w), max(1, round(len(w) * fraction)),
+                                                               replace=False))] for w in song])[None]
+                     for _ in range(count)]
+            labels.append(np.repeat(y[i][None], count, axis=0))
+        return np.concatenate(rows).astype(np.float32), np.concatenate(labels)
 
 
-def window_rows(windows: list[np.ndarray], y: np.ndarray, idx: np.ndarray, first_only: bool = False):
-    """(rows, labels): the windows of the songs `idx` (only each one's first with `first_only`), each window with
-    its song's labels."""
+def window_rows(windows, y: np.ndarray, idx: np.ndarray, first_only: bool = False):
+    """(rows, labels): the windows of the songs `idx` (`windows[i]`: song i's rows; only each one's first with
+    `first_only`), each window with its song's labels."""
     chosen = [windows[i][:1] if first_only else windows[i] for i in idx]
     return np.concatenate(chosen), np.concatenate([np.repeat(y[i][None], len(w), axis=0) for i, w in zip(idx, chosen)])
 
@@ -98,7 +113,7 @@ def audio_features(encoder, data: Data, cfg, run_dir, keep_windows: bool = False
     report_failures(run_dir, data.lib.keys, data.lib.paths, sf.failures, float(cfg.data.max_failed_fraction))
     ok = sf.ok
     windows = [w for w, keep in zip(sf.windows, ok) if keep] if keep_windows else None
-    return Features(data.subset(ok), sf.vectors[ok], windows)
+    return Features(data.subset(ok), sf.vectors[ok], windows, encoder)
 
 
 def base_features(cfg, data: Data, run_dir, encoder=None, keep_windows: bool = False) -> Features:
@@ -143,7 +158,8 @@ class TrainingSet:
 
     * `rows(*splits, train_on=)`: (features, labels) of the songs of `splits`: their song vectors (the configured
       backbone(s), normalised as features.normalise says; or the rows of data=features), or with
-      train_on=windows every window's vector with its song's labels;
+      train_on=windows every window's vector with its song's labels, or with train_on=subsets each song's vector
+      and more pooled from random parts of its windows (Features.rows);
     * `backbone(what)`: the one backbone (extractor and parts) the head trains through; asked for before the rows,
       as the song vectors are then the backbone's own (not normalised), and after training they come from it;
     * `clips(split, train_on)`, `song_windows(split)`: the decoded windows of a split's songs (after `backbone`);
@@ -174,11 +190,15 @@ class TrainingSet:
         """What a row is: songs or windows (only audio has windows)."""
         return train_on if self.is_audio else "songs"
 
-    def rows(self, *splits: str, train_on: str = "songs") -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, *splits: str, train_on: str = "songs", subsets: tuple[int, float, int] | None = None):
         problem = windows_pool_problem(train_on, "audio" if self.is_audio else "features", self.cfg.clip.pool)
         if problem:  # the schema refuses it before any work; this guards a train(cfg) called without it
             raise SiamrecError(problem)
-        return self._song_features(keep_windows=train_on == "windows").rows(*splits, train_on=train_on)
+        if train_on == "windows" and self.is_audio and self.cfg.features.get("combine"):
+            raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
+                               "in length; use model.train_on=songs or subsets with features.combine")
+        return self._song_features(keep_windows=train_on != "songs").rows(*splits, train_on=train_on,
+                                                                          subsets=subsets)
 
     def backbone(self, what: str, head_on_windows: bool = False):
         """The one member (extractor and parts) of the encoder, to train through; `what` names the setting for
@@ -198,11 +218,11 @@ class TrainingSet:
         return self._member
 
     def clips(self, split: str, train_on: str) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded windows and their songs' labels: every window (train_on=windows) or each song's first."""
+        """Decoded windows and their songs' labels: each song's first (train_on=songs) or every window."""
         windows, idx = self._decoded(), np.flatnonzero(self.data.mask(split))
         if not len(idx):
             return np.empty((0, 0), np.float32), self.data.y[idx]
-        return window_rows(windows, self.data.y, idx, first_only=train_on != "windows")
+        return window_rows(windows, self.data.y, idx, first_only=train_on == "songs")
 
     def song_windows(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
         """Each song's decoded windows, and the labels of the songs."""

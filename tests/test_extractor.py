@@ -535,3 +535,48 @@ def test_progress_json_carries_done_total_rate_and_eta(tmp_path, monkeypatch):
     # 5 songs worked on in 2.5 s: 2 songs per second, the 3 songs left in 1.5 s
     assert (got["done"], got["total"], got["embedded"], got["failed"]) == (7, 10, 4, 1)
     assert got["songs_per_s"] == pytest.approx(2.0, abs=1e-3) and got["eta_s"] == pytest.approx(1.5, abs=0.05)
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["one backbone", "combined"])
+def test_training_rows_of_window_subsets(toy_library, tmp_path, cfg_factory, request, combined):
+    """model.train_on=subsets: each training song's vector, then `count` more per song, each pooled (and normalised)
+    from a random fraction of each backbone's windows of the song, as the song's own vector is from all of them;
+    the same seed gives the same rows. Combined backbones each give their own windows."""
+    from itertools import combinations
+
+    from siamrec.commands.train import train
+    from siamrec.pipeline import TrainingSet, load_data
+    from siamrec.runs import read_embeddings
+
+    data = ["data=folder", f"data.root={toy_library}", "split.valid=0.17", "split.test=0.34", *TOY,
+            "clip.windows=spread:4", "clip.pool=unit_mean", "features.normalise=centre_sqrt", "plots=false"]
+    combine = [f"paths.shared={request.getfixturevalue('shared')}",
+               "features.combine=[{backbone:choi2017_keras2,parts:[block5]}]"] if combined else []
+    cfg = cfg_factory("train", "+model=siamese", "model.train_on=subsets", *combine, *data)
+    run = tmp_path / "rows"
+    run.mkdir()
+    training = TrainingSet(cfg, load_data(cfg, run), run)
+    songs, labels = training.rows("train")
+    x, y = training.rows("train", train_on="subsets", subsets=(3, 0.5, 0))
+    n = len(songs)
+    assert x.shape == (4 * n, songs.shape[1]) and np.array_equal(x[:n], songs)
+    assert np.array_equal(y, np.concatenate([labels, np.repeat(labels, 3, axis=0)]))
+    encoder, features = training._encoder, training._features
+    train_idx = np.flatnonzero(training.data.mask("train"))
+    for j, i in enumerate(train_idx[:3]):
+        windows = features.windows[i]
+        assert [len(w) for w in windows] == ([4, 1] if combined else [4])  # Choi's 29 s: one padded window
+        pairs = [encoder.pooled([windows[0][list(p)], *windows[1:]]) for p in combinations(range(4), 2)]
+        for row in x[n + 3 * j:n + 3 * j + 3]:
+            assert not np.allclose(row, songs[j], atol=1e-4)  # half of the windows: not the song's vector
+            assert min(np.abs(row - p).max() for p in pairs) < 1e-5  # two of its four windows (and Choi's one)
+    whole, _ = training.rows("train", train_on="subsets", subsets=(2, 1.0, 0))
+    np.testing.assert_allclose(whole[n:], np.repeat(songs, 2, axis=0), atol=1e-5)
+    again, _ = training.rows("train", train_on="subsets", subsets=(3, 0.5, 0))
+    other, _ = training.rows("train", train_on="subsets", subsets=(3, 0.5, 1))
+    assert np.array_equal(again, x) and not np.allclose(other[n:], x[n:])
+    run = tmp_path / "siamese"
+    run.mkdir()
+    train(cfg_factory("train", "+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.train_on=subsets",
+                      "model.subsets=2", "model.ensemble=1", *combine, *data), run)
+    assert read_embeddings(run)[0].shape[0] == 18

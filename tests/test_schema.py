@@ -134,6 +134,8 @@ def test_a_components_settings_are_its_constructors_typed_parameters():
     siamese = schema.constructor_spec("siamrec.models.siamese.SiameseHead")  # aliases imported from heads.py
     assert siamese["trainable"].ok("last:2") and siamese["trainable"].ok(["block5"])
     assert not siamese["trainable"].ok("last") and not siamese["train_on"].ok("frames")
+    assert siamese["train_on"].ok("subsets") and not lda["train_on"].ok("subsets")  # only the Siamese head's
+    assert siamese["subset_fraction"].ok(0.5) and not siamese["subset_fraction"].ok(0) and not siamese["subsets"].ok(0)
     assert isinstance(siamese["loss"], schema.Component) and siamese["loss"].group == "loss"
 
 

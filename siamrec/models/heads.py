@@ -52,15 +52,21 @@ class Head:
 
     def fit(self, training) -> dict:
         """Fit on `training`'s rows of the train and valid splits (fit_rows); returns the history."""
-        x_tr, y_tr = training.rows("train", train_on=self.train_on)
+        x_tr, y_tr = training.rows("train", train_on=self.train_on, subsets=self.subsets())
         x_va, y_va = training.rows("valid")
         unit, songs = training.unit(self.train_on), training.count("train")
-        rows = f"{len(x_tr)} training songs" if unit == "songs" else f"{len(x_tr)} training {unit} of {songs} songs"
+        rows = f"{len(x_tr)} training songs" if unit == "songs" else \
+            f"{len(x_tr)} training rows ({songs} songs and {len(x_tr) - songs} of their window subsets)" \
+            if unit == "subsets" else f"{len(x_tr)} training {unit} of {songs} songs"
         print(f"fitting {self.kind} on {rows} and {len(x_va)} validation songs ({x_tr.shape[1]}-d features)")
         return self.fit_rows(x_tr, y_tr, x_va, y_va)
 
     def fit_rows(self, x_train, y_train, x_valid=None, y_valid=None) -> dict:
         return {}
+
+    def subsets(self) -> tuple[int, float, int] | None:
+        """With train_on=subsets: (vectors per song, fraction of its windows, seed) (siamrec.pipeline.Features)."""
+        return None
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -50,14 +50,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 
 from siamrec.errors import SiamrecError
-from siamrec.models.heads import (KerasHead, Shrinkage, Trainable, TrainOn, epoch_progress, l2_normalise,
-                                  seed_component)
+from siamrec.models.heads import (KerasHead, Shrinkage, Trainable, epoch_progress, l2_normalise, seed_component)
 from siamrec.schema import COMBINE, component, integer, list_of, number
+
+# songs: one pooled vector per song | windows: one row per window | subsets: each song's vector and `subsets` more,
+# each pooled from a random `subset_fraction` of its windows
+RowsOn = Literal["songs", "windows", "subsets"]
 
 Positive = Annotated[float, number(0, lo_open=True)]
 Count = Annotated[int, integer(1)]
@@ -188,7 +191,8 @@ class SiameseHead(KerasHead):
                  hidden: Annotated[list, list_of(integer(1), what="a list of layer widths (integers >= 1)")],
                  dim: Count, branches: Count, ensemble: Count, dropout: Annotated[float, number(0, 1, hi_open=True)],
                  lr: Positive, epochs: Count, refit: bool, classes_per_batch: Annotated[int, integer(2)],
-                 m_per_class: Annotated[int, integer(2)], seed: Annotated[int, integer(0)], train_on: TrainOn,
+                 m_per_class: Annotated[int, integer(2)], seed: Annotated[int, integer(0)], train_on: RowsOn,
+                 subsets: Count, subset_fraction: Annotated[float, number(0, 1, lo_open=True)],
                  finetune_backbone: bool, trainable: Trainable, backbone_lr: Positive, backbone_epochs: Count,
                  lda_share: Annotated[list, list_of(number(0, 1, hi_open=True), min_len=1,
                                                     what="a list of shares in [0, 1) (e.g. [0, 0.25, 0.5])")],
@@ -199,9 +203,15 @@ class SiameseHead(KerasHead):
                          ensemble=ensemble, lda_share=lda_share, lda_shrinkage=lda_shrinkage, dropout=dropout, lr=lr,
                          epochs=epochs, refit=refit,
                          classes_per_batch=classes_per_batch, m_per_class=m_per_class, seed=seed, train_on=train_on,
-                         finetune_backbone=finetune_backbone, trainable=trainable, backbone_lr=backbone_lr,
+                         subsets=subsets, subset_fraction=subset_fraction, finetune_backbone=finetune_backbone, trainable=trainable, backbone_lr=backbone_lr,
                          backbone_epochs=backbone_epochs)
         self.train_on = train_on
+
+    def subsets(self) -> tuple[int, float, int] | None:
+        c = self.cfg
+        if self.train_on != "subsets":
+            return None
+        return int(c["subsets"]), float(c["subset_fraction"]), int(c["seed"])
 
     def input_choices(self) -> list[list]:
         """`inputs`; only the configured one when the head trains through the backbone or on its windows (both
