@@ -168,24 +168,31 @@ class SongEncoder:
                 self.normaliser.fit(vectors[ok])
             vectors[ok] = self.normaliser(vectors[ok])
         windows = None
-        if keep_windows:  # each song's window features as its backbones gave them, one array per backbone
-            windows = [None if any(r.windows[i] is None for r in results) else [r.windows[i] for r in results]
-                       for i in range(len(paths))]
+        if keep_windows:  # each song's window features of the parts used, one array per backbone, not normalised
+            cols = [m.extractor.bundle.part_columns(self._parts(m)) for m in self.members]
+            windows = [None if any(r.windows[i] is None for r in results) else
+                       [r.windows[i][:, c] for r, c in zip(results, cols)] for i in range(len(paths))]
         return SongFeatures(vectors, windows, sorted(failures.items()), min(r.n_cached for r in results))
 
+    @staticmethod
+    def _parts(member: Member) -> dict[str, int]:
+        """The parts a member uses, with their widths, in the order of its backbone's window features."""
+        parts = member.extractor.bundle.parts
+        return {p: w for p, w in parts.items() if member.parts is None or p in member.parts}
+
     def window_vectors(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Each window's own vector (model.train_on=windows; one backbone): its parts, normalised."""
+        """Each window's own vector (model.train_on=windows; one backbone), normalised."""
         if self.combined:
             raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
                                "in length; use model.train_on=songs or subsets with features.combine")
-        m = self.members[0]
-        cols = m.extractor.bundle.part_columns(m.parts) if m.parts else slice(None)
-        return self.normaliser(windows[0][:, cols])
+        return self.normaliser(windows[0])
 
     def pooled(self, windows: list[np.ndarray]) -> np.ndarray:
-        """The song vector of these windows (one array per backbone), made as song_features makes a song's from all
-        of its windows."""
-        blocks = [m.extractor.pool_songs([w])[:, m.columns] for m, w in zip(self.members, windows)]
+        """The song vector of these windows (one array per backbone, as song_features keeps them), made as
+        song_features makes a song's from all of its windows."""
+        from siamrec.extractor.pooling import pool_windows
+
+        blocks = [pool_windows(w, m.extractor.pool, self._parts(m))[None] for m, w in zip(self.members, windows)]
         return self.normaliser(self._combine(blocks))[0]
 
     def stream(self, items, want_digest: bool = False, desc: str = "extract"):
