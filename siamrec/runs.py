@@ -14,12 +14,12 @@ import numpy as np
 from siamrec.errors import SiamrecError
 
 # items.csv of every run and library folder. The song's metadata (title, artist, album, duration in seconds,
-# MusicBrainz recording id) follows the first five; an empty cell is unknown. Folders written before the metadata
-# columns existed (the first five only) are read with the metadata empty.
+# MusicBrainz recording id, the codec the tag scan read) follows the first five; an empty cell is unknown. Folders
+# written before some metadata columns existed are read with those empty.
 BASE_COLUMNS = ("key", "path", "labels", "split", "group")
 META_COLUMNS = ("title", "artist", "album", "duration", "mbid", "codec")
 ITEM_COLUMNS = BASE_COLUMNS + META_COLUMNS
-# items.csv as older siamrecs wrote it, still read (the missing metadata empty): without metadata, without codec
+# items.csv as older siamrecs wrote it: without metadata, and without the codec
 OLDER_ITEM_COLUMNS = (BASE_COLUMNS, ITEM_COLUMNS[:-1])
 
 

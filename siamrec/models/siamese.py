@@ -44,6 +44,11 @@ input as configured. With audio and a validation split, a head is built afresh (
 each, and the one with the best validation MAP (``valid_map`` above) is kept (``valid_map_by_input`` in the
 history); the run saves that input's encoder, so new songs get it too. Training through the backbone or on its
 windows needs one backbone: the input is then the configured one.
+
+``train_on``: the training rows are the songs' vectors (``songs``), every window's (``windows``), or each song's
+vector followed by ``subsets`` more, each pooled and normalised as the song's own from a random ``subset_fraction``
+of each backbone's windows of the song (``subsets``: more, varied examples of a song's sound at the same scale as
+the song vectors it is scored on; siamrec.pipeline.Features.rows).
 """
 
 from __future__ import annotations
@@ -203,8 +208,8 @@ class SiameseHead(KerasHead):
                          ensemble=ensemble, lda_share=lda_share, lda_shrinkage=lda_shrinkage, dropout=dropout, lr=lr,
                          epochs=epochs, refit=refit,
                          classes_per_batch=classes_per_batch, m_per_class=m_per_class, seed=seed, train_on=train_on,
-                         subsets=subsets, subset_fraction=subset_fraction, finetune_backbone=finetune_backbone, trainable=trainable, backbone_lr=backbone_lr,
-                         backbone_epochs=backbone_epochs)
+                         subsets=subsets, subset_fraction=subset_fraction, finetune_backbone=finetune_backbone,
+                         trainable=trainable, backbone_lr=backbone_lr, backbone_epochs=backbone_epochs)
         self.train_on = train_on
 
     def subsets(self) -> tuple[int, float, int] | None:
