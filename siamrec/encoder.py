@@ -180,13 +180,6 @@ class SongEncoder:
         parts = member.extractor.bundle.parts
         return {p: w for p, w in parts.items() if member.parts is None or p in member.parts}
 
-    def window_vectors(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Each window's own vector (model.train_on=windows; one backbone), normalised."""
-        if self.combined:
-            raise SiamrecError("model.train_on=windows needs one backbone: the windows of combined backbones differ "
-                               "in length; use model.train_on=songs or subsets with features.combine")
-        return self.normaliser(windows[0])
-
     def pooled(self, windows: list[np.ndarray]) -> np.ndarray:
         """The song vector of these windows (one array per backbone, as song_features keeps them), made as
         song_features makes a song's from all of its windows."""

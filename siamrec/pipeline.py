@@ -81,7 +81,8 @@ class Features:
         if train_on == "songs" or self.windows is None or not len(idx):
             return self.x[idx], y[idx]
         if train_on == "windows":
-            return window_rows({i: self.encoder.window_vectors(self.windows[i]) for i in idx}, y, idx)
+            # one backbone (TrainingSet.rows refuses combined ones): each window's vector, normalised
+            return window_rows({i: self.encoder.normaliser(self.windows[i][0]) for i in idx}, y, idx)
         count, fraction, seed = subsets
         rng = np.random.default_rng(seed)
         rows, labels = [self.x[idx]], [y[idx]]

@@ -211,9 +211,7 @@ class Catalogue:
         playable = self._play.get(row)
         if playable is None:
             ext = os.path.splitext(self.paths[row])[1].lower()
-            playable = "native" if ext in NATIVE else "wav" if ext in TRANSCODED else "no"
-            if playable == "native" and self.codecs[row] == "alac":
-                playable = "wav"
+            playable = "wav" if self._sent_as_wav(row) else "native" if ext in NATIVE else "no"
             if playable != "no" and not self._exists(row):
                 playable = "no"
             self._play[row] = playable
@@ -300,10 +298,11 @@ class Catalogue:
     def transcoded(self, row: int) -> bool:
         """Whether the song is sent as WAV: a format browsers do not play, or an .m4a holding Apple Lossless (the
         codec the tag scan read; an index without it has the file's header read)."""
-        path = self.paths[row] or ""
-        if Path(path).suffix.lower() in TRANSCODED or self.codecs[row] == "alac":
-            return True
-        return not self.codecs[row] and _lossless_mp4(path)
+        return self._sent_as_wav(row) or not self.codecs[row] and _lossless_mp4(self.paths[row] or "")
+
+    def _sent_as_wav(self, row: int) -> bool:
+        """Sent as WAV by what the index knows: the file's extension, or the codec the tag scan read."""
+        return Path(self.paths[row] or "").suffix.lower() in TRANSCODED or self.codecs[row] == "alac"
 
     def audio(self, row: int) -> tuple[str, str | bytes]:
         """("file", path) for a format browsers play, ("wav", bytes) for one transcoded to WAV."""
