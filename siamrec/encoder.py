@@ -180,13 +180,14 @@ class SongEncoder:
         parts = member.extractor.bundle.parts
         return {p: w for p, w in parts.items() if member.parts is None or p in member.parts}
 
-    def pooled(self, windows: list[np.ndarray]) -> np.ndarray:
-        """The song vector of these windows (one array per backbone, as song_features keeps them), made as
-        song_features makes a song's from all of its windows."""
+    def pooled(self, subsets: list[list[np.ndarray]]) -> np.ndarray:
+        """One song vector per subset of windows (each a list of one array per backbone, as song_features keeps a
+        song's windows), made as song_features makes a song's from all of its windows: (len(subsets), dim)."""
         from siamrec.extractor.pooling import pool_windows
 
-        blocks = [pool_windows(w, m.extractor.pool, self._parts(m))[None] for m, w in zip(self.members, windows)]
-        return self.normaliser(self._combine(blocks))[0]
+        blocks = [np.stack([pool_windows(windows[k], m.extractor.pool, self._parts(m)) for windows in subsets])
+                  for k, m in enumerate(self.members)]
+        return self.normaliser(self._combine(blocks))
 
     def stream(self, items, want_digest: bool = False, desc: str = "extract"):
         """Yield (index, vector or None, error or None, digest) for the (index, path) `items`, in order."""

@@ -74,8 +74,9 @@ class Features:
     def rows(self, *splits: str, train_on: str = "songs", subsets: tuple[int, float, int] | None = None):
         """(features, labels) of the items in `splits`: one row per song; with train_on=windows one per window,
         each with its song's labels; with train_on=subsets each song's row followed by `subsets` = (count,
-        fraction, seed): count more rows per song, each pooled from a random fraction of each backbone's windows
-        of the song (a song's windows stay in its split). Without windows (data=features): one row per song."""
+        fraction, seed): count more rows per song of more than one window, each pooled from a random fraction of each
+        backbone's windows of the song (a song's windows stay in its split). Without windows (data=features): one
+        row per song."""
         idx = np.flatnonzero(self.data.mask(*splits))
         y = self.data.y
         if train_on == "songs" or self.windows is None or not len(idx):
@@ -88,9 +89,10 @@ class Features:
         rows, labels = [self.x[idx]], [y[idx]]
         for i in idx:
             song = self.windows[i]
-            rows += [self.encoder.pooled([w[np.sort(rng.choice(len(w), max(1, round(len(w) * fraction)),
-                                                               replace=False))] for w in song])[None]
-                     for _ in range(count)]
+            if max(len(w) for w in song) < 2:  # one window: every subset would be the song's own vector
+                continue
+            rows.append(self.encoder.pooled([[w[np.sort(rng.choice(len(w), max(1, round(len(w) * fraction)),
+                                                                replace=False))] for w in song] for _ in range(count)]))
             labels.append(np.repeat(y[i][None], count, axis=0))
         return np.concatenate(rows).astype(np.float32), np.concatenate(labels)
 

@@ -566,7 +566,7 @@ def test_training_rows_of_window_subsets(toy_library, tmp_path, cfg_factory, req
     for j, i in enumerate(train_idx[:3]):
         windows = features.windows[i]
         assert [len(w) for w in windows] == ([4, 1] if combined else [4])  # Choi's 29 s: one padded window
-        pairs = [encoder.pooled([windows[0][list(p)], *windows[1:]]) for p in combinations(range(4), 2)]
+        pairs = encoder.pooled([[windows[0][list(p)], *windows[1:]] for p in combinations(range(4), 2)])
         for row in x[n + 3 * j:n + 3 * j + 3]:
             assert not np.allclose(row, songs[j], atol=1e-4)  # half of the windows: not the song's vector
             assert min(np.abs(row - p).max() for p in pairs) < 1e-5  # two of its four windows (and Choi's one)
@@ -580,3 +580,17 @@ def test_training_rows_of_window_subsets(toy_library, tmp_path, cfg_factory, req
     train(cfg_factory("train", "+model=siamese", "model.epochs=2", "model.m_per_class=2", "model.train_on=subsets",
                       "model.subsets=2", "model.ensemble=1", *combine, *data), run)
     assert read_embeddings(run)[0].shape[0] == 18
+
+
+def test_songs_of_one_window_get_no_subset_rows(toy_library, tmp_path, cfg_factory):
+    """A song read as one window (clip.windows=first) has no subsets but its own vector: train_on=subsets gives it
+    no repeated rows."""
+    from siamrec.pipeline import TrainingSet, load_data
+
+    cfg = cfg_factory("train", "+model=siamese", "data=folder", f"data.root={toy_library}", "split.valid=0.17",
+                      "split.test=0.34", *TOY, "clip.windows=first", "plots=false")
+    training = TrainingSet(cfg, load_data(cfg, tmp_path), tmp_path)
+    songs, labels = training.rows("train")
+    x, y = training.rows("train", train_on="subsets", subsets=(3, 0.5, 0))
+    assert len(songs) > 2 and all(len(w) == 1 for song in training._features.windows for w in song)
+    assert np.array_equal(x, songs) and np.array_equal(y, labels)

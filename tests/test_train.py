@@ -249,9 +249,11 @@ def test_siamese_end_to_end_updates_the_backbone_and_reloads(tmp_path, cfg_facto
 
 
 def test_the_same_song_vectors_and_seed_give_the_same_siamese_head_from_audio_or_from_features(
-        tmp_path, cfg_factory, audio_folder):
+        tmp_path, cfg_factory, audio_folder, capsys):
     """Through audio a (random, unseeded) backbone is built before the head and consumes random state; through
-    data=features nothing is. The head must not depend on that: it is seeded from its own seed when built."""
+    data=features nothing is. The head must not depend on that: it is seeded from its own seed when built. (The
+    same song vectors: model.train_on=songs; the default, subsets, also trains on the windows of audio, which
+    saved features do not hold, and a run on features says so.)"""
     import keras
 
     from siamrec.cli import seed_everything
@@ -262,7 +264,7 @@ def test_the_same_song_vectors_and_seed_give_the_same_siamese_head_from_audio_or
     audio = tmp_path / "audio"
     audio.mkdir()
     seed_everything(0)
-    cfg = cfg_factory("train", *head, *audio_args(audio_folder))
+    cfg = cfg_factory("train", *head, "model.train_on=songs", *audio_args(audio_folder))
     train(cfg, audio)
     # the run's own pre-head song vectors, in the library's order, with its split, as precomputed features
     _, items = read_embeddings(audio)
@@ -273,19 +275,27 @@ def test_the_same_song_vectors_and_seed_give_the_same_siamese_head_from_audio_or
     for name in ("train", "valid", "test"):
         lists[name] = tmp_path / f"{name}.txt"
         lists[name].write_text("".join(f"{it['key']}\n" for it in items if it["split"] == name))
+    on_features = ["data=features", f"data.features=[{tmp_path / 'x.npy'}]", f"data.labels={tmp_path / 'labels.csv'}",
+                   "data.key_column=key", "split=files", *(f"split.{n}={p}" for n, p in lists.items())]
     feats = tmp_path / "features"
     feats.mkdir()
     seed_everything(0)
     keras.random.uniform((3,))  # whatever consumed random state before the head must not matter
-    train(cfg_factory("train", *head, "data=features", f"data.features=[{tmp_path / 'x.npy'}]",
-                      f"data.labels={tmp_path / 'labels.csv'}", "data.key_column=key", "split=files",
-                      *(f"split.{n}={p}" for n, p in lists.items())), feats)
+    train(cfg_factory("train", *head, "model.train_on=songs", *on_features), feats)
     a = keras.saving.load_model(audio / "model.keras", safe_mode=True).get_weights()
     b = keras.saving.load_model(feats / "model.keras", safe_mode=True).get_weights()
     assert len(a) == len(b)
     for wa, wb in zip(a, b):
         np.testing.assert_array_equal(wa, wb)
     np.testing.assert_allclose(read_embeddings(audio)[0], read_embeddings(feats)[0], atol=1e-6)
+    # subsets of windows on features without windows: the songs' own rows, and the run says so
+    subsets = tmp_path / "subsets"
+    subsets.mkdir()
+    capsys.readouterr()
+    train(cfg_factory("train", *head, *on_features, "model.train_on=subsets"), subsets)
+    assert "model.train_on=subsets needs the windows of audio; these features have none" in capsys.readouterr().out
+    for wa, wb in zip(b, keras.saving.load_model(subsets / "model.keras", safe_mode=True).get_weights()):
+        np.testing.assert_array_equal(wa, wb)
 
 
 def test_the_inputs_to_choose_among_need_audio_a_validation_split_and_a_backbone_not_yet_in_the_input(cfg_factory):

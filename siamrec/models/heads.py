@@ -58,6 +58,8 @@ class Head:
         rows = f"{len(x_tr)} training songs" if unit == "songs" else \
             f"{len(x_tr)} training rows ({songs} songs and {len(x_tr) - songs} of their window subsets)" \
             if unit == "subsets" else f"{len(x_tr)} training {unit} of {songs} songs"
+        if unit != self.train_on:
+            rows += f" (model.train_on={self.train_on} needs the windows of audio; these features have none)"
         print(f"fitting {self.kind} on {rows} and {len(x_va)} validation songs ({x_tr.shape[1]}-d features)")
         return self.fit_rows(x_tr, y_tr, x_va, y_va)
 
