@@ -2,12 +2,15 @@
 (musicnn): its parts, their pooling, and a normalisation fitted on the listener's own library without labels.
 
     python scripts/bench_label_free.py [--seeds 0 1 2] [--cache DIR] [--split test|valid] [--expand K] [--extra ...]
+                                       [--root DIR] [--raga DIR]
 
 Columns: Emotify genres and emotions (400 real one-minute excerpts; csv manifests with groups; group-aware
 stratified splits, seeds 0-2; test songs ranked against test songs, as `evaluate +model=identity`; `--split valid`
 scores the validation songs instead, songs a candidate chosen on the test columns was not compared on) and RagaVeda
 leave-one-out (69 real raga clips, every clip a query against the other 68: eval.protocol=cross). The
 normalisations are fitted on every song of the library (the listener's whole collection; no label is used).
+`--root` (a folder with Emotify-style genres.csv and emotions.csv manifests) and `--raga` (a folder of label folders)
+replace the shared sets, e.g. for a tiny run.
 
 The normalisations are the project's `features.normalise` (siamrec.encoder.Normaliser): none, centre, standardise,
 whiten (PCA whitening of the standardised vectors, eps in units of the mean eigenvalue).
@@ -49,7 +52,7 @@ def window_features(overrides: list[str], shared: Path, cache: str):
     encoder = make_encoder(cfg, data, all_parts=True)
     sf = encoder.song_features(list(lib.paths), keep_windows=True, desc=Path(str(lib.paths[0])).parent.parent.name)
     ok = sf.ok
-    return data.subset(ok), [w for w, k in zip(sf.windows, ok) if k], encoder.main.bundle.parts, cfg
+    return data.subset(ok), [w[0] for w, k in zip(sf.windows, ok) if k], encoder.main.bundle.parts, cfg
 
 
 def part_vector(windows, layout: dict, part: str, pool: str) -> np.ndarray:
@@ -175,10 +178,15 @@ def main() -> int:
                    help="query expansion of the scoring (default: the config's query_expansion)")
     p.add_argument("--extra", nargs="*", default=[],
                    help="more overrides of the extraction, e.g. backbone=musicnn_mtt (a musicnn backbone)")
+    p.add_argument("--root", type=Path, default=shared / "audio" / "emotify",
+                   help="the Emotify-style folder: genres.csv and emotions.csv manifests (path,labels[,group])")
+    p.add_argument("--raga", type=Path, default=shared / "audio" / "ragaveda",
+                   help="the leave-one-out set: a folder of label folders")
     args = p.parse_args()
-    emotify, raga = shared / "audio" / "emotify", shared / "audio" / "ragaveda"
-    if not (emotify / "genres.csv").is_file() or not raga.is_dir():
-        print(f"no Emotify / RagaVeda audio under {shared}: set SIAMREC_SHARED")
+    emotify, raga = args.root, args.raga
+    if not all((emotify / f"{labels}.csv").is_file() for labels in ("genres", "emotions")) or not raga.is_dir():
+        print(f"no genres.csv and emotions.csv under {emotify} or no folder {raga}: set SIAMREC_SHARED, or --root "
+              f"and --raga")
         return 2
     from omegaconf import OmegaConf
 

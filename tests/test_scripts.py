@@ -41,8 +41,7 @@ needs_weights = pytest.mark.skipif(not (SHARED / "weights").is_dir(),
 
 
 # Scripts without a tiny run yet, and why (each is a debt: give it a size option and a test below).
-NO_TINY_RUN = {"radio_emotify.py": "embeds the whole Emotify library from the shared data (no size option yet)",
-               "bench_label_free.py": "measures on the whole shared Emotify and RagaVeda sets (no size option yet)"}
+NO_TINY_RUN = {"radio_emotify.py": "embeds the whole Emotify library from the shared data (no size option yet)"}
 
 
 def test_every_script_has_a_tiny_run_here():
@@ -134,6 +133,15 @@ def test_bench_musicnn(tmp_path, songs):
     out = run_script("bench_musicnn.py", "--root", manifest(songs, "labels.csv", "label"), "--batch", 2,
                      cwd=tmp_path)
     assert "| penultimate | 200 |" in out
+
+
+@needs_weights
+def test_bench_label_free(tmp_path, songs):
+    """Each song's window features are one array of every musicnn part (as the candidates slice them)."""
+    manifest(songs, "genres.csv", "labels")
+    out = run_script("bench_label_free.py", "--root", manifest(songs, "emotions.csv", "labels"), "--raga", songs,
+                     "--seeds", 0, "--cache", tmp_path / "cache", "--extra", "split.test=0.5", cwd=tmp_path)
+    assert "| penultimate, windows L2-normalised, centre, signed sqrt, + 5 nearest songs | " in out
 
 
 def test_bench_windows(tmp_path, songs):
