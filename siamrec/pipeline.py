@@ -221,11 +221,12 @@ class TrainingSet:
         return self._member
 
     def clips(self, split: str, train_on: str) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded windows and their songs' labels: each song's first (train_on=songs) or every window."""
+        """Decoded windows and their songs' labels: every window (train_on=windows) or each song's first (songs, and
+        subsets, whose rows are pooled: the end-to-end phase trains on one window a song unless asked for all)."""
         windows, idx = self._decoded(), np.flatnonzero(self.data.mask(split))
         if not len(idx):
             return np.empty((0, 0), np.float32), self.data.y[idx]
-        return window_rows(windows, self.data.y, idx, first_only=train_on == "songs")
+        return window_rows(windows, self.data.y, idx, first_only=train_on != "windows")
 
     def song_windows(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
         """Each song's decoded windows, and the labels of the songs."""

@@ -594,3 +594,21 @@ def test_songs_of_one_window_get_no_subset_rows(toy_library, tmp_path, cfg_facto
     x, y = training.rows("train", train_on="subsets", subsets=(3, 0.5, 0))
     assert len(songs) > 2 and all(len(w) == 1 for song in training._features.windows for w in song)
     assert np.array_equal(x, songs) and np.array_equal(y, labels)
+
+
+def test_the_end_to_end_phase_trains_on_each_songs_first_window_unless_asked_for_every_window(
+        toy_library, tmp_path, cfg_factory):
+    """TrainingSet.clips: the decoded windows the backbone is trained through; train_on=subsets (whose rows are
+    pooled) takes each song's first window, as songs does; only train_on=windows takes all of them."""
+    from siamrec.pipeline import TrainingSet, load_data
+
+    cfg = cfg_factory("train", "+model=siamese", "data=folder", f"data.root={toy_library}", "split.valid=0.17",
+                      "split.test=0.34", *TOY, "clip.windows=spread:4", "plots=false")
+    training = TrainingSet(cfg, load_data(cfg, tmp_path), tmp_path)
+    training.backbone("the test")
+    songs = training.count("train")
+    every, y_every = training.clips("train", "windows")
+    first, y_first = training.clips("train", "songs")
+    subsets, y_subsets = training.clips("train", "subsets")
+    assert len(every) == 4 * songs and len(first) == songs and np.array_equal(every[::4], first)
+    assert np.array_equal(subsets, first) and np.array_equal(y_subsets, y_first)
