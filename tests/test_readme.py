@@ -26,7 +26,8 @@ def composed(*overrides):
 
 def setting(key: str, overrides=()):
     """The composed value of `key`: a group's chosen option, or the value at `key` (a backbone's own setting is
-    looked up in the backbone that has it when the default backbone has none)."""
+    looked up in the backbone that has it when the default backbone has none; a model's, which no model is by
+    default, in the Siamese head's)."""
     cfg, choices = composed(*overrides)
     if key in choices:
         return choices[key]
@@ -35,6 +36,8 @@ def setting(key: str, overrides=()):
         if part not in node:
             if key.startswith("backbone.") and not overrides:
                 return setting(key, ["backbone=choi2017"])
+            if key.startswith("model.") and not overrides:
+                return setting(key, ["+model=siamese"])
             raise KeyError(f"the README names {key}, which the config does not have")
         node = node[part]
     return node
