@@ -185,8 +185,10 @@ class SongEncoder:
         song's windows), made as song_features makes a song's from all of its windows: (len(subsets), dim)."""
         from siamrec.extractor.pooling import pool_windows
 
-        blocks = [np.stack([pool_windows(windows[k], m.extractor.pool, self._parts(m)) for windows in subsets])
-                  for k, m in enumerate(self.members)]
+        blocks = []
+        for k, m in enumerate(self.members):
+            pool, parts = m.extractor.pool, self._parts(m)  # once per backbone, not once per subset
+            blocks.append(np.stack([pool_windows(windows[k], pool, parts) for windows in subsets]))
         return self.normaliser(self._combine(blocks))
 
     def stream(self, items, want_digest: bool = False, desc: str = "extract"):
