@@ -6,11 +6,12 @@ with the radio rules (the defaults of conf/config.yaml) and without (recommend.r
 cosine distance of each pair next to the library's nearest-neighbour distances. Exits 1 if a ruled playlist
 holds a pair.
 
-    python scripts/radio_emotify.py [--run RUN] [--k 10 25]
+    python scripts/radio_emotify.py [--run RUN] [--k 10 25] [--manifest CSV --pairs A B [C D ...]] [--extra ...]
 
 Without --run it embeds the library first (python -m siamrec evaluate +model=identity data=csv
-data.manifest=$SIAMREC_SHARED/audio/emotify/genres.csv; the feature cache makes a second run quick). Needs the
-shared data ($SIAMREC_SHARED, default ../shared).
+data.manifest=$SIAMREC_SHARED/audio/emotify/genres.csv, plus the --extra overrides; the feature cache makes a
+second run quick). Needs the shared data ($SIAMREC_SHARED, default ../shared), or another library given by
+--manifest (a csv of data=csv) and its duplicate pairs by --pairs (keys of the manifest, two by two).
 """
 
 from __future__ import annotations
@@ -40,22 +41,34 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a run of the Emotify library (default: embed it now)")
     ap.add_argument("--k", type=int, nargs="+", default=[10, 25])
+    ap.add_argument("--manifest", type=Path, help="the library's csv (default: Emotify's genres.csv, shared data)")
+    ap.add_argument("--pairs", nargs="+", default=[k for pair in PAIRS for k in pair],
+                    help="the keys of the duplicate recordings, two by two (default: Emotify's five pairs)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the evaluate run")
     args = ap.parse_args()
+    if len(args.pairs) % 2:
+        ap.error(f"--pairs {' '.join(args.pairs)}: give the keys two by two (an even number)")
     shared = Path(os.environ.get("SIAMREC_SHARED", REPO.parent / "shared"))
-    manifest = shared / "audio" / "emotify" / "genres.csv"
+    manifest = args.manifest or shared / "audio" / "emotify" / "genres.csv"
     if args.run is None:
         if not manifest.is_file():
-            print(f"no Emotify library at {manifest}: set SIAMREC_SHARED")
+            print(f"no library at {manifest}: set SIAMREC_SHARED or give --manifest")
             return 2
         args.run = Path(tempfile.mkdtemp(prefix="siamrec-emotify-")) / "run"
         cmd = [sys.executable, "-m", "siamrec", "evaluate", "+model=identity", "data=csv",
-               f"data.manifest={manifest}", "plots=false", f"hydra.run.dir={args.run}"]
+               f"data.manifest={manifest.resolve()}", "plots=false", f"hydra.run.dir={args.run}", *args.extra]
         print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).returncode:
+            print("the library could not be embedded (the evaluate run's message above)")
+            return 2
     emb, items = read_embeddings(args.run)
     keys = [it["key"] for it in items]
     row = {k: i for i, k in enumerate(keys)}
-    pairs = [(row[a], row[b]) for a, b in PAIRS]
+    missing = [k for k in args.pairs if k not in row]
+    if missing:
+        print(f"--pairs: {', '.join(missing)} not among the {len(keys)} songs of {args.run} (keys as in items.csv)")
+        return 2
+    pairs = [(row[a], row[b]) for a, b in zip(args.pairs[::2], args.pairs[1::2])]
     twin = {a: b for a, b in pairs} | {b: a for a, b in pairs}
     rules = Rules.from_config(OmegaConf.load(REPO / "conf" / "config.yaml").recommend.rules)
     radio = Radio(emb, Songs(items), ExactIndex(emb))

@@ -41,7 +41,7 @@ needs_weights = pytest.mark.skipif(not (SHARED / "weights").is_dir(),
 
 
 # Scripts without a tiny run yet, and why (each is a debt: give it a size option and a test below).
-NO_TINY_RUN = {"radio_emotify.py": "embeds the whole Emotify library from the shared data (no size option yet)"}
+NO_TINY_RUN: dict[str, str] = {}
 
 
 def test_every_script_has_a_tiny_run_here():
@@ -142,6 +142,24 @@ def test_bench_label_free(tmp_path, songs):
     out = run_script("bench_label_free.py", "--root", manifest(songs, "emotions.csv", "labels"), "--raga", songs,
                      "--seeds", 0, "--cache", tmp_path / "cache", "--extra", "split.test=0.5", cwd=tmp_path)
     assert "| penultimate, windows L2-normalised, centre, signed sqrt, + 5 nearest songs | " in out
+
+
+def test_radio_emotify_keeps_a_duplicate_recording_out_of_the_ruled_playlists(tmp_path, songs):
+    """A byte copy of a song is its twin: the plain playlists of 17 songs hold the pair, the ruled ones never."""
+    first = sorted((songs / "style0").iterdir())[0]
+    twin = first.with_name("song9999" + first.suffix)
+    shutil.copy(first, twin)
+    manifest(songs, "genres.csv", "labels")
+    pair = [p.relative_to(songs).as_posix() for p in (first, twin)]
+    out = run_script("radio_emotify.py", "--manifest", songs / "genres.csv", "--pairs", *pair, "--k", 5,
+                     "--extra", "backbone=choi2017", "backbone.pretrained=false", "eval.protocol=test_vs_all",
+                     f"paths.cache={tmp_path / 'cache'}",
+                     cwd=tmp_path)
+    counts = re.search(r"k=5: 17 playlists; a duplicate pair together \(seed included\) in (\d+) plain playlists, "
+                       r"(\d+) with the radio rules", out)
+    assert counts, out
+    assert int(counts[1]) >= 2 and int(counts[2]) == 0  # each twin's plain playlist starts with the other
+    assert f"{pair[0]}/song9999{first.suffix} 0.0000" in out
 
 
 def test_bench_windows(tmp_path, songs):

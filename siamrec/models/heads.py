@@ -55,9 +55,10 @@ class Head:
         x_tr, y_tr = training.rows("train", train_on=self.train_on, subsets=self.subsets())
         x_va, y_va = training.rows("valid")
         unit, songs = training.unit(self.train_on), training.count("train")
-        rows = f"{len(x_tr)} training songs" if unit == "songs" else \
-            f"{len(x_tr)} training rows ({songs} songs and {len(x_tr) - songs} of their window subsets)" \
-            if unit == "subsets" else f"{len(x_tr)} training {unit} of {songs} songs"
+        rows = {"songs": f"{len(x_tr)} training songs",
+                "windows": f"{len(x_tr)} training windows of {songs} songs",
+                "subsets": f"{len(x_tr)} training rows ({songs} songs and {len(x_tr) - songs} of their window "
+                           "subsets)"}[unit]
         if unit != self.train_on:
             rows += f" (model.train_on={self.train_on} needs the windows of audio; these features have none)"
         print(f"fitting {self.kind} on {rows} and {len(x_va)} validation songs ({x_tr.shape[1]}-d features)")

@@ -210,8 +210,7 @@ class Catalogue:
         Found once per song (a file's presence is checked once; every playlist entry asks)."""
         playable = self._play.get(row)
         if playable is None:
-            ext = os.path.splitext(self.paths[row])[1].lower()
-            playable = "wav" if self._sent_as_wav(row) else "native" if ext in NATIVE else "no"
+            playable = "wav" if self._sent_as_wav(row) else "native" if self._ext(row) in NATIVE else "no"
             if playable != "no" and not self._exists(row):
                 playable = "no"
             self._play[row] = playable
@@ -298,11 +297,15 @@ class Catalogue:
     def transcoded(self, row: int) -> bool:
         """Whether the song is sent as WAV: a format browsers do not play, or an .m4a holding Apple Lossless (the
         codec the tag scan read; an index without it has the file's header read)."""
-        return self._sent_as_wav(row) or not self.codecs[row] and _lossless_mp4(self.paths[row] or "")
+        return self._sent_as_wav(row) or not self.codecs[row] and _lossless_mp4(self.paths[row])
 
     def _sent_as_wav(self, row: int) -> bool:
         """Sent as WAV by what the index knows: the file's extension, or the codec the tag scan read."""
-        return Path(self.paths[row] or "").suffix.lower() in TRANSCODED or self.codecs[row] == "alac"
+        return self._ext(row) in TRANSCODED or self.codecs[row] == "alac"
+
+    def _ext(self, row: int) -> str:
+        """The song's file extension, lower case with its dot ("" without a file)."""
+        return Path(self.paths[row]).suffix.lower()
 
     def audio(self, row: int) -> tuple[str, str | bytes]:
         """("file", path) for a format browsers play, ("wav", bytes) for one transcoded to WAV."""
