@@ -35,8 +35,8 @@ def main() -> int:
     from omegaconf import OmegaConf
 
     from siamrec.index import ExactIndex
-    from siamrec.rules import Radio, Rules, Songs
-    from siamrec.runs import read_embeddings
+    from siamrec.rules import Radio, Rules, Songs, sound_note
+    from siamrec.runs import label_free, read_embeddings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a run of the Emotify library (default: embed it now)")
@@ -71,7 +71,9 @@ def main() -> int:
     pairs = [(row[a], row[b]) for a, b in zip(args.pairs[::2], args.pairs[1::2])]
     twin = {a: b for a, b in pairs} | {b: a for a, b in pairs}
     rules = Rules.from_config(OmegaConf.load(REPO / "conf" / "config.yaml").recommend.rules)
-    radio = Radio(emb, Songs(items), ExactIndex(emb))
+    radio = Radio(emb, Songs(items), ExactIndex(emb), label_free(args.run))
+    if sound_note(rules, radio.label_free):
+        print(sound_note(rules, radio.label_free))
 
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     sims = unit @ unit.T

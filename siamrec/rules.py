@@ -12,7 +12,10 @@ similar down:
   bracketed parts ("(Live)", "[Remastered 2011]"), " - Live" style suffixes and "feat. ..." are stripped, or the
   same MusicBrainz recording id, or an embedding within `dup_distance` (cosine distance) of a chosen song, or
   within the looser `dup_distance_artist` of a chosen song of the same artist (a live take, a remaster, the same
-  recording filed twice: measured on Emotify's duplicate recordings, scripts/radio_emotify.py);
+  recording filed twice: measured on Emotify's duplicate recordings, scripts/radio_emotify.py). These two sound
+  rules apply to a label-free embedding (the pretrained song vectors: an identity run, a library's index), where a
+  small distance means the same sound; on a trained head's embedding, whose distances measure shared labels (songs
+  of one genre drawn together), only with `dup_on_trained` (Radio's `label_free`, siamrec.runs.label_free);
 * `labels`: only songs carrying one of these labels (genres), `min_duration`/`max_duration` (seconds; a song
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
   "artist - title") and artists never played.
@@ -64,6 +67,7 @@ class Rules:
     dedupe: bool = False
     dup_distance: float = 0.0
     dup_distance_artist: float = 0.0
+    dup_on_trained: bool = False
     labels: tuple[str, ...] = ()
     min_duration: float | None = None
     max_duration: float | None = None
@@ -104,8 +108,9 @@ class Rules:
             bad("max_per_artist", "an integer >= 1 or null (no limit)")
         if not _is_int(self.album_gap) or self.album_gap < 0:
             bad("album_gap", "an integer >= 0 (0: off)")
-        if not isinstance(self.dedupe, bool):
-            bad("dedupe", "true or false")
+        for key in ("dedupe", "dup_on_trained"):
+            if not isinstance(getattr(self, key), bool):
+                bad(key, "true or false")
         for key in ("dup_distance", "dup_distance_artist"):
             if not _is_num(getattr(self, key)) or not 0 <= getattr(self, key) < 1:
                 bad(key, "a number in [0, 1) (0: off)")
@@ -128,6 +133,15 @@ def _is_int(v) -> bool:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and v == v
+
+
+def sound_note(rules: Rules | None, label_free: bool) -> str | None:
+    """One line when `rules` ask for the sound rules and the embedding (not `label_free`) leaves them out."""
+    if rules is None or label_free or rules.dup_on_trained or not (rules.dup_distance or rules.dup_distance_artist):
+        return None
+    return ("radio rules: dup_distance and dup_distance_artist are off for this run: its embedding is a trained "
+            "head's, where a small distance means shared labels, not the same recording (versions are still found "
+            "by their tags; recommend.rules.dup_on_trained=true applies them anyway)")
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -275,8 +289,9 @@ class _State:
         self.songs, self.radio = songs, radio
         self.cap, self.gap, self.dedupe = rules.max_per_artist, rules.album_gap, rules.dedupe
         # similarities are float32; the near-identical limit is compared as float32 too, the same-artist one not
-        self.near_limit = float(np.float32(1 - rules.dup_distance)) if rules.dup_distance > 0 else None
-        self.artist_limit = 1 - rules.dup_distance_artist if rules.dup_distance_artist > 0 else None
+        sound = radio.label_free or rules.dup_on_trained
+        self.near_limit = float(np.float32(1 - rules.dup_distance)) if sound and rules.dup_distance > 0 else None
+        self.artist_limit = 1 - rules.dup_distance_artist if sound and rules.dup_distance_artist > 0 else None
         self.per_artist: dict[int, int] = {}
         self.full: set[int] = set()  # the artists at max_per_artist
         self.album_at: dict[int, int] = {}
@@ -436,7 +451,10 @@ class Playlist:
 class Radio:
     """Ruled playlists and A→B paths over a library's embeddings, searched with its index."""
 
-    def __init__(self, emb: np.ndarray, songs: Songs, index):
+    def __init__(self, emb: np.ndarray, songs: Songs, index, label_free: bool = True):
+        """`label_free`: the embedding is the pretrained song vectors, where the sound rules apply (see the module's
+        doc); a trained head's is not (siamrec.runs.label_free tells a run's)."""
+        self.label_free = label_free
         self.emb = np.asarray(emb, dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", self.emb, self.emb))  # not np.linalg.norm: see index.normalise
         self.inv_norms = (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)

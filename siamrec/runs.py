@@ -357,6 +357,15 @@ def unmark_finished(folder) -> None:
         raise SiamrecError(f"cannot write {folder}: {disk_reason(exc)}") from None
 
 
+def label_free(run_dir) -> bool:
+    """Whether the run's embedding is the pretrained song vectors, trained on no labels: an identity model, an
+    evaluate run or a library's index (no head.json, or an identity head's), not a head trained on labels."""
+    if not (Path(run_dir) / "head.json").is_file():
+        return True
+    head = read_run_file(run_dir, "head.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    return isinstance(head, dict) and head.get("kind") == "identity"
+
+
 def read_run_file(run_dir, name: str, read):
     """`read(path)` of the run's file `name`; a missing, damaged or foreign file is a SiamrecError naming it (one
     line), whatever the reader raised."""

@@ -302,7 +302,8 @@ SCHEMA: dict = {
         "to": path(null=True), "relative_to": path(null=True),
         "rules": Switch(max_per_artist=integer(1, null=True), album_gap=integer(0), dedupe=boolean(),
                         dup_distance=number(0, 1, hi_open=True),
-                        dup_distance_artist=number(0, 1, hi_open=True), labels=list_of(path()),
+                        dup_distance_artist=number(0, 1, hi_open=True), dup_on_trained=boolean(),
+                        labels=list_of(path()),
                         min_duration=number(0, null=True), max_duration=number(0, null=True), exclude=list_of(path())),
     },
     "extract": {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -11,10 +12,10 @@ import pytest
 from radio_lib import EXPECTED_DEFAULT, SONGS, radio_run
 from siamrec.errors import SiamrecError
 from siamrec.index import ExactIndex
-from siamrec.rules import Radio, Rules, Songs, normal_text, normal_title
-from siamrec.runs import read_embeddings
+from siamrec.rules import Radio, Rules, Songs, normal_text, normal_title, sound_note
+from siamrec.runs import label_free, mark_finished, read_embeddings
 
-DEFAULT = Rules(max_per_artist=2, album_gap=3, dedupe=True, dup_distance=0.01, dup_distance_artist=0.05)
+DEFAULT = Rules(max_per_artist=2, album_gap=3, dedupe=True, dup_distance=0.01, dup_distance_artist=0.06)
 
 
 def radio_of(run) -> Radio:
@@ -95,6 +96,33 @@ def test_a_near_identical_sound_is_a_duplicate_sooner_for_one_artist():
     radio = Radio(emb, Songs(items), ExactIndex(emb))
     rows = [r for r, _ in radio.playlist(emb[0], 7, DEFAULT, seeds=[0]).picks]
     assert rows == [1, 3, 4, 5, 7]
+
+
+def test_a_trained_heads_embedding_keeps_songs_the_sound_rules_would_drop(tmp_path, capsys):
+    """On a trained head's run (head.json of a trained kind) a small distance means shared labels, not the same
+    recording: row 13, a hair from row 12, stays unless dup_on_trained; the tag rules still apply; recommend says
+    so in one line. An identity model's run (or none: a library's index) keeps the sound rules."""
+    run = radio_run(tmp_path / "run")
+    seed = "A/Alb1/00 Tum Hi Ho.flac"
+    assert label_free(run)
+    for kind, free in (("identity", True), ("siamese", False)):
+        (run / "head.json").write_text(json.dumps({"kind": kind, "target": "x", "cfg": {}}), encoding="utf-8")
+        mark_finished(run)
+        assert label_free(run) is free
+    emb, items = read_embeddings(run)
+    trained = Radio(emb, Songs(items), ExactIndex(emb), label_free=False)
+    rows = [r for r, _ in trained.playlist(trained.unit(0), 10, DEFAULT, seeds=[0]).picks]
+    assert rows == [3, 4, 6, 8, 10, 12, 13, 9, 14, 15]  # 13 kept (9 waits for album_gap); 1, 2, 5, 7, 11 still out
+    again = [r for r, _ in trained.playlist(trained.unit(0), 10, DEFAULT.replace(dup_on_trained=True), seeds=[0]).picks]
+    assert again == EXPECTED_DEFAULT
+    assert sound_note(DEFAULT, label_free=True) is None
+    assert sound_note(DEFAULT.replace(dup_on_trained=True), label_free=False) is None
+    assert sound_note(DEFAULT.replace(dup_distance=0.0, dup_distance_artist=0.0), False) is None
+    capsys.readouterr()
+    assert _cli(f"run={run}", f"seed={seed}", "k=10", f"hydra.run.dir={tmp_path / 'o1'}") == 0
+    assert sound_note(DEFAULT, label_free=False) in capsys.readouterr().out.splitlines()
+    keys = [r["key"] for r in csv.DictReader(open(tmp_path / "o1" / "playlists.csv", encoding="utf-8"))]
+    assert keys[5:7] == [f"{SONGS[i][0]}/{SONGS[i][2]}/{i:02d} {SONGS[i][1]}.flac" for i in (12, 13)]
 
 
 def test_sound_rules_checked_after_the_walk_choose_as_song_by_song(monkeypatch):

@@ -21,8 +21,8 @@ import numpy as np
 
 from siamrec.errors import SiamrecError
 from siamrec.index import open_index
-from siamrec.rules import Radio, Rules, Songs, normal_artist, normal_title
-from siamrec.runs import read_embeddings
+from siamrec.rules import Radio, Rules, Songs, normal_artist, normal_title, sound_note
+from siamrec.runs import label_free, read_embeddings
 
 PASSWORD_ENV = "MPD_PASSWORD"
 TAIL_PARTS = 3  # path components compared when MPD's music folder is not known
@@ -128,7 +128,9 @@ def mpd(cfg, run_dir) -> Path:
     songs = Songs(items)
     rules = Rules.from_config(cfg.recommend.rules) or Rules()
     k = int(cfg.recommend.k)
-    radio = Radio(emb, songs, open_index(run, emb, cfg.index, expand=int(cfg.query_expansion)))
+    radio = Radio(emb, songs, open_index(run, emb, cfg.index, expand=int(cfg.query_expansion)), label_free(run))
+    if sound_note(rules, radio.label_free):
+        print(sound_note(rules, radio.label_free), flush=True)
     client = connect(cfg)
     mapping = LibraryMap(items, songs, music_dir_of(client, cfg))
     known = mapping.learn(client.listallinfo())

@@ -23,8 +23,8 @@ from siamrec.errors import SiamrecError
 from siamrec.index import open_index
 from siamrec.m3u import write_m3u8
 from siamrec.playlists import playlists, print_playlist, write_playlists
-from siamrec.rules import Radio, Rules, Songs
-from siamrec.runs import read_embeddings, read_text, write_csv, write_json
+from siamrec.rules import Radio, Rules, Songs, sound_note
+from siamrec.runs import label_free, read_embeddings, read_text, write_csv, write_json
 from siamrec.songs import SongFinder
 
 MAX_PRINTED = 10  # playlists printed in full; with more seeds only the files are named
@@ -82,8 +82,11 @@ def recommend(cfg, run_dir) -> list[tuple]:
     index = open_index(run, emb, cfg.index, expand=int(cfg.query_expansion))
     rules = Rules.from_config(cfg.recommend.rules)
     songs = Songs(items)
+    radio = Radio(emb, songs, index, label_free(run))
+    if sound_note(rules, radio.label_free):
+        print(sound_note(rules, radio.label_free))
     if cfg.recommend.get("to") not in (None, ""):
-        return _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, index)
+        return _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, radio)
     if k > len(items) - 1:
         print(f"k={k} is more than the {len(items) - 1} other songs of the library: k clamped, playlists hold "
               f"{max(len(items) - 1, 0)} songs")
@@ -91,7 +94,7 @@ def recommend(cfg, run_dir) -> list[tuple]:
     if rules is None:  # the plain nearest-neighbour list
         rows = playlists(queries, index, keys, labels, paths, names, k, self_index=self_index)
     else:
-        radio, rows = Radio(emb, songs, index), []
+        rows = []
         for (name, seed_labels), query, row in zip(names, queries, self_index):
             found = radio.playlist(query, min(k, len(items) - int(row >= 0)), rules,
                                    seeds=[int(row)] if row >= 0 else [], seed_vectors=[] if row >= 0 else [query])
@@ -156,7 +159,7 @@ def _write_out(cfg, rows, songs: Songs, finder: SongFinder, seeds, self_index) -
 PATH_COLUMNS = ("step", "key", "labels", "similarity", "similarity_a", "similarity_b", "path")
 
 
-def _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, index) -> list[tuple]:
+def _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, radio) -> list[tuple]:
     """recommend seed=A to=B k=K: A, then K songs moving from A's sound to B's, then B."""
     to = str(cfg.recommend.to)
     if len(seeds) != 1 or self_index[0] < 0:
@@ -169,7 +172,7 @@ def _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, ru
     k = min(k, len(items) - 2)
     if k < 1:
         raise SiamrecError("the library has no songs between A and B")
-    steps, note = Radio(emb, songs, index).path(a, b, k, rules)
+    steps, note = radio.path(a, b, k, rules)
     ua, ub = emb[a] / max(np.linalg.norm(emb[a]), 1e-12), emb[b] / max(np.linalg.norm(emb[b]), 1e-12)
     ab = round(float(ua @ ub), 6)
     table = [(0, items[a]["key"], items[a]["labels"], 1.0, 1.0, ab, items[a]["path"])]
@@ -194,6 +197,6 @@ def _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, ru
             written = write_json(out, [dict(zip(PATH_COLUMNS, r)) for r in table])
         else:
             written = write_csv(out, PATH_COLUMNS, table)
-    print(f"path of {len(table)} songs ({index.method} search, {'radio rules' if rules else 'no rules'}) "
+    print(f"path of {len(table)} songs ({radio.index.method} search, {'radio rules' if rules else 'no rules'}) "
           f"written to {written}")
     return table

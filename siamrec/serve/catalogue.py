@@ -28,7 +28,7 @@ from siamrec.index import ExactIndex, choose_method, import_faiss, normalise, op
 from siamrec.m3u import m3u8_text, read_entries
 from siamrec.playlists import COLUMNS, playlists
 from siamrec.rules import Radio, Rules, Songs
-from siamrec.runs import atomic_write_text, read_embeddings, strict_json
+from siamrec.runs import atomic_write_text, label_free, read_embeddings, strict_json
 from siamrec.songs import META, SongFinder, display_name, fold, meta
 
 # formats a browser plays as they are, and the ones transcoded to WAV on the fly (soundfile reads au/snd, aiff/aif/aifc,
@@ -245,7 +245,7 @@ class Catalogue:
     def radio(self) -> Radio:
         """Ruled playlists and paths over the current index (a faiss index may replace exact search)."""
         if getattr(self, "_radio", None) is None:
-            self._radio = Radio(self.emb, self.radio_songs, self.index)
+            self._radio = Radio(self.emb, self.radio_songs, self.index, label_free(self.run))
         self._radio.index = self.index
         return self._radio
 
