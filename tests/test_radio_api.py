@@ -42,6 +42,23 @@ def app_for(run, tmp_path, *overrides):
     return create_app(run, make_cfg("serve", [f"run={run}", *overrides], tmp_path))
 
 
+def test_a_trained_heads_run_is_served_without_the_sound_rules_unless_asked(run, tmp_path, capsys):
+    """Row 13 lies a hair from row 12: a duplicate by sound on a label-free embedding, a song of its own on a
+    trained head's (siamrec.rules.sound_note); the server says so once, a request may ask for the rules."""
+    from siamrec.rules import Rules, sound_note
+    from siamrec.runs import mark_finished
+
+    (run / "head.json").write_text('{"kind": "siamese", "target": "x", "cfg": {}}', encoding="utf-8")
+    mark_finished(run)
+    capsys.readouterr()
+    client = TestClient(app_for(run, tmp_path))
+    assert sound_note(Rules(dup_distance=0.01), label_free=False) in capsys.readouterr().out.splitlines()
+    got = client.get("/api/recommend", params={"seed": 0, "k": 10}).json()
+    assert [e["id"] for e in got["playlist"]] == [3, 4, 6, 8, 10, 12, 13, 9, 14, 15]
+    forced = client.get("/api/recommend", params={"seed": 0, "k": 10, "dup_on_trained": "true"}).json()
+    assert [e["id"] for e in forced["playlist"]] == EXPECTED_DEFAULT
+
+
 def test_api_playlists_follow_the_rules_and_their_query_parameters(run, tmp_path):
     client = TestClient(app_for(run, tmp_path))
     got = client.get("/api/recommend", params={"seed": 0, "k": 10}).json()
