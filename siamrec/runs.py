@@ -358,12 +358,18 @@ def unmark_finished(folder) -> None:
 
 
 def label_free(run_dir) -> bool:
-    """Whether the run's embedding is the pretrained song vectors, trained on no labels: an identity model, an
-    evaluate run or a library's index (no head.json, or an identity head's), not a head trained on labels."""
+    """Whether the run's embedding owes nothing to labels: the pretrained song vectors of an identity model, an
+    evaluate run or a library's index (no head.json), not a head trained on labels nor a backbone fine-tuned on them
+    (head.json's `label_free`; a head.json of before 2026-12-05 has none: an identity head without a fine-tuned
+    model.keras beside it)."""
     if not (Path(run_dir) / "head.json").is_file():
         return True
     head = read_run_file(run_dir, "head.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
-    return isinstance(head, dict) and head.get("kind") == "identity"
+    if not isinstance(head, dict):
+        return False
+    if "label_free" in head:
+        return head["label_free"] is True
+    return head.get("kind") == "identity" and not (Path(run_dir) / "model.keras").is_file()
 
 
 def read_run_file(run_dir, name: str, read):

@@ -387,7 +387,7 @@ def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_d
 
     from siamrec.embedder import embed_new_songs
     from siamrec.commands.train import train
-    from siamrec.runs import read_embeddings
+    from siamrec.runs import label_free, read_embeddings
 
     monkeypatch.setattr(toy_bundle.Toy8k, "default_parts", ("high",))
     data = ["data=folder", f"data.root={toy_library}", "split.valid=0.17", "split.test=0.34", "plots=false", *TOY]
@@ -399,6 +399,7 @@ def test_training_through_the_backbone_uses_its_default_parts_as_the_saved_run_d
         cfg = cfg_factory("train", *model, *data)
         train(cfg, run)
         emb, items = read_embeddings(run)
+        assert not label_free(run)  # fine-tuned on labels, the baseline's identity head.json notwithstanding
         if name == "baseline":
             assert emb.shape == (18, 12)  # the "high" part only
         row = [it["key"] for it in items].index("mid/mid_3.wav")

@@ -73,7 +73,8 @@ def test_lda_save_and_load_round_trip(tmp_path):
     head.save(tmp_path)
     assert json.loads((tmp_path / "head.json").read_text()) == {
         "kind": "lda", "target": "siamrec.models.heads.LDAHead",
-        "cfg": {"use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"], "train_on": "songs"}}
+        "cfg": {"use_valid": True, "shrinkage": [None, 0.01, 0.03, 0.1, 0.3, "auto"], "train_on": "songs"},
+        "label_free": False}
     loaded = load_head(tmp_path)
     assert isinstance(loaded, LDAHead)
     np.testing.assert_array_equal(loaded.transform(x), head.transform(x))

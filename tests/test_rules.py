@@ -105,10 +105,18 @@ def test_a_trained_heads_embedding_keeps_songs_the_sound_rules_would_drop(tmp_pa
     run = radio_run(tmp_path / "run")
     seed = "A/Alb1/00 Tum Hi Ho.flac"
     assert label_free(run)
-    for kind, free in (("identity", True), ("siamese", False)):
-        (run / "head.json").write_text(json.dumps({"kind": kind, "target": "x", "cfg": {}}), encoding="utf-8")
+    for head, free in (({"kind": "identity"}, True), ({"kind": "siamese"}, False),
+                       ({"kind": "identity", "label_free": False}, False),  # on a backbone fine-tuned on labels
+                       ({"kind": "siamese", "label_free": False}, False)):
+        (run / "head.json").write_text(json.dumps({**head, "target": "x", "cfg": {}}), encoding="utf-8")
         mark_finished(run)
         assert label_free(run) is free
+    (run / "model.keras").write_bytes(b"a fine-tuned model of a run of before 2026-12-05")
+    (run / "head.json").write_text(json.dumps({"kind": "identity", "target": "x", "cfg": {}}), encoding="utf-8")
+    assert not label_free(run)
+    (run / "model.keras").unlink()
+    (run / "head.json").write_text(json.dumps({"kind": "siamese", "target": "x", "cfg": {}}), encoding="utf-8")
+    mark_finished(run)
     emb, items = read_embeddings(run)
     trained = Radio(emb, Songs(items), ExactIndex(emb), label_free=False)
     rows = [r for r, _ in trained.playlist(trained.unit(0), 10, DEFAULT, seeds=[0]).picks]

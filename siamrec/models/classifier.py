@@ -111,4 +111,5 @@ class ClassifierHead(KerasHead):
         if self.fine_tuned is None:
             return super().save(run_dir)
         save_keras(self.fine_tuned, Path(run_dir) / "model.keras")
-        IdentityHead().save(run_dir)  # what embeds is the fine-tuned backbone (saved with the run's encoder)
+        # what embeds is the fine-tuned backbone (saved with the run's encoder): trained on labels
+        IdentityHead().save(run_dir, label_free=False)

@@ -16,6 +16,8 @@ which `train` and `evaluate` call without asking what kind of head it is:
 * `input_choices()` → the inputs `train` chooses the head's among on the validation split (extra backbones
   appended to the song vector); only the configured input by default.
 * `save(run_dir)` / `load_head(run_dir)`: head.json + its weights.
+* `label_free`: True for a head that learns nothing from labels (identity), so the run's distances are the
+  pretrained space's, where the radio rules' sound-duplicate distances were measured (siamrec.rules).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Head:
     their constructor and pass them on here."""
 
     kind = "base"
+    label_free = False  # whether the embedding owes nothing to labels (siamrec.runs.label_free reads it)
     train_on = "songs"  # the rows a row head fits on; a head with a train_on setting sets its own
 
     def __init__(self, **settings):
@@ -88,9 +91,12 @@ class Head:
         raise SiamrecError(f"+model={name} must be trained first: python -m siamrec train +model={name} ..., "
                            f"then python -m siamrec {command} run=THAT_RUN_FOLDER")
 
-    def save(self, run_dir) -> None:
+    def save(self, run_dir, label_free: bool | None = None) -> None:
+        """head.json; `label_free` (default: the head's own) says whether the run's embedding owes nothing to labels:
+        an identity head on a backbone fine-tuned on them does."""
         target = f"{type(self).__module__}.{type(self).__qualname__}"
-        write_json(Path(run_dir) / "head.json", {"kind": self.kind, "target": target, "cfg": self.cfg})
+        write_json(Path(run_dir) / "head.json", {"kind": self.kind, "target": target, "cfg": self.cfg,
+                                                 "label_free": self.label_free if label_free is None else label_free})
 
     def _load(self, run_dir) -> None:
         """Read the head's own weights (subclasses)."""
@@ -100,6 +106,7 @@ class IdentityHead(Head):
     """No training: the input features are the embedding."""
 
     kind = "identity"
+    label_free = True
 
     def __init__(self):
         super().__init__()
