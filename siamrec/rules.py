@@ -14,7 +14,7 @@ similar down:
   within the looser `dup_distance_artist` of a chosen song of the same artist (a live take, a remaster, the same
   recording filed twice: measured on Emotify's duplicate recordings, scripts/radio_emotify.py). These two sound
   rules apply to a label-free embedding (the pretrained song vectors: an identity run, a library's index), where a
-  small distance means the same sound; on a trained head's embedding, whose distances measure shared labels (songs
+  small distance means the same sound; on an embedding trained on labels, whose distances measure shared labels (songs
   of one genre drawn together), only with `dup_on_trained` (Radio's `label_free`, siamrec.runs.label_free);
 * `labels`: only songs carrying one of these labels (genres), `min_duration`/`max_duration` (seconds; a song
   of unknown length is left out while a duration filter is set), `exclude`: songs (key, id, title or
@@ -139,9 +139,9 @@ def sound_note(rules: Rules | None, label_free: bool) -> str | None:
     """One line when `rules` ask for the sound rules and the embedding (not `label_free`) leaves them out."""
     if rules is None or label_free or rules.dup_on_trained or not (rules.dup_distance or rules.dup_distance_artist):
         return None
-    return ("radio rules: dup_distance and dup_distance_artist are off for this run: its embedding is a trained "
-            "head's, where a small distance means shared labels, not the same recording (versions are still found "
-            "by their tags; recommend.rules.dup_on_trained=true applies them anyway)")
+    return ("radio rules: dup_distance and dup_distance_artist are off for this run: its embedding was trained on "
+            "labels, so a small distance means shared labels, not the same recording (versions are still found by "
+            "their tags; recommend.rules.dup_on_trained=true applies them anyway)")
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -453,7 +453,7 @@ class Radio:
 
     def __init__(self, emb: np.ndarray, songs: Songs, index, label_free: bool = True):
         """`label_free`: the embedding is the pretrained song vectors, where the sound rules apply (see the module's
-        doc); a trained head's is not (siamrec.runs.label_free tells a run's)."""
+        doc); one trained on labels is not (siamrec.runs.label_free tells a run's)."""
         self.label_free = label_free
         self.emb = np.asarray(emb, dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", self.emb, self.emb))  # not np.linalg.norm: see index.normalise

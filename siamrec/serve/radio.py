@@ -27,7 +27,7 @@ RULE_PARAMS = {
                      "near-identical sound: cosine distance"),
     "dup_distance_artist": (float, {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                             "the same, for one artist's songs"),
-    "dup_on_trained": (bool, {"type": "boolean"}, "the two distances on a trained head's embedding too"),
+    "dup_on_trained": (bool, {"type": "boolean"}, "the two distances on an embedding trained on labels too"),
     "labels": (list, {"type": "array", "items": {"type": "string"}}, "only songs with one of these labels (repeatable)"),
     "min_duration": (float, {"type": "number", "minimum": 0}, "seconds"),
     "max_duration": (float, {"type": "number", "minimum": 0}, "seconds"),
