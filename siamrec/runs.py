@@ -358,10 +358,10 @@ def unmark_finished(folder) -> None:
 
 
 def label_free(run_dir) -> bool:
-    """Whether the run's embedding owes nothing to labels: the pretrained song vectors of an identity model, an
-    evaluate run or a library's index (no head.json), not a head trained on labels nor a backbone fine-tuned on them
-    (head.json's `label_free`; a head.json of before 2026-12-05 has none: an identity head without a fine-tuned
-    model.keras beside it)."""
+    """Whether the run's embedding owes nothing to labels: the pretrained song vectors of an identity model's run or a
+    library's index (head.json's `label_free`) or of an evaluate run (no head.json), not a head trained on labels nor
+    a backbone fine-tuned on them. A head.json of before 2026-12-05 has no `label_free`: there an identity head
+    without a fine-tuned model.keras beside it is label-free."""
     if not (Path(run_dir) / "head.json").is_file():
         return True
     head = read_run_file(run_dir, "head.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
