@@ -72,8 +72,9 @@ def main() -> int:
     twin = {a: b for a, b in pairs} | {b: a for a, b in pairs}
     rules = Rules.from_config(OmegaConf.load(REPO / "conf" / "config.yaml").recommend.rules)
     radio = Radio(emb, Songs(items), ExactIndex(emb), label_free(args.run))
-    if sound_note(rules, radio.label_free):
-        print(sound_note(rules, radio.label_free))
+    off = sound_note(rules, radio.label_free)
+    if off:
+        print(off)
 
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     sims = unit @ unit.T

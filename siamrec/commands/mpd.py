@@ -129,8 +129,9 @@ def mpd(cfg, run_dir) -> Path:
     rules = Rules.from_config(cfg.recommend.rules) or Rules()
     k = int(cfg.recommend.k)
     radio = Radio(emb, songs, open_index(run, emb, cfg.index, expand=int(cfg.query_expansion)), label_free(run))
-    if sound_note(rules, radio.label_free):
-        print(sound_note(rules, radio.label_free), flush=True)
+    off = sound_note(rules, radio.label_free)
+    if off:
+        print(off, flush=True)
     client = connect(cfg)
     mapping = LibraryMap(items, songs, music_dir_of(client, cfg))
     known = mapping.learn(client.listallinfo())

@@ -83,8 +83,9 @@ def recommend(cfg, run_dir) -> list[tuple]:
     rules = Rules.from_config(cfg.recommend.rules)
     songs = Songs(items)
     radio = Radio(emb, songs, index, label_free(run))
-    if sound_note(rules, radio.label_free):
-        print(sound_note(rules, radio.label_free))
+    off = sound_note(rules, radio.label_free)
+    if off:
+        print(off)
     if cfg.recommend.get("to") not in (None, ""):
         return _song_path(cfg, run_dir, emb, items, songs, finder, seeds, self_index, k, rules, radio)
     if k > len(items) - 1:

@@ -44,7 +44,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from siamrec.data.audio import AUDIO_EXTENSIONS
 from siamrec.errors import SiamrecError
 from siamrec.rules import Rules, sound_note
-from siamrec.runs import label_free
 from siamrec.serve.catalogue import EXPORT_FORMATS, NATIVE, Catalogue, PlaylistExists, UnknownSong
 from siamrec.serve.map2d import MapCache
 from siamrec.serve.radio import RULES_DOC, path_router, rules_query
@@ -146,8 +145,9 @@ def create_app(run, cfg, catalogue: Catalogue | None = None) -> FastAPI:
         raise SiamrecError(f"serve.max_upload_mb={max_upload_mb:g}: must be positive")
     max_upload = int(max_upload_mb * 1024 * 1024)
     server_rules = Rules.from_config(cfg.recommend.rules)
-    if sound_note(server_rules, label_free(cat.run)):
-        print(sound_note(server_rules, label_free(cat.run)), flush=True)
+    off = sound_note(server_rules, cat.label_free)
+    if off:
+        print(off, flush=True)
     ruled = rules_query(server_rules)
     # new songs are decoded in this process (a worker pool per upload would cost more than the decoding)
     embed_cfg = OmegaConf.merge(cfg, {"features": {"workers": 0}})

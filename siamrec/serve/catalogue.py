@@ -120,6 +120,7 @@ class Catalogue:
         self.by_key = self.finder.by_key
         self._haystack: tuple[str, list[int]] | None = None  # the folded catalogue, made on the first search
         self.radio_songs = Songs(items)  # what the radio rules read: title, artist, album, duration, mbid
+        self.label_free = label_free(self.run)  # whether the radio rules' sound distances apply (siamrec.rules)
         self._index_lock = Lock()
         self._open_index(index_cfg)
         self._present: dict[int, bool] = {}
@@ -245,7 +246,7 @@ class Catalogue:
     def radio(self) -> Radio:
         """Ruled playlists and paths over the current index (a faiss index may replace exact search)."""
         if getattr(self, "_radio", None) is None:
-            self._radio = Radio(self.emb, self.radio_songs, self.index, label_free(self.run))
+            self._radio = Radio(self.emb, self.radio_songs, self.index, self.label_free)
         self._radio.index = self.index
         return self._radio
 
